@@ -1,0 +1,47 @@
+# wxhub task runner. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+FUZZ_SECONDS ?= 20
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: services
+services: ## Install (apt) / start Redis and RabbitMQ when they are missing or stopped
+	@./scripts/ensure-services.sh
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: test
+test: services lint ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --locked --profile ci; \
+	else \
+		$(CARGO) test --workspace --locked; \
+	fi
+	$(CARGO) test --workspace --locked --doc
+
+.PHONY: demo
+demo: services ## Run the whole stack with the simulator, end to end
+	@./scripts/demo.sh
+
+.PHONY: bench
+bench: services ## Run the benchmarks and print their figures
+	@./scripts/bench.sh
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZ_SECONDS each (installs cargo-fuzz; needs nightly)
+	@./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+.PHONY: clean
+clean: ## Remove build output
+	$(CARGO) clean

@@ -1,0 +1,86 @@
+//! The `wxhub` operators' tool. `main.rs` only wires the process's arguments and streams into
+//! [`main_with`], so tests can run every command in-process as well as through the binary.
+//!
+//! Failure contract (scripts rely on it): a one-line reason on stderr, exit status 2, nothing
+//! on stdout.
+
+mod crypto;
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// wxhub operators' tool.
+#[derive(Debug, Parser)]
+#[command(name = "wxhub", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sign, verify, encrypt and decrypt WeChat callbacks (for debugging captured traffic).
+    #[command(subcommand)]
+    Crypto(crypto::CryptoCommand),
+}
+
+/// An error reported as one line on stderr with exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl CliError {
+    pub(crate) fn new(what: impl std::fmt::Display) -> Self {
+        Self(what.to_string())
+    }
+}
+
+/// Runs the CLI with explicit arguments and streams; returns the process exit code.
+pub fn main_with<I, T>(
+    args: I,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are successes that print to stdout.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let rendered = e.render().to_string();
+            let _ = if e.use_stderr() {
+                stderr.write_all(rendered.as_bytes())
+            } else {
+                stdout.write_all(rendered.as_bytes())
+            };
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Crypto(cmd) => crypto::run(cmd, stdin),
+    };
+    match result {
+        Ok(output) => {
+            if stdout
+                .write_all(output.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            let _ = writeln!(stderr, "error: {line}");
+            ExitCode::from(2)
+        }
+    }
+}
