@@ -42,6 +42,10 @@ bench: services ## Run the benchmarks and print their figures
 fuzz: ## Run every fuzz target for FUZZ_SECONDS each (installs cargo-fuzz; needs nightly)
 	@./scripts/fuzz.sh $(FUZZ_SECONDS)
 
+.PHONY: proto
+proto: ## Regenerate crates/proto/src/gen from /proto (checked in; a test fails when stale)
+	WXHUB_BLESS=1 $(CARGO) test -p wxhub-proto --test bootstrap
+
 .PHONY: clean
 clean: ## Remove build output
 	$(CARGO) clean

@@ -1,0 +1,390 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use wxhub_runtime::SecretUrl;
+
+use crate::Topology;
+
+/// `[amqp]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:5672/vhost` (the password never prints).
+    pub url: SecretUrl,
+    /// Unacked deliveries per consumer. RabbitMQ suggests 100–300 for throughput; work here is
+    /// slow (WeChat calls), so the default stays at the low end.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Channels the publisher spreads confirms over.
+    #[serde(default = "default_channels")]
+    pub publisher_channels: usize,
+    /// Deliveries before the broker dead-letters a poison message (quorum `x-delivery-limit`).
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// AMQP heartbeat, so a dead TCP connection is noticed in seconds, not minutes.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u16,
+}
+
+fn default_prefetch() -> u16 {
+    100
+}
+fn default_channels() -> usize {
+    4
+}
+fn default_delivery_limit() -> u32 {
+    20
+}
+fn default_heartbeat() -> u16 {
+    10
+}
+
+impl AmqpConfig {
+    /// A config for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: SecretUrl::new(url),
+            prefetch: default_prefetch(),
+            publisher_channels: default_channels(),
+            delivery_limit: default_delivery_limit(),
+            heartbeat_secs: default_heartbeat(),
+        }
+    }
+}
+
+/// Why a publish did not succeed. Every variant means "not stored": the caller must not
+/// acknowledge the source of the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// No connection to the broker (down, restarting, or the channel just failed).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused to store the message.
+    #[error("broker nacked the message")]
+    Nacked,
+    /// No queue (and no alternate exchange) took the message.
+    #[error("message to {exchange} with key {routing_key} was unroutable")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// A message to publish. Bodies are persistent; `message_id` is the dedupe key consumers use.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub message_id: &'a str,
+    /// AMQP `type`, e.g. `wxhub.events.v1.CallbackEvent`.
+    pub message_type: &'a str,
+    /// Extra headers (`traceparent`, reasons, ...).
+    pub headers: &'a [(String, String)],
+}
+
+struct Live {
+    connection: Connection,
+    channels: Vec<ArcSwap<Channel>>,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    topology: Topology,
+    name: String,
+    live: ArcSwapOption<Live>,
+    wake: Notify,
+    connected: watch::Sender<bool>,
+    next: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+/// A supervised connection to RabbitMQ with a pool of confirm-mode channels.
+///
+/// A background task connects (with backoff), declares the topology, opens the channels, and
+/// watches the connection; when it drops — broker restart, network, heartbeat timeout — it
+/// reconnects. Publishing while disconnected fails at once with [`BusError::Unavailable`].
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("url", &self.inner.config.url)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Starts the supervisor; returns at once (use [`Bus::wait_connected`] to wait).
+    /// `name` shows up as the connection name in the broker's management UI.
+    pub fn start(
+        config: AmqpConfig,
+        topology: Topology,
+        name: &str,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (connected, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config,
+            topology,
+            name: name.to_owned(),
+            live: ArcSwapOption::empty(),
+            wake: Notify::new(),
+            connected,
+            next: AtomicUsize::new(0),
+            // A child: closing the bus must not cancel the caller's other work.
+            cancel: cancel.child_token(),
+        });
+        tokio::spawn(supervise(inner.clone()));
+        Self { inner }
+    }
+
+    /// Waits until connected (topology declared), at most `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether a live connection exists now.
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .live
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected())
+    }
+
+    /// A receiver that flips with the connection state.
+    pub fn watch_connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
+    }
+
+    /// The topology this bus declared.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.inner.config
+    }
+
+    /// A fresh channel (not in confirm mode) for consumers and administrative work.
+    pub async fn channel(&self) -> Result<Channel, BusError> {
+        let live = self.inner.live.load_full().ok_or_else(unavailable)?;
+        live.connection.create_channel().await.map_err(|e| {
+            self.inner.wake.notify_one();
+            BusError::Unavailable(e.to_string())
+        })
+    }
+
+    /// Publishes with `mandatory` and waits for the broker's confirm: `Ok` means the message is
+    /// persisted in a queue (or caught by the alternate exchange). Bound the wait with your own
+    /// deadline (`tokio::time::timeout`); a timed-out publish may still be stored, which is the
+    /// documented duplicate window consumers dedupe with `message_id`.
+    pub async fn publish(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
+        let started = Instant::now();
+        let result = self.publish_inner(msg).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(BusError::Unavailable(_)) => "unavailable",
+            Err(BusError::Nacked) => "nacked",
+            Err(BusError::Unroutable { .. }) => "unroutable",
+        };
+        metrics::counter!("wxhub_bus_publish_total", "result" => outcome).increment(1);
+        metrics::histogram!("wxhub_bus_publish_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn publish_inner(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
+        let live = self.inner.live.load_full().ok_or_else(unavailable)?;
+        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
+        let channel = live.channels[slot].load_full();
+        let mut headers = FieldTable::default();
+        for (k, v) in msg.headers {
+            headers.insert(
+                k.as_str().into(),
+                AMQPValue::LongString(LongString::from(v.as_str())),
+            );
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(crate::PROTOBUF.into())
+            .with_message_id(msg.message_id.into())
+            .with_type(msg.message_type.into())
+            .with_timestamp(now)
+            .with_headers(headers);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = match channel
+            .basic_publish(
+                msg.exchange.into(),
+                msg.routing_key.into(),
+                options,
+                msg.body,
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                self.repair(&live, slot);
+                return Err(BusError::Unavailable(e.to_string()));
+            }
+        };
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) | Ok(Confirmation::Nack(Some(_))) => {
+                Err(BusError::Unroutable {
+                    exchange: msg.exchange.to_owned(),
+                    routing_key: msg.routing_key.to_owned(),
+                })
+            }
+            Ok(Confirmation::Nack(None)) => Err(BusError::Nacked),
+            // Every pool channel is put in confirm mode before use; this is a bug if it happens.
+            Ok(Confirmation::NotRequested) => {
+                Err(BusError::Unavailable("channel not in confirm mode".into()))
+            }
+            Err(e) => {
+                self.repair(&live, slot);
+                Err(BusError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Replaces a failed pool channel, or wakes the supervisor if the connection itself died.
+    fn repair(&self, live: &Arc<Live>, slot: usize) {
+        if !live.connection.status().connected() {
+            self.inner.wake.notify_one();
+            return;
+        }
+        if live.channels[slot].load().status().connected() {
+            return;
+        }
+        let live = live.clone();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            match confirm_channel(&live.connection).await {
+                Ok(ch) => live.channels[slot].store(Arc::new(ch)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reopen a publisher channel");
+                    inner.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Closes the connection (pending confirms fail) and stops the supervisor.
+    pub async fn close(&self) {
+        self.inner.cancel.cancel();
+        if let Some(live) = self.inner.live.swap(None) {
+            let _ = live.connection.close(200, "shutdown".into()).await;
+        }
+        self.inner.connected.send_replace(false);
+    }
+
+    /// Forces the current connection closed, as a broker restart would (tests use this to
+    /// exercise recovery); the supervisor reconnects.
+    pub async fn kill_connection(&self) {
+        if let Some(live) = self.inner.live.load_full() {
+            let _ = live.connection.close(320, "killed by test".into()).await;
+        }
+        self.inner.wake.notify_one();
+    }
+}
+
+fn unavailable() -> BusError {
+    BusError::Unavailable("not connected to the broker".into())
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let ch = connection.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
+    let mut url = inner.config.url.expose().to_owned();
+    if !url.contains("heartbeat=") {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("heartbeat={}", inner.config.heartbeat_secs));
+    }
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(inner.name.as_str()));
+    let connection = Connection::connect(&url, properties).await?;
+    let admin = connection.create_channel().await?;
+    inner.topology.declare(&admin).await?;
+    let _ = admin.close(200, "declared".into()).await;
+    let mut channels = Vec::with_capacity(inner.config.publisher_channels.max(1));
+    for _ in 0..inner.config.publisher_channels.max(1) {
+        channels.push(ArcSwap::from_pointee(confirm_channel(&connection).await?));
+    }
+    Ok(Live {
+        connection,
+        channels,
+    })
+}
+
+async fn supervise(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if inner.cancel.is_cancelled() {
+            return;
+        }
+        let healthy = inner
+            .live
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected());
+        if !healthy {
+            if inner.live.swap(None).is_some() {
+                tracing::warn!("lost the broker connection; reconnecting");
+                metrics::counter!("wxhub_bus_disconnects_total").increment(1);
+            }
+            inner.connected.send_replace(false);
+            match connect(&inner).await {
+                Ok(live) => {
+                    inner.live.store(Some(Arc::new(live)));
+                    inner.connected.send_replace(true);
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(
+                        namespace = inner.topology.namespace(),
+                        "connected to the broker"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker");
+                    tokio::select! {
+                        () = inner.cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}

@@ -1,0 +1,246 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Bus, Outgoing};
+
+/// A delivered message, decoupled from lapin.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
+    /// String-valued headers (`traceparent`, ...).
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// The broker delivered it before (a hint only).
+    pub redelivered: bool,
+    /// Quorum queues' `x-delivery-count`: earlier failed deliveries.
+    pub delivery_count: u64,
+}
+
+/// What the handler decided. The consumer acks only after the handler returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or a duplicate): remove it.
+    Ack,
+    /// Transient failure: put it back (counts toward the delivery limit, after which the broker
+    /// dead-letters it).
+    Requeue,
+    /// Permanent failure: publish it to `{ns}.dead` with the reason in `x-wxhub-reason`, then
+    /// ack. Never silently dropped.
+    DeadLetter(String),
+}
+
+/// Consumes `queue` until `cancel`, running up to `concurrency` handlers at once, re-subscribing
+/// after every reconnect. On cancel it stops taking deliveries and waits (at most `grace`) for
+/// in-flight handlers, whose outcomes are still acked.
+pub async fn consume<F, Fut>(
+    bus: Bus,
+    queue: String,
+    concurrency: usize,
+    grace: Duration,
+    handler: F,
+    cancel: CancellationToken,
+) where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let concurrency = concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let tag = format!(
+        "{queue}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let mut connected = bus.watch_connected();
+    'outer: loop {
+        tokio::select! {
+            () = cancel.cancelled() => break 'outer,
+            r = connected.wait_for(|c| *c) => if r.is_err() { break 'outer },
+        }
+        let channel = match bus.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!(error = %e, queue, "cannot open a consumer channel");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let prefetch = bus.config().prefetch;
+        let subscribed = async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+        .await;
+        let mut consumer = match subscribed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, queue, "cannot subscribe; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!(queue, prefetch, "consuming");
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    break 'outer;
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let Ok(permit) = permits.clone().acquire_owned().await else { break 'outer };
+                        let handler = handler.clone();
+                        let bus = bus.clone();
+                        let queue = queue.clone();
+                        tokio::spawn(async move {
+                            handle(&bus, &queue, delivery, handler.as_ref()).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, queue, "consumer stream failed; re-subscribing");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(queue, "consumer stream ended; re-subscribing");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Wait for in-flight handlers (bounded).
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+}
+
+async fn handle<F, Fut>(bus: &Bus, queue: &str, delivery: Delivery, handler: &F)
+where
+    F: Fn(Received) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let received = to_received(&delivery);
+    let message_id = received.message_id.clone().unwrap_or_default();
+    let outcome = handler(received.clone()).await;
+    let result = match &outcome {
+        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Outcome::Requeue => {
+            // A short pause so a failing dependency is not hammered in a tight loop.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+        Outcome::DeadLetter(reason) => {
+            let mut headers: Vec<(String, String)> = received.headers.clone().into_iter().collect();
+            headers.push(("x-wxhub-reason".into(), reason.clone()));
+            headers.push(("x-wxhub-queue".into(), queue.to_owned()));
+            headers.push(("x-wxhub-routing-key".into(), received.routing_key.clone()));
+            let dead = bus.topology().dead_exchange();
+            let copy = Outgoing {
+                exchange: &dead,
+                routing_key: &received.routing_key,
+                body: &received.body,
+                message_id: &message_id,
+                message_type: received.message_type.as_deref().unwrap_or(""),
+                headers: &headers,
+            };
+            match bus.publish(&copy).await {
+                Ok(()) => {
+                    tracing::warn!(queue, message_id, reason, "dead-lettered");
+                    delivery.acker.ack(BasicAckOptions::default()).await
+                }
+                Err(e) => {
+                    tracing::warn!(queue, message_id, error = %e, "cannot dead-letter; requeueing");
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            }
+        }
+    };
+    let label = match outcome {
+        Outcome::Ack => "ack",
+        Outcome::Requeue => "requeue",
+        Outcome::DeadLetter(_) => "dead_letter",
+    };
+    metrics::counter!("wxhub_bus_consumed_total", "outcome" => label).increment(1);
+    match result {
+        Ok(true) => {}
+        // The channel died after delivery: the broker redelivers; handlers are idempotent.
+        Ok(false) | Err(_) => {
+            tracing::info!(
+                queue,
+                message_id,
+                "ack not sent (channel gone); the message will be redelivered"
+            );
+        }
+    }
+}
+
+fn to_received(d: &Delivery) -> Received {
+    let mut headers = HashMap::new();
+    let mut delivery_count = 0;
+    if let Some(table) = d.properties.headers() {
+        for (k, v) in table.inner() {
+            match v {
+                AMQPValue::LongString(s) => {
+                    headers.insert(
+                        k.to_string(),
+                        String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    );
+                }
+                AMQPValue::ShortString(s) => {
+                    headers.insert(k.to_string(), s.to_string());
+                }
+                AMQPValue::LongLongInt(n) if k.as_str() == "x-delivery-count" => {
+                    delivery_count = u64::try_from(*n).unwrap_or(0);
+                }
+                AMQPValue::LongInt(n) if k.as_str() == "x-delivery-count" => {
+                    delivery_count = u64::try_from(*n).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    Received {
+        routing_key: d.routing_key.to_string(),
+        message_id: d.properties.message_id().as_ref().map(ToString::to_string),
+        message_type: d.properties.kind().as_ref().map(ToString::to_string),
+        headers,
+        body: d.data.clone(),
+        redelivered: d.redelivered,
+        delivery_count,
+    }
+}

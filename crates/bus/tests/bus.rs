@@ -1,0 +1,265 @@
+//! Against the real RabbitMQ on 127.0.0.1:5672: confirmed publishing and routing, the alternate
+//! exchange, unroutable jobs, dead-lettering with a reason, requeue counting, and recovery after
+//! the connection is killed. Each test uses its own namespace and deletes it afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use tokio_util::sync::CancellationToken;
+use wxhub_bus::{AmqpConfig, Bus, BusError, Outcome, Outgoing, Topology, consume};
+
+fn amqp_url() -> String {
+    std::env::var("WXHUB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn bus(test: &str) -> (Bus, CancellationToken) {
+    let ns = format!("t-{test}-{:08x}", rand::random::<u32>());
+    let cancel = CancellationToken::new();
+    let bus = Bus::start(
+        AmqpConfig::new(amqp_url()),
+        Topology::new(ns, 3),
+        "bus-test",
+        cancel.clone(),
+    );
+    assert!(
+        bus.wait_connected(Duration::from_secs(20)).await,
+        "RabbitMQ at {} is not reachable",
+        amqp_url()
+    );
+    (bus, cancel)
+}
+
+async fn cleanup(bus: &Bus, extra: &[String]) {
+    let ch = bus.channel().await.unwrap();
+    bus.topology().delete(&ch, extra).await.unwrap();
+    bus.close().await;
+}
+
+async fn get_all(bus: &Bus, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let ch = bus.channel().await.unwrap();
+    let mut out = Vec::new();
+    // Confirmed messages are in the queue already; a short retry loop absorbs nothing but noise.
+    for _ in 0..20 {
+        match ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                m.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                out.push(m);
+            }
+            None if out.is_empty() => tokio::time::sleep(Duration::from_millis(25)).await,
+            None => break,
+        }
+    }
+    out
+}
+
+fn msg<'a>(
+    exchange: &'a str,
+    key: &'a str,
+    id: &'a str,
+    headers: &'a [(String, String)],
+) -> Outgoing<'a> {
+    Outgoing {
+        exchange,
+        routing_key: key,
+        body: b"payload",
+        message_id: id,
+        message_type: "test.v1",
+        headers,
+    }
+}
+
+#[tokio::test]
+async fn confirmed_publishes_route_to_their_queues() {
+    let (bus, _cancel) = bus("route").await;
+    let t = bus.topology().clone();
+    let headers = vec![(
+        "traceparent".to_string(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+    )];
+    bus.publish(&msg(
+        &t.events_exchange(),
+        &Topology::component_key("acme", "component_verify_ticket"),
+        "m1",
+        &headers,
+    ))
+    .await
+    .unwrap();
+    bus.publish(&msg(
+        &t.events_exchange(),
+        &Topology::event_key("acme", "wx1", "text"),
+        "m2",
+        &[],
+    ))
+    .await
+    .unwrap();
+
+    let tc = get_all(&bus, &t.token_control_queue()).await;
+    assert_eq!(tc.len(), 1);
+    let props = &tc[0].delivery.properties;
+    assert_eq!(props.message_id().as_ref().unwrap().as_str(), "m1");
+    assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        props.content_type().as_ref().unwrap().as_str(),
+        wxhub_bus::PROTOBUF
+    );
+    let h = props.headers().as_ref().unwrap();
+    assert!(h.inner().contains_key("traceparent"));
+
+    // No binding wants a text message: the alternate exchange keeps it.
+    let unrouted = get_all(&bus, &t.unrouted_queue()).await;
+    assert_eq!(unrouted.len(), 1);
+    assert_eq!(
+        unrouted[0]
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "m2"
+    );
+    cleanup(&bus, &[]).await;
+}
+
+#[tokio::test]
+async fn unroutable_job_is_an_error_not_a_silent_drop() {
+    let (bus, _cancel) = bus("unroutable").await;
+    let t = bus.topology().clone();
+    let err = bus
+        .publish(&msg(&t.jobs_exchange(), "no-such-job", "j1", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Unroutable { .. }), "{err:?}");
+    bus.publish(&msg(
+        &t.jobs_exchange(),
+        wxhub_bus::topology::RELEASE_CHECK_KEY,
+        "j2",
+        &[],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(get_all(&bus, &t.release_check_queue()).await.len(), 1);
+    cleanup(&bus, &[]).await;
+}
+
+#[tokio::test]
+async fn recovers_after_the_connection_dies() {
+    let (bus, _cancel) = bus("recover").await;
+    let t = bus.topology().clone();
+    let key = Topology::component_key("acme", "authorized");
+    bus.publish(&msg(&t.events_exchange(), &key, "before", &[]))
+        .await
+        .unwrap();
+    bus.kill_connection().await;
+    // While down, publishing fails fast (the gateway turns this into a 503).
+    let during = bus
+        .publish(&msg(&t.events_exchange(), &key, "during", &[]))
+        .await;
+    assert!(
+        matches!(during, Err(BusError::Unavailable(_))),
+        "{during:?}"
+    );
+    assert!(
+        bus.wait_connected(Duration::from_secs(20)).await,
+        "supervisor must reconnect"
+    );
+    // Retried like WeChat would, it gets through.
+    let mut ok = false;
+    for _ in 0..50 {
+        if bus
+            .publish(&msg(&t.events_exchange(), &key, "after", &[]))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok);
+    let ids: Vec<String> = get_all(&bus, &t.token_control_queue())
+        .await
+        .iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, vec!["before".to_string(), "after".to_string()]);
+    cleanup(&bus, &[]).await;
+}
+
+#[tokio::test]
+async fn consumer_acks_requeues_and_dead_letters_with_a_reason() {
+    let (bus, cancel) = bus("consume").await;
+    let t = bus.topology().clone();
+    let key = Topology::component_key("acme", "unauthorized");
+    for id in ["ok", "flaky", "poison"] {
+        bus.publish(&msg(&t.events_exchange(), &key, id, &[]))
+            .await
+            .unwrap();
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let flaky_deliveries = Arc::new(AtomicUsize::new(0));
+    let (s, f) = (seen.clone(), flaky_deliveries.clone());
+    let consumer_cancel = cancel.child_token();
+    let task = tokio::spawn(consume(
+        bus.clone(),
+        t.token_control_queue(),
+        2,
+        Duration::from_secs(2),
+        move |r| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                match r.message_id.as_deref() {
+                    Some("flaky") if f.fetch_add(1, Ordering::SeqCst) == 0 => Outcome::Requeue,
+                    Some("poison") => Outcome::DeadLetter("cannot parse body".into()),
+                    _ => Outcome::Ack,
+                }
+            }
+        },
+        consumer_cancel.clone(),
+    ));
+    for _ in 0..100 {
+        if seen.load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer_cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        flaky_deliveries.load(Ordering::SeqCst),
+        2,
+        "requeued once, then acked"
+    );
+    let dead = get_all(&bus, &t.dead_queue()).await;
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].delivery.properties.headers().as_ref().unwrap();
+    let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-wxhub-reason")
+    else {
+        panic!("no reason header: {headers:?}")
+    };
+    assert_eq!(reason.as_bytes(), b"cannot parse body");
+    assert!(
+        get_all(&bus, &t.token_control_queue()).await.is_empty(),
+        "everything was settled"
+    );
+    cleanup(&bus, &[]).await;
+}

@@ -1,0 +1,160 @@
+//! Tracing setup and W3C trace-context propagation.
+//!
+//! `init` installs: an `EnvFilter` (config default, `RUST_LOG` overrides), text or JSON output,
+//! the W3C `traceparent` propagator, and — only when an OTLP endpoint is configured — an OTLP/gRPC
+//! span exporter. Services instrument with `tracing`; [`inject_current`] / [`set_parent_from`]
+//! carry the trace across HTTP and AMQP headers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// `[telemetry]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// Default filter directives (`RUST_LOG` overrides).
+    pub filter: String,
+    /// OTLP/gRPC endpoint (e.g. `http://otel-collector:4317`); empty disables export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+/// Flushes and shuts the exporter down (bounded) when dropped or on [`TelemetryGuard::shutdown`].
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Flushes pending spans, waiting at most `timeout`.
+    pub fn shutdown(mut self, timeout: Duration) {
+        if let Some(provider) = self.provider.take() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = provider.shutdown();
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber for `service`. Call once, from `main`.
+pub fn init(service: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.filter))
+        .map_err(|e| anyhow::anyhow!("telemetry.filter {:?}: {e}", config.filter))?;
+    let fmt = match config.format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed(),
+        "text" => tracing_subscriber::fmt::layer().boxed(),
+        other => anyhow::bail!("telemetry.format must be \"text\" or \"json\", not {other:?}"),
+    };
+    let (otel, provider) = if config.otlp_endpoint.is_empty() {
+        (None, None)
+    } else {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&config.otlp_endpoint)
+            .build()?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service.to_owned())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer(service.to_owned());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        (
+            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(provider),
+        )
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("tracing subscriber already installed: {e}"))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// A subscriber for tests: output captured per test, filter from `TEST_LOG` (default: warn).
+/// Safe to call from every test; only the first call installs it.
+pub fn init_for_tests() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+struct MapCarrier<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+struct MapExtractor<'a>(&'a HashMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// The current span's W3C context as headers (`traceparent`, and `tracestate` if any). Empty when
+/// there is no sampled trace.
+pub fn inject_current() -> HashMap<String, String> {
+    let mut headers = HashMap::new();
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MapCarrier(&mut headers));
+    headers
+}
+
+/// Makes `span` a child of the trace described by `headers` (e.g. AMQP headers or HTTP headers
+/// copied into a map). Malformed headers are ignored.
+pub fn set_parent_from(span: &tracing::Span, headers: &HashMap<String, String>) {
+    let context = TraceContextPropagator::new().extract(&MapExtractor(headers));
+    let _ = span.set_parent(context);
+}

@@ -1,0 +1,593 @@
+//! The tenants-and-clients file (a Kubernetes Secret in production), validated and hot-reloaded.
+//!
+//! ```toml
+//! [[tenants]]
+//! id = "acme"                       # [a-z0-9-]{1,32}; appears in URLs, keys, routing keys
+//! kind = "component"                # component | official_account | wecom
+//! app_id = "wx..."                  # component appid, OA appid, or WeCom corpid
+//! app_secret = "..."                # component appsecret, OA appsecret, or WeCom corpsecret
+//! token = "..."                     # message verification token
+//! encoding_aes_key = "..."          # 43 characters
+//! previous_encoding_aes_key = "..." # optional, during key rotation
+//! agent_id = "1000002"              # wecom only
+//!
+//! [[clients]]
+//! name = "crm"
+//! api_key_sha256 = "<64 hex>"       # SHA-256 of the client's API key
+//! tenants = ["acme"]                # or ["*"] for every tenant (operators' tools)
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use wxhub_crypto::{AesKey, Crypt};
+
+use crate::Secret;
+
+/// `[tenants]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantsConfig {
+    pub file: PathBuf,
+    pub reload_interval_ms: u64,
+}
+
+/// A validated tenant id: `[a-z0-9-]{1,32}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validates a tenant id.
+    pub fn parse(s: &str) -> Result<Self, TenantsError> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TenantsError::BadId(truncate(s)))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TenantId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What kind of WeChat credential set a tenant is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantKind {
+    /// A third-party platform; owns many authorizers.
+    Component,
+    /// A directly configured Official Account.
+    OfficialAccount,
+    /// A WeCom (企业微信) self-built application.
+    Wecom,
+}
+
+impl TenantKind {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantKind::Component => "component",
+            TenantKind::OfficialAccount => "official_account",
+            TenantKind::Wecom => "wecom",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: TenantId,
+    kind: TenantKind,
+    app_id: String,
+    app_secret: Secret,
+    token: Secret,
+    encoding_aes_key: Secret,
+    #[serde(default)]
+    previous_encoding_aes_key: Option<Secret>,
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    api_key_sha256: String,
+    tenants: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+/// One tenant with its parsed message crypto.
+pub struct Tenant {
+    pub id: TenantId,
+    pub kind: TenantKind,
+    pub app_id: String,
+    pub app_secret: Secret,
+    pub agent_id: Option<String>,
+    crypt: Crypt,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("app_id", &self.app_id)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tenant {
+    /// Token, appid/corpid and keys for verifying and (de|en)crypting this tenant's callbacks.
+    pub fn crypt(&self) -> &Crypt {
+        &self.crypt
+    }
+}
+
+/// Which tenants a client may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant (operators' tools).
+    All,
+    /// Only these.
+    Only(Vec<TenantId>),
+}
+
+/// An internal client of the gRPC APIs.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub scope: Scope,
+}
+
+impl Client {
+    /// Whether this client may act for `tenant`.
+    pub fn may_access(&self, tenant: &str) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Only(ids) => ids.iter().any(|t| t.as_str() == tenant),
+        }
+    }
+}
+
+/// Why a tenants file was rejected. Messages name the entry and field, never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantsError {
+    #[error("cannot read tenants file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("tenants file is not valid TOML: {0}")]
+    Parse(String),
+    #[error("tenant id {0:?} must match [a-z0-9-]{{1,32}}")]
+    BadId(String),
+    #[error("tenant {tenant:?}: {field}: {reason}")]
+    BadTenant {
+        tenant: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("tenant id {0:?} appears more than once")]
+    Duplicate(String),
+    #[error("client {client:?}: {reason}")]
+    BadClient { client: String, reason: String },
+}
+
+/// A validated snapshot of the tenants file.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    by_id: HashMap<String, Arc<Tenant>>,
+    clients_by_key: HashMap<[u8; 32], Arc<Client>>,
+}
+
+impl Tenants {
+    /// Parses and validates the file's text.
+    pub fn from_toml(text: &str) -> Result<Self, TenantsError> {
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| TenantsError::Parse(e.message().to_owned()))?;
+        let mut by_id = HashMap::new();
+        for t in raw.tenants {
+            let id = t.id.as_str().to_owned();
+            let bad = |field, reason: String| TenantsError::BadTenant {
+                tenant: id.clone(),
+                field,
+                reason,
+            };
+            if t.app_id.trim().is_empty() {
+                return Err(bad("app_id", "must not be empty".into()));
+            }
+            if t.app_secret.is_empty() {
+                return Err(bad("app_secret", "must not be empty".into()));
+            }
+            if t.token.is_empty() {
+                return Err(bad("token", "must not be empty".into()));
+            }
+            let current = AesKey::parse(t.encoding_aes_key.expose())
+                .map_err(|e| bad("encoding_aes_key", e.to_string()))?;
+            let previous = match &t.previous_encoding_aes_key {
+                Some(k) if !k.is_empty() => Some(
+                    AesKey::parse(k.expose())
+                        .map_err(|e| bad("previous_encoding_aes_key", e.to_string()))?,
+                ),
+                _ => None,
+            };
+            match (t.kind, &t.agent_id) {
+                (TenantKind::Wecom, None) => {
+                    return Err(bad("agent_id", "is required for kind = \"wecom\"".into()));
+                }
+                (TenantKind::Component | TenantKind::OfficialAccount, Some(_)) => {
+                    return Err(bad("agent_id", "is only valid for kind = \"wecom\"".into()));
+                }
+                _ => {}
+            }
+            let crypt = Crypt::new(t.token.expose(), t.app_id.clone(), current, previous);
+            let tenant = Tenant {
+                id: t.id,
+                kind: t.kind,
+                app_id: t.app_id,
+                app_secret: t.app_secret,
+                agent_id: t.agent_id,
+                crypt,
+            };
+            if by_id.insert(id.clone(), Arc::new(tenant)).is_some() {
+                return Err(TenantsError::Duplicate(id));
+            }
+        }
+        let mut clients_by_key = HashMap::new();
+        for c in raw.clients {
+            let bad = |reason: String| TenantsError::BadClient {
+                client: c.name.clone(),
+                reason,
+            };
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(c.api_key_sha256.trim(), &mut hash)
+                .map_err(|_| bad("api_key_sha256 must be 64 hex digits".into()))?;
+            let scope = if c.tenants.iter().any(|t| t == "*") {
+                Scope::All
+            } else {
+                let mut ids = Vec::new();
+                for t in &c.tenants {
+                    if !by_id.contains_key(t) {
+                        return Err(bad(format!("unknown tenant {:?}", truncate(t))));
+                    }
+                    ids.push(TenantId::parse(t)?);
+                }
+                Scope::Only(ids)
+            };
+            let client = Arc::new(Client {
+                name: c.name.clone(),
+                scope,
+            });
+            if clients_by_key.insert(hash, client).is_some() {
+                return Err(bad("another client has the same api key".into()));
+            }
+        }
+        Ok(Self {
+            by_id,
+            clients_by_key,
+        })
+    }
+
+    /// The tenant with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
+    }
+
+    /// Every tenant, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_id.values()
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The client presenting this API key, if any. Keys are compared by SHA-256, so the lookup
+    /// reveals nothing about stored keys.
+    pub fn authenticate(&self, api_key: &str) -> Option<&Arc<Client>> {
+        if api_key.is_empty() {
+            return None;
+        }
+        let hash: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
+        self.clients_by_key.get(&hash)
+    }
+}
+
+/// SHA-256 of an API key, hex-encoded, as stored in `api_key_sha256`.
+pub fn api_key_sha256(api_key: &str) -> String {
+    hex::encode(Sha256::digest(api_key.as_bytes()))
+}
+
+/// The current tenants, swapped atomically when the file changes.
+#[derive(Clone)]
+pub struct TenantsHandle {
+    current: Arc<ArcSwap<Tenants>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TenantsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantsHandle")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantsHandle {
+    /// A fixed set of tenants (tests, embedded use).
+    pub fn fixed(tenants: Tenants) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(tenants)),
+            path: None,
+        }
+    }
+
+    /// Loads the file; fails if it is unreadable or invalid.
+    pub fn load(path: &Path) -> Result<Self, TenantsError> {
+        let tenants = read(path)?;
+        metrics::gauge!("wxhub_tenants_loaded").set(tenants.len() as f64);
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(tenants)),
+            path: Some(path.into()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot (used by the reloader and by tests).
+    pub fn replace(&self, tenants: Tenants) {
+        metrics::gauge!("wxhub_tenants_loaded").set(tenants.len() as f64);
+        self.current.store(Arc::new(tenants));
+    }
+
+    /// Polls the file every `interval` and swaps in a new snapshot when its content changes.
+    /// An invalid new file is logged and counted, and the previous snapshot stays in force.
+    /// (Polling, rather than inotify, also follows Kubernetes Secret symlink swaps.)
+    pub fn spawn_reloader(&self, interval: Duration, cancel: CancellationToken) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let handle = self.clone();
+        tokio::spawn(async move {
+            let mut last = fingerprint(&path);
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let now = fingerprint(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match read(&path) {
+                    Ok(tenants) => {
+                        tracing::info!(tenants = tenants.len(), path = %path.display(), "tenants file reloaded");
+                        metrics::counter!("wxhub_tenants_reload_total", "result" => "ok")
+                            .increment(1);
+                        handle.replace(tenants);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, path = %path.display(), "tenants file rejected; keeping the previous one");
+                        metrics::counter!("wxhub_tenants_reload_total", "result" => "error")
+                            .increment(1);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn read(path: &Path) -> Result<Tenants, TenantsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TenantsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Tenants::from_toml(&text)
+}
+
+/// Content fingerprint: modification time, length and a hash of the bytes (mtime alone misses
+/// same-second rewrites).
+fn fingerprint(path: &Path) -> Option<(Option<SystemTime>, u64, [u8; 32])> {
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    Some((
+        meta.modified().ok(),
+        meta.len(),
+        Sha256::digest(&bytes).into(),
+    ))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn file(extra: &str) -> String {
+        format!(
+            r#"
+[[tenants]]
+id = "acme"
+kind = "component"
+app_id = "wxcomp"
+app_secret = "s3cret"
+token = "tok"
+encoding_aes_key = "{KEY}"
+
+[[tenants]]
+id = "corp-1"
+kind = "wecom"
+app_id = "ww123"
+app_secret = "cs"
+token = "tok2"
+encoding_aes_key = "{KEY}"
+agent_id = "1000002"
+
+[[clients]]
+name = "crm"
+api_key_sha256 = "{}"
+tenants = ["acme"]
+{extra}"#,
+            api_key_sha256("crm-key")
+        )
+    }
+
+    #[test]
+    fn loads_and_authenticates() {
+        let t = Tenants::from_toml(&file("")).unwrap();
+        assert_eq!(t.len(), 2);
+        let acme = t.get("acme").unwrap();
+        assert_eq!(acme.kind, TenantKind::Component);
+        assert_eq!(acme.crypt().appid(), "wxcomp");
+        let client = t.authenticate("crm-key").unwrap();
+        assert!(client.may_access("acme"));
+        assert!(!client.may_access("corp-1"));
+        assert!(t.authenticate("wrong").is_none());
+        assert!(t.authenticate("").is_none());
+        assert!(!format!("{acme:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn rejects_bad_entries_with_clear_messages() {
+        let bad_key = file("").replace(
+            &format!("encoding_aes_key = \"{KEY}\"\nagent_id"),
+            "encoding_aes_key = \"short\"\nagent_id",
+        );
+        let err = Tenants::from_toml(&bad_key).unwrap_err().to_string();
+        assert!(
+            err.contains("corp-1") && err.contains("encoding_aes_key"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("short"),
+            "the key value must not be echoed: {err}"
+        );
+
+        let no_agent = file("").replace("agent_id = \"1000002\"\n", "");
+        assert!(
+            Tenants::from_toml(&no_agent)
+                .unwrap_err()
+                .to_string()
+                .contains("agent_id")
+        );
+
+        let dup = file("").replace("id = \"corp-1\"", "id = \"acme\"");
+        assert_eq!(
+            Tenants::from_toml(&dup).unwrap_err(),
+            TenantsError::Duplicate("acme".into())
+        );
+
+        let bad_id = file("").replace("id = \"acme\"", "id = \"ACME!\"");
+        assert!(Tenants::from_toml(&bad_id).is_err());
+
+        let unknown = file("").replace("tenants = [\"acme\"]", "tenants = [\"nobody\"]");
+        assert!(
+            Tenants::from_toml(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("nobody")
+        );
+
+        let typo = file("").replace("app_secret = \"cs\"", "app_secert = \"cs\"");
+        assert!(Tenants::from_toml(&typo).is_err());
+        assert!(Tenants::from_toml("not toml [").is_err());
+    }
+
+    #[test]
+    fn wildcard_client_sees_every_tenant() {
+        let extra = format!(
+            "\n[[clients]]\nname = \"ops\"\napi_key_sha256 = \"{}\"\ntenants = [\"*\"]\n",
+            api_key_sha256("ops-key")
+        );
+        let t = Tenants::from_toml(&file(&extra)).unwrap();
+        let ops = t.authenticate("ops-key").unwrap();
+        assert!(ops.may_access("acme") && ops.may_access("corp-1") && ops.may_access("x"));
+    }
+
+    #[tokio::test]
+    async fn reloads_on_change_and_keeps_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(&path, file("")).unwrap();
+        let handle = TenantsHandle::load(&path).unwrap();
+        let cancel = CancellationToken::new();
+        handle.spawn_reloader(Duration::from_millis(20), cancel.clone());
+
+        std::fs::write(&path, "this is not toml [").unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            handle.current().len(),
+            2,
+            "an invalid file must not replace a good one"
+        );
+
+        let only_acme = file("")
+            .split("[[tenants]]\nid = \"corp-1\"")
+            .next()
+            .unwrap()
+            .to_owned()
+            + &format!(
+                "\n[[clients]]\nname = \"crm\"\napi_key_sha256 = \"{}\"\ntenants = [\"acme\"]\n",
+                api_key_sha256("crm-key")
+            );
+        std::fs::write(&path, only_acme).unwrap();
+        let mut reloaded = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if handle.current().len() == 1 {
+                reloaded = true;
+                break;
+            }
+        }
+        cancel.cancel();
+        assert!(reloaded, "the valid new file must be picked up");
+    }
+}

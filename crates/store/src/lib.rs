@@ -1,0 +1,117 @@
+//! Redis for wxhub.
+//!
+//! Every key of a tenant lives under `{namespace}:{<tenant>}:…` — the braces are a Redis Cluster
+//! hash tag, so all keys of one tenant hash to one slot and multi-key scripts stay legal on a
+//! cluster. [`Keys`] is the only place key names are built; `docs/architecture.md` lists them.
+//!
+//! The connection is a `ConnectionManager` (a bare multiplexed connection never reconnects),
+//! created lazily so a service starts while Redis is still down. A command that failed on a
+//! dropped connection has an unknown outcome; callers treat it as such.
+//!
+//! Modules: [`dedupe`] (callback retries).
+
+pub mod dedupe;
+mod keys;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use wxhub_runtime::SecretUrl;
+
+pub use keys::Keys;
+
+/// `[redis]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:6379[/db]` (the password never prints).
+    pub url: SecretUrl,
+    /// Per-command response timeout.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_ms: u64,
+    /// Connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connection_timeout_ms: u64,
+}
+
+fn default_response_timeout() -> u64 {
+    1000
+}
+fn default_connect_timeout() -> u64 {
+    1000
+}
+
+impl RedisConfig {
+    /// A config for `url` with default timeouts.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: SecretUrl::new(url),
+            response_timeout_ms: default_response_timeout(),
+            connection_timeout_ms: default_connect_timeout(),
+        }
+    }
+}
+
+/// Redis failures. The message never contains a key's value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or the command failed; the outcome of a write may be unknown.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Stored data is not what this version expects.
+    #[error("corrupt value at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A handle on Redis for one namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Creates the (lazy, self-reconnecting) connection; does not wait for Redis to be up.
+    pub fn connect(config: &RedisConfig, namespace: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.expose())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
+            .set_connection_timeout(Some(Duration::from_millis(config.connection_timeout_ms)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        Ok(Self {
+            conn,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// The namespace every key starts with.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Key names of one tenant.
+    pub fn keys(&self, tenant: &str) -> Keys {
+        Keys::new(&self.namespace, tenant)
+    }
+
+    /// A connection to run commands on (clones share one multiplexed connection).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `PING`, for readiness checks.
+    pub async fn ping(&self) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("PING").query_async(&mut conn).await?)
+    }
+}
