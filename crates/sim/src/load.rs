@@ -1,0 +1,608 @@
+//! The load generator: signed, encrypted callbacks posted to a gateway's message URL as fast
+//! as asked, with latency percentiles (HdrHistogram) and a status-code histogram.
+//!
+//! Bodies are generated before the clock starts, each with a unique `MsgId` (messages) or a
+//! unique `FromUserName` (events), so a deduplicating gateway publishes every one. The pool is
+//! bounded by memory; when a run needs more bodies than the pool holds they are reused and the
+//! report says so. Signed URLs are pre-computed too and re-signed only when their timestamp is
+//! older than 30 s, so receivers that check timestamp freshness accept long runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use wxhub_crypto::{Crypt, KeySlot, msg_signature, signature};
+
+use crate::SimError;
+use crate::clock::VirtualClock;
+use crate::push::{MessageSpec, cdata_el};
+use crate::seed::{Encryption, Secret};
+
+/// Kinds of callbacks the generator can post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadKind {
+    /// Text message (unique MsgId).
+    Text,
+    /// Image message.
+    Image,
+    /// Voice message.
+    Voice,
+    /// Location message.
+    Location,
+    /// Link message.
+    Link,
+    /// `CLICK` event (unique FromUserName).
+    Event,
+}
+
+impl std::str::FromStr for LoadKind {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        Ok(match s {
+            "text" => Self::Text,
+            "image" => Self::Image,
+            "voice" => Self::Voice,
+            "location" => Self::Location,
+            "link" => Self::Link,
+            "event" => Self::Event,
+            other => {
+                return Err(SimError::BadRequest(format!(
+                    "unknown load kind {other:?} (text, image, voice, location, link, event)"
+                )));
+            }
+        })
+    }
+}
+
+/// Parses `text=80,event=20`.
+pub fn parse_mix(s: &str) -> Result<Vec<(LoadKind, u32)>, SimError> {
+    let mut mix = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, weight) = part.split_once('=').ok_or_else(|| {
+            SimError::BadRequest(format!("mix entry {part:?} is not kind=weight"))
+        })?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| SimError::BadRequest(format!("mix weight {weight:?} is not a number")))?;
+        mix.push((kind.trim().parse()?, weight));
+    }
+    if mix.is_empty() || mix.iter().all(|(_, w)| *w == 0) {
+        return Err(SimError::BadRequest("mix needs a positive weight".into()));
+    }
+    Ok(mix)
+}
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Gateway base URL, e.g. `http://127.0.0.1:8080`.
+    pub gateway: String,
+    /// Tenant id in the path.
+    pub tenant: String,
+    /// Authorizer appid in the path and envelope.
+    pub appid: String,
+    /// `ToUserName` (the account's gh_ id).
+    pub to_user_name: String,
+    /// Message token of the component (or account).
+    pub token: Secret,
+    /// EncodingAESKey.
+    pub aes_key: Secret,
+    /// Receive-id inside the ciphertext (the component appid).
+    pub component_appid: String,
+    /// Target rate per second (open loop); `None` = as fast as possible (closed loop).
+    pub rate: Option<f64>,
+    /// Concurrent requests (workers).
+    pub concurrency: usize,
+    /// How long to run.
+    pub duration: Duration,
+    /// Weighted mix of callback kinds.
+    pub mix: Vec<(LoadKind, u32)>,
+    /// Framing.
+    pub mode: Encryption,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Memory bound of the pre-generated pool, bytes.
+    pub pool_bytes: usize,
+    /// Full URL instead of `{gateway}/wx/{tenant}/callback/{appid}`.
+    pub url: Option<String>,
+}
+
+impl LoadConfig {
+    /// A closed-loop run of text messages with sensible defaults.
+    pub fn new(
+        gateway: &str,
+        tenant: &str,
+        appid: &str,
+        token: &str,
+        aes_key: &str,
+        component_appid: &str,
+    ) -> Self {
+        Self {
+            gateway: gateway.to_owned(),
+            tenant: tenant.to_owned(),
+            appid: appid.to_owned(),
+            to_user_name: "gh_load_test".into(),
+            token: token.into(),
+            aes_key: aes_key.into(),
+            component_appid: component_appid.to_owned(),
+            rate: None,
+            concurrency: 32,
+            duration: Duration::from_secs(10),
+            mix: vec![(LoadKind::Text, 80), (LoadKind::Event, 20)],
+            mode: Encryption::Safe,
+            timeout: Duration::from_secs(10),
+            pool_bytes: 256 * 1024 * 1024,
+            url: None,
+        }
+    }
+
+    fn target(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/wx/{}/callback/{}",
+                self.gateway.trim_end_matches('/'),
+                self.tenant,
+                self.appid
+            )
+        })
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadReport {
+    /// Where the callbacks went.
+    pub url: String,
+    /// `safe`, `compatible` or `plain`.
+    pub mode: Encryption,
+    /// Workers.
+    pub concurrency: usize,
+    /// Target rate (absent in max mode).
+    pub target_rate: Option<f64>,
+    /// Measured run time, seconds.
+    pub elapsed_s: f64,
+    /// Requests started.
+    pub sent: u64,
+    /// Requests that got an HTTP answer.
+    pub completed: u64,
+    /// Requests that failed without an answer (connection error, timeout).
+    pub errors: u64,
+    /// Completed per second.
+    pub throughput: f64,
+    /// Latency of completed requests (open loop: from the scheduled send time).
+    pub latency_ms: Latency,
+    /// Answers by status code; transport failures under `error`.
+    pub status: BTreeMap<String, u64>,
+    /// Distinct bodies generated.
+    pub unique_bodies: usize,
+    /// True when bodies had to be reused (duplicates a deduplicating gateway drops).
+    pub reused_bodies: bool,
+    /// Time spent pre-generating, seconds (not part of the run).
+    pub pregen_s: f64,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "target     {}", self.url)?;
+        match self.target_rate {
+            Some(r) => writeln!(
+                f,
+                "mode       {:?}, open loop at {r}/s, {} workers",
+                self.mode, self.concurrency
+            )?,
+            None => writeln!(
+                f,
+                "mode       {:?}, closed loop (max), {} workers",
+                self.mode, self.concurrency
+            )?,
+        }
+        writeln!(
+            f,
+            "requests   {} sent, {} completed, {} errors in {:.2} s",
+            self.sent, self.completed, self.errors, self.elapsed_s
+        )?;
+        writeln!(f, "throughput {:.1} completed/s", self.throughput)?;
+        let l = &self.latency_ms;
+        writeln!(
+            f,
+            "latency    p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        )?;
+        let statuses: Vec<String> = self
+            .status
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        writeln!(f, "status     {}", statuses.join(", "))?;
+        write!(
+            f,
+            "bodies     {} unique{}",
+            self.unique_bodies,
+            if self.reused_bodies {
+                ", REUSED (duplicates were sent)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+struct Item {
+    url: String,
+    body: Bytes,
+    encrypt: Option<String>,
+    openid: String,
+    nonce: String,
+    timestamp: i64,
+}
+
+struct Signer {
+    base: String,
+    token: String,
+    mode: Encryption,
+}
+
+impl Signer {
+    fn url(&self, timestamp: i64, nonce: &str, openid: &str, encrypt: Option<&str>) -> String {
+        let ts = timestamp.to_string();
+        let mut url = String::with_capacity(self.base.len() + 200);
+        url.push_str(&self.base);
+        url.push(if self.base.contains('?') { '&' } else { '?' });
+        url.push_str("signature=");
+        url.push_str(&signature(&self.token, &ts, nonce));
+        url.push_str("&timestamp=");
+        url.push_str(&ts);
+        url.push_str("&nonce=");
+        url.push_str(nonce);
+        url.push_str("&openid=");
+        url.extend(url::form_urlencoded::byte_serialize(openid.as_bytes()));
+        if let (Some(encrypt), false) = (encrypt, self.mode == Encryption::Plain) {
+            url.push_str("&encrypt_type=aes&msg_signature=");
+            url.push_str(&msg_signature(&self.token, &ts, nonce, encrypt));
+        }
+        url
+    }
+}
+
+fn build_item(
+    i: u64,
+    kind: LoadKind,
+    cfg: &LoadConfig,
+    crypt: &Crypt,
+    signer: &Signer,
+    now_secs: i64,
+    msg_base: u64,
+) -> Item {
+    let (openid, message) = match kind {
+        LoadKind::Text => (
+            "o_load_user".to_owned(),
+            MessageSpec::text(format!("load test {i}")),
+        ),
+        LoadKind::Image => (
+            "o_load_user".to_owned(),
+            MessageSpec::Image {
+                pic_url: format!("http://mmbiz.qpic.cn/load/{i}"),
+                media_id: format!("media_{i}"),
+            },
+        ),
+        LoadKind::Voice => (
+            "o_load_user".to_owned(),
+            MessageSpec::Voice {
+                media_id: format!("media_{i}"),
+                format: "amr".into(),
+                recognition: None,
+            },
+        ),
+        LoadKind::Location => (
+            "o_load_user".to_owned(),
+            MessageSpec::Location {
+                location_x: 23.134521,
+                location_y: 113.358803,
+                scale: 20,
+                label: format!("place {i}"),
+            },
+        ),
+        LoadKind::Link => (
+            "o_load_user".to_owned(),
+            MessageSpec::Link {
+                title: format!("link {i}"),
+                description: "load".into(),
+                url: format!("https://example.invalid/{i}"),
+            },
+        ),
+        // Events dedupe on FromUserName + CreateTime: a unique user per event keeps them apart.
+        LoadKind::Event => (format!("o_load_{i}"), MessageSpec::click("load")),
+    };
+    let xml = message.to_xml(&cfg.to_user_name, &openid, now_secs, msg_base + i);
+    let nonce = (1_000_000_000 + i).to_string();
+    let encrypt = match cfg.mode {
+        Encryption::Plain => None,
+        _ => Some(crypt.encrypt(xml.as_bytes(), KeySlot::Current)),
+    };
+    let body = match (&encrypt, cfg.mode) {
+        (None, _) => xml,
+        (Some(e), Encryption::Compatible) => {
+            let mut out = xml.trim_end_matches("</xml>").to_owned();
+            cdata_el(&mut out, "Encrypt", e);
+            out.push_str("</xml>");
+            out
+        }
+        (Some(e), _) => {
+            let mut out = String::with_capacity(e.len() + 96);
+            out.push_str("<xml>");
+            cdata_el(&mut out, "ToUserName", &cfg.to_user_name);
+            cdata_el(&mut out, "Encrypt", e);
+            out.push_str("</xml>");
+            out
+        }
+    };
+    Item {
+        url: signer.url(now_secs, &nonce, &openid, encrypt.as_deref()),
+        body: Bytes::from(body),
+        encrypt,
+        openid,
+        nonce,
+        timestamp: now_secs,
+    }
+}
+
+fn pregenerate(cfg: &LoadConfig) -> Result<(Vec<Item>, bool), SimError> {
+    let crypt = Crypt::from_parts(
+        cfg.token.expose(),
+        cfg.aes_key.expose(),
+        &cfg.component_appid,
+    )
+    .map_err(|e| SimError::BadRequest(format!("aes_key: {e}")))?;
+    let signer = Signer {
+        base: cfg.target(),
+        token: cfg.token.expose().to_owned(),
+        mode: cfg.mode,
+    };
+    let now = VirtualClock::wall_ms() / 1000;
+    let msg_base = u64::try_from(VirtualClock::wall_ms()).unwrap_or(0) * 1000;
+    let sample = build_item(0, LoadKind::Text, cfg, &crypt, &signer, now, msg_base);
+    let per_item = sample.url.len() + sample.body.len() * 2 + 128;
+    let max_items = (cfg.pool_bytes / per_item).max(1);
+    let secs = cfg.duration.as_secs_f64().max(0.001);
+    let needed = match cfg.rate {
+        Some(rate) => (rate * secs).ceil() as usize + 1,
+        // Closed loop: nobody knows the rate in advance; assume at most 50k/s.
+        None => (50_000.0 * secs).ceil() as usize,
+    };
+    let count = needed.min(max_items).max(1);
+    let total: u32 = cfg.mix.iter().map(|(_, w)| *w).sum();
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut items = Vec::with_capacity(count);
+    for i in 0..count as u64 {
+        let mut pick = rng.random_range(0..total.max(1));
+        let mut kind = cfg.mix[0].0;
+        for (k, w) in &cfg.mix {
+            if pick < *w {
+                kind = *k;
+                break;
+            }
+            pick -= w;
+        }
+        items.push(build_item(i, kind, cfg, &crypt, &signer, now, msg_base));
+    }
+    Ok((items, needed > count))
+}
+
+#[derive(Default)]
+struct WorkerStats {
+    hist: Option<Histogram<u64>>,
+    status: BTreeMap<String, u64>,
+    sent: u64,
+    completed: u64,
+    errors: u64,
+}
+
+/// Runs the load and reports. Fails only on bad configuration.
+pub async fn run(cfg: LoadConfig) -> Result<LoadReport, SimError> {
+    if cfg.concurrency == 0 || cfg.concurrency > 10_000 {
+        return Err(SimError::BadRequest(
+            "concurrency must be within 1..=10000".into(),
+        ));
+    }
+    if let Some(rate) = cfg.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        return Err(SimError::BadRequest("rate must be positive".into()));
+    }
+    if cfg.duration.is_zero() {
+        return Err(SimError::BadRequest("duration must be positive".into()));
+    }
+    if cfg.mix.is_empty() || cfg.mix.iter().all(|(_, w)| *w == 0) {
+        return Err(SimError::BadRequest("mix needs a positive weight".into()));
+    }
+    url::Url::parse(&cfg.target())
+        .map_err(|e| SimError::BadRequest(format!("bad gateway URL: {e}")))?;
+    let pregen_started = Instant::now();
+    let cfg = Arc::new(cfg);
+    let (items, reused) = {
+        let cfg = Arc::clone(&cfg);
+        tokio::task::spawn_blocking(move || pregenerate(&cfg))
+            .await
+            .map_err(|e| SimError::BadRequest(format!("pre-generation failed: {e}")))??
+    };
+    let pregen_s = pregen_started.elapsed().as_secs_f64();
+    let items = Arc::new(items);
+    let signer = Arc::new(Signer {
+        base: cfg.target(),
+        token: cfg.token.expose().to_owned(),
+        mode: cfg.mode,
+    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(cfg.concurrency)
+        .tcp_nodelay(true)
+        .http1_only()
+        .timeout(cfg.timeout)
+        .build()
+        .map_err(|e| SimError::BadRequest(format!("http client: {e}")))?;
+    let next = Arc::new(AtomicU64::new(0));
+    let wrapped = Arc::new(AtomicBool::new(false));
+    let start = tokio::time::Instant::now();
+    let end = start + cfg.duration;
+    let mut workers = Vec::with_capacity(cfg.concurrency);
+    for _ in 0..cfg.concurrency {
+        let (client, items, signer, next, wrapped, cfg) = (
+            client.clone(),
+            Arc::clone(&items),
+            Arc::clone(&signer),
+            Arc::clone(&next),
+            Arc::clone(&wrapped),
+            Arc::clone(&cfg),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut stats = WorkerStats {
+                hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
+                ..Default::default()
+            };
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let scheduled = match cfg.rate {
+                    Some(rate) => {
+                        let at = start + Duration::from_secs_f64(i as f64 / rate);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at).await;
+                        at
+                    }
+                    None => {
+                        let now = tokio::time::Instant::now();
+                        if now >= end {
+                            break;
+                        }
+                        now
+                    }
+                };
+                let idx = (i % items.len() as u64) as usize;
+                if i >= items.len() as u64 {
+                    wrapped.store(true, Ordering::Relaxed);
+                }
+                let item = &items[idx];
+                let now_secs = VirtualClock::wall_ms() / 1000;
+                let resigned;
+                let url = if now_secs - item.timestamp > 30 {
+                    resigned =
+                        signer.url(now_secs, &item.nonce, &item.openid, item.encrypt.as_deref());
+                    resigned.as_str()
+                } else {
+                    item.url.as_str()
+                };
+                stats.sent += 1;
+                let result = client
+                    .post(url)
+                    .header("content-type", "text/xml")
+                    .body(item.body.clone())
+                    .send()
+                    .await;
+                let status = match result {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        match resp.bytes().await {
+                            Ok(_) => Some(status),
+                            Err(_) => None,
+                        }
+                    }
+                    Err(_) => None,
+                };
+                match status {
+                    Some(code) => {
+                        stats.completed += 1;
+                        *stats.status.entry(code.to_string()).or_default() += 1;
+                        let micros =
+                            u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Some(h) = &mut stats.hist {
+                            let _ = h.record(micros.clamp(1, 120_000_000));
+                        }
+                    }
+                    None => {
+                        stats.errors += 1;
+                        *stats.status.entry("error".into()).or_default() += 1;
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = WorkerStats {
+        hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
+        ..Default::default()
+    };
+    for w in workers {
+        let Ok(stats) = w.await else { continue };
+        total.sent += stats.sent;
+        total.completed += stats.completed;
+        total.errors += stats.errors;
+        for (k, v) in stats.status {
+            *total.status.entry(k).or_default() += v;
+        }
+        if let (Some(t), Some(h)) = (&mut total.hist, &stats.hist) {
+            let _ = t.add(h);
+        }
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let ms = |v: u64| v as f64 / 1000.0;
+    let latency = match &total.hist {
+        Some(h) if !h.is_empty() => Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        },
+        _ => Latency {
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+            p999: 0.0,
+            max: 0.0,
+            mean: 0.0,
+        },
+    };
+    Ok(LoadReport {
+        url: cfg.target(),
+        mode: cfg.mode,
+        concurrency: cfg.concurrency,
+        target_rate: cfg.rate,
+        elapsed_s,
+        sent: total.sent,
+        completed: total.completed,
+        errors: total.errors,
+        throughput: total.completed as f64 / elapsed_s.max(1e-9),
+        latency_ms: latency,
+        status: total.status,
+        unique_bodies: items.len(),
+        reused_bodies: reused || wrapped.load(Ordering::Relaxed),
+        pregen_s,
+    })
+}
