@@ -23,6 +23,58 @@ impl Keys {
     pub fn dedupe(&self, appid: &str, dedupe_key: &str) -> String {
         format!("{}dedupe:{appid}:{dedupe_key}", self.prefix)
     }
+
+    /// `…:ticket` — hash: the latest component_verify_ticket (`v`), its `CreateTime` (`ct`)
+    /// and when it was received (`at`, ms).
+    pub fn ticket(&self) -> String {
+        format!("{}ticket", self.prefix)
+    }
+
+    /// `…:token:{credential}` — hash: an access token or JS-SDK ticket (`v`), expiry (`exp`,
+    /// ms), lifetime (`lt`, ms), refresh time (`at`, ms), the fence it was written with
+    /// (`fence`) and `rej` when a client reported it rejected. Credentials: `component`, `app`,
+    /// `authorizer:{appid}`, `jsapi`, `jsapi:{appid}`.
+    pub fn token(&self, credential: &str) -> String {
+        format!("{}token:{credential}", self.prefix)
+    }
+
+    /// `…:lock:{credential}` — string `{owner}:{fence}` with a PX expiry: the refresh lease.
+    pub fn lock(&self, credential: &str) -> String {
+        format!("{}lock:{credential}", self.prefix)
+    }
+
+    /// `…:fence` — counter: the tenant's monotonically increasing fencing tokens.
+    pub fn fence(&self) -> String {
+        format!("{}fence", self.prefix)
+    }
+
+    /// `…:schedule` — sorted set: credential → due time of its next refresh (ms).
+    pub fn schedule(&self) -> String {
+        format!("{}schedule", self.prefix)
+    }
+
+    /// `…:authorizer:{appid}` — hash: one authorizer record (status, refresh token, its fence,
+    /// permission sets, times, profile).
+    pub fn authorizer(&self, appid: &str) -> String {
+        format!("{}authorizer:{appid}", self.prefix)
+    }
+
+    /// `…:authorizers` — sorted set (all scores 0): the appids of every known authorizer, for
+    /// lexicographic paging.
+    pub fn authorizers(&self) -> String {
+        format!("{}authorizers", self.prefix)
+    }
+
+    /// `…:consumed:{message_id}` — marker of a bus event already applied (with a TTL).
+    pub fn consumed(&self, message_id: &str) -> String {
+        format!("{}consumed:{message_id}", self.prefix)
+    }
+
+    /// `…:guard:{what}` — a short-lived marker so only one replica does `what` (e.g. asks
+    /// WeChat to restart ticket pushes) per period.
+    pub fn guard(&self, what: &str) -> String {
+        format!("{}guard:{what}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -34,5 +86,21 @@ mod tests {
         let k = Keys::new("wxhub", "acme");
         assert_eq!(k.prefix(), "wxhub:{acme}:");
         assert_eq!(k.dedupe("wx1", "msg:42"), "wxhub:{acme}:dedupe:wx1:msg:42");
+        assert_eq!(
+            k.token("authorizer:wx1"),
+            "wxhub:{acme}:token:authorizer:wx1"
+        );
+        assert_eq!(k.lock("component"), "wxhub:{acme}:lock:component");
+        for key in [
+            k.ticket(),
+            k.fence(),
+            k.schedule(),
+            k.authorizer("wx1"),
+            k.authorizers(),
+            k.consumed("m"),
+            k.guard("push-ticket"),
+        ] {
+            assert!(key.starts_with("wxhub:{acme}:"), "{key}");
+        }
     }
 }

@@ -8,8 +8,11 @@
 //! created lazily so a service starts while Redis is still down. A command that failed on a
 //! dropped connection has an unknown outcome; callers treat it as such.
 //!
-//! Modules: [`dedupe`] (callback retries).
+//! Modules: [`dedupe`] (callback retries), [`credentials`] (tickets, tokens, refresh leases,
+//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens).
 
+pub mod authorizers;
+pub mod credentials;
 pub mod dedupe;
 mod keys;
 
@@ -19,6 +22,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use wxhub_runtime::SecretUrl;
 
+pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
+pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
 pub use keys::Keys;
 
 /// `[redis]` config section.

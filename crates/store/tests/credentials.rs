@@ -1,0 +1,490 @@
+//! Credential and authorizer scripts against the real Redis on 127.0.0.1:6379, each test in its
+//! own namespace (deleted at the end).
+
+use std::time::Duration;
+
+use wxhub_runtime::Secret;
+use wxhub_store::authorizers::{Authorization, Listed};
+use wxhub_store::credentials::TokenWrite;
+use wxhub_store::{AuthorizerStatus, Authorizers, Credentials, RedisConfig, Store, WriteOutcome};
+
+fn store(test: &str) -> Store {
+    let url =
+        std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    Store::connect(
+        &RedisConfig::new(url),
+        &format!("t-{test}-{:08x}", rand::random::<u32>()),
+    )
+    .unwrap()
+}
+
+async fn cleanup(store: &Store) {
+    let mut conn = store.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", store.namespace()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn write<'a>(value: &'a Secret, now: i64) -> TokenWrite<'a> {
+    TokenWrite {
+        value,
+        expires_at_ms: now + 7_200_000,
+        lifetime_ms: 7_200_000,
+        now_ms: now,
+        due_ms: now + 5_760_000,
+        authorizer: None,
+        refresh_token: None,
+    }
+}
+
+#[tokio::test]
+async fn lease_is_exclusive_fenced_and_released_by_owner_only() {
+    let store = store("lease");
+    let c = Credentials::new(store.clone());
+    let a = c
+        .acquire("acme", "component", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("free lease");
+    assert!(
+        c.acquire("acme", "component", Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_none(),
+        "held"
+    );
+    // Another credential and another tenant are independent.
+    let other = c
+        .acquire("acme", "app", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.fence > a.fence, "fences increase per tenant");
+    assert!(c.holds(&a).await.unwrap());
+    assert!(c.release(&a).await.unwrap());
+    assert!(!c.release(&a).await.unwrap(), "a second release is a no-op");
+    let b = c
+        .acquire("acme", "component", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.fence > other.fence);
+    // The old owner can neither release nor write over the new one.
+    assert!(!c.release(&a).await.unwrap());
+    assert!(!c.holds(&a).await.unwrap());
+    let v = Secret::new("T-a");
+    assert_eq!(
+        c.write_token(&a, &write(&v, 1000)).await.unwrap(),
+        WriteOutcome::LostLease
+    );
+    assert!(c.token("acme", "component").await.unwrap().is_none());
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn expired_lease_of_a_paused_holder_cannot_overwrite_a_newer_token() {
+    let store = store("fence");
+    let c = Credentials::new(store.clone());
+    let paused = c
+        .acquire("acme", "component", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let fresh = c
+        .acquire("acme", "component", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the expired lease is free again");
+    let newer = Secret::new("T-new");
+    assert_eq!(
+        c.write_token(&fresh, &write(&newer, 2000)).await.unwrap(),
+        WriteOutcome::Written {
+            refresh_token_rotated: false
+        }
+    );
+    c.release(&fresh).await.unwrap();
+    // The lease is free now, but the paused holder's fence is older than the stored one.
+    let older = Secret::new("T-old");
+    assert_eq!(
+        c.write_token(&paused, &write(&older, 3000)).await.unwrap(),
+        WriteOutcome::StaleFence
+    );
+    let stored = c.token("acme", "component").await.unwrap().unwrap();
+    assert_eq!(stored.value.expose(), "T-new");
+    assert_eq!(stored.fence, fresh.fence);
+    assert_eq!(
+        c.due("acme", "component").await.unwrap(),
+        Some(2000 + 5_760_000)
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn invalidate_compares_and_marks_once() {
+    let store = store("invalidate");
+    let c = Credentials::new(store.clone());
+    let lease = c
+        .acquire("acme", "app", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let v = Secret::new("T1");
+    c.write_token(&lease, &write(&v, 1000)).await.unwrap();
+    c.release(&lease).await.unwrap();
+    assert!(!c.invalidate("acme", "app", "T0", 5000).await.unwrap());
+    assert!(!c.token("acme", "app").await.unwrap().unwrap().rejected);
+    assert!(c.invalidate("acme", "app", "T1", 5000).await.unwrap());
+    let t = c.token("acme", "app").await.unwrap().unwrap();
+    assert!(t.rejected);
+    assert_eq!(c.due("acme", "app").await.unwrap(), Some(5000), "due now");
+    // A new write clears the mark.
+    let lease = c
+        .acquire("acme", "app", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let v2 = Secret::new("T2");
+    c.write_token(&lease, &write(&v2, 6000)).await.unwrap();
+    assert!(!c.token("acme", "app").await.unwrap().unwrap().rejected);
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn tickets_keep_the_newest_push() {
+    let store = store("ticket");
+    let c = Credentials::new(store.clone());
+    assert!(c.ticket("acme").await.unwrap().is_none());
+    assert!(c.store_ticket("acme", "ticket@@@2", 200, 10).await.unwrap());
+    assert!(
+        !c.store_ticket("acme", "ticket@@@1", 100, 20).await.unwrap(),
+        "older push"
+    );
+    assert!(
+        c.store_ticket("acme", "ticket@@@2", 200, 30).await.unwrap(),
+        "replay is harmless"
+    );
+    let t = c.ticket("acme").await.unwrap().unwrap();
+    assert_eq!((t.value.expose(), t.create_time), ("ticket@@@2", 200));
+    assert!(c.ticket("other").await.unwrap().is_none(), "per tenant");
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn schedule_claims_are_exclusive_and_come_back() {
+    let store = store("schedule");
+    let c = Credentials::new(store.clone());
+    for (cred, due) in [("a", 100), ("b", 200), ("c", 900)] {
+        c.schedule("acme", cred, due, false).await.unwrap();
+    }
+    c.schedule("acme", "a", 50_000, true).await.unwrap();
+    assert_eq!(
+        c.due("acme", "a").await.unwrap(),
+        Some(100),
+        "NX keeps the entry"
+    );
+    assert_eq!(c.due_count("acme", 500).await.unwrap(), 2);
+    let mut first = c.claim_due("acme", 500, 10_500, 10).await.unwrap();
+    first.sort();
+    assert_eq!(first, vec!["a", "b"]);
+    assert!(
+        c.claim_due("acme", 500, 10_500, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed"
+    );
+    let again = c.claim_due("acme", 11_000, 20_000, 1).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "limit honoured; unfinished claims come due again"
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
+    let store = store("rotation");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let r1 = Secret::new("R1");
+    let fence = c.next_fence("acme").await.unwrap();
+    assert_eq!(
+        a.authorize(
+            "acme",
+            &Authorization {
+                appid: "wxa",
+                event_ms: 1000,
+                now_ms: 1000,
+                fence,
+                refresh_token: Some(&r1),
+                func_info: &[1, 15],
+            }
+        )
+        .await
+        .unwrap(),
+        (true, true)
+    );
+    let lease = c
+        .acquire("acme", "authorizer:wxa", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let (r2, token) = (Secret::new("R2"), Secret::new("A1"));
+    let mut w = write(&token, 2000);
+    w.authorizer = Some("wxa");
+    w.refresh_token = Some((&r1, &r2));
+    assert_eq!(
+        c.write_token(&lease, &w).await.unwrap(),
+        WriteOutcome::Written {
+            refresh_token_rotated: true
+        }
+    );
+    c.release(&lease).await.unwrap();
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.as_ref().unwrap().expose(), "R2");
+    assert_eq!(rec.func_info, vec![1, 15]);
+
+    // A writer that used R1 (older) cannot put its rotation over R2.
+    let newer = c
+        .acquire("acme", "authorizer:wxa", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let (r3, token2) = (Secret::new("R3"), Secret::new("A2"));
+    let mut w = write(&token2, 3000);
+    w.authorizer = Some("wxa");
+    w.refresh_token = Some((&r1, &r3));
+    assert_eq!(
+        c.write_token(&newer, &w).await.unwrap(),
+        WriteOutcome::Written {
+            refresh_token_rotated: false
+        }
+    );
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.unwrap().expose(), "R2");
+    // An authorization exchanged with an older fence does not replace the refresh token.
+    let (applied, stored) = a
+        .authorize(
+            "acme",
+            &Authorization {
+                appid: "wxa",
+                event_ms: 4000,
+                now_ms: 4000,
+                fence,
+                refresh_token: Some(&Secret::new("R-old")),
+                func_info: &[1],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(applied && !stored);
+    assert_eq!(
+        a.get("acme", "wxa")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .unwrap()
+            .expose(),
+        "R2"
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn revocation_drops_tokens_and_events_apply_in_time_order() {
+    let store = store("revoke");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let r = Secret::new("R1");
+    let auth = |event_ms| Authorization {
+        appid: "wxa",
+        event_ms,
+        now_ms: event_ms,
+        fence: 1,
+        refresh_token: Some(&r),
+        func_info: &[],
+    };
+    a.authorize("acme", &auth(1000)).await.unwrap();
+    let lease = c
+        .acquire("acme", "authorizer:wxa", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = Secret::new("A1");
+    let mut w = write(&token, 1000);
+    w.authorizer = Some("wxa");
+    c.write_token(&lease, &w).await.unwrap();
+    c.release(&lease).await.unwrap();
+
+    assert!(
+        !a.revoke("acme", "wxa", 500, 2000, "unauthorized")
+            .await
+            .unwrap(),
+        "older event"
+    );
+    assert!(
+        a.revoke("acme", "wxa", 2000, 2000, "unauthorized")
+            .await
+            .unwrap()
+    );
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Revoked);
+    assert!(rec.refresh_token.is_none());
+    assert_eq!(rec.revoked_reason.as_deref(), Some("unauthorized"));
+    assert!(c.token("acme", "authorizer:wxa").await.unwrap().is_none());
+    assert_eq!(c.due("acme", "authorizer:wxa").await.unwrap(), None);
+    assert!(!a.revoke("acme", "nobody", 2000, 2000, "x").await.unwrap());
+
+    // A refresh that was in flight cannot store a token for the revoked account.
+    let lease = c
+        .acquire("acme", "authorizer:wxa", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.write_token(&lease, &w).await.unwrap(),
+        WriteOutcome::Revoked
+    );
+    c.release(&lease).await.unwrap();
+    // A late `authorized` from before the revocation does not resurrect it; a newer one does.
+    assert!(!a.authorize("acme", &auth(1500)).await.unwrap().0);
+    assert!(a.authorize("acme", &auth(3000)).await.unwrap().0);
+    assert_eq!(
+        a.get("acme", "wxa").await.unwrap().unwrap().status,
+        AuthorizerStatus::Authorized
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn reconcile_recovers_refresh_tokens_and_pages() {
+    let store = store("reconcile");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let (ra, rb) = (Secret::new("Ra"), Secret::new("Rb"));
+    // wxb was known without a refresh token (lost); wxc was revoked before the list was read.
+    a.authorize(
+        "acme",
+        &Authorization {
+            appid: "wxb",
+            event_ms: 10,
+            now_ms: 10,
+            fence: 1,
+            refresh_token: None,
+            func_info: &[],
+        },
+    )
+    .await
+    .unwrap();
+    a.authorize(
+        "acme",
+        &Authorization {
+            appid: "wxc",
+            event_ms: 10,
+            now_ms: 10,
+            fence: 1,
+            refresh_token: Some(&Secret::new("Rc")),
+            func_info: &[],
+        },
+    )
+    .await
+    .unwrap();
+    a.revoke("acme", "wxc", 20, 20, "unauthorized")
+        .await
+        .unwrap();
+    let fence = c.next_fence("acme").await.unwrap();
+    let counts = a
+        .reconcile(
+            "acme",
+            100,
+            100,
+            fence,
+            &[
+                Listed {
+                    appid: "wxa",
+                    refresh_token: Some(&ra),
+                    due_ms: 500,
+                },
+                Listed {
+                    appid: "wxb",
+                    refresh_token: Some(&rb),
+                    due_ms: 600,
+                },
+                Listed {
+                    appid: "wxd",
+                    refresh_token: None,
+                    due_ms: 700,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.authorized, 2, "wxa and wxd are new");
+    assert_eq!(counts.refresh_tokens, 2);
+    assert_eq!(
+        a.get("acme", "wxb")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .unwrap()
+            .expose(),
+        "Rb"
+    );
+    assert_eq!(c.due("acme", "authorizer:wxa").await.unwrap(), Some(500));
+    assert_eq!(
+        c.due("acme", "authorizer:wxd").await.unwrap(),
+        None,
+        "nothing to refresh with"
+    );
+    assert_eq!(
+        a.get("acme", "wxc").await.unwrap().unwrap().status,
+        AuthorizerStatus::Revoked,
+        "not listed: stays revoked"
+    );
+    // Idempotent.
+    let again = a
+        .reconcile(
+            "acme",
+            200,
+            200,
+            fence,
+            &[Listed {
+                appid: "wxa",
+                refresh_token: Some(&ra),
+                due_ms: 9999,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Default::default());
+    assert_eq!(c.due("acme", "authorizer:wxa").await.unwrap(), Some(500));
+
+    assert_eq!(a.count("acme").await.unwrap(), 4);
+    let (page1, next) = a.list("acme", None, 3).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|r| r.appid.as_str()).collect::<Vec<_>>(),
+        ["wxa", "wxb", "wxc"]
+    );
+    let (page2, end) = a.list("acme", next.as_deref(), 3).await.unwrap();
+    assert_eq!(page2.len(), 1);
+    assert_eq!(page2[0].appid, "wxd");
+    assert!(end.is_none());
+    assert!(
+        a.list("other", None, 10).await.unwrap().0.is_empty(),
+        "per tenant"
+    );
+    cleanup(&store).await;
+}
