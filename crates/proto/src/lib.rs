@@ -20,5 +20,12 @@ pub mod jobs {
     }
 }
 
+/// token-control's gRPC API (`wxhub.token.v1.TokenControl`).
+pub mod token {
+    pub mod v1 {
+        include!("gen/wxhub.token.v1.rs");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");
