@@ -543,6 +543,47 @@ impl Credentials {
         Ok(set.is_some())
     }
 
+    /// Sets `…:guard:{what}` to `value` for `ttl` (with `only_if_absent`, only when unset);
+    /// returns whether it was set.
+    pub async fn mark(
+        &self,
+        tenant: &str,
+        what: &str,
+        value: &str,
+        ttl: Duration,
+        only_if_absent: bool,
+    ) -> Result<bool, StoreError> {
+        let key = self.store.keys(tenant).guard(what);
+        let mut conn = self.store.conn();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(value).arg("PX").arg(ms(ttl));
+        if only_if_absent {
+            cmd.arg("NX");
+        }
+        let set: Option<String> = cmd.query_async(&mut conn).await?;
+        Ok(set.is_some())
+    }
+
+    /// The value of `…:guard:{what}`.
+    pub async fn marker(&self, tenant: &str, what: &str) -> Result<Option<String>, StoreError> {
+        let key = self.store.keys(tenant).guard(what);
+        let mut conn = self.store.conn();
+        Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
+    }
+
+    /// Deletes `…:guard:{what}` if it still holds `value` (compare-and-delete).
+    pub async fn clear_marker(
+        &self,
+        tenant: &str,
+        what: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.store.keys(tenant).guard(what);
+        let mut conn = self.store.conn();
+        let _: i64 = RELEASE.key(key).arg(value).invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Whether the bus event `message_id` was already applied.
     pub async fn consumed(&self, tenant: &str, message_id: &str) -> Result<bool, StoreError> {
         let key = self.store.keys(tenant).consumed(message_id);

@@ -180,6 +180,50 @@ async fn tickets_keep_the_newest_push() {
 }
 
 #[tokio::test]
+async fn markers_and_guards() {
+    let store = store("markers");
+    let c = Credentials::new(store.clone());
+    assert!(
+        c.guard("acme", "push-ticket", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.guard("acme", "push-ticket", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        c.mark("acme", "code:x", "pending:a", Duration::from_secs(10), true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.mark("acme", "code:x", "pending:b", Duration::from_secs(10), true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.marker("acme", "code:x").await.unwrap().as_deref(),
+        Some("pending:a")
+    );
+    c.clear_marker("acme", "code:x", "pending:b").await.unwrap();
+    assert!(
+        c.marker("acme", "code:x").await.unwrap().is_some(),
+        "not ours: kept"
+    );
+    c.clear_marker("acme", "code:x", "pending:a").await.unwrap();
+    assert!(c.marker("acme", "code:x").await.unwrap().is_none());
+    assert!(!c.consumed("acme", "m1").await.unwrap());
+    c.mark_consumed("acme", "m1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(c.consumed("acme", "m1").await.unwrap());
+    assert!(!c.consumed("other", "m1").await.unwrap());
+    cleanup(&store).await;
+}
+
+#[tokio::test]
 async fn schedule_claims_are_exclusive_and_come_back() {
     let store = store("schedule");
     let c = Credentials::new(store.clone());
