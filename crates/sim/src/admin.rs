@@ -96,6 +96,10 @@ pub struct ComponentView {
     pub previous_access_token: Option<String>,
     /// Number of authorizers.
     pub authorizers: usize,
+    /// Authorization-event URL.
+    pub auth_event_url: Option<String>,
+    /// Message URL template.
+    pub message_url_template: Option<String>,
 }
 
 /// One authorization, for assertions.
@@ -186,6 +190,8 @@ impl Sim {
             access_token: c.token.current.clone(),
             previous_access_token: c.token.previous.clone(),
             authorizers: c.authorizations.len(),
+            auth_event_url: c.auth_event_url.clone(),
+            message_url_template: c.message_url_template.clone(),
         })
     }
 
@@ -318,6 +324,15 @@ struct RevokeBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UrlsBody {
+    #[serde(default)]
+    auth_event_url: Option<String>,
+    #[serde(default)]
+    message_url_template: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InteractBody {
     appid: String,
     openid: String,
@@ -357,6 +372,7 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         .route("/sim/revoke", post(revoke))
         .route("/sim/interact", post(interact))
         .route("/sim/components/{appid}", get(component))
+        .route("/sim/components/{appid}/urls", post(component_urls))
         .route(
             "/sim/components/{appid}/authorizers/{authorizer}",
             get(authorizer),
@@ -495,6 +511,12 @@ async fn component(AxState(sim): S, Path(appid): Path<String>) -> AdminResult {
     ok(sim
         .component_view(&appid)
         .ok_or_else(|| SimError::NotFound(format!("component {appid}")))?)
+}
+
+async fn component_urls(AxState(sim): S, Path(appid): Path<String>, body: Bytes) -> AdminResult {
+    let b: UrlsBody = parse(&body)?;
+    sim.set_component_urls(&appid, b.auth_event_url, b.message_url_template)?;
+    ok(sim.component_view(&appid))
 }
 
 async fn authorizer(

@@ -51,7 +51,11 @@ impl VirtualClock {
     /// Moves sim time forward by `by` and wakes every task waiting on [`VirtualClock::moved`].
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+        let _ = self
+            .offset_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                Some(o.saturating_add(ms).min(i64::MAX / 4))
+            });
         self.moved.notify_waiters();
     }
 

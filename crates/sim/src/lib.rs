@@ -130,6 +130,18 @@ impl SimHandle {
         self.sim.seed(seed)
     }
 
+    /// Points a seeded component at callback URLs (e.g. a gateway started after the sim),
+    /// keeping its tickets, tokens and authorizers; `None` leaves a URL unchanged.
+    pub fn set_component_urls(
+        &self,
+        component_appid: &str,
+        auth_event_url: Option<String>,
+        message_url_template: Option<String>,
+    ) -> Result<(), SimError> {
+        self.sim
+            .set_component_urls(component_appid, auth_event_url, message_url_template)
+    }
+
     /// Sets (or with `None` removes) the daily quota of an API path, per appid.
     pub fn set_quota(&self, path: &str, limit: Option<u64>) -> Result<(), SimError> {
         self.sim.set_quota(path, limit)

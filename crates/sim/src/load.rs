@@ -391,8 +391,8 @@ fn pregenerate(cfg: &LoadConfig) -> Result<(Vec<Item>, bool), SimError> {
     let secs = cfg.duration.as_secs_f64().max(0.001);
     let needed = match cfg.rate {
         Some(rate) => (rate * secs).ceil() as usize + 1,
-        // Closed loop: nobody knows the rate in advance; assume at most 50k/s.
-        None => (50_000.0 * secs).ceil() as usize,
+        // Closed loop: nobody knows the rate in advance; assume at most 100k/s.
+        None => (100_000.0 * secs).ceil() as usize,
     };
     let count = needed.min(max_items).max(1);
     let total: u32 = cfg.mix.iter().map(|(_, w)| *w).sum();
@@ -434,8 +434,10 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, SimError> {
     {
         return Err(SimError::BadRequest("rate must be positive".into()));
     }
-    if cfg.duration.is_zero() {
-        return Err(SimError::BadRequest("duration must be positive".into()));
+    if cfg.duration.is_zero() || cfg.duration > Duration::from_secs(7 * 86_400) {
+        return Err(SimError::BadRequest(
+            "duration must be positive and at most 7 days".into(),
+        ));
     }
     if cfg.mix.is_empty() || cfg.mix.iter().all(|(_, w)| *w == 0) {
         return Err(SimError::BadRequest("mix needs a positive weight".into()));
@@ -488,10 +490,12 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, SimError> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let scheduled = match cfg.rate {
                     Some(rate) => {
-                        let at = start + Duration::from_secs_f64(i as f64 / rate);
-                        if at >= end {
+                        let Ok(offset) = Duration::try_from_secs_f64(i as f64 / rate) else {
                             break;
-                        }
+                        };
+                        let Some(at) = start.checked_add(offset).filter(|at| *at < end) else {
+                            break;
+                        };
                         tokio::time::sleep_until(at).await;
                         at
                     }

@@ -110,6 +110,14 @@ pub(crate) struct Sim {
     pub tasks: TaskTracker,
 }
 
+fn is_xml_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
 /// Locks a mutex, recovering from poisoning (no invariant spans a panic here).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -337,6 +345,13 @@ impl Sim {
         if openid.is_empty() {
             return Err(SimError::BadRequest("openid must not be empty".into()));
         }
+        if let MessageSpec::Event { fields, .. } = &req.message
+            && let Some(bad) = fields.keys().find(|k| !is_xml_name(k))
+        {
+            return Err(SimError::BadRequest(format!(
+                "event field name {bad:?} is not an XML element name"
+            )));
+        }
         let mut state = lock(&self.state);
         let msg_id = state.next_msgid();
         let interaction = req.message.interaction();
@@ -559,6 +574,40 @@ impl Sim {
         if let Err(e) = state.apply_seed(&seed, now) {
             tracing::warn!(error = %e, "cannot create release-check account");
         }
+    }
+
+    /// Points a component at (new) callback URLs, keeping its tickets, tokens and authorizers.
+    pub(crate) fn set_component_urls(
+        &self,
+        component: &str,
+        auth_event_url: Option<String>,
+        message_url_template: Option<String>,
+    ) -> Result<(), SimError> {
+        if let Some(url) = &auth_event_url {
+            url::Url::parse(url)
+                .map_err(|e| SimError::BadRequest(format!("auth_event_url: {e}")))?;
+        }
+        if let Some(t) = &message_url_template {
+            if !t.contains("$APPID$") {
+                return Err(SimError::BadRequest(
+                    "message_url_template must contain $APPID$".into(),
+                ));
+            }
+            url::Url::parse(&t.replace("$APPID$", "wx0"))
+                .map_err(|e| SimError::BadRequest(format!("message_url_template: {e}")))?;
+        }
+        let mut state = lock(&self.state);
+        let c = state
+            .components
+            .get_mut(component)
+            .ok_or_else(|| SimError::NotFound(format!("component {component}")))?;
+        if auth_event_url.is_some() {
+            c.auth_event_url = auth_event_url;
+        }
+        if message_url_template.is_some() {
+            c.message_url_template = message_url_template;
+        }
+        Ok(())
     }
 
     /// Records a user interaction directly (admin).

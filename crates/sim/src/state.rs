@@ -267,11 +267,13 @@ impl State {
             .iter()
             .map(build_corp)
             .collect::<Result<Vec<_>, _>>()?;
+        let new_components: HashSet<&str> = components.iter().map(|c| c.appid.as_str()).collect();
+        let new_accounts: HashSet<&str> = accounts.iter().map(|a| a.appid.as_str()).collect();
         for a in &seed.authorizations {
             let component_known = self.components.contains_key(&a.component_appid)
-                || components.iter().any(|c| c.appid == a.component_appid);
+                || new_components.contains(a.component_appid.as_str());
             let account_known = self.accounts.contains_key(&a.authorizer_appid)
-                || accounts.iter().any(|c| c.appid == a.authorizer_appid);
+                || new_accounts.contains(a.authorizer_appid.as_str());
             if !component_known {
                 return Err(SimError::Seed(format!(
                     "authorization names unknown component {}",

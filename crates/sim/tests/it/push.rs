@@ -467,3 +467,58 @@ async fn push_through_the_admin_api_and_bad_requests() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn component_urls_can_be_set_after_start() -> Result<()> {
+    let rx = Receiver::start(Receiver::success()).await;
+    let sim = start(Seed {
+        components: vec![component(C, None, None)],
+        accounts: vec![account(A, "gh_late", AccountKind::OfficialAccount, &[])],
+        authorizations: vec![authorization(C, A, "refreshtoken@@@late")],
+        ..Default::default()
+    })
+    .await;
+    assert!(sim.push_ticket(C).await.is_err(), "no URL yet");
+    sim.set_component_urls(C, Some(format!("{}/auth", rx.url)), None)?;
+    assert!(sim.push_ticket(C).await?.delivered);
+    let api = Api::new(&sim);
+    let view = api
+        .post(
+            &format!("/sim/components/{C}/urls"),
+            json!({"message_url_template": format!("{}/cb/$APPID$", rx.url)}),
+        )
+        .await?;
+    assert_eq!(view["auth_event_url"], format!("{}/auth", rx.url));
+    // The authorization survived the URL change.
+    assert_eq!(
+        sim.authorizer(C, A).map(|a| a.refresh_token).as_deref(),
+        Some("refreshtoken@@@late")
+    );
+    let report = sim
+        .push_message(&PushRequest::to_authorizer(
+            C,
+            A,
+            "o_late",
+            MessageSpec::view("https://example.invalid/menu"),
+        ))
+        .await?;
+    assert!(report.delivered);
+    assert_eq!(rx.captured()[1].path, format!("/cb/{A}"));
+    let bad = api
+        .http
+        .post(format!("{}/sim/components/{C}/urls", api.base))
+        .json(&json!({"message_url_template": "http://x/no-placeholder"}))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    let bad_field = sim
+        .push_message(&PushRequest::to_authorizer(
+            C,
+            A,
+            "o_late",
+            MessageSpec::event("CLICK").field("a<b", "x"),
+        ))
+        .await;
+    assert!(bad_field.is_err());
+    Ok(())
+}
