@@ -82,15 +82,15 @@ async fn latency_makes_callers_time_out() -> Result<()> {
     let r = api
         .http
         .get(format!("{}{}", api.base, path()))
-        .timeout(Duration::from_millis(150))
+        .timeout(Duration::from_millis(200))
         .send()
         .await;
     assert!(r.is_err_and(|e| e.is_timeout()));
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_millis(1500));
     // The next call is not delayed.
     let started = Instant::now();
     assert!(api.get(&path()).await?.get("access_token").is_some());
-    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_millis(1000));
     Ok(())
 }
 

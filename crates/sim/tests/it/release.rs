@@ -122,7 +122,7 @@ async fn callback_url(
         Message::Text(t) if t.content == "TESTCOMPONENT_MSG_TYPE_TEXT" => match r.variant {
             Variant::WrongText => "TESTCOMPONENT_MSG_TYPE_TEXT".into(),
             Variant::SlowText => {
-                tokio::time::sleep(Duration::from_millis(2500)).await;
+                tokio::time::sleep(Duration::from_millis(4500)).await;
                 "TESTCOMPONENT_MSG_TYPE_TEXT_callback".into()
             }
             _ => "TESTCOMPONENT_MSG_TYPE_TEXT_callback".into(),
@@ -177,7 +177,7 @@ async fn sim() -> SimHandle {
 fn cfg(gateway: &str, groups: Vec<u8>) -> ReleaseCheckConfig {
     let mut cfg = ReleaseCheckConfig::for_gateway(C, gateway, "acme");
     cfg.groups = groups;
-    cfg.reply_limit_ms = 1500;
+    cfg.reply_limit_ms = 3000;
     cfg.api_wait_ms = 5000;
     cfg
 }
@@ -253,7 +253,7 @@ async fn names_the_step_when_the_reply_is_too_slow() -> Result<()> {
             .reason
             .as_deref()
             .unwrap_or_default()
-            .contains("no reply within 1500 ms"),
+            .contains("no reply within 3000 ms"),
         "{failed}"
     );
     Ok(())
@@ -331,7 +331,7 @@ async fn cli_release_check_drives_a_running_sim() -> Result<()> {
                     "--groups",
                     "1",
                     "--reply-limit-ms",
-                    "1500",
+                    "3000",
                     "--api-wait-ms",
                     "5000",
                 ],
