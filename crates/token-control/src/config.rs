@@ -1,0 +1,176 @@
+//! token-control's configuration: the common sections plus `[token_control]`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wxhub_bus::AmqpConfig;
+use wxhub_runtime::config::{ShutdownConfig, WechatConfig};
+use wxhub_runtime::telemetry::TelemetryConfig;
+use wxhub_runtime::tenants::TenantsConfig;
+use wxhub_store::RedisConfig;
+
+/// Defaults of `[token_control]` (merged over the common defaults).
+pub const DEFAULTS: &str = r#"
+[token_control]
+# gRPC listener.
+listen = "0.0.0.0:50051"
+# /healthz, /readyz, /metrics.
+ops_listen = "0.0.0.0:9091"
+# Deadline of a request without grpc-timeout, and the cap on any deadline.
+request_timeout_ms = 10000
+# Default minimum remaining lifetime of a returned token.
+default_min_remaining_ms = 300000
+# Refresh lease: longer than a WeChat call (wechat.timeout_ms), short enough that a dead
+# holder blocks refreshes only briefly.
+lock_ttl_ms = 10000
+# Proactive refresh at this fraction of a token's lifetime, +- jitter.
+refresh_at = 0.8
+refresh_jitter = 0.05
+# How often each replica polls the schedule, and how long a claimed entry is reserved.
+poll_interval_ms = 500
+claim_ms = 30000
+poll_batch = 500
+# Concurrent refreshes per replica.
+max_concurrent_refreshes = 64
+# In-process cache of tokens read from Redis (0 disables).
+cache_ttl_ms = 1000
+# Reconcile authorizers with api_get_authorizer_list at start and this often.
+reconcile_interval_ms = 3600000
+# New authorizers found by a reconcile get their first token within this window (spread).
+reconcile_spread_ms = 5400000
+# A component_verify_ticket older than this is stale (WeChat pushes every 10 min): ask WeChat
+# to restart pushes (at most once per push_ticket_interval_ms per tenant).
+ticket_stale_ms = 1200000
+ticket_check_interval_ms = 60000
+push_ticket_interval_ms = 600000
+# /readyz fails while a component tenant has no ticket younger than 12 h.
+ready_requires_ticket = true
+# Bus consumer of {namespace}.token-control.
+consumer_concurrency = 8
+"#;
+
+/// `[token_control]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenControlConfig {
+    pub listen: String,
+    pub ops_listen: String,
+    pub request_timeout_ms: u64,
+    pub default_min_remaining_ms: u64,
+    pub lock_ttl_ms: u64,
+    pub refresh_at: f64,
+    pub refresh_jitter: f64,
+    pub poll_interval_ms: u64,
+    pub claim_ms: u64,
+    pub poll_batch: usize,
+    pub max_concurrent_refreshes: usize,
+    pub cache_ttl_ms: u64,
+    pub reconcile_interval_ms: u64,
+    pub reconcile_spread_ms: u64,
+    pub ticket_stale_ms: u64,
+    pub ticket_check_interval_ms: u64,
+    pub push_ticket_interval_ms: u64,
+    pub ready_requires_ticket: bool,
+    pub consumer_concurrency: usize,
+}
+
+impl TokenControlConfig {
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
+    pub(crate) fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms.max(1))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(0.1..=0.95).contains(&self.refresh_at) {
+            return Err("token_control.refresh_at must be within 0.1..=0.95".into());
+        }
+        if !(0.0..=0.2).contains(&self.refresh_jitter) || self.refresh_jitter >= self.refresh_at {
+            return Err("token_control.refresh_jitter must be within 0..=0.2".into());
+        }
+        if self.poll_batch == 0 || self.max_concurrent_refreshes == 0 {
+            return Err("token_control.poll_batch and max_concurrent_refreshes must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The whole configuration of the binary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub namespace: String,
+    pub redis: RedisConfig,
+    pub amqp: AmqpConfig,
+    pub wechat: WechatConfig,
+    pub tenants: TenantsConfig,
+    pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
+    pub token_control: TokenControlConfig,
+}
+
+impl Config {
+    /// Loads the layers (defaults → file → `WXHUB_*` env) and validates.
+    pub fn load(source: &wxhub_runtime::config::Source) -> anyhow::Result<Self> {
+        let config: Config = wxhub_runtime::config::load(DEFAULTS, source)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        wxhub_runtime::config::validate_identifier("namespace", &self.namespace)?;
+        self.token_control
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        for (what, url) in [
+            ("wechat.api_base", &self.wechat.api_base),
+            ("wechat.qyapi_base", &self.wechat.qyapi_base),
+            ("wechat.mp_base", &self.wechat.mp_base),
+        ] {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {what}: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                anyhow::bail!("invalid configuration: {what} must be an http(s) URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wxhub_runtime::config::Source;
+
+    #[test]
+    fn defaults_load_and_env_overrides() {
+        let source = Source {
+            file: None,
+            env: vec![
+                ("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS".into(), "2500".into()),
+                ("WXHUB_NAMESPACE".into(), "prod".into()),
+            ],
+        };
+        let c = Config::load(&source).unwrap();
+        assert_eq!(c.token_control.lock_ttl_ms, 2500);
+        assert_eq!(c.namespace, "prod");
+        assert_eq!(c.token_control.listen, "0.0.0.0:50051");
+        assert!(wxhub_runtime::config::dump(&c).contains("[token_control]"));
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let bad = |k: &str, v: &str| {
+            Config::load(&Source {
+                file: None,
+                env: vec![(k.into(), v.into())],
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad("WXHUB_TOKEN_CONTROL__REFRESH_AT", "1.5").contains("refresh_at"));
+        assert!(bad("WXHUB_NAMESPACE", "Bad NS").contains("namespace"));
+        assert!(bad("WXHUB_WECHAT__API_BASE", "ftp://x").contains("api_base"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Consumer of `{ns}.token-control`: component notices published by the gateway.
+//!
+//! - `component_verify_ticket` → stored (a newer push wins).
+//! - `authorized` / `updateauthorized` → the code is exchanged (`api_query_auth`) and the
+//!   authorizer stored with its refresh token, token and schedule entry. A code already
+//!   exchanged through the redirect is answered from that exchange; an expired one falls back
+//!   to a reconcile from `api_get_authorizer_list`.
+//! - `unauthorized` → the authorizer is marked revoked and its tokens dropped.
+//!
+//! A message is acked only after its store write succeeded; Redis or WeChat being down
+//! requeues it; a malformed message is dead-lettered with the reason. Each applied message id
+//! is remembered for a day, so the rare duplicate (same `message_id`) is acked without effect
+//! (the handlers are idempotent anyway).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use wxhub_bus::{Outcome, Received};
+use wxhub_message::{ComponentNotice, parse_notice};
+use wxhub_proto::events::v1::CallbackEvent;
+use wxhub_runtime::{ErrorCode, TenantKind};
+use wxhub_store::AuthorizerStatus;
+
+use crate::engine::{Credential, Engine, ExchangeBy};
+use crate::error::Error;
+
+/// How long an applied message id is remembered.
+const CONSUMED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Handles one delivery.
+pub async fn handle(engine: Arc<Engine>, msg: Received) -> Outcome {
+    let outcome = handle_inner(&engine, &msg).await;
+    let label = match &outcome {
+        Outcome::Ack => "ack",
+        Outcome::Requeue => "requeue",
+        Outcome::DeadLetter(_) => "dead_letter",
+    };
+    metrics::counter!("wxhub_token_events_total", "outcome" => label).increment(1);
+    outcome
+}
+
+fn retry_or_dead(e: &Error, what: &str) -> Outcome {
+    if e.code.is_retryable() || e.code == ErrorCode::DeadlineExceeded {
+        tracing::warn!(error = %e, what, "transient failure; requeueing");
+        Outcome::Requeue
+    } else {
+        Outcome::DeadLetter(format!("{what}: {e}"))
+    }
+}
+
+async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
+    let event = match CallbackEvent::decode(msg.body.as_slice()) {
+        Ok(e) => e,
+        Err(e) => return Outcome::DeadLetter(format!("not a CallbackEvent: {e}")),
+    };
+    let tid = event.tenant.as_str();
+    let Some(tenant) = engine.tenants().current().get(tid).cloned() else {
+        return Outcome::DeadLetter(format!("unknown tenant {tid:?}"));
+    };
+    if tenant.kind != TenantKind::Component {
+        return Outcome::DeadLetter(format!("tenant {tid:?} is not a component"));
+    }
+    let notice = match parse_notice(&event.xml) {
+        Ok(n) => n,
+        Err(e) => return Outcome::DeadLetter(format!("unparsable notice: {e}")),
+    };
+    if notice.app_id() != tenant.app_id {
+        return Outcome::DeadLetter(format!(
+            "notice for component {:?}, tenant {tid:?} is {:?}",
+            notice.app_id(),
+            tenant.app_id
+        ));
+    }
+    let message_id = msg
+        .message_id
+        .clone()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| notice.dedupe_key());
+    let creds = engine.credentials();
+    match creds.consumed(tid, &message_id).await {
+        Ok(true) => {
+            tracing::debug!(tenant = tid, message_id, "duplicate event; already applied");
+            return Outcome::Ack;
+        }
+        Ok(false) => {}
+        Err(e) => return retry_or_dead(&e.into(), "checking the event marker"),
+    }
+    let now = engine.now_ms();
+    let applied: Result<(), Error> = match &notice {
+        ComponentNotice::VerifyTicket {
+            ticket,
+            create_time,
+            ..
+        } => store_ticket(engine, tid, ticket, *create_time, now).await,
+        ComponentNotice::Authorized(a) | ComponentNotice::UpdateAuthorized(a) => {
+            let deadline = Instant::now() + engine.config().request_timeout();
+            let result = engine
+                .exchange_auth_code(
+                    tid,
+                    &a.authorization_code,
+                    ExchangeBy::Event,
+                    Some(a.create_time.saturating_mul(1000)),
+                    deadline,
+                )
+                .await;
+            match result {
+                Ok(record) => {
+                    tracing::info!(tenant = tid, appid = %record.appid, info_type = notice.info_type(), "authorizer stored");
+                    Ok(())
+                }
+                // The code expired or was used by a path we cannot see: WeChat's list has the
+                // refresh token.
+                Err(e) if e.code == ErrorCode::FailedPrecondition => {
+                    tracing::warn!(tenant = tid, appid = %a.authorizer_appid, error = %e, "code not exchangeable; reconciling");
+                    match engine.reconcile(tid, deadline).await {
+                        Ok(_) => match engine.authorizers().get(tid, &a.authorizer_appid).await {
+                            Ok(Some(r)) if r.status == AuthorizerStatus::Authorized => Ok(()),
+                            Ok(_) => {
+                                return Outcome::DeadLetter(format!(
+                                    "authorizer {} could not be stored: {e}",
+                                    a.authorizer_appid
+                                ));
+                            }
+                            Err(e) => Err(e.into()),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        ComponentNotice::Unauthorized {
+            authorizer_appid,
+            create_time,
+            ..
+        } => {
+            let result = engine
+                .authorizers()
+                .revoke(
+                    tid,
+                    authorizer_appid,
+                    create_time.saturating_mul(1000),
+                    now,
+                    "unauthorized",
+                )
+                .await;
+            engine.forget_authorizer(tid, authorizer_appid);
+            match result {
+                Ok(changed) => {
+                    tracing::info!(tenant = tid, appid = %authorizer_appid, changed, "authorizer revoked");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        other => {
+            tracing::info!(
+                tenant = tid,
+                info_type = other.info_type(),
+                "notice not for token-control; acknowledged"
+            );
+            Ok(())
+        }
+    };
+    if let Err(e) = applied {
+        return retry_or_dead(&e, notice.info_type());
+    }
+    if let Err(e) = creds.mark_consumed(tid, &message_id, CONSUMED_TTL).await {
+        // Applied but not marked: a redelivery applies it again, which is harmless.
+        tracing::warn!(tenant = tid, error = %e, "cannot mark the event applied");
+    }
+    Outcome::Ack
+}
+
+async fn store_ticket(
+    engine: &Arc<Engine>,
+    tenant: &str,
+    ticket: &str,
+    create_time: i64,
+    now: i64,
+) -> Result<(), Error> {
+    let creds = engine.credentials();
+    let stored = creds.store_ticket(tenant, ticket, create_time, now).await?;
+    metrics::counter!("wxhub_tickets_received_total", "tenant" => tenant.to_owned()).increment(1);
+    if stored {
+        metrics::gauge!("wxhub_ticket_age_seconds", "tenant" => tenant.to_owned()).set(0.0);
+        // A component token that could not be fetched for lack of a ticket is fetched now.
+        let name = Credential::Component.name();
+        if creds.token(tenant, &name).await?.is_none() {
+            creds.schedule(tenant, &name, now, false).await?;
+        }
+    }
+    Ok(())
+}
