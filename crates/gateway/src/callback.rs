@@ -1,0 +1,690 @@
+//! The WeChat-facing routes (design §4) and the POST pipeline:
+//!
+//! size limit → tenant lookup → signature (`signature`, and `msg_signature` over `Encrypt` when
+//! encrypted) → timestamp window → decrypt (current key, then previous) with the appid/corpid
+//! check → parse XML → release-check responder → dedupe → publish with confirm → reply.
+//!
+//! Everything runs under the `gateway.deadline_ms` budget; past it the answer is 503.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tracing::Instrument;
+use wxhub_crypto::{Crypt, KeySlot, random_nonce};
+use wxhub_message::{Inbound, Message, Reply, encrypted_envelope, parse_envelope};
+use wxhub_runtime::{Tenant, TenantKind};
+
+use crate::delivery::{DedupeKey, Delivered, Publication, deliver};
+use crate::event::{self, CALLBACK_EVENT_TYPE, Meta, Mode, RELEASE_CHECK_JOB_TYPE};
+use crate::failure::Failure;
+use crate::meter as m;
+use crate::params::{Params, parse_timestamp};
+use crate::release::{self, Step};
+use crate::state::{AppState, Shared};
+
+/// Longest accepted `echostr`.
+const MAX_ECHOSTR: usize = 4096;
+
+/// The callback routes, to be merged with other `Router<AppState>` routes and given the state.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/wx/{tenant}/component", get(component).post(component))
+        .route(
+            "/wx/{tenant}/callback/{appid}",
+            get(authorizer).post(authorizer),
+        )
+        .route("/wx/{tenant}/callback", get(direct).post(direct))
+}
+
+/// Which of the three callback URLs was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `/wx/{tenant}/component`: a component's authorization-event URL.
+    Component,
+    /// `/wx/{tenant}/callback/{appid}`: a component's message URL for an authorizer.
+    Authorizer,
+    /// `/wx/{tenant}/callback`: a directly configured Official Account or WeCom app.
+    Direct,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Component => "component",
+            Route::Authorizer => "authorizer",
+            Route::Direct => "direct",
+        }
+    }
+
+    fn accepts(self, kind: TenantKind) -> bool {
+        match self {
+            Route::Component | Route::Authorizer => kind == TenantKind::Component,
+            Route::Direct => matches!(kind, TenantKind::OfficialAccount | TenantKind::Wecom),
+        }
+    }
+}
+
+/// What the request asked for, before any validation.
+struct Request {
+    route: Route,
+    method: Method,
+    tenant: Result<String, PathRejection>,
+    appid: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+}
+
+async fn component(
+    State(state): State<AppState>,
+    method: Method,
+    tenant: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(
+        state,
+        Request {
+            route: Route::Component,
+            method,
+            tenant: tenant.map(|Path(t)| t),
+            appid: None,
+            query,
+            headers,
+            body,
+        },
+    )
+    .await
+}
+
+async fn authorizer(
+    State(state): State<AppState>,
+    method: Method,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (tenant, appid) = match path {
+        Ok(Path((t, a))) => (Ok(t), Some(a)),
+        Err(e) => (Err(e), None),
+    };
+    handle(
+        state,
+        Request {
+            route: Route::Authorizer,
+            method,
+            tenant,
+            appid,
+            query,
+            headers,
+            body,
+        },
+    )
+    .await
+}
+
+async fn direct(
+    State(state): State<AppState>,
+    method: Method,
+    tenant: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(
+        state,
+        Request {
+            route: Route::Direct,
+            method,
+            tenant: tenant.map(|Path(t)| t),
+            appid: None,
+            query,
+            headers,
+            body,
+        },
+    )
+    .await
+}
+
+/// A successful answer.
+enum Answer {
+    /// `success`, text/plain.
+    Success,
+    /// Zero bytes ("no reply"; WeCom's acknowledgement).
+    Empty,
+    /// A passive reply (encrypted envelope or plaintext XML).
+    Xml(String),
+    /// A URL-verification echo.
+    Echo(String),
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        match self {
+            Answer::Success => (text, "success").into_response(),
+            Answer::Empty => (text, "").into_response(),
+            Answer::Echo(s) => (text, s).into_response(),
+            Answer::Xml(xml) => (
+                [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                xml,
+            )
+                .into_response(),
+        }
+    }
+}
+
+async fn handle(state: AppState, req: Request) -> Response {
+    let started = Instant::now();
+    let route = req.route.label();
+    let method = if req.method == Method::GET {
+        "GET"
+    } else {
+        "POST"
+    };
+    let span = tracing::info_span!("callback", route, method, tenant = tracing::field::Empty);
+    m::inflight(1.0);
+    let shared = state.shared;
+    let result = async {
+        if req.method == Method::GET {
+            verify_url(&shared, req).await
+        } else {
+            post(&shared, req, started).await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    m::inflight(-1.0);
+    let elapsed = started.elapsed();
+    m::handled(route, elapsed);
+    match result {
+        Ok((answer, outcome)) => {
+            m::request(route, method, outcome);
+            tracing::debug!(parent: &span, outcome, elapsed_ms = elapsed.as_millis() as u64, "callback handled");
+            answer.into_response()
+        }
+        Err(failure) => {
+            match &failure {
+                Failure::Reject { .. } => {
+                    m::request(route, method, "rejected");
+                    m::reject(route, failure.reason());
+                    tracing::warn!(parent: &span, status = failure.status().as_u16(), reason = failure.reason(), detail = failure.detail(), "callback rejected");
+                }
+                Failure::Unavailable { .. } => {
+                    m::request(route, method, "unavailable");
+                    m::unavailable(route, failure.reason());
+                    tracing::warn!(parent: &span, reason = failure.reason(), detail = failure.detail(), elapsed_ms = elapsed.as_millis() as u64, "callback not stored; answering 503 so WeChat retries");
+                }
+            }
+            failure.into_response()
+        }
+    }
+}
+
+/// Tenant lookup and route check.
+fn lookup(
+    shared: &Shared,
+    route: Route,
+    tenant: &Result<String, PathRejection>,
+) -> Result<Arc<Tenant>, Failure> {
+    let id = tenant
+        .as_ref()
+        .map_err(|_| Failure::not_found("unknown_tenant", "unreadable tenant in the path"))?;
+    let tenants = shared.tenants.current();
+    let Some(tenant) = tenants.get(id) else {
+        return Err(Failure::not_found(
+            "unknown_tenant",
+            format!("no tenant {:?}", truncate(id)),
+        ));
+    };
+    if !route.accepts(tenant.kind) {
+        return Err(Failure::not_found(
+            "wrong_kind",
+            format!(
+                "tenant {} is kind {}; route {} is not for it",
+                tenant.id,
+                tenant.kind.as_str(),
+                route.label()
+            ),
+        ));
+    }
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    Ok(tenant.clone())
+}
+
+/// An authorizer appid from the path: `wx` then 1–30 of `[A-Za-z0-9_-]`.
+fn check_appid(appid: Option<&str>) -> Result<&str, Failure> {
+    let appid = appid.unwrap_or_default();
+    let ok = appid.len() >= 3
+        && appid.len() <= 32
+        && appid.starts_with("wx")
+        && appid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(appid)
+    } else {
+        Err(Failure::bad(
+            "bad_appid",
+            format!(
+                "authorizer appid {:?} is not wx[A-Za-z0-9_-]{{1,30}}",
+                truncate(appid)
+            ),
+        ))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn missing(name: &'static str) -> Failure {
+    Failure::bad(
+        "missing_param",
+        format!("query parameter {name} is missing"),
+    )
+}
+
+fn check_window(shared: &Shared, timestamp: &str) -> Result<(), Failure> {
+    let ts = parse_timestamp(timestamp)
+        .ok_or_else(|| Failure::bad("bad_timestamp", "timestamp is not unix seconds"))?;
+    let now = wxhub_runtime::unix_ms() / 1000;
+    if (now - ts).abs() > shared.window_secs {
+        return Err(Failure::unauthenticated(
+            "timestamp",
+            format!(
+                "timestamp is {} s away from now (window {} s)",
+                now - ts,
+                shared.window_secs
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// GET: URL verification. Official Account style (`signature` + plain `echostr`) for component
+/// and Official Account tenants; WeCom style (`msg_signature` over the encrypted `echostr`,
+/// answer = its plaintext) for WeCom tenants.
+async fn verify_url(shared: &Arc<Shared>, req: Request) -> Result<(Answer, &'static str), Failure> {
+    let tenant = lookup(shared, req.route, &req.tenant)?;
+    if req.route == Route::Authorizer {
+        check_appid(req.appid.as_deref())?;
+    }
+    let query = req.query.as_deref().unwrap_or_default();
+    let p = Params::parse(query);
+    let timestamp = p.timestamp.as_deref().ok_or_else(|| missing("timestamp"))?;
+    let nonce = p.nonce.as_deref().ok_or_else(|| missing("nonce"))?;
+    let echostr = p.echostr.as_deref().ok_or_else(|| missing("echostr"))?;
+    if echostr.len() > MAX_ECHOSTR {
+        return Err(Failure::bad("echostr", "echostr is too long"));
+    }
+    let crypt = tenant.crypt();
+    let answer = if tenant.kind == TenantKind::Wecom {
+        let signature = p.msg_signature.as_deref().ok_or_else(|| {
+            Failure::unauthenticated("missing_signature", "msg_signature is missing")
+        })?;
+        crypt.verify_msg_signature(signature, timestamp, nonce, echostr)?;
+        check_window(shared, timestamp)?;
+        let decrypted = crypt.decrypt(echostr)?;
+        decrypted.message_str()?.to_owned()
+    } else {
+        let signature = p
+            .signature
+            .as_deref()
+            .ok_or_else(|| Failure::unauthenticated("missing_signature", "signature is missing"))?;
+        crypt.verify_url_plain(signature, timestamp, nonce, echostr)?;
+        check_window(shared, timestamp)?;
+        echostr.to_owned()
+    };
+    Ok((Answer::Echo(answer), "verified"))
+}
+
+/// Reads the body, refusing more than `limit` bytes, within the deadline.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        use axum::body::HttpBody as _;
+        let mut body = body;
+        let mut buf = Vec::with_capacity(declared.map_or(2048, |n| n as usize));
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame =
+                frame.map_err(|e| Failure::bad("body", format!("cannot read the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf)
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within the deadline",
+            ))
+        })
+}
+
+/// The POST pipeline.
+async fn post(
+    shared: &Arc<Shared>,
+    req: Request,
+    started: Instant,
+) -> Result<(Answer, &'static str), Failure> {
+    let deadline = tokio::time::Instant::from_std(started) + shared.deadline;
+    let received_at_ms = wxhub_runtime::unix_ms();
+
+    // 1. Size limit.
+    let body = read_body(req.body, &req.headers, shared.max_body, deadline).await?;
+
+    // 2. Tenant lookup.
+    let tenant = lookup(shared, req.route, &req.tenant)?;
+    let appid: &str = match req.route {
+        Route::Authorizer => check_appid(req.appid.as_deref())?,
+        Route::Component | Route::Direct => &tenant.app_id,
+    };
+    let crypt = tenant.crypt();
+
+    // 3. Signature.
+    let query = req.query.as_deref().unwrap_or_default();
+    let p = Params::parse(query);
+    let timestamp = p.timestamp.as_deref().ok_or_else(|| missing("timestamp"))?;
+    let nonce = p.nonce.as_deref().ok_or_else(|| missing("nonce"))?;
+    let encrypted = match (tenant.kind, p.encrypt_type.as_deref()) {
+        // WeCom pushes are always encrypted and carry only msg_signature.
+        (TenantKind::Wecom, _) => true,
+        (_, None | Some("" | "raw")) => false,
+        (_, Some("aes")) => true,
+        (_, Some(_)) => {
+            return Err(Failure::bad(
+                "encrypt_type",
+                "encrypt_type must be aes or raw",
+            ));
+        }
+    };
+    if tenant.kind != TenantKind::Wecom {
+        let signature = p
+            .signature
+            .as_deref()
+            .ok_or_else(|| Failure::unauthenticated("missing_signature", "signature is missing"))?;
+        crypt.verify_signature(signature, timestamp, nonce)?;
+    }
+    if !encrypted && !shared.allow_plaintext {
+        return Err(Failure::bad(
+            "plaintext_not_allowed",
+            "plaintext mode is disabled (gateway.allow_plaintext = false)",
+        ));
+    }
+    let envelope = parse_envelope(&body, &shared.limits)?;
+    let encrypt = if encrypted {
+        let msg_signature = p.msg_signature.as_deref().ok_or_else(|| {
+            Failure::unauthenticated("missing_signature", "msg_signature is missing")
+        })?;
+        let encrypt = envelope.encrypt().ok_or_else(|| {
+            Failure::bad("missing_encrypt", "encrypted callback without <Encrypt>")
+        })?;
+        crypt.verify_msg_signature(msg_signature, timestamp, nonce, encrypt)?;
+        Some(encrypt)
+    } else {
+        None
+    };
+
+    // 4. Timestamp window.
+    check_window(shared, timestamp)?;
+
+    // 5. Decrypt (current key, then previous) and check the appid/corpid in the plaintext.
+    let (xml, slot, mode): (Cow<'_, str>, Option<KeySlot>, Mode) = match encrypt {
+        Some(encrypt) => {
+            let decrypted = crypt.decrypt(encrypt)?;
+            let root = envelope.root();
+            let mode = if root.child("MsgType").is_some() || root.child("InfoType").is_some() {
+                Mode::Compatible
+            } else {
+                Mode::Safe
+            };
+            let slot = decrypted.slot();
+            let xml = decrypted
+                .message_str()
+                .map_err(|_| Failure::bad("utf8", "decrypted message is not UTF-8"))?
+                .to_owned();
+            (Cow::Owned(xml), Some(slot), mode)
+        }
+        None => {
+            // parse_envelope accepted the body, so it is UTF-8.
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| Failure::bad("utf8", "body is not UTF-8"))?;
+            (Cow::Borrowed(text), None, Mode::Plain)
+        }
+    };
+
+    // 6. Parse.
+    let inbound = wxhub_message::parse_with(&xml, &shared.limits)?;
+    let xml = xml.into_owned();
+    let reply = ReplyCrypto { crypt, slot };
+    match (req.route, inbound) {
+        (Route::Component, Inbound::Component(notice)) => {
+            let key = DedupeKey::new(tenant.id.as_str(), appid, notice.dedupe_key());
+            let message_id = key.message_id();
+            let meta = Meta {
+                tenant: &tenant,
+                appid,
+                dedupe_key: &message_id,
+                mode,
+                received_at_ms,
+            };
+            let (body, routing_key) = event::notice_event(&meta, &notice, xml);
+            let publication = Publication {
+                exchange: shared.events_exchange.clone(),
+                routing_key,
+                body,
+                message_id,
+                message_type: CALLBACK_EVENT_TYPE,
+                headers: event::trace_headers(&tracing::Span::current(), &req.headers),
+                what: "event",
+            };
+            let delivered = deliver(shared, key, publication, deadline).await?;
+            Ok((Answer::Success, outcome(delivered)))
+        }
+        (Route::Authorizer | Route::Direct, Inbound::Account(message)) => {
+            // 7. Release check.
+            if req.route == Route::Authorizer
+                && release::is_test_account(appid, &message.header().to_user_name)
+            {
+                return release_check(
+                    shared,
+                    &tenant,
+                    appid,
+                    &message,
+                    &reply,
+                    mode,
+                    received_at_ms,
+                    &req.headers,
+                    deadline,
+                )
+                .await;
+            }
+            // 8. Dedupe and publish.
+            let key = DedupeKey::new(tenant.id.as_str(), appid, message.dedupe_key());
+            let message_id = key.message_id();
+            let meta = Meta {
+                tenant: &tenant,
+                appid,
+                dedupe_key: &message_id,
+                mode,
+                received_at_ms,
+            };
+            let (body, routing_key) = event::account_event(&meta, &message, xml);
+            let publication = Publication {
+                exchange: shared.events_exchange.clone(),
+                routing_key,
+                body,
+                message_id,
+                message_type: CALLBACK_EVENT_TYPE,
+                headers: event::trace_headers(&tracing::Span::current(), &req.headers),
+                what: "event",
+            };
+            let delivered = deliver(shared, key, publication, deadline).await?;
+            // 9. Reply: WeCom acknowledges with an empty body, WeChat with `success`.
+            let answer = if tenant.kind == TenantKind::Wecom {
+                Answer::Empty
+            } else {
+                Answer::Success
+            };
+            Ok((answer, outcome(delivered)))
+        }
+        (Route::Component, Inbound::Account(_)) => Err(Failure::bad(
+            "unexpected_payload",
+            "an account message on the component's authorization-event URL",
+        )),
+        (_, Inbound::Component(_)) => Err(Failure::bad(
+            "unexpected_payload",
+            "a component notice on a message URL",
+        )),
+    }
+}
+
+fn outcome(delivered: Delivered) -> &'static str {
+    match delivered {
+        Delivered::Published => "published",
+        Delivered::Duplicate => "duplicate",
+    }
+}
+
+/// How to encrypt a passive reply: with the key that decrypted the request, or not at all.
+struct ReplyCrypto<'a> {
+    crypt: &'a Crypt,
+    slot: Option<KeySlot>,
+}
+
+impl ReplyCrypto<'_> {
+    fn answer(&self, reply: &Reply) -> Result<Answer, Failure> {
+        let xml = reply.to_xml();
+        match self.slot {
+            None => Ok(Answer::Xml(xml)),
+            Some(slot) => {
+                let timestamp = (wxhub_runtime::unix_ms() / 1000).to_string();
+                let nonce = random_nonce(10);
+                Ok(Answer::Xml(encrypted_envelope(
+                    self.crypt, slot, &xml, &timestamp, &nonce,
+                )?))
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn release_check(
+    shared: &Arc<Shared>,
+    tenant: &Tenant,
+    appid: &str,
+    message: &Message,
+    reply: &ReplyCrypto<'_>,
+    mode: Mode,
+    received_at_ms: i64,
+    headers: &HeaderMap,
+    deadline: tokio::time::Instant,
+) -> Result<(Answer, &'static str), Failure> {
+    match release::step(message) {
+        Step::Reply { step, content } => {
+            m::release_check(step);
+            let now = wxhub_runtime::unix_ms() / 1000;
+            let answer = reply.answer(&Reply::text(message.header(), now, content))?;
+            Ok((answer, "release_check"))
+        }
+        Step::QueryAuthCode(auth_code) => {
+            let key = DedupeKey::new(tenant.id.as_str(), appid, message.dedupe_key());
+            let message_id = key.message_id();
+            let meta = Meta {
+                tenant,
+                appid,
+                dedupe_key: &message_id,
+                mode,
+                received_at_ms,
+            };
+            let body = event::release_check_job(&meta, auth_code, &message.header().from_user_name);
+            let publication = Publication {
+                exchange: shared.jobs_exchange.clone(),
+                routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY.to_owned(),
+                body,
+                message_id,
+                message_type: RELEASE_CHECK_JOB_TYPE,
+                headers: event::trace_headers(&tracing::Span::current(), headers),
+                what: "job",
+            };
+            deliver(shared, key, publication, deadline).await?;
+            m::release_check("query_auth_code");
+            Ok((Answer::Empty, "release_check"))
+        }
+        Step::Other => {
+            m::release_check("other");
+            Ok((Answer::Success, "release_check"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appid_format() {
+        assert!(check_appid(Some("wx570bc396a51b8ff8")).is_ok());
+        assert!(check_appid(Some("wxauth_load")).is_ok());
+        for bad in [
+            "",
+            "wx",
+            "ab570bc396a51b8ff8",
+            "wx.evil",
+            "wx/../x",
+            &"wx".repeat(17),
+        ] {
+            assert!(check_appid(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(check_appid(None).is_err());
+    }
+
+    #[test]
+    fn routes_accept_their_kinds() {
+        assert!(Route::Component.accepts(TenantKind::Component));
+        assert!(Route::Authorizer.accepts(TenantKind::Component));
+        assert!(!Route::Direct.accepts(TenantKind::Component));
+        assert!(Route::Direct.accepts(TenantKind::OfficialAccount));
+        assert!(Route::Direct.accepts(TenantKind::Wecom));
+        assert!(!Route::Component.accepts(TenantKind::Wecom));
+        assert!(!Route::Authorizer.accepts(TenantKind::OfficialAccount));
+    }
+}

@@ -1,0 +1,265 @@
+//! The gateway's configuration: the shared sections plus `[gateway]`.
+//!
+//! Layers (later wins): `wxhub_runtime::config::COMMON_DEFAULTS` → [`DEFAULTS`] → the file named by
+//! `--config` / `WXHUB_CONFIG` → `WXHUB_<SECTION>__<KEY>` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wxhub_bus::AmqpConfig;
+use wxhub_runtime::config::{
+    self, ClientConfig, ConfigError, ShutdownConfig, Source, validate_identifier,
+};
+use wxhub_runtime::telemetry::TelemetryConfig;
+use wxhub_runtime::tenants::TenantsConfig;
+use wxhub_store::RedisConfig;
+
+/// The gateway's own defaults (the `[gateway]` section), layered over the common ones.
+pub const DEFAULTS: &str = r#"
+[gateway]
+# Address the HTTP server binds.
+listen = "0.0.0.0:8080"
+# Budget of one callback, from arrival to answer. WeChat gives up after 5 s; past this budget the
+# answer is 503 so WeChat retries.
+deadline_ms = 4000
+# Accepted distance between the request's `timestamp` and the local clock.
+timestamp_window_secs = 300
+# Largest accepted body (WeChat callbacks are a few KB).
+max_body_bytes = 65536
+# Lifetime of the "being published" dedupe marker: bounds how long a crashed request delays a
+# retry. Must be at least deadline_ms.
+dedupe_pending_ttl_ms = 5000
+# Lifetime of the "published" dedupe marker: must outlast WeChat's retries (~15 s).
+dedupe_done_ttl_secs = 600
+# Budget of one dedupe call to Redis before Redis counts as down for this request.
+dedupe_timeout_ms = 1000
+# When Redis is down: "publish" (deliver without dedupe: never loses, may duplicate; duplicates
+# carry the same message_id) or "reject" (answer 503 so WeChat retries later).
+redis_down = "publish"
+# Accept plaintext-mode callbacks (no encrypt_type) for component and Official Account tenants.
+# In plaintext mode WeChat signs only token+timestamp+nonce, not the body; set to false when every
+# account uses safe or compatible mode. WeCom is always encrypted.
+allow_plaintext = true
+"#;
+
+/// `[token_control]`: where token-control's gRPC API listens (used by the authorization pages).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenControlConfig {
+    pub endpoint: String,
+}
+
+/// What to do when Redis (dedupe) is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisDown {
+    /// Publish without dedupe: invariant 1 holds, retries may duplicate (same `message_id`).
+    Publish,
+    /// Answer 503: no duplicates, but a long Redis outage outlasts WeChat's three tries.
+    Reject,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewaySection {
+    pub listen: String,
+    pub deadline_ms: u64,
+    pub timestamp_window_secs: u64,
+    pub max_body_bytes: usize,
+    pub dedupe_pending_ttl_ms: u64,
+    pub dedupe_done_ttl_secs: u64,
+    pub dedupe_timeout_ms: u64,
+    pub redis_down: RedisDown,
+    pub allow_plaintext: bool,
+}
+
+impl GatewaySection {
+    /// The per-request budget.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "gateway.listen {:?} is not an address like 0.0.0.0:8080",
+                self.listen
+            ))
+        })
+    }
+}
+
+/// Everything the gateway reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayConfig {
+    /// Prefix of every Redis key, exchange and queue.
+    pub namespace: String,
+    pub redis: RedisConfig,
+    pub amqp: AmqpConfig,
+    pub tenants: TenantsConfig,
+    pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
+    pub client: ClientConfig,
+    pub token_control: TokenControlConfig,
+    pub gateway: GatewaySection,
+}
+
+impl GatewayConfig {
+    /// Loads the layers described in the module docs and validates the result. A relative
+    /// `tenants.file` is resolved against the config file's directory.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let mut config: Self = config::load(DEFAULTS, source)?;
+        config.tenants.file =
+            config::resolve_relative(source.file.as_deref(), &config.tenants.file);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value a typo could make dangerous.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        validate_identifier("namespace", &self.namespace)?;
+        let g = &self.gateway;
+        g.listen_addr()?;
+        if !(100..=4900).contains(&g.deadline_ms) {
+            return invalid(format!(
+                "gateway.deadline_ms = {} must be within 100..=4900 (WeChat waits 5 s)",
+                g.deadline_ms
+            ));
+        }
+        if !(1..=86_400).contains(&g.timestamp_window_secs) {
+            return invalid(format!(
+                "gateway.timestamp_window_secs = {} must be within 1..=86400",
+                g.timestamp_window_secs
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&g.max_body_bytes) {
+            return invalid(format!(
+                "gateway.max_body_bytes = {} must be within 1024..=1048576",
+                g.max_body_bytes
+            ));
+        }
+        if g.dedupe_pending_ttl_ms < g.deadline_ms {
+            return invalid(format!(
+                "gateway.dedupe_pending_ttl_ms = {} must be at least gateway.deadline_ms = {}",
+                g.dedupe_pending_ttl_ms, g.deadline_ms
+            ));
+        }
+        if g.dedupe_done_ttl_secs < 30 {
+            return invalid(format!(
+                "gateway.dedupe_done_ttl_secs = {} must be at least 30 (WeChat retries for ~15 s)",
+                g.dedupe_done_ttl_secs
+            ));
+        }
+        if g.dedupe_timeout_ms == 0 || g.dedupe_timeout_ms >= g.deadline_ms {
+            return invalid(format!(
+                "gateway.dedupe_timeout_ms = {} must be positive and below gateway.deadline_ms",
+                g.dedupe_timeout_ms
+            ));
+        }
+        if self.tenants.reload_interval_ms == 0 {
+            return invalid("tenants.reload_interval_ms must be positive".into());
+        }
+        if self.shutdown.grace_ms == 0 {
+            return invalid("shutdown.grace_ms must be positive".into());
+        }
+        if self.amqp.publisher_channels == 0 {
+            return invalid("amqp.publisher_channels must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::load(&Source {
+            file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.namespace, "wxhub");
+        assert_eq!(c.gateway.listen, "0.0.0.0:8080");
+        assert_eq!(c.gateway.deadline_ms, 4000);
+        assert_eq!(c.gateway.timestamp_window_secs, 300);
+        assert_eq!(c.gateway.max_body_bytes, 65536);
+        assert_eq!(c.gateway.redis_down, RedisDown::Publish);
+        assert!(c.gateway.allow_plaintext);
+        assert_eq!(c.token_control.endpoint, "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let c = load(&[
+            ("WXHUB_GATEWAY__DEADLINE_MS", "1500"),
+            ("WXHUB_GATEWAY__REDIS_DOWN", "reject"),
+            ("WXHUB_NAMESPACE", "prod-1"),
+        ])
+        .unwrap();
+        assert_eq!(c.gateway.deadline_ms, 1500);
+        assert_eq!(c.gateway.redis_down, RedisDown::Reject);
+        assert_eq!(c.namespace, "prod-1");
+
+        for (k, v, needle) in [
+            ("WXHUB_NAMESPACE", "Bad.NS", "namespace"),
+            ("WXHUB_GATEWAY__DEADLINE_MS", "6000", "deadline_ms"),
+            ("WXHUB_GATEWAY__LISTEN", "nowhere", "gateway.listen"),
+            ("WXHUB_GATEWAY__MAX_BODY_BYTES", "10", "max_body_bytes"),
+            (
+                "WXHUB_GATEWAY__DEDUPE_DONE_TTL_SECS",
+                "5",
+                "dedupe_done_ttl_secs",
+            ),
+            (
+                "WXHUB_GATEWAY__DEDUPE_PENDING_TTL_MS",
+                "100",
+                "dedupe_pending_ttl_ms",
+            ),
+            (
+                "WXHUB_GATEWAY__DEDUPE_TIMEOUT_MS",
+                "4000",
+                "dedupe_timeout_ms",
+            ),
+            ("WXHUB_GATEWAY__REDIS_DOWN", "shrug", "redis_down"),
+        ] {
+            let err = load(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn dump_redacts_the_amqp_password_and_api_key() {
+        let c = load(&[
+            ("WXHUB_AMQP__URL", "amqp://user:hunter2@rabbit:5672/%2f"),
+            ("WXHUB_CLIENT__API_KEY", "k-very-secret"),
+        ])
+        .unwrap();
+        let dumped = config::dump(&c);
+        assert!(!dumped.contains("hunter2"), "{dumped}");
+        assert!(!dumped.contains("k-very-secret"), "{dumped}");
+        assert!(dumped.contains("[gateway]"), "{dumped}");
+    }
+
+    #[test]
+    fn relative_tenants_file_is_next_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "[tenants]\nfile = \"tenants.toml\"\n").unwrap();
+        let c = GatewayConfig::load(&Source {
+            file: Some(file),
+            env: vec![],
+        })
+        .unwrap();
+        assert_eq!(c.tenants.file, dir.path().join("tenants.toml"));
+    }
+}

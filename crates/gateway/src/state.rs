@@ -1,0 +1,78 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+use wxhub_bus::Bus;
+use wxhub_message::Limits;
+use wxhub_runtime::TenantsHandle;
+use wxhub_store::Store;
+use wxhub_store::dedupe::Dedupe;
+
+use crate::config::{GatewayConfig, RedisDown};
+
+pub(crate) struct Shared {
+    pub config: GatewayConfig,
+    pub tenants: TenantsHandle,
+    pub bus: Bus,
+    pub store: Store,
+    pub dedupe: Dedupe,
+    pub events_exchange: Arc<str>,
+    pub jobs_exchange: Arc<str>,
+    /// Publish tasks (they may outlive their request); drained on shutdown.
+    pub tasks: TaskTracker,
+    pub draining: AtomicBool,
+    pub deadline: Duration,
+    pub dedupe_timeout: Duration,
+    pub window_secs: i64,
+    pub max_body: usize,
+    pub limits: Limits,
+    pub redis_down: RedisDown,
+    pub allow_plaintext: bool,
+}
+
+/// What handlers see: configuration, tenants, Redis and RabbitMQ. Cheap to clone.
+///
+/// Other modules of this crate (the authorization pages) add routes on `Router<AppState>` and
+/// read what they need through the accessors.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("namespace", &self.shared.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The effective configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// The current tenants (hot-reloaded).
+    pub fn tenants(&self) -> &TenantsHandle {
+        &self.shared.tenants
+    }
+
+    /// The RabbitMQ connection.
+    pub fn bus(&self) -> &Bus {
+        &self.shared.bus
+    }
+
+    /// The Redis store.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Whether shutdown has begun (readiness reports not ready).
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the gateway against the real Redis and RabbitMQ (`make services`), each
+//! in its own namespace, the gateway in-process on port 0.
+
+mod bad_input;
+mod broker;
+mod common;
+mod delivery;
+mod modes;
+mod ops;
+mod release;
