@@ -89,7 +89,18 @@ pub struct Seed {
 impl Seed {
     /// Parses a TOML seed file's text.
     pub fn from_toml(text: &str) -> Result<Self, SimError> {
-        toml::from_str(text).map_err(|e| SimError::Seed(e.to_string()))
+        // Only the message and position: toml's rendering quotes the offending line, which may
+        // hold a secret.
+        toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            SimError::Seed(format!("{}{at}", e.message().trim_end()))
+        })
     }
 
     /// Reads and parses a TOML seed file.
@@ -324,4 +335,22 @@ pub fn default_quotas() -> BTreeMap<String, u64> {
     .into_iter()
     .map(|(p, n)| (p.to_owned(), n))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_errors_never_quote_the_line() {
+        let err = Seed::from_toml("[[components]]\nappid = \"wx1\"\nsecret = \"top-secret-value\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("top-secret-value"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = Seed::from_toml("[[components]]\nappid = \"wx1\"\nsecret = \"s3cr3t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token") && !err.contains("s3cr3t"), "{err}");
+    }
 }
