@@ -1,0 +1,6 @@
+//! token-control end to end: real Redis and RabbitMQ, the simulator as WeChat, several
+//! replicas in-process. Each test uses its own namespace.
+
+#[allow(dead_code)]
+mod harness;
+mod refresh;
