@@ -8,6 +8,7 @@
 //! Start it in-process with [`start`] (port 0 is fine) or run [`run`] with your own listener;
 //! the binary `wxhub-sim` wraps the same code ([`cli`]).
 
+#![warn(missing_docs)]
 mod admin;
 mod api;
 pub mod cli;

@@ -402,6 +402,7 @@ impl Ctx<'_> {
             .sim
             .wait_message(wait, |m| {
                 m.appid == appid
+                    && m.component_appid.as_deref() == Some(self.cfg.component_appid.as_str())
                     && m.touser == openid
                     && m.msgtype.as_deref() == Some("text")
                     && m.content.as_deref() == Some(expected.as_str())
