@@ -479,6 +479,10 @@ impl Engine {
         deadline: Instant,
     ) -> Result<Token, Error> {
         let name = cred.name();
+        // An unknown or revoked authorizer is refused before any lease or fence is taken.
+        if let Credential::Authorizer(appid) | Credential::Jsapi(Some(appid)) = cred {
+            self.authorizer_record(tenant, appid).await?;
+        }
         let mut transient_retries = 0u32;
         loop {
             if Instant::now() >= deadline {
@@ -558,7 +562,9 @@ impl Engine {
             return Ok(Some(t));
         }
         let timer = Instant::now();
-        let issued = self.fetch(tenant, cred, need, deadline).await?;
+        // A token reported rejected must not come back from stable_token's normal mode.
+        let force = matches!(need, Need::Replace(_)) || stored.as_ref().is_some_and(|t| t.rejected);
+        let issued = self.fetch(tenant, cred, force, deadline).await?;
         metrics::histogram!("wxhub_token_refresh_seconds", "credential" => cred.kind())
             .record(timer.elapsed().as_secs_f64());
         let lifetime_ms = i64::try_from(issued.expires_in)
@@ -626,7 +632,7 @@ impl Engine {
         self: &Arc<Self>,
         tenant_id: &str,
         cred: &Credential,
-        need: &Need,
+        force: bool,
         deadline: Instant,
     ) -> Result<Issued, Error> {
         let tenant = self.tenant(tenant_id)?;
@@ -665,7 +671,6 @@ impl Engine {
             (Credential::App, TenantKind::OfficialAccount) => {
                 // Normal mode is idempotent within the token's validity; force only when the
                 // token was rejected (never on a timer: it invalidates the previous token).
-                let force = matches!(need, Need::Replace(_));
                 api.stable_token(&tenant.app_id, &tenant.app_secret, force)
                     .await
                     .map(issued)

@@ -516,6 +516,23 @@ impl Env {
         out
     }
 
+    /// Asserts that the namespace still holds exactly `before` (naming the keys that differ).
+    pub async fn assert_unchanged(&self, before: &[(String, Vec<u8>)], what: &str) {
+        let after = self.snapshot().await;
+        let differ: Vec<&String> = after
+            .iter()
+            .filter(|kv| !before.contains(kv))
+            .map(|(k, _)| k)
+            .chain(
+                before
+                    .iter()
+                    .filter(|kv| !after.contains(kv))
+                    .map(|(k, _)| k),
+            )
+            .collect();
+        assert!(differ.is_empty(), "{what}: changed keys {differ:?}");
+    }
+
     pub async fn shutdown(mut self) {
         for r in self.replicas.drain(..) {
             r.stop();

@@ -1,6 +1,8 @@
 //! token-control end to end: real Redis and RabbitMQ, the simulator as WeChat, several
 //! replicas in-process. Each test uses its own namespace.
 
+mod api;
+mod events;
 #[allow(dead_code)]
 mod harness;
 mod refresh;

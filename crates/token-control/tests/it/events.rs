@@ -1,0 +1,247 @@
+//! Component notices from RabbitMQ and the ticket lifecycle.
+
+use std::time::Duration;
+
+use wxhub_proto::token::v1::GetAccessTokenRequest;
+use wxhub_store::AuthorizerStatus;
+
+use crate::harness::*;
+
+const QUERY_AUTH: &str = "/cgi-bin/component/api_query_auth";
+const START_PUSH: &str = "/cgi-bin/component/api_start_push_ticket";
+
+fn get(tenant: &str, appid: &str) -> GetAccessTokenRequest {
+    GetAccessTokenRequest {
+        tenant: tenant.into(),
+        appid: appid.into(),
+        min_remaining_secs: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ticket_and_authorization_notices_change_the_store() {
+    let mut env = Env::start(Setup::new("tc-events", 2)).await;
+    let clock = env.sim.clock();
+
+    // component_verify_ticket: a newer push replaces the stored ticket.
+    let _ = env.sim.push_ticket(ACME_APPID).await;
+    let ticket = env
+        .sim
+        .component(ACME_APPID)
+        .unwrap()
+        .latest_ticket
+        .unwrap();
+    let xml = format!(
+        "<xml><AppId><![CDATA[{ACME_APPID}]]></AppId><CreateTime>{}</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>",
+        clock.now_secs() + 1
+    );
+    env.publish_notice(
+        ACME,
+        ACME_APPID,
+        "component_verify_ticket",
+        &xml,
+        "ticket-1",
+    )
+    .await;
+    env.wait_for(|| async {
+        env.creds
+            .ticket(ACME)
+            .await
+            .unwrap()
+            .is_some_and(|t| t.value.expose() == ticket)
+    })
+    .await;
+
+    // authorized: the code is exchanged and the authorizer stored with token and schedule.
+    let outcome = env.sim.authorize(ACME_APPID, FRESH, false).await.unwrap();
+    assert_eq!(outcome.authorized.info_type, "authorized");
+    let xml = authorization_xml(
+        "authorized",
+        ACME_APPID,
+        FRESH,
+        &outcome.authorized.auth_code,
+        clock.now_secs(),
+    );
+    env.publish_notice(ACME, ACME_APPID, "authorized", &xml, "auth-1")
+        .await;
+    env.wait_for(|| async {
+        env.auths
+            .get(ACME, FRESH)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.refresh_token.is_some())
+    })
+    .await;
+    let rec = env.auths.get(ACME, FRESH).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Authorized);
+    assert_eq!(
+        rec.refresh_token.unwrap().expose(),
+        outcome.authorized.refresh_token
+    );
+    assert_eq!(rec.profile.nick_name, "Fresh Bakery");
+    let cred = format!("authorizer:{FRESH}");
+    let view = env.sim.authorizer(ACME_APPID, FRESH).unwrap();
+    let stored = env.creds.token(ACME, &cred).await.unwrap().unwrap();
+    assert_eq!(Some(stored.value.expose()), view.access_token.as_deref());
+    assert!(
+        env.creds.due(ACME, &cred).await.unwrap().is_some(),
+        "scheduled"
+    );
+
+    // The same message again (a duplicate from the crash window): no second exchange.
+    let exchanges = env.calls(QUERY_AUTH, None);
+    env.publish_notice(ACME, ACME_APPID, "authorized", &xml, "auth-1")
+        .await;
+    // A later, unrelated event proves the duplicate was consumed first (one queue, in order
+    // per consumer is not guaranteed, so wait for both effects).
+    let outcome2 = env.sim.authorize(ACME_APPID, FRESH, false).await.unwrap();
+    assert_eq!(outcome2.authorized.info_type, "updateauthorized");
+    let xml2 = authorization_xml(
+        "updateauthorized",
+        ACME_APPID,
+        FRESH,
+        &outcome2.authorized.auth_code,
+        clock.now_secs() + 2,
+    );
+    env.publish_notice(ACME, ACME_APPID, "updateauthorized", &xml2, "auth-2")
+        .await;
+    env.wait_for(|| async {
+        env.auths
+            .get(ACME, FRESH)
+            .await
+            .unwrap()
+            .and_then(|r| r.refresh_token)
+            .is_some_and(|r| r.expose() == outcome2.authorized.refresh_token)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.calls(QUERY_AUTH, None),
+        exchanges + 1,
+        "updateauthorized exchanged once; the duplicate not at all"
+    );
+
+    // unauthorized: revoked, tokens dropped, no token served.
+    env.sim.revoke(ACME_APPID, FRESH).await.unwrap();
+    let xml3 = format!(
+        "<xml><AppId><![CDATA[{ACME_APPID}]]></AppId><CreateTime>{}</CreateTime><InfoType><![CDATA[unauthorized]]></InfoType><AuthorizerAppid><![CDATA[{FRESH}]]></AuthorizerAppid></xml>",
+        clock.now_secs() + 3
+    );
+    env.publish_notice(ACME, ACME_APPID, "unauthorized", &xml3, "unauth-1")
+        .await;
+    env.wait_for(|| async {
+        env.auths
+            .get(ACME, FRESH)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.status == AuthorizerStatus::Revoked)
+    })
+    .await;
+    assert!(env.creds.token(ACME, &cred).await.unwrap().is_none());
+    assert_eq!(env.creds.due(ACME, &cred).await.unwrap(), None);
+    let mut c = env.client(0).await;
+    let err = c
+        .get_access_token(req(get(ACME, FRESH), KEY_ACME))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("no longer authorizes"), "{err}");
+
+    // A malformed event goes to the dead letters, not back to the queue forever.
+    env.publish_notice(ACME, ACME_APPID, "authorized", "<xml><oops", "bad-1")
+        .await;
+    let bus = env.bus().await;
+    let dead = env
+        .ns
+        .drain_queue(&bus, &bus.topology().dead_queue(), Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0]
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("bad-1")
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_ticket_triggers_start_push_ticket_once() {
+    let mut setup =
+        Setup::new("tc-noticket", 3).with("WXHUB_TOKEN_CONTROL__TICKET_CHECK_INTERVAL_MS", "100");
+    setup.tickets = false;
+    setup.wait_reconcile = false;
+    let env = Env::start(setup).await;
+    env.wait_for(|| async { env.calls(START_PUSH, Some(ACME_APPID)) >= 1 })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.calls(START_PUSH, Some(ACME_APPID)),
+        1,
+        "one request across three replicas within the guard period"
+    );
+    assert_eq!(env.calls(START_PUSH, Some(BETA_APPID)), 1);
+    // Without a ticket the component token is a clear error, not an empty token.
+    let mut c = env.client(0).await;
+    let err = c
+        .get_access_token(req(get(ACME, ""), KEY_ACME))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("component_verify_ticket"), "{err}");
+    // Readiness reports it.
+    let ready = reqwest::get(format!("http://{}/readyz", env.replicas[0].ops))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["tickets"]["ok"], false);
+    assert!(body["tickets"]["detail"].as_str().unwrap().contains("acme"));
+
+    // Once a ticket arrives, the token is served and the service is ready.
+    env.give_ticket(ACME_APPID, ACME).await;
+    env.give_ticket(BETA_APPID, BETA).await;
+    let token = c
+        .get_access_token(req(get(ACME, ""), KEY_ACME))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        Some(token.access_token.as_str()),
+        env.sim
+            .component(ACME_APPID)
+            .unwrap()
+            .access_token
+            .as_deref()
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", env.replicas[1].ops))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let health = reqwest::get(format!("http://{}/healthz", env.replicas[1].ops))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_ticket_is_refreshed_by_asking_wechat() {
+    let env = Env::start(
+        Setup::new("tc-stale", 1).with("WXHUB_TOKEN_CONTROL__TICKET_CHECK_INTERVAL_MS", "100"),
+    )
+    .await;
+    assert_eq!(
+        env.calls(START_PUSH, Some(ACME_APPID)),
+        0,
+        "fresh ticket: no request"
+    );
+    // 25 virtual minutes without a push: stale (WeChat pushes every 10).
+    env.sim.advance(Duration::from_secs(25 * 60));
+    env.wait_for(|| async { env.calls(START_PUSH, Some(ACME_APPID)) >= 1 })
+        .await;
+    env.shutdown().await;
+}
