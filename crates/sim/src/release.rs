@@ -225,7 +225,10 @@ fn delivery_problem(report: &PushReport, limit: Duration) -> Option<String> {
         return Some("nothing was sent".into());
     };
     if let Some(error) = &attempt.error {
-        return Some(format!("no reply within {} ms: {error}", limit.as_millis()));
+        if error.starts_with("timeout") {
+            return Some(format!("no reply within {} ms", limit.as_millis()));
+        }
+        return Some(format!("no reply: {error}"));
     }
     match attempt.status {
         Some(s) if (200..300).contains(&s) => None,
