@@ -13,6 +13,7 @@
 //! Depends on the protocol crates (crypto, message), the service kit (runtime), bus, store and
 //! proto; never on another service.
 
+mod authorize;
 mod callback;
 pub mod config;
 mod delivery;
@@ -50,7 +51,7 @@ use crate::state::Shared;
 /// Every WeChat-facing route of the gateway (without `/healthz`, `/readyz`, `/metrics`).
 /// Features that add pages merge their `Router<AppState>` here.
 pub fn routes() -> Router<AppState> {
-    callback::routes()
+    callback::routes().merge(authorize::routes())
 }
 
 /// The complete HTTP application: [`routes`] with `state`, plus `/healthz`, `/readyz` (Redis,

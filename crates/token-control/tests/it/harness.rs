@@ -116,13 +116,19 @@ fn account(appid: &str, name: &str, secret: Option<&str>) -> AccountSeed {
     }
 }
 
-pub fn seed() -> Seed {
+pub fn seed(acme_event_url: Option<String>) -> Seed {
     let component = |appid: &str, secret: &str| ComponentSeed {
         appid: appid.into(),
         secret: secret.into(),
-        token: "t".into(),
+        token: if appid == ACME_APPID {
+            "acme-token".into()
+        } else {
+            "beta-token".into()
+        },
         aes_key: AES_KEY.into(),
-        auth_event_url: None,
+        auth_event_url: (appid == ACME_APPID)
+            .then(|| acme_event_url.clone())
+            .flatten(),
         message_url_template: None,
         encryption: Default::default(),
         auto_ticket_push: false,
@@ -176,6 +182,8 @@ pub struct Setup {
     /// Wait for the start-up reconcile to import the seeded authorizers.
     pub wait_reconcile: bool,
     pub tenants: String,
+    /// The authorization-event URL of acme in the sim (a gateway), if any.
+    pub acme_event_url: Option<String>,
 }
 
 impl Setup {
@@ -191,6 +199,7 @@ impl Setup {
             tickets: true,
             wait_reconcile: true,
             tenants: tenants_toml(ACME_SECRET),
+            acme_event_url: None,
         }
     }
 
@@ -252,7 +261,7 @@ impl Env {
         wxhub_runtime::telemetry::init_for_tests();
         let ns = Namespace::new(setup.label);
         let mut sim_config = setup.sim;
-        sim_config.seed = Some(seed());
+        sim_config.seed = Some(seed(setup.acme_event_url.clone()));
         let sim = wxhub_sim::start(sim_config).await.expect("sim starts");
         let tenants = TenantsHandle::fixed(Tenants::from_toml(&setup.tenants).expect("tenants"));
         let store = ns.store();

@@ -2,6 +2,7 @@
 //! replicas in-process. Each test uses its own namespace.
 
 mod api;
+mod authorize;
 mod events;
 #[allow(dead_code)]
 mod harness;

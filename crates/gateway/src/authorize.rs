@@ -1,0 +1,362 @@
+//! The authorization pages of a component tenant (授权发起页 and the redirect target).
+//!
+//! - `GET /wx/{tenant}/authorize[?auth_type=1|2|3][&biz_appid=...]` asks token-control
+//!   (`CreateAuthorizationUrl`) for a fresh pre-auth code and renders a page with the PC link
+//!   (`componentloginpage`, scan with WeChat) and the mobile link (`bindcomponent`, open inside
+//!   WeChat). The redirect target is this gateway's `/wx/{tenant}/authorized`, on the host the
+//!   page was requested on (WeChat requires the redirect to be on the page's domain);
+//!   `X-Forwarded-Proto`/`X-Forwarded-Host` are honoured behind a proxy.
+//! - `GET /wx/{tenant}/authorized?auth_code=...&expires_in=...` exchanges the code through
+//!   token-control (`ExchangeAuthCode`) and shows the authorized account, or a clear error page.
+//!
+//! token-control is reached at `token_control.endpoint` with `client.api_key`; every value put
+//! in a page is HTML-escaped.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tonic::transport::{Channel, Endpoint};
+use wxhub_proto::token::v1 as pb;
+use wxhub_proto::token::v1::token_control_client::TokenControlClient;
+use wxhub_runtime::{TenantId, TenantKind};
+
+use crate::state::AppState;
+
+/// Budget of one call to token-control from a page.
+const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The two pages.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/wx/{tenant}/authorize", get(authorize))
+        .route("/wx/{tenant}/authorized", get(authorized))
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{}</title>\
+<style>body{{font-family:system-ui,-apple-system,'PingFang SC',sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}\
+a.button{{display:inline-block;margin:.5rem 1rem .5rem 0;padding:.8rem 1.4rem;border-radius:6px;background:#07c160;color:#fff;text-decoration:none}}\
+a.button.secondary{{background:#576b95}}dl{{display:grid;grid-template-columns:max-content auto;gap:.3rem 1rem}}dt{{color:#666}}\
+.error{{border-left:4px solid #fa5151;padding:.5rem 1rem;background:#fff5f5}}</style></head>\
+<body>{body}</body></html>\n",
+        escape(title)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+fn error_page(status: StatusCode, title: &str, detail: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!(
+            "<h1>{}</h1><p class=\"error\">{}</p>",
+            escape(title),
+            escape(detail)
+        ),
+    )
+}
+
+/// A lazily connected channel per endpoint (reconnects by itself).
+fn client(endpoint: &str) -> Result<TokenControlClient<Channel>, String> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let mut channels = CHANNELS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = channels.get(endpoint) {
+        return Ok(TokenControlClient::new(c.clone()));
+    }
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("token_control.endpoint {endpoint:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy();
+    channels.insert(endpoint.to_owned(), channel.clone());
+    Ok(TokenControlClient::new(channel))
+}
+
+fn request<T>(state: &AppState, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    if let Ok(v) = format!("Bearer {}", state.config().client.api_key.expose()).parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// The page status for a token-control failure.
+fn failure(what: &str, status: &tonic::Status) -> Response {
+    use tonic::Code;
+    let (http, title) = match status.code() {
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "授权请求无效 / Invalid request"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "未找到 / Not found"),
+        Code::FailedPrecondition => (
+            StatusCode::CONFLICT,
+            "无法完成授权 / Authorization cannot be completed",
+        ),
+        Code::ResourceExhausted => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "微信接口调用受限 / WeChat limit reached",
+        ),
+        Code::Unauthenticated | Code::PermissionDenied => (
+            StatusCode::BAD_GATEWAY,
+            "服务配置错误 / Service misconfigured",
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "暂时无法完成 / Temporarily unavailable",
+        ),
+    };
+    tracing::warn!(what, code = ?status.code(), message = status.message(), "authorization page failed");
+    metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => what.to_owned(), "result" => "error")
+        .increment(1);
+    error_page(http, title, status.message())
+}
+
+/// Checks the tenant of the URL: known and a component (else the error page to answer).
+fn component(state: &AppState, tenant: &str) -> Option<Response> {
+    let unknown = || {
+        error_page(
+            StatusCode::NOT_FOUND,
+            "未找到 / Not found",
+            "unknown third-party platform",
+        )
+    };
+    if TenantId::parse(tenant).is_err() {
+        return Some(unknown());
+    }
+    match state.tenants().current().get(tenant) {
+        Some(t) if t.kind == TenantKind::Component => None,
+        Some(_) => Some(error_page(
+            StatusCode::NOT_FOUND,
+            "未找到 / Not found",
+            "this tenant is not a third-party platform",
+        )),
+        None => Some(unknown()),
+    }
+}
+
+/// `{scheme}://{host}` the browser used.
+fn origin(headers: &HeaderMap) -> Option<String> {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = first("x-forwarded-host").or_else(|| first("host"))?;
+    let valid = host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid {
+        return None;
+    }
+    let scheme = match first("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    Some(format!("{scheme}://{host}"))
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = component(&state, &tenant) {
+        return r;
+    }
+    let auth_type = match query.get("auth_type").map(String::as_str) {
+        None | Some("") => pb::AuthType::Unspecified,
+        Some("1") => pb::AuthType::OfficialAccount,
+        Some("2") => pb::AuthType::MiniProgram,
+        Some("3") => pb::AuthType::Both,
+        Some(_) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "授权请求无效 / Invalid request",
+                "auth_type must be 1 (Official Accounts), 2 (Mini Programs) or 3 (both)",
+            );
+        }
+    };
+    let Some(origin) = origin(&headers) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "授权请求无效 / Invalid request",
+            "missing or invalid Host header",
+        );
+    };
+    let redirect_uri = format!("{origin}/wx/{tenant}/authorized");
+    let mut c = match client(&state.config().token_control.endpoint) {
+        Ok(c) => c,
+        Err(e) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "服务配置错误 / Service misconfigured",
+                &e,
+            );
+        }
+    };
+    let reply = c
+        .create_authorization_url(request(
+            &state,
+            pb::CreateAuthorizationUrlRequest {
+                tenant: tenant.clone(),
+                redirect_uri,
+                auth_type: auth_type as i32,
+                biz_appid: query.get("biz_appid").cloned().unwrap_or_default(),
+            },
+        ))
+        .await;
+    let urls = match reply {
+        Ok(r) => r.into_inner(),
+        Err(status) => return failure("authorize", &status),
+    };
+    metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => "authorize", "result" => "ok")
+        .increment(1);
+    let body = format!(
+        "<h1>授权公众号或小程序 / Authorize your account</h1>\
+<p>请使用公众号或小程序的管理员微信完成授权。链接约 {} 分钟内有效，只能使用一次。<br>\
+Authorize with the WeChat account of the Official Account's or Mini Program's administrator. \
+The link is valid for about {} minutes and works once.</p>\
+<p><a class=\"button\" id=\"pc\" href=\"{}\">电脑端扫码授权 / Authorize on a computer</a>\
+<a class=\"button secondary\" id=\"mobile\" href=\"{}\">手机微信内授权 / Authorize in WeChat on a phone</a></p>",
+        (urls.expires_at_ms - wxhub_runtime::unix_ms()).max(0) / 60_000,
+        (urls.expires_at_ms - wxhub_runtime::unix_ms()).max(0) / 60_000,
+        escape(&urls.pc_url),
+        escape(&urls.mobile_url),
+    );
+    page(StatusCode::OK, "授权 / Authorize", &body)
+}
+
+async fn authorized(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = component(&state, &tenant) {
+        return r;
+    }
+    let code = query
+        .get("auth_code")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if code.is_empty() || code.len() > 512 {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "授权请求无效 / Invalid request",
+            "missing auth_code: open this page through the authorization link",
+        );
+    }
+    let mut c = match client(&state.config().token_control.endpoint) {
+        Ok(c) => c,
+        Err(e) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "服务配置错误 / Service misconfigured",
+                &e,
+            );
+        }
+    };
+    let reply = c
+        .exchange_auth_code(request(
+            &state,
+            pb::ExchangeAuthCodeRequest {
+                tenant: tenant.clone(),
+                auth_code: code.to_owned(),
+            },
+        ))
+        .await;
+    let a = match reply {
+        Ok(r) => r.into_inner(),
+        Err(status) => return failure("authorized", &status),
+    };
+    metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => "authorized", "result" => "ok")
+        .increment(1);
+    let name = if a.nick_name.is_empty() {
+        a.appid.clone()
+    } else {
+        a.nick_name.clone()
+    };
+    let kind = if a.is_mini_program {
+        "小程序 / Mini Program"
+    } else {
+        "公众号 / Official Account"
+    };
+    let func: Vec<String> = a.func_info.iter().map(u32::to_string).collect();
+    let body = format!(
+        "<h1>授权成功 / Authorized</h1><p id=\"account\">{}</p><dl>\
+<dt>AppID</dt><dd id=\"appid\">{}</dd><dt>类型 / Kind</dt><dd>{}</dd>\
+<dt>原始ID / Original ID</dt><dd>{}</dd><dt>主体 / Principal</dt><dd>{}</dd>\
+<dt>权限集 / Permission sets</dt><dd>{}</dd></dl>",
+        escape(&name),
+        escape(&a.appid),
+        kind,
+        escape(&a.user_name),
+        escape(&a.principal_name),
+        escape(&func.join(", ")),
+    );
+    page(StatusCode::OK, "授权成功 / Authorized", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn origin_prefers_forwarded_headers_and_rejects_junk() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "gw.internal:8080".parse().unwrap());
+        assert_eq!(origin(&h).as_deref(), Some("http://gw.internal:8080"));
+        h.insert("x-forwarded-host", "wx.example.com".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(origin(&h).as_deref(), Some("https://wx.example.com"));
+        h.insert("x-forwarded-host", "evil.com/<script>".parse().unwrap());
+        assert_eq!(origin(&h), None);
+        assert_eq!(origin(&HeaderMap::new()), None);
+    }
+}
