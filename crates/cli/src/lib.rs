@@ -5,6 +5,7 @@
 //! on stdout.
 
 mod crypto;
+mod token;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -25,6 +26,14 @@ enum Command {
     /// Sign, verify, encrypt and decrypt WeChat callbacks (for debugging captured traffic).
     #[command(subcommand)]
     Crypto(crypto::CryptoCommand),
+    /// Access tokens from token-control.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Authorizers of a component tenant.
+    #[command(subcommand)]
+    Authorizers(token::AuthorizersCommand),
+    /// Create a pre-auth code and print the authorization URL.
+    AuthUrl(token::AuthUrlArgs),
 }
 
 /// An error reported as one line on stderr with exit status 2.
@@ -65,6 +74,9 @@ where
     };
     let result = match cli.command {
         Command::Crypto(cmd) => crypto::run(cmd, stdin),
+        Command::Token(cmd) => token::run_token(cmd),
+        Command::Authorizers(cmd) => token::run_authorizers(cmd),
+        Command::AuthUrl(args) => token::run_auth_url(args),
     };
     match result {
         Ok(output) => {
