@@ -355,6 +355,8 @@ fn authorizer_token(
     let mut guard = lock(&sim.state);
     let component = component_auth(&guard, q, &body, now, appid)?;
     let authorizer = body.str("authorizer_appid", 41002)?;
+    // The call acts for the authorizer: record it (tests count refreshes per authorizer).
+    *appid = Some(authorizer.to_owned());
     let refresh = body.str("authorizer_refresh_token", 61023)?;
     guard.charge(PATHS[3], &component, day)?;
     let state = &mut *guard;
