@@ -8,3 +8,4 @@ mod delivery;
 mod modes;
 mod ops;
 mod release;
+mod sim;

@@ -1,0 +1,281 @@
+//! Gateway throughput against its floor, on the local Redis and RabbitMQ (`make bench`).
+//!
+//! 1. **Floor**: `BENCH_CONCURRENCY` (64) tasks each doing exactly the gateway's storage work per
+//!    callback — Redis dedupe claim, confirmed publish of a CallbackEvent-sized body to the same
+//!    topology (events exchange → alternate exchange → quorum queue), dedupe complete — with no
+//!    HTTP and no crypto. Reports confirmed publishes/s.
+//! 2. **Gateway at max**: the gateway in-process on port 0; wxhub-sim's load generator (signed,
+//!    encrypted, safe-mode callbacks; 80 % text, 20 % events) in closed loop at the same
+//!    concurrency. Every 200 must be in the queue: the queue is counted afterwards.
+//! 3. **Gateway at half that rate**: open loop; p50/p99 latency from the scheduled send time.
+//!
+//! `BENCH_SECS` (default 10) sets each measured run's length. Prints one block of figures.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::{QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use wxhub_bus::{Bus, Outgoing};
+use wxhub_gateway::{CALLBACK_EVENT_TYPE, Gateway, GatewayConfig};
+use wxhub_proto::events::v1::CallbackEvent;
+use wxhub_runtime::config::Source;
+use wxhub_sim::load::{LoadConfig, LoadReport};
+use wxhub_store::dedupe::{Claim, Dedupe};
+use wxhub_testkit::Namespace;
+
+const TOKEN: &str = "bench-message-token";
+const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const COMPONENT: &str = "wxbenchcomponent";
+const AUTHORIZER: &str = "wxbenchauthorizer1";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn out(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Messages in `queue` now; then empties it.
+async fn count_and_purge(bus: &Bus, queue: &str) -> u64 {
+    let ch = bus.channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    let n = u64::from(q.message_count());
+    ch.queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    n
+}
+
+/// A CallbackEvent like the gateway publishes for a text message.
+fn sample_event(i: u64) -> Vec<u8> {
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o_bench_user_000000000000{i}]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[load test message {i} with some typical text content]]></Content><MsgId>{i}</MsgId></xml>"
+    );
+    CallbackEvent {
+        tenant: "bench".into(),
+        tenant_kind: "component".into(),
+        appid: AUTHORIZER.into(),
+        kind: "text".into(),
+        xml,
+        dedupe_key: format!("bench:{AUTHORIZER}:msg:{i}"),
+        received_at_ms: 1_700_000_000_000,
+        encrypt_mode: "safe".into(),
+        to_user_name: "gh_bench".into(),
+        from_user_name: format!("o_bench_user_000000000000{i}"),
+        create_time: 1_700_000_000,
+        msg_type: "text".into(),
+        msg_id: i,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The floor: claim → confirmed publish → complete, `concurrency` at a time, for `secs`.
+async fn floor(ns: &Namespace, bus: &Bus, concurrency: usize, secs: u64) -> f64 {
+    let dedupe = Dedupe::new(ns.store(), Duration::from_secs(5), Duration::from_secs(600));
+    let exchange = ns.topology().events_exchange();
+    let routing_key = format!("bench.{AUTHORIZER}.text");
+    // Keys stay unique across runs (the warm-up's are still marked done).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let next = &NEXT;
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (dedupe, bus, exchange, routing_key, done, stop) = (
+            dedupe.clone(),
+            bus.clone(),
+            exchange.clone(),
+            routing_key.clone(),
+            done.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let key = format!("msg:{i}");
+                let owner = format!("{:016x}", rand::random::<u64>());
+                let claim = dedupe.claim("bench", AUTHORIZER, &key, &owner).await;
+                assert_eq!(claim.expect("redis"), Claim::Fresh);
+                let body = sample_event(i);
+                let message_id = format!("bench:{AUTHORIZER}:{key}");
+                let headers = vec![(
+                    "traceparent".to_owned(),
+                    format!(
+                        "00-{:032x}-{:016x}-01",
+                        rand::random::<u128>(),
+                        rand::random::<u64>()
+                    ),
+                )];
+                bus.publish(&Outgoing {
+                    exchange: &exchange,
+                    routing_key: &routing_key,
+                    body: &body,
+                    message_id: &message_id,
+                    message_type: CALLBACK_EVENT_TYPE,
+                    headers: &headers,
+                })
+                .await
+                .expect("confirmed publish");
+                dedupe
+                    .complete("bench", AUTHORIZER, &key, &owner)
+                    .await
+                    .expect("complete");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("floor task");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    let queued = count_and_purge(bus, &ns.topology().unrouted_queue()).await;
+    assert_eq!(queued, n, "every confirmed publish is in the queue");
+    n as f64 / elapsed
+}
+
+fn load(base: &str, concurrency: usize, secs: u64, rate: Option<f64>) -> LoadConfig {
+    let mut cfg = LoadConfig::new(base, "bench", AUTHORIZER, TOKEN, KEY, COMPONENT);
+    cfg.to_user_name = "gh_bench".into();
+    cfg.concurrency = concurrency;
+    cfg.duration = Duration::from_secs(secs);
+    cfg.rate = rate;
+    cfg.timeout = Duration::from_secs(10);
+    // Enough distinct bodies (unique MsgIds) that no run wraps around: a reused body would be
+    // a retry the gateway rightly drops.
+    cfg.pool_bytes = 1 << 30;
+    cfg
+}
+
+/// Runs the load and checks that every 200 is a message in the queue.
+async fn run_load(bus: &Bus, queue: &str, cfg: LoadConfig) -> LoadReport {
+    let report = wxhub_sim::load::run(cfg).await.expect("load run");
+    // `reused_bodies` is also set when a closed-loop run merely *might* need more bodies than
+    // the pool holds; what matters is whether more were sent than exist.
+    assert!(
+        report.sent <= report.unique_bodies as u64,
+        "the body pool was too small: {report}"
+    );
+    let ok = report.status.get("200").copied().unwrap_or(0);
+    let queued = count_and_purge(bus, queue).await;
+    assert_eq!(
+        queued, ok,
+        "every 200 must be a broker-confirmed message: {report}"
+    );
+    report
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let secs = env_u64("BENCH_SECS", 10);
+    let concurrency = env_u64("BENCH_CONCURRENCY", 64) as usize;
+    let cancel = CancellationToken::new();
+    let ns = Namespace::new("bench");
+    let bus = ns.bus(&cancel).await;
+    let queue = ns.topology().unrouted_queue();
+
+    // 1. Floor.
+    let _ = floor(&ns, &bus, concurrency, 2).await; // warm-up
+    let floor_rate = floor(&ns, &bus, concurrency, secs).await;
+
+    // 2. The gateway in-process.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!(
+            "[[tenants]]\nid = \"bench\"\nkind = \"component\"\napp_id = \"{COMPONENT}\"\napp_secret = \"bench-secret\"\ntoken = \"{TOKEN}\"\nencoding_aes_key = \"{KEY}\"\n"
+        ),
+    )
+    .expect("tenants file");
+    let config = GatewayConfig::load(&Source {
+        file: None,
+        env: vec![
+            ("WXHUB_NAMESPACE".into(), ns.name().to_owned()),
+            ("WXHUB_REDIS__URL".into(), wxhub_testkit::redis_url()),
+            ("WXHUB_AMQP__URL".into(), wxhub_testkit::amqp_url()),
+            ("WXHUB_AMQP__DELIVERY_LIMIT".into(), "5".into()),
+            ("WXHUB_TENANTS__FILE".into(), tenants.display().to_string()),
+        ],
+    })
+    .expect("config");
+    let gateway = Gateway::start(config).expect("gateway");
+    assert!(
+        gateway
+            .state()
+            .bus()
+            .wait_connected(Duration::from_secs(30))
+            .await
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(gateway.serve(listener, stop.clone().cancelled_owned()));
+
+    let _ = run_load(&bus, &queue, load(&base, concurrency, 2, None)).await; // warm-up
+    let max = run_load(&bus, &queue, load(&base, concurrency, secs, None)).await;
+    let half_rate = (max.throughput / 2.0).floor().max(1.0);
+    let half = run_load(
+        &bus,
+        &queue,
+        load(&base, concurrency, secs, Some(half_rate)),
+    )
+    .await;
+
+    stop.cancel();
+    let _ = server.await;
+    ns.cleanup(Some(&bus), &[]).await;
+
+    let ratio = max.throughput / floor_rate * 100.0;
+    out(&format!(
+        "floor (claim + confirmed publish + complete, {concurrency} tasks, no HTTP/crypto): {floor_rate:.0} msg/s"
+    ));
+    out(&format!(
+        "gateway max (sim load, closed loop, {concurrency} connections, safe mode): {:.0} callbacks/s, all {} answered 200 and confirmed in the queue; p50 {:.2} ms, p99 {:.2} ms",
+        max.throughput,
+        max.status.get("200").copied().unwrap_or(0),
+        max.latency_ms.p50,
+        max.latency_ms.p99
+    ));
+    out(&format!("gateway / floor: {ratio:.1} % (target >= 75 %)"));
+    out(&format!(
+        "gateway at half rate ({half_rate:.0}/s open loop): {:.0} callbacks/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target p99 < 50 ms); statuses {:?}",
+        half.throughput,
+        half.latency_ms.p50,
+        half.latency_ms.p99,
+        half.latency_ms.p999,
+        half.status
+    ));
+}
