@@ -28,6 +28,10 @@ use wxhub_sim::load::{LoadConfig, LoadReport};
 use wxhub_store::dedupe::{Claim, Dedupe};
 use wxhub_testkit::Namespace;
 
+// The same allocator as the wxhub-gateway binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN: &str = "bench-message-token";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const COMPONENT: &str = "wxbenchcomponent";
@@ -207,6 +211,11 @@ async fn bench() {
     // 1. Floor.
     let _ = floor(&ns, &bus, concurrency, 2).await; // warm-up
     let floor_rate = floor(&ns, &bus, concurrency, secs).await;
+    if std::env::var("BENCH_FLOOR_ONLY").is_ok() {
+        ns.cleanup(Some(&bus), &[]).await;
+        out(&format!("floor: {floor_rate:.0} msg/s"));
+        return;
+    }
 
     // 2. The gateway in-process.
     let dir = tempfile::tempdir().expect("tempdir");

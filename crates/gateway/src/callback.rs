@@ -192,9 +192,15 @@ async fn handle(state: AppState, req: Request) -> Response {
     } else {
         "POST"
     };
-    let span = tracing::info_span!("callback", route, method, tenant = tracing::field::Empty);
-    m::inflight(1.0);
     let shared = state.shared;
+    // A span per callback costs a registry entry even when nothing is logged: at debug level
+    // unless spans are exported (then at info, so the trace reaches the collector).
+    let span = if shared.export_spans {
+        tracing::info_span!("callback", route, method, tenant = tracing::field::Empty)
+    } else {
+        tracing::debug_span!("callback", route, method, tenant = tracing::field::Empty)
+    };
+    m::inflight(1.0);
     let result = async {
         if req.method == Method::GET {
             verify_url(&shared, req).await

@@ -7,18 +7,20 @@
 //! - Claim the dedupe key (`SET NX` of a pending marker owned by this request).
 //!   `Fresh` → publish; `Done` → answer as processed; `InFlight` → another request is
 //!   publishing it: poll until it is `Done` (answer), gone (claim it), or the deadline (503).
-//! - The publish runs in its own task, so it finishes even when the HTTP answer has already gone
-//!   out as a 503 at the deadline: a confirmed publish then still marks the key done (the retry
-//!   gets `success` without a second copy), a failed one releases the key (the retry publishes).
-//! - The answer goes out as soon as the broker confirmed; marking the key done follows in the
-//!   same task (a retry arriving in between sees `InFlight` and waits for it).
+//! - The publish is polled inline; if the deadline passes first (or the client goes away and
+//!   the handler is dropped) the pending publish moves into a task and still finishes: a late
+//!   confirm marks the key done (the retry gets `success` without a second copy), a failure
+//!   releases it (the retry publishes).
+//! - The answer goes out as soon as the broker confirmed; marking the key done follows in a
+//!   small background task (a retry arriving in between sees `InFlight` and waits for it).
 //! - Redis down: `gateway.redis_down = "publish"` (default) publishes without a claim — nothing
 //!   is lost, a retry may publish a duplicate with the same `message_id`; `"reject"` answers 503.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 use wxhub_bus::{BusError, Outgoing};
 use wxhub_store::dedupe::Claim;
@@ -200,75 +202,145 @@ async fn publish(
     publication: Publication,
     deadline: tokio::time::Instant,
 ) -> Result<Delivered, Failure> {
-    let (tx, rx) = oneshot::channel();
-    let task_shared = shared.clone();
-    shared.tasks.spawn(async move {
-        let shared = task_shared;
-        let outgoing = Outgoing {
-            exchange: &publication.exchange,
-            routing_key: &publication.routing_key,
-            body: &publication.body,
-            message_id: &publication.message_id,
-            message_type: publication.message_type,
-            headers: &publication.headers,
-        };
-        let started = Instant::now();
-        let result = tokio::time::timeout(PUBLISH_CAP, shared.bus.publish(&outgoing)).await;
-        m::publish_latency(publication.what, started.elapsed());
-        let dedupe_budget = shared.dedupe_timeout;
-        match result {
-            Ok(Ok(())) => {
-                m::published(&key.tenant, publication.what);
-                let _ = tx.send(Ok(()));
-                let done = tokio::time::timeout(
-                    dedupe_budget,
-                    shared.dedupe.complete(&key.tenant, &key.appid, &key.key, &owner),
-                )
-                .await;
-                if !matches!(done, Ok(Ok(()))) {
-                    // The publish stands; a retry may publish a duplicate with the same
-                    // message_id once the pending marker expires (the documented window).
-                    m::dedupe("complete_failed");
-                    tracing::warn!(tenant = %key.tenant, "published, but could not mark the dedupe key done");
-                }
-            }
-            Ok(Err(e)) => {
-                let released = tokio::time::timeout(
-                    dedupe_budget,
-                    shared.dedupe.release(&key.tenant, &key.appid, &key.key, &owner),
-                )
-                .await;
-                if !matches!(released, Ok(Ok(()))) {
-                    m::dedupe("release_failed");
-                }
-                let _ = tx.send(Err(e));
-            }
-            Err(_) => {
-                // Outcome unknown: leave the pending marker to expire.
-                let _ = tx.send(Err(BusError::Unavailable(
-                    "the broker did not confirm within 30 s".into(),
-                )));
-            }
+    let what = publication.what;
+    let started = Instant::now();
+    // The publish is polled inline (no task, no channel on the hot path); see `Pending`.
+    let confirm = {
+        let shared = shared.clone();
+        async move {
+            let outgoing = Outgoing {
+                exchange: &publication.exchange,
+                routing_key: &publication.routing_key,
+                body: &publication.body,
+                message_id: &publication.message_id,
+                message_type: publication.message_type,
+                headers: &publication.headers,
+            };
+            // `None`: no confirm within the cap; the outcome is unknown.
+            tokio::time::timeout(PUBLISH_CAP, shared.bus.publish(&outgoing))
+                .await
+                .ok()
         }
-    });
-    match timeout_at(deadline, rx).await {
-        Ok(Ok(Ok(()))) => Ok(Delivered::Published),
-        Ok(Ok(Err(e))) => {
+    };
+    let mut pending = Pending {
+        confirm: Some(Box::pin(confirm)),
+        shared: shared.clone(),
+        marker: Some((key, owner)),
+        what,
+        started,
+    };
+    let result = tokio::select! {
+        biased;
+        r = pending.confirm.as_mut().expect("set above") => r,
+        // Dropping `pending` hands the publish to a task that settles the marker.
+        () = tokio::time::sleep_until(deadline) => {
+            return Err(Failure::unavailable(
+                "deadline",
+                "the broker did not confirm within the deadline",
+            ));
+        }
+    };
+    pending.confirm = None;
+    let (key, owner) = pending.marker.take().expect("set above");
+    m::publish_latency(what, started.elapsed());
+    let Some(result) = result else {
+        // The deadline is far below the cap; only a misconfiguration gets here.
+        return Err(Failure::unavailable("broker", "the broker did not confirm"));
+    };
+    match result {
+        Ok(()) => {
+            // Confirmed: answer now; marking the key done follows in the background (a retry
+            // arriving meanwhile sees the pending marker and waits for it).
+            let task_shared = shared.clone();
+            shared.tasks.spawn(async move {
+                settle(&task_shared, &key, &owner, what, Some(Ok(()))).await;
+            });
+            Ok(Delivered::Published)
+        }
+        Err(e) => {
             let reason = match &e {
                 BusError::Unavailable(_) => "broker",
                 BusError::Nacked => "nacked",
                 BusError::Unroutable { .. } => "unroutable",
             };
-            Err(Failure::unavailable(reason, e.to_string()))
+            let detail = e.to_string();
+            // Release before answering, so WeChat's retry can publish.
+            settle(shared, &key, &owner, what, Some(Err(e))).await;
+            Err(Failure::unavailable(reason, detail))
         }
-        Ok(Err(_)) => Err(Failure::unavailable(
-            "internal",
-            "the publish task ended without a result",
-        )),
-        Err(_) => Err(Failure::unavailable(
-            "deadline",
-            "the broker did not confirm within the deadline",
-        )),
+    }
+}
+
+/// A publish in flight. Dropped before it completed — at the deadline, or because the client
+/// went away and hyper dropped the handler — it moves into a task that waits for the confirm
+/// and settles the dedupe marker, so a late confirm still counts and a failure still releases.
+struct Pending<F>
+where
+    F: Future<Output = Option<Result<(), BusError>>> + Send + 'static,
+{
+    confirm: Option<Pin<Box<F>>>,
+    shared: Arc<Shared>,
+    marker: Option<(DedupeKey, String)>,
+    what: &'static str,
+    started: Instant,
+}
+
+impl<F> Drop for Pending<F>
+where
+    F: Future<Output = Option<Result<(), BusError>>> + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(confirm), Some((key, owner))) = (self.confirm.take(), self.marker.take()) {
+            let (shared, what, started) = (self.shared.clone(), self.what, self.started);
+            self.shared.tasks.spawn(async move {
+                let result = confirm.await;
+                m::publish_latency(what, started.elapsed());
+                settle(&shared, &key, &owner, what, result).await;
+            });
+        }
+    }
+}
+
+/// Records the outcome of a publish in the dedupe marker: done after a confirm, released after
+/// a failure; a publish whose outcome is unknown (`None`) leaves the pending marker to expire.
+async fn settle(
+    shared: &Shared,
+    key: &DedupeKey,
+    owner: &str,
+    what: &'static str,
+    result: Option<Result<(), BusError>>,
+) {
+    let budget = shared.dedupe_timeout;
+    match result {
+        None => {}
+        Some(Ok(())) => {
+            m::published(&key.tenant, what);
+            let done = tokio::time::timeout(
+                budget,
+                shared
+                    .dedupe
+                    .complete(&key.tenant, &key.appid, &key.key, owner),
+            )
+            .await;
+            if !matches!(done, Ok(Ok(()))) {
+                // The publish stands; a retry may publish a duplicate with the same
+                // message_id once the pending marker expires (the documented window).
+                m::dedupe("complete_failed");
+                tracing::warn!(tenant = %key.tenant, "published, but could not mark the dedupe key done");
+            }
+        }
+        Some(Err(_)) => {
+            let released = tokio::time::timeout(
+                budget,
+                shared
+                    .dedupe
+                    .release(&key.tenant, &key.appid, &key.key, owner),
+            )
+            .await;
+            if !matches!(released, Ok(Ok(()))) {
+                m::dedupe("release_failed");
+            }
+        }
     }
 }
 

@@ -166,6 +166,7 @@ impl Gateway {
             },
             redis_down: g.redis_down,
             allow_plaintext: g.allow_plaintext,
+            export_spans: !config.telemetry.otlp_endpoint.is_empty(),
             tenants,
             bus,
             store,

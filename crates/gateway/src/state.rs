@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub redis_down: RedisDown,
     pub allow_plaintext: bool,
+    /// Spans are exported (OTLP configured): per-callback spans at info level.
+    pub export_spans: bool,
 }
 
 /// What handlers see: configuration, tenants, Redis and RabbitMQ. Cheap to clone.

@@ -15,6 +15,7 @@
 //! that duplicate carries the same `message_id`, which consumers dedupe (the documented crash
 //! window).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::{Store, StoreError};
@@ -58,6 +59,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+// Built once: `Script::new` hashes the source (for EVALSHA) on every call otherwise.
+static COMPLETE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COMPLETE));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
 
 impl Dedupe {
     /// `pending_ttl` bounds how long a crashed request blocks retries (keep it near the
@@ -110,7 +115,7 @@ impl Dedupe {
     ) -> Result<(), StoreError> {
         let key = self.store.keys(tenant).dedupe(appid, dedupe_key);
         let mut conn = self.store.conn();
-        let _: i64 = redis::Script::new(COMPLETE)
+        let _: i64 = COMPLETE_SCRIPT
             .key(key)
             .arg(pending(owner))
             .arg(millis(self.done_ttl))
@@ -129,7 +134,7 @@ impl Dedupe {
     ) -> Result<(), StoreError> {
         let key = self.store.keys(tenant).dedupe(appid, dedupe_key);
         let mut conn = self.store.conn();
-        let _: i64 = redis::Script::new(RELEASE)
+        let _: i64 = RELEASE_SCRIPT
             .key(key)
             .arg(pending(owner))
             .invoke_async(&mut conn)
