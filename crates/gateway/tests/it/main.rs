@@ -2,6 +2,7 @@
 //! in its own namespace, the gateway in-process on port 0.
 
 mod bad_input;
+mod binary;
 mod broker;
 mod common;
 mod delivery;
