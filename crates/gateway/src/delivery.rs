@@ -290,13 +290,19 @@ where
     F: Future<Output = Option<Result<(), BusError>>> + Send + 'static,
 {
     fn drop(&mut self) {
-        if let (Some(confirm), Some((key, owner))) = (self.confirm.take(), self.marker.take()) {
+        if let (Some(confirm), Some((key, owner))) = (self.confirm.take(), self.marker.take())
+            // No runtime (the process is exiting): the pending marker simply expires.
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             let (shared, what, started) = (self.shared.clone(), self.what, self.started);
-            self.shared.tasks.spawn(async move {
-                let result = confirm.await;
-                m::publish_latency(what, started.elapsed());
-                settle(&shared, &key, &owner, what, result).await;
-            });
+            self.shared.tasks.spawn_on(
+                async move {
+                    let result = confirm.await;
+                    m::publish_latency(what, started.elapsed());
+                    settle(&shared, &key, &owner, what, result).await;
+                },
+                &runtime,
+            );
         }
     }
 }
