@@ -24,6 +24,7 @@
 //!    revokes; a missing or stale ticket asks WeChat to push one.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,8 @@ pub struct ReconcileSummary {
     pub refresh_tokens: u64,
 }
 
+/// Cached tokens of one tenant: credential → (record, read at).
+type TenantCache = HashMap<String, (TokenRecord, Instant)>;
 type TokenFlight = Shared<BoxFuture<'static, Result<Token, Error>>>;
 type ReconcileFlight = Shared<BoxFuture<'static, Result<ReconcileSummary, Error>>>;
 
@@ -202,8 +205,11 @@ pub struct Engine {
     cfg: TokenControlConfig,
     flights: Mutex<HashMap<String, TokenFlight>>,
     reconciles: Mutex<HashMap<String, ReconcileFlight>>,
-    cache: Mutex<HashMap<(String, String), (TokenRecord, Instant)>>,
+    /// tenant → credential → (record, read at): looked up without allocating.
+    cache: std::sync::RwLock<HashMap<String, TenantCache>>,
     refresh_permits: Arc<Semaphore>,
+    /// Schedule entries claimed (or being claimed) by this replica and not yet finished.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -241,10 +247,11 @@ impl Engine {
             tenants,
             clock,
             refresh_permits: Arc::new(Semaphore::new(cfg.max_concurrent_refreshes)),
+            pending: Arc::default(),
             cfg,
             flights: Mutex::default(),
             reconciles: Mutex::default(),
-            cache: Mutex::default(),
+            cache: std::sync::RwLock::default(),
         })
     }
 
@@ -304,8 +311,11 @@ impl Engine {
         if self.cfg.cache_ttl_ms == 0 {
             return None;
         }
-        let cache = lock(&self.cache);
-        let (record, at) = cache.get(&(tenant.to_owned(), cred.to_owned()))?;
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (record, at) = cache.get(tenant)?.get(cred)?;
         (at.elapsed() < Duration::from_millis(self.cfg.cache_ttl_ms)).then(|| record.clone())
     }
 
@@ -313,19 +323,26 @@ impl Engine {
         if self.cfg.cache_ttl_ms == 0 {
             return;
         }
-        let mut cache = lock(&self.cache);
-        let key = (tenant.to_owned(), cred.to_owned());
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match record {
             Some(r) => {
-                cache.insert(key, (r.clone(), Instant::now()));
+                cache
+                    .entry(tenant.to_owned())
+                    .or_default()
+                    .insert(cred.to_owned(), (r.clone(), Instant::now()));
             }
             None => {
-                cache.remove(&key);
+                if let Some(t) = cache.get_mut(tenant) {
+                    t.remove(cred);
+                }
             }
         }
     }
 
-    /// Drops cached tokens of `tenant` whose credential name starts with `prefix`.
+    /// Drops the cached token of `cred`.
     pub fn forget(&self, tenant: &str, cred: &str) {
         self.cache_put(tenant, cred, None);
     }
@@ -479,11 +496,8 @@ impl Engine {
         deadline: Instant,
     ) -> Result<Token, Error> {
         let name = cred.name();
-        // An unknown or revoked authorizer is refused before any lease or fence is taken.
-        if let Credential::Authorizer(appid) | Credential::Jsapi(Some(appid)) = cred {
-            self.authorizer_record(tenant, appid).await?;
-        }
         let mut transient_retries = 0u32;
+        let mut checked = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(Error::deadline(
@@ -493,6 +507,14 @@ impl Engine {
             let stored = self.read(tenant, &name).await?;
             if let Some(t) = need.satisfied(stored.as_ref(), self.now_ms()) {
                 return Ok(t);
+            }
+            // An unknown authorizer is refused before any lease or fence is taken (a stored
+            // token proves it was known; the fenced write refuses a revoked one).
+            if !checked && stored.is_none() {
+                if let Credential::Authorizer(appid) | Credential::Jsapi(Some(appid)) = cred {
+                    self.authorizer_record(tenant, appid).await?;
+                }
+                checked = true;
             }
             let Some(lease) = self
                 .creds
@@ -946,6 +968,10 @@ impl Engine {
             let tid = tenant.id.as_str().to_owned();
             loop {
                 let now = self.now_ms();
+                // Counted before the claim, so "nothing due and nothing pending" is never
+                // observed while a claim is on its way back.
+                let batch = self.cfg.poll_batch;
+                self.pending.fetch_add(batch, Ordering::SeqCst);
                 let claimed = match self
                     .creds
                     .claim_due(
@@ -958,20 +984,25 @@ impl Engine {
                 {
                     Ok(c) => c,
                     Err(e) => {
+                        self.pending.fetch_sub(batch, Ordering::SeqCst);
                         tracing::warn!(tenant = %tid, error = %e, "cannot poll the schedule");
                         break;
                     }
                 };
                 let n = claimed.len();
+                self.pending.fetch_sub(batch - n, Ordering::SeqCst);
                 claimed_total += n;
-                for member in claimed {
+                let mut claimed = claimed.into_iter();
+                while let Some(member) = claimed.next() {
                     let Ok(permit) = Arc::clone(&self.refresh_permits).acquire_owned().await else {
+                        self.pending.fetch_sub(1 + claimed.len(), Ordering::SeqCst);
                         return claimed_total;
                     };
                     let this = Arc::clone(self);
                     let tid = tid.clone();
                     tokio::spawn(async move {
                         this.proactive(&tid, &member).await;
+                        this.pending.fetch_sub(1, Ordering::SeqCst);
                         drop(permit);
                     });
                 }
@@ -981,6 +1012,12 @@ impl Engine {
             }
         }
         claimed_total
+    }
+
+    /// Schedule entries this replica claimed and has not finished refreshing (benchmarks and
+    /// tests wait for 0 together with an empty due set).
+    pub fn pending_refreshes(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 
     async fn proactive(self: &Arc<Self>, tenant: &str, member: &str) {
