@@ -212,7 +212,10 @@ pub async fn run_with(
             .add_service(reflection)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                // TCP_NODELAY: small responses must not wait on Nagle + delayed ACK (~40 ms).
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
                 server_cancel.cancelled_owned(),
             ),
     );
