@@ -29,6 +29,9 @@ async fn authorize_page_to_token_served() {
     let gw = format!("http://{}", gw_listener.local_addr().unwrap());
     let mut setup = Setup::new("tc-authflow", 1);
     setup.acme_event_url = Some(format!("{gw}/wx/{ACME}/component"));
+    // The ticket is pushed once the gateway is up (through it, like WeChat would).
+    setup.tickets = false;
+    setup.wait_reconcile = false;
     let env = Env::start(setup).await;
 
     let config = wxhub_gateway::GatewayConfig::load(&Source {
@@ -43,6 +46,7 @@ async fn authorize_page_to_token_served() {
                 format!("http://{}", env.replicas[0].addr),
             ),
             ("WXHUB_CLIENT__API_KEY", KEY_ACME.to_owned()),
+            ("WXHUB_SHUTDOWN__GRACE_MS", "2000".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -62,6 +66,8 @@ async fn authorize_page_to_token_served() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+    let ticket = env.give_ticket(ACME_APPID, ACME).await;
+    assert!(ticket.starts_with("ticket@@@"));
     // 1. The authorization start page, with both links.
     let res = http
         .get(format!("{gw}/wx/{ACME}/authorize"))
