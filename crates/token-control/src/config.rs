@@ -47,6 +47,10 @@ push_ticket_interval_ms = 600000
 ready_requires_ticket = true
 # Bus consumer of {namespace}.token-control.
 consumer_concurrency = 8
+# Official Accounts: "stable_token" (POST /cgi-bin/stable_token; a second fetch within the
+# validity returns the same token, so a duplicate refresh is harmless) or "token" (GET
+# /cgi-bin/token; every fetch invalidates the previous token after 5 minutes).
+oa_token_api = "stable_token"
 "#;
 
 /// `[token_control]`.
@@ -71,6 +75,7 @@ pub struct TokenControlConfig {
     pub push_ticket_interval_ms: u64,
     pub ready_requires_ticket: bool,
     pub consumer_concurrency: usize,
+    pub oa_token_api: String,
 }
 
 impl TokenControlConfig {
@@ -88,6 +93,9 @@ impl TokenControlConfig {
         }
         if !(0.0..=0.2).contains(&self.refresh_jitter) || self.refresh_jitter >= self.refresh_at {
             return Err("token_control.refresh_jitter must be within 0..=0.2".into());
+        }
+        if !matches!(self.oa_token_api.as_str(), "stable_token" | "token") {
+            return Err("token_control.oa_token_api must be \"stable_token\" or \"token\"".into());
         }
         if self.poll_batch == 0 || self.max_concurrent_refreshes == 0 {
             return Err("token_control.poll_batch and max_concurrent_refreshes must be > 0".into());
@@ -172,5 +180,6 @@ mod tests {
         assert!(bad("WXHUB_TOKEN_CONTROL__REFRESH_AT", "1.5").contains("refresh_at"));
         assert!(bad("WXHUB_NAMESPACE", "Bad NS").contains("namespace"));
         assert!(bad("WXHUB_WECHAT__API_BASE", "ftp://x").contains("api_base"));
+        assert!(bad("WXHUB_TOKEN_CONTROL__OA_TOKEN_API", "other").contains("oa_token_api"));
     }
 }

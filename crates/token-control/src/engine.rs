@@ -691,15 +691,19 @@ impl Engine {
                 }
             }
             (Credential::App, TenantKind::OfficialAccount) => {
-                // Normal mode is idempotent within the token's validity; force only when the
-                // token was rejected (never on a timer: it invalidates the previous token).
-                api.stable_token(&tenant.app_id, &tenant.app_secret, force)
-                    .await
-                    .map(issued)
-                    .map_err(|e| {
-                        self.note_failure(tenant_id, &e);
-                        Error::wechat("fetching the Official Account access_token", &e)
-                    })
+                // stable_token's normal mode is idempotent within the token's validity; force
+                // only when the token was rejected (never on a timer: it invalidates the
+                // previous token). /cgi-bin/token always issues a new token.
+                let result = if self.cfg.oa_token_api == "token" {
+                    api.oa_token(&tenant.app_id, &tenant.app_secret).await
+                } else {
+                    api.stable_token(&tenant.app_id, &tenant.app_secret, force)
+                        .await
+                };
+                result.map(issued).map_err(|e| {
+                    self.note_failure(tenant_id, &e);
+                    Error::wechat("fetching the Official Account access_token", &e)
+                })
             }
             (Credential::App, TenantKind::Wecom) => api
                 .wecom_token(&tenant.app_id, &tenant.app_secret)

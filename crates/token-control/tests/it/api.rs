@@ -576,6 +576,27 @@ async fn official_account_and_wecom_tenants_use_the_same_machinery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn official_accounts_can_use_cgi_bin_token() {
+    let env =
+        Env::start(Setup::new("tc-oa-token", 1).with("WXHUB_TOKEN_CONTROL__OA_TOKEN_API", "token"))
+            .await;
+    let mut c = env.client(0).await;
+    let t = c
+        .get_access_token(req(get(OA, ""), KEY_DIRECT))
+        .await
+        .unwrap()
+        .into_inner();
+    let account = env.sim.account(OA_APPID).unwrap();
+    assert_eq!(
+        account.access_token.as_deref(),
+        Some(t.access_token.as_str())
+    );
+    assert_eq!(env.calls("/cgi-bin/token", Some(OA_APPID)), 1);
+    assert_eq!(env.calls("/cgi-bin/stable_token", None), 0);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jsapi_tickets_and_signatures() {
     let env = Env::start(Setup::new("tc-jsapi", 1)).await;
     let mut c = env.client(0).await;
