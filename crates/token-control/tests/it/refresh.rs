@@ -83,7 +83,7 @@ async fn a_paused_lease_holder_cannot_overwrite_the_newer_token() {
     env.sim
         .add_fault(FaultSpec::latency(
             AUTHORIZER_TOKEN,
-            Duration::from_millis(1500),
+            Duration::from_millis(3000),
             Some(1),
         ))
         .unwrap();
