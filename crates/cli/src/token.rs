@@ -11,10 +11,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
-use wxhub_proto::token::v1 as pb;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::config::{ClientConfig, Source};
+use wxhub_token_client::{TokenClient, pb};
 
 use crate::CliError;
 
@@ -116,22 +114,8 @@ pub struct AuthUrlArgs {
 }
 
 struct Conn {
-    client: TokenControlClient<Channel>,
-    api_key: String,
-    timeout: Duration,
+    client: TokenClient,
     public_url: String,
-}
-
-impl Conn {
-    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, CliError> {
-        let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.timeout);
-        let value = format!("Bearer {}", self.api_key).parse().map_err(|_| {
-            CliError::new("client.api_key contains characters not allowed in a header")
-        })?;
-        r.metadata_mut().insert("authorization", value);
-        Ok(r)
-    }
 }
 
 fn connect(common: &Common) -> Result<Conn, CliError> {
@@ -144,20 +128,14 @@ fn connect(common: &Common) -> Result<Conn, CliError> {
         ));
     }
     let timeout = Duration::from_millis(config.cli.timeout_ms.max(1));
-    let channel = Endpoint::from_shared(config.token_control.endpoint.clone())
-        .map_err(|e| {
-            CliError::new(format_args!(
-                "token_control.endpoint {:?}: {e}",
-                config.token_control.endpoint
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .connect_lazy();
-    Ok(Conn {
-        client: TokenControlClient::new(channel),
-        api_key: config.client.api_key.expose().to_owned(),
+    let client = TokenClient::new(
+        &config.token_control.endpoint,
+        &config.client.api_key,
         timeout,
+    )
+    .map_err(CliError::new)?;
+    Ok(Conn {
+        client,
         public_url: config.cli.public_url.trim_end_matches('/').to_owned(),
     })
 }
@@ -219,14 +197,13 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
                 min_remaining,
                 common,
             } => {
-                let mut c = connect(&common)?;
-                let req = c.request(pb::GetAccessTokenRequest {
-                    tenant,
-                    appid: appid.unwrap_or_default(),
-                    min_remaining_secs: min_remaining,
-                })?;
-                let t = c.client.get_access_token(req).await.map_err(status)?;
-                render(&token_json(t.get_ref()))
+                let c = connect(&common)?;
+                let t = c
+                    .client
+                    .access_token(&tenant, &appid.unwrap_or_default(), min_remaining)
+                    .await
+                    .map_err(status)?;
+                render(&token_json(&t))
             }
             TokenCommand::Invalidate {
                 tenant,
@@ -234,18 +211,13 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
                 token,
                 common,
             } => {
-                let mut c = connect(&common)?;
-                let req = c.request(pb::InvalidateAccessTokenRequest {
-                    tenant,
-                    appid: appid.unwrap_or_default(),
-                    rejected_token: token,
-                })?;
+                let c = connect(&common)?;
                 let t = c
                     .client
-                    .invalidate_access_token(req)
+                    .invalidate(&tenant, &appid.unwrap_or_default(), &token)
                     .await
                     .map_err(status)?;
-                render(&token_json(t.get_ref()))
+                render(&token_json(&t))
             }
         }
     })
@@ -255,17 +227,18 @@ pub fn run_authorizers(cmd: AuthorizersCommand) -> Result<String, CliError> {
     block_on(async move {
         match cmd {
             AuthorizersCommand::List { tenant, common } => {
-                let mut c = connect(&common)?;
+                let c = connect(&common)?;
                 let mut all = Vec::new();
                 let mut token = String::new();
                 let total = loop {
-                    let req = c.request(pb::ListAuthorizersRequest {
+                    let req = c.client.request(pb::ListAuthorizersRequest {
                         tenant: tenant.clone(),
                         page_size: 500,
                         page_token: token.clone(),
-                    })?;
+                    });
                     let page = c
                         .client
+                        .grpc()
                         .list_authorizers(req)
                         .await
                         .map_err(status)?
@@ -279,10 +252,11 @@ pub fn run_authorizers(cmd: AuthorizersCommand) -> Result<String, CliError> {
                 render(&json!({ "total": total, "authorizers": all }))
             }
             AuthorizersCommand::Sync { tenant, common } => {
-                let mut c = connect(&common)?;
-                let req = c.request(pb::SyncAuthorizersRequest { tenant })?;
+                let c = connect(&common)?;
+                let req = c.client.request(pb::SyncAuthorizersRequest { tenant });
                 let s = c
                     .client
+                    .grpc()
                     .sync_authorizers(req)
                     .await
                     .map_err(status)?
@@ -299,7 +273,7 @@ pub fn run_authorizers(cmd: AuthorizersCommand) -> Result<String, CliError> {
 
 pub fn run_auth_url(a: AuthUrlArgs) -> Result<String, CliError> {
     block_on(async move {
-        let mut c = connect(&a.common)?;
+        let c = connect(&a.common)?;
         let redirect_uri = match a.redirect_uri {
             Some(r) => r,
             None if !c.public_url.is_empty() => {
@@ -311,14 +285,15 @@ pub fn run_auth_url(a: AuthUrlArgs) -> Result<String, CliError> {
                 ));
             }
         };
-        let req = c.request(pb::CreateAuthorizationUrlRequest {
+        let req = c.client.request(pb::CreateAuthorizationUrlRequest {
             tenant: a.tenant,
             redirect_uri,
             auth_type: a.auth_type.unwrap_or(0),
             biz_appid: a.biz_appid.unwrap_or_default(),
-        })?;
+        });
         let u = c
             .client
+            .grpc()
             .create_authorization_url(req)
             .await
             .map_err(status)?

@@ -13,7 +13,6 @@
 //! in a page is HTML-escaped.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,15 +20,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use tonic::transport::{Channel, Endpoint};
-use wxhub_proto::token::v1 as pb;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::{TenantId, TenantKind};
+use wxhub_token_client::pb;
 
 use crate::state::AppState;
 
 /// Budget of one call to token-control from a page.
-const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The two pages.
 pub fn routes() -> Router<AppState> {
@@ -86,34 +83,6 @@ fn error_page(status: StatusCode, title: &str, detail: &str) -> Response {
             escape(detail)
         ),
     )
-}
-
-/// A lazily connected channel per endpoint (reconnects by itself).
-fn client(endpoint: &str) -> Result<TokenControlClient<Channel>, String> {
-    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
-    let mut channels = CHANNELS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(c) = channels.get(endpoint) {
-        return Ok(TokenControlClient::new(c.clone()));
-    }
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| format!("token_control.endpoint {endpoint:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(CALL_TIMEOUT)
-        .connect_lazy();
-    channels.insert(endpoint.to_owned(), channel.clone());
-    Ok(TokenControlClient::new(channel))
-}
-
-fn request<T>(state: &AppState, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(CALL_TIMEOUT);
-    if let Ok(v) = format!("Bearer {}", state.config().client.api_key.expose()).parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
 }
 
 /// The page status for a token-control failure.
@@ -223,29 +192,28 @@ async fn authorize(
         );
     };
     let redirect_uri = format!("{origin}/wx/{tenant}/authorized");
-    let mut c = match client(&state.config().token_control.endpoint) {
+    let c = match state.token_client() {
         Ok(c) => c,
         Err(e) => {
             return error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "服务配置错误 / Service misconfigured",
-                &e,
+                e,
             );
         }
     };
     let reply = c
-        .create_authorization_url(request(
-            &state,
-            pb::CreateAuthorizationUrlRequest {
-                tenant: tenant.clone(),
-                redirect_uri,
-                auth_type: auth_type as i32,
-                biz_appid: query.get("biz_appid").cloned().unwrap_or_default(),
-            },
-        ))
-        .await;
+        .grpc()
+        .create_authorization_url(c.request(pb::CreateAuthorizationUrlRequest {
+            tenant: tenant.clone(),
+            redirect_uri,
+            auth_type: auth_type as i32,
+            biz_appid: query.get("biz_appid").cloned().unwrap_or_default(),
+        }))
+        .await
+        .map(tonic::Response::into_inner);
     let urls = match reply {
-        Ok(r) => r.into_inner(),
+        Ok(r) => r,
         Err(status) => return failure("authorize", &status),
     };
     metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => "authorize", "result" => "ok")
@@ -284,27 +252,18 @@ async fn authorized(
             "missing auth_code: open this page through the authorization link",
         );
     }
-    let mut c = match client(&state.config().token_control.endpoint) {
+    let c = match state.token_client() {
         Ok(c) => c,
         Err(e) => {
             return error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "服务配置错误 / Service misconfigured",
-                &e,
+                e,
             );
         }
     };
-    let reply = c
-        .exchange_auth_code(request(
-            &state,
-            pb::ExchangeAuthCodeRequest {
-                tenant: tenant.clone(),
-                auth_code: code.to_owned(),
-            },
-        ))
-        .await;
-    let a = match reply {
-        Ok(r) => r.into_inner(),
+    let a = match c.exchange_auth_code(&tenant, code).await {
+        Ok(a) => a,
         Err(status) => return failure("authorized", &status),
     };
     metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => "authorized", "result" => "ok")

@@ -41,6 +41,7 @@ use wxhub_runtime::ops::{self, Readiness};
 use wxhub_runtime::shutdown::drain;
 use wxhub_store::Store;
 use wxhub_store::dedupe::Dedupe;
+use wxhub_token_client::TokenClient;
 
 pub use config::{DEFAULTS, GatewayConfig, GatewaySection, RedisDown};
 pub use event::{CALLBACK_EVENT_TYPE, RELEASE_CHECK_JOB_TYPE};
@@ -167,6 +168,12 @@ impl Gateway {
             redis_down: g.redis_down,
             allow_plaintext: g.allow_plaintext,
             export_spans: !config.telemetry.otlp_endpoint.is_empty(),
+            token_client: TokenClient::new(
+                &config.token_control.endpoint,
+                &config.client.api_key,
+                authorize::CALL_TIMEOUT,
+            )
+            .map_err(|e| e.to_string()),
             tenants,
             bus,
             store,

@@ -11,6 +11,8 @@ use wxhub_runtime::TenantsHandle;
 use wxhub_store::Store;
 use wxhub_store::dedupe::Dedupe;
 
+use wxhub_token_client::TokenClient;
+
 use crate::config::{GatewayConfig, RedisDown};
 
 pub(crate) struct Shared {
@@ -33,6 +35,8 @@ pub(crate) struct Shared {
     pub allow_plaintext: bool,
     /// Spans are exported (OTLP configured): per-callback spans at info level.
     pub export_spans: bool,
+    /// token-control, for the authorization pages (an error when unconfigured).
+    pub token_client: Result<TokenClient, String>,
 }
 
 /// What handlers see: configuration, tenants, Redis and RabbitMQ. Cheap to clone.
@@ -76,5 +80,11 @@ impl AppState {
     /// Whether shutdown has begun (readiness reports not ready).
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// The token-control client of the authorization pages, or why there is none
+    /// (`token_control.endpoint` / `client.api_key` unusable).
+    pub fn token_client(&self) -> Result<&TokenClient, &str> {
+        self.shared.token_client.as_ref().map_err(String::as_str)
     }
 }
