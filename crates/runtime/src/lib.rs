@@ -8,6 +8,7 @@
 //!   propagation helpers for HTTP and AMQP headers.
 //! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`, bounded drains.
+//! - [`service`]: the shared `main` of every binary (flags, config errors, telemetry, signals).
 //! - [`ErrorCode`]: one table mapping error classes to HTTP statuses and gRPC codes.
 //!
 //! Depends on no other wxhub crate but `wxhub-crypto` (tenants carry parsed keys); service crates
@@ -16,6 +17,7 @@
 pub mod config;
 mod error;
 pub mod ops;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

@@ -1,0 +1,3 @@
+//! Cross-service scenarios on the whole stack (see `tests/lib.rs`).
+
+mod release_check;
