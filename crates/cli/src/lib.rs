@@ -5,6 +5,7 @@
 //! on stdout.
 
 mod crypto;
+mod events;
 mod token;
 
 use std::ffi::OsString;
@@ -26,6 +27,9 @@ enum Command {
     /// Sign, verify, encrypt and decrypt WeChat callbacks (for debugging captured traffic).
     #[command(subcommand)]
     Crypto(crypto::CryptoCommand),
+    /// Look at the queues: unrouted events, dead letters and their reasons.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Access tokens from token-control.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -74,6 +78,7 @@ where
     };
     let result = match cli.command {
         Command::Crypto(cmd) => crypto::run(cmd, stdin),
+        Command::Events(cmd) => events::run(cmd),
         Command::Token(cmd) => token::run_token(cmd),
         Command::Authorizers(cmd) => token::run_authorizers(cmd),
         Command::AuthUrl(args) => token::run_auth_url(args),

@@ -154,7 +154,9 @@ fn render(v: &Value) -> Result<String, CliError> {
         .map_err(CliError::new)
 }
 
-fn block_on<F: Future<Output = Result<String, CliError>>>(f: F) -> Result<String, CliError> {
+pub(crate) fn block_on<F: Future<Output = Result<String, CliError>>>(
+    f: F,
+) -> Result<String, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
