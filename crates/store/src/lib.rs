@@ -123,6 +123,33 @@ impl Store {
         self.conn.clone()
     }
 
+    /// Every key matching `pattern` (a Redis glob), sorted and unique, found with `SCAN` so Redis
+    /// is never blocked the way `KEYS` blocks it on a large keyspace. For tools and tests, not
+    /// hot paths.
+    pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(&mut conn)
+                .await?;
+            out.extend(keys);
+            if next == 0 {
+                // SCAN may return a key twice.
+                out.sort_unstable();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// `PING`, for readiness checks.
     pub async fn ping(&self) -> Result<String, StoreError> {
         let mut conn = self.conn.clone();

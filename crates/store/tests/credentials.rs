@@ -20,9 +20,8 @@ fn store(test: &str) -> Store {
 
 async fn cleanup(store: &Store) {
     let mut conn = store.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", store.namespace()))
-        .query_async(&mut conn)
+    let keys = store
+        .scan_keys(&format!("{}:*", store.namespace()))
         .await
         .unwrap();
     if !keys.is_empty() {

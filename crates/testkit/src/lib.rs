@@ -116,14 +116,14 @@ impl Namespace {
         }
         let store = self.store();
         let mut conn = store.conn();
-        let pattern = format!("{}:*", self.name);
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query_async(&mut conn)
+        // SCAN, not KEYS: KEYS blocks Redis for the whole keyspace (half a second with a few
+        // million keys left by a benchmark), stalling every other test meanwhile.
+        let keys = store
+            .scan_keys(&format!("{}:*", self.name))
             .await
             .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
         }
     }
 }

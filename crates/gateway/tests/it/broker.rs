@@ -162,6 +162,13 @@ async fn a_broker_that_never_confirms_gets_503_at_the_deadline_and_no_duplicate_
     )
     .await;
     h.wait_connected().await;
+    // Warm Redis and the publish path first: this test gives the dedupe claim only 200 ms, and
+    // a first claim that also has to connect can take longer on a busy machine (it would then
+    // publish without a claim, which is not what is tested here).
+    let warm = text_xml("gh_acme", "oWarm", "warm-up", 7_700_000_003);
+    let (status, _) = h.post(&callback(PATH, &comp(), Framing::Safe, &warm)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.take(&h.unrouted()).await.len(), 1);
     proxy.set(ProxyMode::Stalled);
     let xml = text_xml("gh_acme", "oSlow", "slow broker", 7_700_000_004);
     let (status, body) = h.post(&callback(PATH, &comp(), Framing::Safe, &xml)).await;

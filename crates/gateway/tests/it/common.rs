@@ -273,10 +273,9 @@ impl Harness {
     }
 
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut conn = self.ns.store().conn();
-        redis::cmd("KEYS")
-            .arg(format!("{}:*", self.ns.name()))
-            .query_async(&mut conn)
+        self.ns
+            .store()
+            .scan_keys(&format!("{}:*", self.ns.name()))
             .await
             .unwrap()
     }

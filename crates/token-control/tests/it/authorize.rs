@@ -154,13 +154,11 @@ async fn authorize_page_to_token_served() {
     .await;
     let marker = format!("{}consumed:", env.store.keys(ACME).prefix());
     env.wait_for(|| async {
-        let mut conn = env.store.conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{marker}*"))
-            .query_async(&mut conn)
+        !env.store
+            .scan_keys(&format!("{marker}*"))
             .await
-            .unwrap();
-        !keys.is_empty()
+            .unwrap()
+            .is_empty()
     })
     .await;
     assert_eq!(env.calls("/cgi-bin/component/api_query_auth", None), 1);

@@ -507,9 +507,9 @@ impl Env {
     /// Every key of the namespace with its type-independent dump, for "no state change".
     pub async fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut conn = self.store.conn();
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.ns.name()))
-            .query_async(&mut conn)
+        let mut keys = self
+            .store
+            .scan_keys(&format!("{}:*", self.ns.name()))
             .await
             .unwrap();
         keys.sort();
