@@ -249,12 +249,9 @@ async fn publish(
     };
     match result {
         Ok(()) => {
-            // Confirmed: answer now; marking the key done follows in the background (a retry
-            // arriving meanwhile sees the pending marker and waits for it).
-            let task_shared = shared.clone();
-            shared.tasks.spawn(async move {
-                settle(&task_shared, &key, &owner, what, Some(Ok(()))).await;
-            });
+            // Confirmed: answer now; the completer marks the key done in the background (a
+            // retry arriving meanwhile sees the pending marker and waits for it).
+            settle(shared, &key, &owner, what, Some(Ok(()))).await;
             Ok(Delivered::Published)
         }
         Err(e) => {
@@ -321,19 +318,11 @@ async fn settle(
         None => {}
         Some(Ok(())) => {
             m::published(&key.tenant, what);
-            let done = tokio::time::timeout(
-                budget,
-                shared
-                    .dedupe
-                    .complete(&key.tenant, &key.appid, &key.key, owner),
-            )
-            .await;
-            if !matches!(done, Ok(Ok(()))) {
-                // The publish stands; a retry may publish a duplicate with the same
-                // message_id once the pending marker expires (the documented window).
-                m::dedupe("complete_failed");
-                tracing::warn!(tenant = %key.tenant, "published, but could not mark the dedupe key done");
-            }
+            // Queued, not awaited: failures are counted by the completer
+            // (`wxhub_dedupe_complete_failed_total`).
+            shared
+                .completer
+                .complete(&key.tenant, &key.appid, &key.key, owner);
         }
         Some(Err(_)) => {
             let released = tokio::time::timeout(

@@ -19,6 +19,7 @@ pub mod config;
 mod delivery;
 mod event;
 mod failure;
+mod http1;
 mod meter;
 mod params;
 pub mod release;
@@ -177,6 +178,7 @@ impl Gateway {
             tenants,
             bus,
             store,
+            completer: dedupe.spawn_completer(),
             dedupe,
             events_exchange,
             jobs_exchange,
@@ -224,9 +226,7 @@ impl Gateway {
         let addr = listener.local_addr().ok();
         tracing::info!(addr = ?addr, namespace = %shared.config.namespace, "gateway listening");
         let stop = CancellationToken::new();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let mut server = tokio::spawn(server.into_future());
+        let mut server = tokio::spawn(http1::serve(listener, app, stop.clone().cancelled_owned()));
         let early = tokio::select! {
             r = &mut server => Some(r),
             () = shutdown => None,
@@ -234,11 +234,7 @@ impl Gateway {
         if let Some(r) = early {
             self.cancel.cancel();
             shared.bus.close().await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("http server failed")),
-                Err(e) => Err(anyhow::Error::new(e).context("http server task failed")),
-            };
+            return r.map_err(|e| anyhow::Error::new(e).context("http server task failed"));
         }
 
         // Stop accepting, finish in-flight requests and the publishes they started, bounded.
@@ -256,6 +252,8 @@ impl Gateway {
         shared.tasks.close();
         let left = grace.saturating_sub(started.elapsed());
         drain("publishes", left, shared.tasks.wait()).await;
+        let left = grace.saturating_sub(started.elapsed());
+        drain("dedupe markers", left, shared.completer.flush()).await;
         self.cancel.cancel();
         shared.bus.close().await;
         tracing::info!("gateway stopped");

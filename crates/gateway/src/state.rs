@@ -9,7 +9,7 @@ use wxhub_bus::Bus;
 use wxhub_message::Limits;
 use wxhub_runtime::TenantsHandle;
 use wxhub_store::Store;
-use wxhub_store::dedupe::Dedupe;
+use wxhub_store::dedupe::{Completer, Dedupe};
 
 use wxhub_token_client::TokenClient;
 
@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub bus: Bus,
     pub store: Store,
     pub dedupe: Dedupe,
+    /// Marks published keys done in the background, pipelined.
+    pub completer: Completer,
     pub events_exchange: Arc<str>,
     pub jobs_exchange: Arc<str>,
     /// Publish tasks (they may outlive their request); drained on shutdown.

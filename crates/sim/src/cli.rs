@@ -134,7 +134,8 @@ struct LoadArgs {
     /// As fast as possible (closed loop with --concurrency workers).
     #[arg(long)]
     max: bool,
-    /// Concurrent requests.
+    /// --max: workers (one connection each); --rate: the most requests in flight (connections
+    /// are opened as needed), so a slow answer delays no other request.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Duration, seconds.

@@ -4,8 +4,14 @@
 //! Bodies are generated before the clock starts, each with a unique `MsgId` (messages) or a
 //! unique `FromUserName` (events), so a deduplicating gateway publishes every one. The pool is
 //! bounded by memory; when a run needs more bodies than the pool holds they are reused and the
-//! report says so. Signed URLs are pre-computed too and re-signed only when their timestamp is
-//! older than 30 s, so receivers that check timestamp freshness accept long runs.
+//! report says so. Whole HTTP requests (signed URL, headers, body) are pre-serialized too and
+//! re-signed only when their timestamp is older than 30 s, so receivers that check timestamp
+//! freshness accept long runs.
+//!
+//! The client is deliberately lean, like wrk: each worker owns one keep-alive HTTP/1.1
+//! connection, writes the pre-serialized request and parses only the status line and the body
+//! length of the answer. On a shared benchmark box every microsecond the client spends is taken
+//! from the server under test. It speaks plain `http://` only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,7 +105,8 @@ pub struct LoadConfig {
     pub component_appid: String,
     /// Target rate per second (open loop); `None` = as fast as possible (closed loop).
     pub rate: Option<f64>,
-    /// Concurrent requests (workers).
+    /// Closed loop: workers, each with its own connection. Open loop: the most requests in
+    /// flight (connections are opened as needed and kept alive).
     pub concurrency: usize,
     /// How long to run.
     pub duration: Duration,
@@ -255,6 +262,8 @@ impl std::fmt::Display for LoadReport {
 struct Item {
     url: String,
     body: Bytes,
+    /// The whole HTTP/1.1 request, ready to write.
+    request: Bytes,
     encrypt: Option<String>,
     openid: String,
     nonce: String,
@@ -263,11 +272,52 @@ struct Item {
 
 struct Signer {
     base: String,
+    /// `host:port` for the `Host` header.
+    host: String,
     token: String,
     mode: Encryption,
 }
 
 impl Signer {
+    fn new(cfg: &LoadConfig) -> Result<Self, SimError> {
+        let base = cfg.target();
+        let parsed = url::Url::parse(&base)
+            .map_err(|e| SimError::BadRequest(format!("bad gateway URL: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(SimError::BadRequest(
+                "the load generator speaks plain http:// only".into(),
+            ));
+        }
+        let host = match (parsed.host_str(), parsed.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            _ => return Err(SimError::BadRequest("gateway URL without a host".into())),
+        };
+        Ok(Self {
+            base,
+            host,
+            token: cfg.token.expose().to_owned(),
+            mode: cfg.mode,
+        })
+    }
+
+    /// `POST {path?query} HTTP/1.1` with the body, as bytes on the wire.
+    fn request(&self, url: &str, body: &[u8]) -> Bytes {
+        let path = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("/");
+        let mut out = Vec::with_capacity(path.len() + body.len() + 128);
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: text/xml\r\nContent-Length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+        Bytes::from(out)
+    }
+
     fn url(&self, timestamp: i64, nonce: &str, openid: &str, encrypt: Option<&str>) -> String {
         let ts = timestamp.to_string();
         let mut url = String::with_capacity(self.base.len() + 200);
@@ -361,9 +411,12 @@ fn build_item(
             out
         }
     };
+    let url = signer.url(now_secs, &nonce, &openid, encrypt.as_deref());
+    let body = Bytes::from(body);
     Item {
-        url: signer.url(now_secs, &nonce, &openid, encrypt.as_deref()),
-        body: Bytes::from(body),
+        request: signer.request(&url, &body),
+        url,
+        body,
         encrypt,
         openid,
         nonce,
@@ -378,15 +431,11 @@ fn pregenerate(cfg: &LoadConfig) -> Result<(Vec<Item>, bool), SimError> {
         &cfg.component_appid,
     )
     .map_err(|e| SimError::BadRequest(format!("aes_key: {e}")))?;
-    let signer = Signer {
-        base: cfg.target(),
-        token: cfg.token.expose().to_owned(),
-        mode: cfg.mode,
-    };
+    let signer = Signer::new(cfg)?;
     let now = VirtualClock::wall_ms() / 1000;
     let msg_base = u64::try_from(VirtualClock::wall_ms()).unwrap_or(0) * 1000;
     let sample = build_item(0, LoadKind::Text, cfg, &crypt, &signer, now, msg_base);
-    let per_item = sample.url.len() + sample.body.len() * 2 + 128;
+    let per_item = sample.url.len() + sample.request.len() + sample.body.len() * 2 + 128;
     let max_items = (cfg.pool_bytes / per_item).max(1);
     let secs = cfg.duration.as_secs_f64().max(0.001);
     let needed = match cfg.rate {
@@ -411,6 +460,293 @@ fn pregenerate(cfg: &LoadConfig) -> Result<(Vec<Item>, bool), SimError> {
         items.push(build_item(i, kind, cfg, &crypt, &signer, now, msg_base));
     }
     Ok((items, needed > count))
+}
+
+/// Where requests come from: the pre-generated pool, re-signed when its timestamps get old.
+#[derive(Clone)]
+struct Source {
+    items: Arc<Vec<Item>>,
+    signer: Arc<Signer>,
+    wrapped: Arc<AtomicBool>,
+}
+
+impl Source {
+    /// The `i`-th request on the wire.
+    fn request(&self, i: u64) -> Bytes {
+        let len = self.items.len() as u64;
+        if i >= len {
+            self.wrapped.store(true, Ordering::Relaxed);
+        }
+        let item = &self.items[(i % len) as usize];
+        let now_secs = VirtualClock::wall_ms() / 1000;
+        if now_secs - item.timestamp > 30 {
+            let url = self
+                .signer
+                .url(now_secs, &item.nonce, &item.openid, item.encrypt.as_deref());
+            self.signer.request(&url, &item.body)
+        } else {
+            item.request.clone()
+        }
+    }
+}
+
+impl WorkerStats {
+    fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
+            ..Default::default()
+        }
+    }
+
+    fn record(&mut self, status: Option<u16>, since: tokio::time::Instant) {
+        match status {
+            Some(code) => {
+                self.completed += 1;
+                *self.status.entry(code.to_string()).or_default() += 1;
+                let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if let Some(h) = &mut self.hist {
+                    let _ = h.record(micros.clamp(1, 120_000_000));
+                }
+            }
+            None => {
+                self.errors += 1;
+                *self.status.entry("error".into()).or_default() += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: WorkerStats) {
+        self.sent += other.sent;
+        self.completed += other.completed;
+        self.errors += other.errors;
+        for (k, v) in other.status {
+            *self.status.entry(k).or_default() += v;
+        }
+        if let (Some(t), Some(h)) = (&mut self.hist, &other.hist) {
+            let _ = t.add(h);
+        }
+    }
+}
+
+/// Closed loop (`--max`): `concurrency` workers, each on its own connection, each sending its
+/// next request as soon as the previous one was answered.
+async fn closed_loop(
+    cfg: &Arc<LoadConfig>,
+    source: &Source,
+    end: tokio::time::Instant,
+) -> WorkerStats {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(cfg.concurrency);
+    for _ in 0..cfg.concurrency {
+        let (cfg, source, next) = (Arc::clone(cfg), source.clone(), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            let mut stats = WorkerStats::new();
+            let mut conn = Conn::new(source.signer.host.clone());
+            loop {
+                let sent_at = tokio::time::Instant::now();
+                if sent_at >= end {
+                    break;
+                }
+                let request = source.request(next.fetch_add(1, Ordering::Relaxed));
+                stats.sent += 1;
+                let status = conn.exchange(&request, cfg.timeout).await;
+                stats.record(status, sent_at);
+            }
+            stats
+        }));
+    }
+    let mut total = WorkerStats::new();
+    for w in workers {
+        if let Ok(stats) = w.await {
+            total.merge(stats);
+        }
+    }
+    total
+}
+
+/// Open loop (`--rate`): request `i` is due at `start + i / rate` and is sent then, whatever is
+/// still outstanding, on an idle keep-alive connection (a new one if none is idle), with at
+/// most `concurrency` in flight. Latency counts from the due time, so a slow answer shows in
+/// its own latency, not as fewer requests (no coordinated omission).
+async fn open_loop(
+    cfg: &Arc<LoadConfig>,
+    source: &Source,
+    rate: f64,
+    start: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> WorkerStats {
+    let idle: Arc<std::sync::Mutex<Vec<Conn>>> = Arc::default();
+    let stats = Arc::new(std::sync::Mutex::new(WorkerStats::new()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut sent = 0;
+    for i in 0u64.. {
+        let Ok(offset) = Duration::try_from_secs_f64(i as f64 / rate) else {
+            break;
+        };
+        let Some(due) = start.checked_add(offset).filter(|due| *due < end) else {
+            break;
+        };
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let request = source.request(i);
+        sent += 1;
+        let (idle, stats, host, timeout) = (
+            Arc::clone(&idle),
+            Arc::clone(&stats),
+            source.signer.host.clone(),
+            cfg.timeout,
+        );
+        in_flight.spawn(async move {
+            let pooled = idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let mut conn = pooled.unwrap_or_else(|| Conn::new(host));
+            let status = conn.exchange(&request, timeout).await;
+            if conn.stream.is_some() {
+                idle.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(conn);
+            }
+            stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(status, due);
+            drop(permit);
+        });
+        // Reap finished tasks as we go so the set stays small.
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+    let mut total = std::mem::replace(
+        &mut *stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        WorkerStats::new(),
+    );
+    total.sent = sent;
+    total
+}
+
+/// One keep-alive HTTP/1.1 connection: write a pre-serialized request, read the status and as
+/// many body bytes as the answer declares. Any failure drops the connection (the next request
+/// reconnects) and counts as a transport error.
+struct Conn {
+    host: String,
+    stream: Option<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(host: String) -> Self {
+        Self {
+            host,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    async fn exchange(&mut self, request: &[u8], timeout: Duration) -> Option<u16> {
+        match tokio::time::timeout(timeout, self.try_exchange(request)).await {
+            Ok(Ok((status, keep_alive))) => {
+                if !keep_alive {
+                    self.stream = None;
+                }
+                Some(status)
+            }
+            _ => {
+                self.stream = None;
+                None
+            }
+        }
+    }
+
+    async fn try_exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            let stream = tokio::net::TcpStream::connect(&self.host).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
+        stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            if let Some(done) = parse_response(&self.buf)? {
+                return Ok(done);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// `Some((status, keep_alive))` once `buf` holds a whole response (Content-Length or chunked
+/// body), `None` while more bytes are needed.
+fn parse_response(buf: &[u8]) -> std::io::Result<Option<(u16, bool)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let status = response.code.unwrap_or(0);
+    let mut length = None;
+    let mut chunked = false;
+    let mut keep_alive = true;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = h.value.eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    let body = &buf[head_len..];
+    if chunked {
+        return Ok(chunked_complete(body).then_some((status, keep_alive)));
+    }
+    match length {
+        Some(n) if body.len() >= n => Ok(Some((status, keep_alive))),
+        Some(_) => Ok(None),
+        // Neither: the body runs to the end of the connection; keep nothing of it.
+        None => Ok(Some((status, false))),
+    }
+}
+
+/// Whether a chunked body is complete (ends with the zero-size chunk).
+fn chunked_complete(mut body: &[u8]) -> bool {
+    loop {
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { return false };
+        let chunk_end = line_end + 2 + size + 2;
+        if size == 0 {
+            return body.len() >= line_end + 4;
+        }
+        if body.len() < chunk_end {
+            return false;
+        }
+        body = &body[chunk_end..];
+    }
 }
 
 #[derive(Default)]
@@ -454,125 +790,19 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, SimError> {
     };
     let pregen_s = pregen_started.elapsed().as_secs_f64();
     let items = Arc::new(items);
-    let signer = Arc::new(Signer {
-        base: cfg.target(),
-        token: cfg.token.expose().to_owned(),
-        mode: cfg.mode,
-    });
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(cfg.concurrency)
-        .tcp_nodelay(true)
-        .http1_only()
-        .timeout(cfg.timeout)
-        .build()
-        .map_err(|e| SimError::BadRequest(format!("http client: {e}")))?;
-    let next = Arc::new(AtomicU64::new(0));
+    let signer = Arc::new(Signer::new(&cfg)?);
     let wrapped = Arc::new(AtomicBool::new(false));
+    let source = Source {
+        items: Arc::clone(&items),
+        signer,
+        wrapped: Arc::clone(&wrapped),
+    };
     let start = tokio::time::Instant::now();
     let end = start + cfg.duration;
-    let mut workers = Vec::with_capacity(cfg.concurrency);
-    for _ in 0..cfg.concurrency {
-        let (client, items, signer, next, wrapped, cfg) = (
-            client.clone(),
-            Arc::clone(&items),
-            Arc::clone(&signer),
-            Arc::clone(&next),
-            Arc::clone(&wrapped),
-            Arc::clone(&cfg),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut stats = WorkerStats {
-                hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
-                ..Default::default()
-            };
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let scheduled = match cfg.rate {
-                    Some(rate) => {
-                        let Ok(offset) = Duration::try_from_secs_f64(i as f64 / rate) else {
-                            break;
-                        };
-                        let Some(at) = start.checked_add(offset).filter(|at| *at < end) else {
-                            break;
-                        };
-                        tokio::time::sleep_until(at).await;
-                        at
-                    }
-                    None => {
-                        let now = tokio::time::Instant::now();
-                        if now >= end {
-                            break;
-                        }
-                        now
-                    }
-                };
-                let idx = (i % items.len() as u64) as usize;
-                if i >= items.len() as u64 {
-                    wrapped.store(true, Ordering::Relaxed);
-                }
-                let item = &items[idx];
-                let now_secs = VirtualClock::wall_ms() / 1000;
-                let resigned;
-                let url = if now_secs - item.timestamp > 30 {
-                    resigned =
-                        signer.url(now_secs, &item.nonce, &item.openid, item.encrypt.as_deref());
-                    resigned.as_str()
-                } else {
-                    item.url.as_str()
-                };
-                stats.sent += 1;
-                let result = client
-                    .post(url)
-                    .header("content-type", "text/xml")
-                    .body(item.body.clone())
-                    .send()
-                    .await;
-                let status = match result {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        match resp.bytes().await {
-                            Ok(_) => Some(status),
-                            Err(_) => None,
-                        }
-                    }
-                    Err(_) => None,
-                };
-                match status {
-                    Some(code) => {
-                        stats.completed += 1;
-                        *stats.status.entry(code.to_string()).or_default() += 1;
-                        let micros =
-                            u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        if let Some(h) = &mut stats.hist {
-                            let _ = h.record(micros.clamp(1, 120_000_000));
-                        }
-                    }
-                    None => {
-                        stats.errors += 1;
-                        *stats.status.entry("error".into()).or_default() += 1;
-                    }
-                }
-            }
-            stats
-        }));
-    }
-    let mut total = WorkerStats {
-        hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
-        ..Default::default()
+    let total = match cfg.rate {
+        None => closed_loop(&cfg, &source, end).await,
+        Some(rate) => open_loop(&cfg, &source, rate, start, end).await,
     };
-    for w in workers {
-        let Ok(stats) = w.await else { continue };
-        total.sent += stats.sent;
-        total.completed += stats.completed;
-        total.errors += stats.errors;
-        for (k, v) in stats.status {
-            *total.status.entry(k).or_default() += v;
-        }
-        if let (Some(t), Some(h)) = (&mut total.hist, &stats.hist) {
-            let _ = t.add(h);
-        }
-    }
     let elapsed_s = start.elapsed().as_secs_f64();
     let ms = |v: u64| v as f64 / 1000.0;
     let latency = match &total.hist {
@@ -609,4 +839,57 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, SimError> {
         reused_bodies: reused || wrapped.load(Ordering::Relaxed),
         pregen_s,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_complete_only_with_their_whole_body() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsuccess";
+        assert_eq!(parse_response(ok).unwrap(), Some((200, true)));
+        assert_eq!(parse_response(&ok[..ok.len() - 2]).unwrap(), None);
+        assert_eq!(parse_response(b"HTTP/1.1 503 Service").unwrap(), None);
+        let close = b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(parse_response(close).unwrap(), Some((503, false)));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nsuccess\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), Some((200, true)));
+        assert_eq!(parse_response(&chunked[..chunked.len() - 3]).unwrap(), None);
+        assert!(parse_response(b"NOT HTTP\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for junk in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"\r\n\r\n",
+            b"HTTP/1.1 2",
+        ] {
+            let _ = parse_response(junk);
+        }
+        assert!(!chunked_complete(b"ffffffffffffffffffff\r\n"));
+    }
+
+    #[test]
+    fn requests_are_serialized_once_with_path_and_length() {
+        let cfg = LoadConfig::new(
+            "http://127.0.0.1:9/",
+            "acme",
+            "wx1",
+            "t",
+            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            "wxc",
+        );
+        let signer = Signer::new(&cfg).unwrap();
+        let req = signer.request("http://127.0.0.1:9/wx/acme/callback/wx1?x=1", b"<xml/>");
+        assert_eq!(
+            &req[..],
+            b"POST /wx/acme/callback/wx1?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Type: text/xml\r\nContent-Length: 6\r\n\r\n<xml/>"
+        );
+        let mut https = cfg.clone();
+        https.gateway = "https://example.invalid".into();
+        assert!(Signer::new(&https).is_err());
+    }
 }

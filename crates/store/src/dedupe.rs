@@ -14,9 +14,15 @@
 //! broker's confirm and `complete`, the pending marker expires and a retry publishes again:
 //! that duplicate carries the same `message_id`, which consumers dedupe (the documented crash
 //! window).
+//!
+//! Marking done is off the answer's path, so a [`Completer`] does it in the background and
+//! pipelines whatever has queued up into one round trip: under load one Redis write marks many
+//! keys, instead of one write (and one wake-up of Redis) per callback.
 
 use std::sync::LazyLock;
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{Store, StoreError};
 
@@ -140,6 +146,104 @@ impl Dedupe {
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// Most keys marked done by one pipelined round trip.
+const COMPLETE_BATCH: usize = 256;
+
+enum Job {
+    Complete { key: String, owner: String },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Marks dedupe keys done in the background, batching them into pipelines. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Completer {
+    tx: mpsc::UnboundedSender<Job>,
+    store: Store,
+}
+
+impl Dedupe {
+    /// Starts the background completer on the current runtime. It lives as long as a clone of
+    /// the returned [`Completer`] does; call [`Completer::flush`] before shutting down.
+    pub fn spawn_completer(&self) -> Completer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let store = self.store.clone();
+        let done_ttl = millis(self.done_ttl);
+        tokio::spawn(async move {
+            let mut batch: Vec<(String, String)> = Vec::with_capacity(COMPLETE_BATCH);
+            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+            while let Some(job) = rx.recv().await {
+                let mut next = Some(job);
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Complete { key, owner } => batch.push((key, owner)),
+                        Job::Flush(ack) => flushes.push(ack),
+                    }
+                    if batch.len() < COMPLETE_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !batch.is_empty() {
+                    complete_batch(&store, &batch, done_ttl).await;
+                    batch.clear();
+                }
+                for ack in flushes.drain(..) {
+                    let _ = ack.send(());
+                }
+            }
+        });
+        Completer {
+            tx,
+            store: self.store.clone(),
+        }
+    }
+}
+
+async fn complete_batch(store: &Store, batch: &[(String, String)], done_ttl: u64) {
+    let mut pipe = redis::pipe();
+    for (key, owner) in batch {
+        // EVAL (not EVALSHA): a Redis restart cannot fail the batch with NOSCRIPT, and Redis
+        // caches the compiled script by its hash anyway.
+        pipe.cmd("EVAL")
+            .arg(COMPLETE)
+            .arg(1)
+            .arg(key)
+            .arg(pending(owner))
+            .arg(done_ttl)
+            .ignore();
+    }
+    let mut conn = store.conn();
+    let result =
+        tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn)).await;
+    if !matches!(result, Ok(Ok(()))) {
+        // The publishes stand; their pending markers expire, after which a retry may publish a
+        // duplicate with the same message_id (the documented window).
+        metrics::counter!("wxhub_dedupe_complete_failed_total").increment(batch.len() as u64);
+        tracing::warn!(
+            keys = batch.len(),
+            "could not mark published dedupe keys done"
+        );
+    }
+}
+
+impl Completer {
+    /// Queues `owner`'s key to be marked done (after the broker confirmed its publish).
+    pub fn complete(&self, tenant: &str, appid: &str, dedupe_key: &str, owner: &str) {
+        let key = self.store.keys(tenant).dedupe(appid, dedupe_key);
+        let _ = self.tx.send(Job::Complete {
+            key,
+            owner: owner.to_owned(),
+        });
+    }
+
+    /// Waits until everything queued before this call has been written to Redis (or failed).
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Job::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
