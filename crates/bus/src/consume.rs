@@ -142,24 +142,28 @@ where
     F: Fn(Received) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let received = to_received(&delivery);
-    let message_id = received.message_id.clone().unwrap_or_default();
-    let outcome = handler(received.clone()).await;
+    let outcome = handler(to_received(&delivery)).await;
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let result = match &outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => {
             // A short pause so a failing dependency is not hammered in a tight loop.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            delivery.acker.nack(requeue).await
         }
         Outcome::DeadLetter(reason) => {
-            let mut headers: Vec<(String, String)> = received.headers.clone().into_iter().collect();
+            // Rare: rebuild the view of the delivery rather than keep a copy of every body.
+            let received = to_received(&delivery);
+            let mut headers: Vec<(String, String)> = received.headers.into_iter().collect();
             headers.push(("x-wxhub-reason".into(), reason.clone()));
             headers.push(("x-wxhub-queue".into(), queue.to_owned()));
             headers.push(("x-wxhub-routing-key".into(), received.routing_key.clone()));
@@ -179,13 +183,7 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(queue, message_id, error = %e, "cannot dead-letter; requeueing");
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
+                    delivery.acker.nack(requeue).await
                 }
             }
         }

@@ -501,28 +501,22 @@ async fn post(
     let inbound = wxhub_message::parse_with(&xml, &shared.limits)?;
     let xml = xml.into_owned();
     let reply = ReplyCrypto { crypt, slot };
+    let source = Source {
+        shared,
+        tenant: &tenant,
+        appid,
+        mode,
+        received_at_ms,
+        headers: &req.headers,
+        deadline,
+    };
     match (req.route, inbound) {
         (Route::Component, Inbound::Component(notice)) => {
-            let key = DedupeKey::new(tenant.id.as_str(), appid, notice.dedupe_key());
-            let message_id = key.message_id();
-            let meta = Meta {
-                tenant: &tenant,
-                appid,
-                dedupe_key: &message_id,
-                mode,
-                received_at_ms,
-            };
-            let (body, routing_key) = event::notice_event(&meta, &notice, xml);
-            let publication = Publication {
-                exchange: shared.events_exchange.clone(),
-                routing_key,
-                body,
-                message_id,
-                message_type: CALLBACK_EVENT_TYPE,
-                headers: event::trace_headers(&tracing::Span::current(), &req.headers),
-                what: "event",
-            };
-            let delivered = deliver(shared, key, publication, deadline).await?;
+            let delivered = source
+                .publish(notice.dedupe_key(), Kind::Event, |meta| {
+                    event::notice_event(meta, &notice, xml)
+                })
+                .await?;
             Ok((Answer::Success, outcome(delivered)))
         }
         (Route::Authorizer | Route::Direct, Inbound::Account(message)) => {
@@ -530,40 +524,14 @@ async fn post(
             if req.route == Route::Authorizer
                 && release::is_test_account(appid, &message.header().to_user_name)
             {
-                return release_check(
-                    shared,
-                    &tenant,
-                    appid,
-                    &message,
-                    &reply,
-                    mode,
-                    received_at_ms,
-                    &req.headers,
-                    deadline,
-                )
-                .await;
+                return release_check(&source, &message, &reply).await;
             }
             // 8. Dedupe and publish.
-            let key = DedupeKey::new(tenant.id.as_str(), appid, message.dedupe_key());
-            let message_id = key.message_id();
-            let meta = Meta {
-                tenant: &tenant,
-                appid,
-                dedupe_key: &message_id,
-                mode,
-                received_at_ms,
-            };
-            let (body, routing_key) = event::account_event(&meta, &message, xml);
-            let publication = Publication {
-                exchange: shared.events_exchange.clone(),
-                routing_key,
-                body,
-                message_id,
-                message_type: CALLBACK_EVENT_TYPE,
-                headers: event::trace_headers(&tracing::Span::current(), &req.headers),
-                what: "event",
-            };
-            let delivered = deliver(shared, key, publication, deadline).await?;
+            let delivered = source
+                .publish(message.dedupe_key(), Kind::Event, |meta| {
+                    event::account_event(meta, &message, xml)
+                })
+                .await?;
             // 9. Reply: WeCom acknowledges with an empty body, WeChat with `success`.
             let answer = if tenant.kind == TenantKind::Wecom {
                 Answer::Empty
@@ -612,17 +580,71 @@ impl ReplyCrypto<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn release_check(
-    shared: &Arc<Shared>,
-    tenant: &Tenant,
-    appid: &str,
-    message: &Message,
-    reply: &ReplyCrypto<'_>,
+/// What every publication of one callback shares.
+struct Source<'a> {
+    shared: &'a Arc<Shared>,
+    tenant: &'a Tenant,
+    appid: &'a str,
     mode: Mode,
     received_at_ms: i64,
-    headers: &HeaderMap,
+    headers: &'a HeaderMap,
     deadline: tokio::time::Instant,
+}
+
+/// What a callback publishes: an event (`{ns}.events`) or a release-check job (`{ns}.jobs`).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Event,
+    Job,
+}
+
+impl Source<'_> {
+    /// Dedupes `dedupe_key` and publishes what `build` makes (body and routing key) with confirm.
+    async fn publish(
+        &self,
+        dedupe_key: String,
+        kind: Kind,
+        build: impl FnOnce(&Meta<'_>) -> (Vec<u8>, String),
+    ) -> Result<Delivered, Failure> {
+        let key = DedupeKey::new(self.tenant.id.as_str(), self.appid, dedupe_key);
+        let message_id = key.message_id();
+        let meta = Meta {
+            tenant: self.tenant,
+            appid: self.appid,
+            dedupe_key: &message_id,
+            mode: self.mode,
+            received_at_ms: self.received_at_ms,
+        };
+        let (body, routing_key) = build(&meta);
+        let (exchange, message_type, what) = match kind {
+            Kind::Event => (
+                self.shared.events_exchange.clone(),
+                CALLBACK_EVENT_TYPE,
+                "event",
+            ),
+            Kind::Job => (
+                self.shared.jobs_exchange.clone(),
+                RELEASE_CHECK_JOB_TYPE,
+                "job",
+            ),
+        };
+        let publication = Publication {
+            exchange,
+            routing_key,
+            body,
+            message_id,
+            message_type,
+            headers: event::trace_headers(&tracing::Span::current(), self.headers),
+            what,
+        };
+        deliver(self.shared, key, publication, self.deadline).await
+    }
+}
+
+async fn release_check(
+    source: &Source<'_>,
+    message: &Message,
+    reply: &ReplyCrypto<'_>,
 ) -> Result<(Answer, &'static str), Failure> {
     match release::step(message) {
         Step::Reply { step, content } => {
@@ -632,26 +654,13 @@ async fn release_check(
             Ok((answer, "release_check"))
         }
         Step::QueryAuthCode(auth_code) => {
-            let key = DedupeKey::new(tenant.id.as_str(), appid, message.dedupe_key());
-            let message_id = key.message_id();
-            let meta = Meta {
-                tenant,
-                appid,
-                dedupe_key: &message_id,
-                mode,
-                received_at_ms,
-            };
-            let body = event::release_check_job(&meta, auth_code, &message.header().from_user_name);
-            let publication = Publication {
-                exchange: shared.jobs_exchange.clone(),
-                routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY.to_owned(),
-                body,
-                message_id,
-                message_type: RELEASE_CHECK_JOB_TYPE,
-                headers: event::trace_headers(&tracing::Span::current(), headers),
-                what: "job",
-            };
-            deliver(shared, key, publication, deadline).await?;
+            let open_id = &message.header().from_user_name;
+            source
+                .publish(message.dedupe_key(), Kind::Job, |meta| {
+                    let job = event::release_check_job(meta, auth_code, open_id);
+                    (job, wxhub_bus::topology::RELEASE_CHECK_KEY.to_owned())
+                })
+                .await?;
             m::release_check("query_auth_code");
             Ok((Answer::Empty, "release_check"))
         }

@@ -45,20 +45,29 @@ pub(crate) struct Meta<'a> {
     pub received_at_ms: i64,
 }
 
+impl Meta<'_> {
+    /// The fields every `CallbackEvent` carries; the parsed ones are filled in by the caller.
+    fn event(&self, kind: String, xml: String) -> CallbackEvent {
+        CallbackEvent {
+            tenant: self.tenant.id.as_str().to_owned(),
+            tenant_kind: self.tenant.kind.as_str().to_owned(),
+            appid: self.appid.to_owned(),
+            kind,
+            xml,
+            dedupe_key: self.dedupe_key.to_owned(),
+            received_at_ms: self.received_at_ms,
+            encrypt_mode: self.mode.as_str().to_owned(),
+            ..CallbackEvent::default()
+        }
+    }
+}
+
 /// An account message or event: body and routing key `{tenant}.{appid}.{kind}`.
 pub(crate) fn account_event(meta: &Meta<'_>, message: &Message, xml: String) -> (Vec<u8>, String) {
     let kind = message.routing_kind();
     let header = message.header();
     let routing_key = Topology::event_key(meta.tenant.id.as_str(), meta.appid, &kind);
     let event = CallbackEvent {
-        tenant: meta.tenant.id.as_str().to_owned(),
-        tenant_kind: meta.tenant.kind.as_str().to_owned(),
-        appid: meta.appid.to_owned(),
-        kind,
-        xml,
-        dedupe_key: meta.dedupe_key.to_owned(),
-        received_at_ms: meta.received_at_ms,
-        encrypt_mode: meta.mode.as_str().to_owned(),
         to_user_name: header.to_user_name.clone(),
         from_user_name: header.from_user_name.clone(),
         create_time: header.create_time,
@@ -67,8 +76,7 @@ pub(crate) fn account_event(meta: &Meta<'_>, message: &Message, xml: String) -> 
         event_key: message.event_key().unwrap_or_default().to_owned(),
         msg_id: message.msg_id().unwrap_or_default(),
         agent_id: header.agent_id.clone().unwrap_or_default(),
-        info_type: String::new(),
-        authorizer_appid: String::new(),
+        ..meta.event(kind, xml)
     };
     (event.encode_to_vec(), routing_key)
 }
@@ -82,18 +90,10 @@ pub(crate) fn notice_event(
     let kind = notice.routing_kind();
     let routing_key = Topology::component_key(meta.tenant.id.as_str(), &kind);
     let event = CallbackEvent {
-        tenant: meta.tenant.id.as_str().to_owned(),
-        tenant_kind: meta.tenant.kind.as_str().to_owned(),
-        appid: meta.appid.to_owned(),
-        kind,
-        xml,
-        dedupe_key: meta.dedupe_key.to_owned(),
-        received_at_ms: meta.received_at_ms,
-        encrypt_mode: meta.mode.as_str().to_owned(),
         create_time: notice.create_time(),
         info_type: notice.info_type().to_owned(),
         authorizer_appid: notice.authorizer_appid().unwrap_or_default().to_owned(),
-        ..Default::default()
+        ..meta.event(kind, xml)
     };
     (event.encode_to_vec(), routing_key)
 }

@@ -124,36 +124,11 @@ pub fn parse_document<'a>(input: &'a str, limits: &Limits) -> Result<Element<'a>
                 ));
             }
             Event::Start(start) => {
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(MessageError::TooManyElements {
-                        limit: limits.max_elements,
-                    });
-                }
-                if stack.len() >= limits.max_depth {
-                    return Err(MessageError::TooDeep {
-                        limit: limits.max_depth,
-                    });
-                }
-                stack.push(Element::new(within(input, start.name().as_ref())));
+                stack.push(opened(input, &start, &mut elements, stack.len(), limits)?);
             }
             Event::Empty(start) => {
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(MessageError::TooManyElements {
-                        limit: limits.max_elements,
-                    });
-                }
-                if stack.len() >= limits.max_depth {
-                    return Err(MessageError::TooDeep {
-                        limit: limits.max_depth,
-                    });
-                }
-                close(
-                    Element::new(within(input, start.name().as_ref())),
-                    &mut stack,
-                    &mut root,
-                );
+                let element = opened(input, &start, &mut elements, stack.len(), limits)?;
+                close(element, &mut stack, &mut root);
             }
             Event::End(_) => {
                 let element = stack
@@ -210,6 +185,28 @@ pub fn parse_document<'a>(input: &'a str, limits: &Limits) -> Result<Element<'a>
         )));
     }
     root.ok_or_else(|| MessageError::Malformed("no root element".into()))
+}
+
+/// A new element for a start (or empty) tag, once the element-count and depth limits allow it.
+fn opened<'a>(
+    input: &'a str,
+    start: &quick_xml::events::BytesStart<'_>,
+    elements: &mut usize,
+    depth: usize,
+    limits: &Limits,
+) -> Result<Element<'a>, MessageError> {
+    *elements += 1;
+    if *elements > limits.max_elements {
+        return Err(MessageError::TooManyElements {
+            limit: limits.max_elements,
+        });
+    }
+    if depth >= limits.max_depth {
+        return Err(MessageError::TooDeep {
+            limit: limits.max_depth,
+        });
+    }
+    Ok(Element::new(within(input, start.name().as_ref())))
 }
 
 fn close<'a>(element: Element<'a>, stack: &mut [Element<'a>], root: &mut Option<Element<'a>>) {

@@ -228,6 +228,27 @@ impl Credentials {
         &self.store
     }
 
+    /// A hash whose field `v` holds a secret (tokens, tickets): `None` when the key is absent,
+    /// corrupt when `v` is missing.
+    async fn valued_hash(
+        &self,
+        key: &str,
+    ) -> Result<Option<(std::collections::HashMap<String, String>, Secret)>, StoreError> {
+        let mut conn = self.store.conn();
+        let mut map: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        let value = map
+            .remove("v")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| corrupt(key, "missing v"))?;
+        Ok(Some((map, Secret::new(value))))
+    }
+
     /// The stored token of `credential`, if any.
     pub async fn token(
         &self,
@@ -235,20 +256,11 @@ impl Credentials {
         credential: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let key = self.store.keys(tenant).token(credential);
-        let mut conn = self.store.conn();
-        let map: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
-        if map.is_empty() {
+        let Some((map, value)) = self.valued_hash(&key).await? else {
             return Ok(None);
-        }
-        let value = map
-            .get("v")
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| corrupt(&key, "missing v"))?;
+        };
         Ok(Some(TokenRecord {
-            value: Secret::new(value.clone()),
+            value,
             expires_at_ms: parse_i64(&key, "exp", map.get("exp"))?,
             lifetime_ms: parse_i64(&key, "lt", map.get("lt"))?,
             refreshed_at_ms: parse_i64(&key, "at", map.get("at"))?,
@@ -411,20 +423,11 @@ impl Credentials {
     /// The stored component_verify_ticket.
     pub async fn ticket(&self, tenant: &str) -> Result<Option<TicketRecord>, StoreError> {
         let key = self.store.keys(tenant).ticket();
-        let mut conn = self.store.conn();
-        let map: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
-        if map.is_empty() {
+        let Some((map, value)) = self.valued_hash(&key).await? else {
             return Ok(None);
-        }
-        let value = map
-            .get("v")
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| corrupt(&key, "missing v"))?;
+        };
         Ok(Some(TicketRecord {
-            value: Secret::new(value.clone()),
+            value,
             create_time: parse_i64(&key, "ct", map.get("ct"))?,
             received_at_ms: parse_i64(&key, "at", map.get("at"))?,
         }))

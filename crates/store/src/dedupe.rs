@@ -119,15 +119,9 @@ impl Dedupe {
         dedupe_key: &str,
         owner: &str,
     ) -> Result<(), StoreError> {
-        let key = self.store.keys(tenant).dedupe(appid, dedupe_key);
-        let mut conn = self.store.conn();
-        let _: i64 = COMPLETE_SCRIPT
-            .key(key)
-            .arg(pending(owner))
-            .arg(millis(self.done_ttl))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        let ttl = Some(millis(self.done_ttl));
+        self.settle(&COMPLETE_SCRIPT, tenant, appid, dedupe_key, owner, ttl)
+            .await
     }
 
     /// Gives the key back after a failed publish, so WeChat's retry can publish it.
@@ -138,13 +132,29 @@ impl Dedupe {
         dedupe_key: &str,
         owner: &str,
     ) -> Result<(), StoreError> {
+        self.settle(&RELEASE_SCRIPT, tenant, appid, dedupe_key, owner, None)
+            .await
+    }
+
+    /// Runs a marker script on `owner`'s key: KEYS[1] = the key, ARGV[1] = its pending value,
+    /// ARGV[2] = `ttl_ms` when given.
+    async fn settle(
+        &self,
+        script: &redis::Script,
+        tenant: &str,
+        appid: &str,
+        dedupe_key: &str,
+        owner: &str,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         let key = self.store.keys(tenant).dedupe(appid, dedupe_key);
+        let mut invocation = script.key(key);
+        invocation.arg(pending(owner));
+        if let Some(ttl) = ttl_ms {
+            invocation.arg(ttl);
+        }
         let mut conn = self.store.conn();
-        let _: i64 = RELEASE_SCRIPT
-            .key(key)
-            .arg(pending(owner))
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
 }
