@@ -30,7 +30,7 @@ done
 
 say "building the binaries"
 cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-cli
-bin="$root/target/debug"
+bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 
 # A clean slate for the demo namespace: its Redis keys and queued messages from earlier runs.
 redis-cli --scan --pattern "$ns:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
