@@ -634,7 +634,11 @@ impl Source<'_> {
             body,
             message_id,
             message_type,
-            headers: event::trace_headers(&tracing::Span::current(), self.headers),
+            headers: event::trace_headers(
+                &tracing::Span::current(),
+                self.headers,
+                self.shared.export_spans,
+            ),
             what,
         };
         deliver(self.shared, key, publication, self.deadline).await

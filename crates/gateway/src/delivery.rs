@@ -216,10 +216,7 @@ async fn publish(
                 message_type: publication.message_type,
                 headers: &publication.headers,
             };
-            // `None`: no confirm within the cap; the outcome is unknown.
-            tokio::time::timeout(PUBLISH_CAP, shared.bus.publish(&outgoing))
-                .await
-                .ok()
+            shared.bus.publish(&outgoing).await
         }
     };
     let mut pending = Pending {
@@ -243,10 +240,6 @@ async fn publish(
     pending.confirm = None;
     let (key, owner) = pending.marker.take().expect("set above");
     m::publish_latency(what, started.elapsed());
-    let Some(result) = result else {
-        // The deadline is far below the cap; only a misconfiguration gets here.
-        return Err(Failure::unavailable("broker", "the broker did not confirm"));
-    };
     match result {
         Ok(()) => {
             // Confirmed: answer now; the completer marks the key done in the background (a
@@ -273,7 +266,7 @@ async fn publish(
 /// and settles the dedupe marker, so a late confirm still counts and a failure still releases.
 struct Pending<F>
 where
-    F: Future<Output = Option<Result<(), BusError>>> + Send + 'static,
+    F: Future<Output = Result<(), BusError>> + Send + 'static,
 {
     confirm: Option<Pin<Box<F>>>,
     shared: Arc<Shared>,
@@ -284,7 +277,7 @@ where
 
 impl<F> Drop for Pending<F>
 where
-    F: Future<Output = Option<Result<(), BusError>>> + Send + 'static,
+    F: Future<Output = Result<(), BusError>> + Send + 'static,
 {
     fn drop(&mut self) {
         if let (Some(confirm), Some((key, owner))) = (self.confirm.take(), self.marker.take())
@@ -294,7 +287,8 @@ where
             let (shared, what, started) = (self.shared.clone(), self.what, self.started);
             self.shared.tasks.spawn_on(
                 async move {
-                    let result = confirm.await;
+                    // `None`: no confirm within the cap; the outcome is unknown.
+                    let result = tokio::time::timeout(PUBLISH_CAP, confirm).await.ok();
                     m::publish_latency(what, started.elapsed());
                     settle(&shared, &key, &owner, what, result).await;
                 },

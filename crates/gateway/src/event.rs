@@ -114,11 +114,20 @@ pub(crate) fn release_check_job(meta: &Meta<'_>, auth_code: String, open_id: &st
 /// The `traceparent` (and `tracestate`) headers for the published message: the current span's
 /// context when an OpenTelemetry layer is installed; otherwise a child of the request's incoming
 /// `traceparent`, or a fresh trace, so consumers can always correlate.
-pub(crate) fn trace_headers(span: &tracing::Span, incoming: &HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn trace_headers(
+    span: &tracing::Span,
+    incoming: &HeaderMap,
+    exported: bool,
+) -> Vec<(String, String)> {
     let incoming_tp = incoming
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
+    // Without an exporter there is no OpenTelemetry span to inject: build the header directly
+    // (this runs for every callback).
+    if !exported {
+        return vec![("traceparent".to_owned(), child_traceparent(incoming_tp))];
+    }
     if incoming_tp.is_some() {
         let mut map = HashMap::with_capacity(2);
         for name in ["traceparent", "tracestate"] {
@@ -132,15 +141,17 @@ pub(crate) fn trace_headers(span: &tracing::Span, incoming: &HeaderMap) -> Vec<(
     if injected.contains_key("traceparent") {
         return injected.into_iter().collect();
     }
-    let (trace_id, flags) = incoming_tp.unwrap_or_else(|| {
+    vec![("traceparent".to_owned(), child_traceparent(incoming_tp))]
+}
+
+/// A `traceparent` for a new span: a child of the incoming trace, else of a fresh one.
+fn child_traceparent(incoming: Option<(String, String)>) -> String {
+    let (trace_id, flags) = incoming.unwrap_or_else(|| {
         let id: u128 = rand::random::<u128>() | 1;
         (format!("{id:032x}"), "01".to_owned())
     });
     let span_id = rand::random::<u64>() | 1;
-    vec![(
-        "traceparent".to_owned(),
-        format!("00-{trace_id}-{span_id:016x}-{flags}"),
-    )]
+    format!("00-{trace_id}-{span_id:016x}-{flags}")
 }
 
 /// `(trace_id, flags)` of a valid version-00 `traceparent`.
@@ -200,14 +211,16 @@ mod tests {
                 .unwrap(),
         );
         let span = tracing::Span::none();
-        let out = trace_headers(&span, &headers);
-        let tp = &out.iter().find(|(k, _)| k == "traceparent").unwrap().1;
-        assert!(
-            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-            "{tp}"
-        );
-        assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
-        let fresh = trace_headers(&span, &HeaderMap::new());
+        for exported in [false, true] {
+            let out = trace_headers(&span, &headers, exported);
+            let tp = &out.iter().find(|(k, _)| k == "traceparent").unwrap().1;
+            assert!(
+                tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{tp}"
+            );
+            assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
+        }
+        let fresh = trace_headers(&span, &HeaderMap::new(), false);
         assert!(parse_traceparent(&fresh[0].1).is_some(), "{fresh:?}");
     }
 }
