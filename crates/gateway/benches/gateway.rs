@@ -126,13 +126,82 @@ fn sample_event(i: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Keys stay unique across floor runs (the warm-up's are still marked done).
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// One callback's storage work: claim, confirmed publish, complete.
+async fn floor_op(dedupe: &Dedupe, bus: &Bus, exchange: &str, routing_key: &str, i: u64) {
+    let key = format!("msg:{i}");
+    let owner = format!("{:016x}", rand::random::<u64>());
+    let claim = dedupe.claim("bench", AUTHORIZER, &key, &owner).await;
+    assert_eq!(claim.expect("redis"), Claim::Fresh);
+    let body = sample_event(i);
+    let message_id = format!("bench:{AUTHORIZER}:{key}");
+    let headers = vec![(
+        "traceparent".to_owned(),
+        format!(
+            "00-{:032x}-{:016x}-01",
+            rand::random::<u128>(),
+            rand::random::<u64>()
+        ),
+    )];
+    bus.publish(&Outgoing {
+        exchange,
+        routing_key,
+        body: &body,
+        message_id: &message_id,
+        message_type: CALLBACK_EVENT_TYPE,
+        headers: &headers,
+    })
+    .await
+    .expect("confirmed publish");
+    dedupe
+        .complete("bench", AUTHORIZER, &key, &owner)
+        .await
+        .expect("complete");
+}
+
+/// The floor's work in open loop at `rate`/s for `secs`: (p50, p99, max) in ms from each
+/// operation's due time. Shows what the broker and Redis alone do to the tail at that rate.
+async fn floor_open_loop(ns: &Namespace, bus: &Bus, rate: f64, secs: u64) -> (f64, f64, f64) {
+    let dedupe = Dedupe::new(ns.store(), Duration::from_secs(5), Duration::from_secs(600));
+    let exchange: Arc<str> = ns.topology().events_exchange().into();
+    let routing_key: Arc<str> = format!("bench.{AUTHORIZER}.text").into();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = tokio::time::Instant::now();
+    let total = (rate * secs as f64) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let (dedupe, bus, exchange, routing_key, latencies) = (
+            dedupe.clone(),
+            bus.clone(),
+            exchange.clone(),
+            routing_key.clone(),
+            latencies.clone(),
+        );
+        tasks.spawn(async move {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            floor_op(&dedupe, &bus, &exchange, &routing_key, i).await;
+            let ms = due.elapsed().as_secs_f64() * 1000.0;
+            latencies.lock().expect("latencies").push(ms);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = count_and_purge(bus, &ns.topology().unrouted_queue()).await;
+    let mut v = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
 /// The floor: claim → confirmed publish → complete, `concurrency` at a time, for `secs`.
 async fn floor(ns: &Namespace, bus: &Bus, concurrency: usize, secs: u64) -> f64 {
     let dedupe = Dedupe::new(ns.store(), Duration::from_secs(5), Duration::from_secs(600));
     let exchange = ns.topology().events_exchange();
     let routing_key = format!("bench.{AUTHORIZER}.text");
-    // Keys stay unique across runs (the warm-up's are still marked done).
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let next = &NEXT;
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,34 +219,7 @@ async fn floor(ns: &Namespace, bus: &Bus, concurrency: usize, secs: u64) -> f64 
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let key = format!("msg:{i}");
-                let owner = format!("{:016x}", rand::random::<u64>());
-                let claim = dedupe.claim("bench", AUTHORIZER, &key, &owner).await;
-                assert_eq!(claim.expect("redis"), Claim::Fresh);
-                let body = sample_event(i);
-                let message_id = format!("bench:{AUTHORIZER}:{key}");
-                let headers = vec![(
-                    "traceparent".to_owned(),
-                    format!(
-                        "00-{:032x}-{:016x}-01",
-                        rand::random::<u128>(),
-                        rand::random::<u64>()
-                    ),
-                )];
-                bus.publish(&Outgoing {
-                    exchange: &exchange,
-                    routing_key: &routing_key,
-                    body: &body,
-                    message_id: &message_id,
-                    message_type: CALLBACK_EVENT_TYPE,
-                    headers: &headers,
-                })
-                .await
-                .expect("confirmed publish");
-                dedupe
-                    .complete("bench", AUTHORIZER, &key, &owner)
-                    .await
-                    .expect("complete");
+                floor_op(&dedupe, &bus, &exchange, &routing_key, i).await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -338,6 +380,9 @@ async fn bench() {
 
     stop.cancel();
     let _ = server.await;
+    // The same rate and length with no HTTP: how much of the tail is the broker's and Redis's.
+    settle(&bus).await;
+    let (floor_p50, floor_p99, floor_max) = floor_open_loop(&ns, &bus, half_rate, half_secs).await;
     ns.cleanup(Some(&bus), &[]).await;
 
     let ratio = max.throughput / floor_rate * 100.0;
@@ -369,5 +414,8 @@ async fn bench() {
         half.latency_ms.p999,
         half.latency_ms.max,
         half.status
+    ));
+    out(&format!(
+        "floor at the same half rate ({half_rate:.0}/s open loop, {half_secs} s, no HTTP/crypto): p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms, max {floor_max:.2} ms"
     ));
 }
