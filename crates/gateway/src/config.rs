@@ -20,6 +20,10 @@ pub const DEFAULTS: &str = r#"
 [gateway]
 # Address the HTTP server binds.
 listen = "0.0.0.0:8080"
+# Accept queue of the listener (capped by the kernel's net.core.somaxconn). WeChat opens a new
+# connection per callback when its open ones are busy; a short queue overflows in a burst and
+# the kernel drops handshakes, which WeChat sees as a timeout.
+listen_backlog = 4096
 # Budget of one callback, from arrival to answer. WeChat gives up after 5 s; past this budget the
 # answer is 503 so WeChat retries.
 deadline_ms = 4000
@@ -63,6 +67,7 @@ pub enum RedisDown {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GatewaySection {
     pub listen: String,
+    pub listen_backlog: u32,
     pub deadline_ms: u64,
     pub timestamp_window_secs: u64,
     pub max_body_bytes: usize,
@@ -122,6 +127,12 @@ impl GatewayConfig {
         validate_identifier("namespace", &self.namespace)?;
         let g = &self.gateway;
         g.listen_addr()?;
+        if !(1..=65_535).contains(&g.listen_backlog) {
+            return invalid(format!(
+                "gateway.listen_backlog = {} must be within 1..=65535",
+                g.listen_backlog
+            ));
+        }
         if !(100..=4900).contains(&g.deadline_ms) {
             return invalid(format!(
                 "gateway.deadline_ms = {} must be within 100..=4900 (WeChat waits 5 s)",
@@ -193,6 +204,7 @@ mod tests {
         assert_eq!(c.gateway.deadline_ms, 4000);
         assert_eq!(c.gateway.timestamp_window_secs, 300);
         assert_eq!(c.gateway.max_body_bytes, 65536);
+        assert_eq!(c.gateway.listen_backlog, 4096);
         assert_eq!(c.gateway.redis_down, RedisDown::Publish);
         assert!(c.gateway.allow_plaintext);
         assert_eq!(c.token_control.endpoint, "http://127.0.0.1:50051");
@@ -214,6 +226,7 @@ mod tests {
             ("WXHUB_NAMESPACE", "Bad.NS", "namespace"),
             ("WXHUB_GATEWAY__DEADLINE_MS", "6000", "deadline_ms"),
             ("WXHUB_GATEWAY__LISTEN", "nowhere", "gateway.listen"),
+            ("WXHUB_GATEWAY__LISTEN_BACKLOG", "0", "listen_backlog"),
             ("WXHUB_GATEWAY__MAX_BODY_BYTES", "10", "max_body_bytes"),
             (
                 "WXHUB_GATEWAY__DEDUPE_DONE_TTL_SECS",

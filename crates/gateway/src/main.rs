@@ -19,8 +19,7 @@ fn main() -> ExitCode {
         |c: &GatewayConfig| &c.telemetry,
         |config: GatewayConfig, shutdown| async move {
             let addr = config.gateway.listen_addr()?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = service::listener(addr, config.gateway.listen_backlog)
                 .map_err(|e| anyhow::anyhow!("cannot bind gateway.listen {addr}: {e}"))?;
             wxhub_gateway::run(config, listener, shutdown.cancelled_owned()).await
         },

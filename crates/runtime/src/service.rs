@@ -88,6 +88,20 @@ where
     }
 }
 
+/// A listener on `addr` with an accept queue of `backlog` connections (the kernel caps it at
+/// `net.core.somaxconn`). `TcpListener::bind` asks for 128, which a burst of new connections
+/// overflows: the kernel then drops handshakes and clients retry only after a second.
+pub fn listener(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Binds `addr`; the error names the config key.
 pub async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -100,4 +114,34 @@ fn fail(name: &str, e: &anyhow::Error, code: u8) -> ExitCode {
     let line = format!("{e:#}").replace('\n', "; ");
     let _ = writeln!(std::io::stderr(), "{name}: {line}");
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// 300 connections (fewer if the kernel's somaxconn is lower) complete their handshake while nothing accepts them: the accept queue
+    /// holds them all. With `TcpListener::bind`'s 128 the kernel drops the SYNs past ~129 and
+    /// those connects hang until the client's retransmit, a second later.
+    #[tokio::test]
+    async fn the_accept_queue_holds_a_burst_of_connections() {
+        let listener = super::listener("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel caps every backlog at somaxconn (4096 on kernels since 5.4).
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(4096);
+        let n = somaxconn.min(300);
+        let connects = (0..n).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures::future::join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, n, "handshakes dropped by a full accept queue");
+        drop(listener);
+    }
 }
