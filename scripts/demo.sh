@@ -65,10 +65,12 @@ wait_http() { # url, what
 say "starting the stack"
 start wxhub-sim "" "$bin/wxhub-sim" serve --listen 127.0.0.1:17000 --seed "$demo/seed.toml"
 wait_http http://127.0.0.1:17000/sim/health "wxhub-sim"
-start token-control "" "$bin/wxhub-token-control"
+# The gateway first: token-control asks WeChat for a ticket push at start, and the push should
+# find a gateway that is connected to the broker (otherwise it answers 503 and WeChat retries).
 start gateway demo-gateway-key "$bin/wxhub-gateway"
-start worker demo-worker-key "$bin/wxhub-worker"
 wait_http http://127.0.0.1:17080/readyz "the gateway"
+start token-control "" "$bin/wxhub-token-control"
+start worker demo-worker-key "$bin/wxhub-worker"
 wait_http http://127.0.0.1:17092/readyz "the worker"
 wait_http http://127.0.0.1:17091/healthz "token-control"
 export WXHUB_CLIENT__API_KEY=demo-ops-key
