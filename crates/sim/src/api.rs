@@ -15,7 +15,7 @@ use crate::codes::{ApiError, ApiResult};
 use crate::records::SentMessage;
 use crate::seed::AccountKind;
 use crate::sim::{Sim, lock};
-use crate::state::{Owner, PreAuthCode, State, new_refresh_token};
+use crate::state::{Account, Owner, PreAuthCode, State, TokenSlot, new_refresh_token};
 
 /// Query parameters, decoded leniently (a malformed query never fails the request).
 pub(crate) struct Query(HashMap<String, String>);
@@ -586,16 +586,25 @@ fn oa_token(
     )?
     .to_owned();
     guard.charge(PATHS[8], &account, day)?;
-    let state = &mut *guard;
+    rotate_account_token(&mut guard, &account, |a| &mut a.token, now)
+}
+
+/// Issues a new token in the account's `slot` (`/cgi-bin/token` or `stable_token`).
+fn rotate_account_token(
+    state: &mut State,
+    account: &str,
+    slot: fn(&mut Account) -> &mut TokenSlot,
+    now: i64,
+) -> ApiResult<Value> {
     let timing = state.timing;
     let a = state
         .accounts
-        .get_mut(&account)
+        .get_mut(account)
         .ok_or(ApiError::new(40013))?;
     let token = State::rotate(
         &mut state.tokens,
-        &mut a.token,
-        Owner::Account(account.clone()),
+        slot(a),
+        Owner::Account(account.to_owned()),
         now,
         &timing,
     );
@@ -621,7 +630,6 @@ fn stable_token(
         oa_credentials(&guard, body.opt_str("appid")?, body.opt_str("secret")?)?.to_owned();
     guard.charge(PATHS[9], &account, day)?;
     let state = &mut *guard;
-    let timing = state.timing;
     let current = state
         .accounts
         .get(&account)
@@ -631,18 +639,7 @@ fn stable_token(
         let left = state.token_left_secs(&token, now);
         return Ok(json!({"access_token": token, "expires_in": left}));
     }
-    let a = state
-        .accounts
-        .get_mut(&account)
-        .ok_or(ApiError::new(40013))?;
-    let token = State::rotate(
-        &mut state.tokens,
-        &mut a.stable_token,
-        Owner::Account(account.clone()),
-        now,
-        &timing,
-    );
-    Ok(json!({"access_token": token, "expires_in": timing.token_ttl_ms / 1000}))
+    rotate_account_token(state, &account, |a| &mut a.stable_token, now)
 }
 
 fn wecom_token(
