@@ -120,9 +120,10 @@ fn fail(name: &str, e: &anyhow::Error, code: u8) -> ExitCode {
 mod tests {
     use std::time::Duration;
 
-    /// 300 connections (fewer if the kernel's somaxconn is lower) complete their handshake while nothing accepts them: the accept queue
-    /// holds them all. With `TcpListener::bind`'s 128 the kernel drops the SYNs past ~129 and
-    /// those connects hang until the client's retransmit, a second later.
+    /// 300 connections (fewer if the kernel's somaxconn is lower) complete their handshake while
+    /// nothing accepts them: the accept queue holds them all. With `TcpListener::bind`'s 128 the
+    /// kernel drops the SYNs past ~129 and those connects hang until the client's retransmit, a
+    /// second later.
     #[tokio::test]
     async fn the_accept_queue_holds_a_burst_of_connections() {
         let listener = super::listener("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
