@@ -13,6 +13,9 @@ use wxhub_runtime::SecretUrl;
 
 use crate::Topology;
 
+/// How long [`Bus::close`] waits for the broker to acknowledge the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `[amqp]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AmqpConfig {
@@ -296,7 +299,16 @@ impl Bus {
     pub async fn close(&self) {
         self.inner.cancel.cancel();
         if let Some(live) = self.inner.live.swap(None) {
-            let _ = live.connection.close(200, "shutdown".into()).await;
+            // lapin can wait forever for the broker's close-ok (seen after the broker closed a
+            // channel mid-operation); a shutdown must not. Past the bound the connection is
+            // dropped, which closes the socket.
+            let closing = live.connection.close(200, "shutdown".into());
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                tracing::warn!(
+                    timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                    "the broker did not acknowledge the connection close; dropping the connection"
+                );
+            }
         }
         self.inner.connected.send_replace(false);
     }

@@ -109,9 +109,14 @@ impl Namespace {
     /// Deletes the namespace's queues and exchanges (plus `extra_queues`) and its Redis keys.
     pub async fn cleanup(&self, bus: Option<&Bus>, extra_queues: &[String]) {
         if let Some(bus) = bus {
-            if let Ok(ch) = bus.channel().await {
-                let _ = self.topology().delete(&ch, extra_queues).await;
-            }
+            // Best effort, and bounded: a broker that closed the channel mid-way must not hang
+            // the test (whatever is left has a unique namespace).
+            let delete = async {
+                if let Ok(ch) = bus.channel().await {
+                    let _ = self.topology().delete(&ch, extra_queues).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
             bus.close().await;
         }
         let store = self.store();
