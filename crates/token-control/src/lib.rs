@@ -94,6 +94,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // Install the metrics recorder before anything can count (background tasks, the first
+    // RPCs): until then counters go nowhere.
+    let _ = wxhub_runtime::ops::prometheus();
     let cancel = CancellationToken::new();
     let grace = Duration::from_millis(config.shutdown.grace_ms.max(1));
     let tenants = match options.tenants {
@@ -185,8 +188,9 @@ pub async fn run_with(
         r
     };
     let ops_cancel = cancel.clone();
+    let ops_router = wxhub_runtime::ops::router(readiness);
     let ops = tokio::spawn(async move {
-        axum::serve(ops_listener, wxhub_runtime::ops::router(readiness))
+        axum::serve(ops_listener, ops_router)
             .with_graceful_shutdown(ops_cancel.cancelled_owned())
             .await
     });

@@ -507,7 +507,7 @@ async fn wechat_side_failures_are_specific_statuses() {
         .unwrap();
     assert!(
         metrics.contains("wxhub_wechat_quota_exhausted_total"),
-        "quota surfaces in metrics"
+        "quota surfaces in metrics:\n{metrics}"
     );
     env.shutdown().await;
 }
