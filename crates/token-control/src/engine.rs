@@ -851,10 +851,7 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("unknown authorizer {appid}")))?;
         if record.status == AuthorizerStatus::Revoked {
-            return Err(Error::precondition(format!(
-                "authorizer {appid} no longer authorizes this component ({})",
-                record.revoked_reason.as_deref().unwrap_or("revoked")
-            )));
+            return Err(Error::revoked(appid, record.revoked_reason.as_deref()));
         }
         Ok(record)
     }

@@ -33,6 +33,14 @@ impl Error {
         Self::new(ErrorCode::FailedPrecondition, message)
     }
 
+    /// A read or refresh for an authorizer that is marked revoked (`reason` as stored).
+    pub fn revoked(appid: &str, reason: Option<&str>) -> Self {
+        Self::precondition(format!(
+            "authorizer {appid} no longer authorizes this component ({}); the account must authorize again",
+            reason.unwrap_or("revoked")
+        ))
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }

@@ -146,10 +146,7 @@ impl TokenControlService {
         };
         match self.engine.authorizers().get(tenant, appid).await {
             Ok(Some(r)) if r.status == AuthorizerStatus::Authorized => Ok(()),
-            Ok(Some(r)) => Err(Status::failed_precondition(format!(
-                "authorizer {appid} no longer authorizes this component ({})",
-                r.revoked_reason.as_deref().unwrap_or("revoked")
-            ))),
+            Ok(Some(r)) => Err(Error::revoked(appid, r.revoked_reason.as_deref()).status()),
             Ok(None) => Err(Status::not_found(format!("unknown authorizer {appid}"))),
             Err(e) => Err(Error::from(e).status()),
         }
