@@ -64,12 +64,14 @@ async fn ticket_and_authorization_notices_change_the_store() {
     );
     env.publish_notice(ACME, ACME_APPID, "authorized", &xml, "auth-1")
         .await;
+    // The profile is written after the refresh token (a second, best-effort call to WeChat):
+    // wait for both.
     env.wait_for(|| async {
         env.auths
             .get(ACME, FRESH)
             .await
             .unwrap()
-            .is_some_and(|r| r.refresh_token.is_some())
+            .is_some_and(|r| r.refresh_token.is_some() && !r.profile.nick_name.is_empty())
     })
     .await;
     let rec = env.auths.get(ACME, FRESH).await.unwrap().unwrap();
