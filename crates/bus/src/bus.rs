@@ -1,13 +1,12 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use wxhub_runtime::SecretUrl;
 
@@ -25,7 +24,9 @@ pub struct AmqpConfig {
     /// slow (WeChat calls), so the default stays at the low end.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
-    /// Channels the publisher spreads confirms over.
+    /// Most confirm-mode channels of the publisher, opened as concurrent publishes need them.
+    /// Each carries one unconfirmed publish at a time (see [`Bus::publish`]), so this is also
+    /// the most publishes in flight per process; more wait for a free channel.
     #[serde(default = "default_channels")]
     pub publisher_channels: usize,
     /// Deliveries before the broker dead-letters a poison message (quorum `x-delivery-limit`).
@@ -40,7 +41,7 @@ fn default_prefetch() -> u16 {
     100
 }
 fn default_channels() -> usize {
-    4
+    256
 }
 fn default_delivery_limit() -> u32 {
     20
@@ -95,7 +96,80 @@ pub struct Outgoing<'a> {
 
 struct Live {
     connection: Connection,
-    channels: Vec<ArcSwap<Channel>>,
+    /// `publisher_channels` slots, each opened when first needed.
+    channels: Vec<ArcSwapOption<Channel>>,
+    /// One permit per slot that no publish is using.
+    permits: Arc<Semaphore>,
+    /// The indexes of those slots; the most recently used last, so a light load keeps reusing
+    /// a few open channels and only a burst opens more.
+    free: std::sync::Mutex<Vec<usize>>,
+}
+
+/// Exclusive use of one pool channel for one publish. Dropped after the confirm, it gives the
+/// slot back. Dropped before (the caller's deadline cancelled the publish, or the channel
+/// failed), the channel may still receive that confirm, or a return, which the next publisher
+/// would take for its own: it is closed, and the slot opens a fresh one when next used.
+struct Lease {
+    live: Arc<Live>,
+    slot: usize,
+    settled: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Lease {
+    /// Waits for a free slot of `live`.
+    async fn take(live: Arc<Live>) -> Result<Self, BusError> {
+        let permit = live
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable())?;
+        // A permit guarantees a free index.
+        let slot = live
+            .free
+            .lock()
+            .expect("free list")
+            .pop()
+            .ok_or_else(unavailable)?;
+        Ok(Self {
+            live,
+            slot,
+            settled: false,
+            permit: Some(permit),
+        })
+    }
+
+    /// The slot's channel, opened now if it has none.
+    async fn channel(&self) -> Result<Arc<Channel>, lapin::Error> {
+        let slot = &self.live.channels[self.slot];
+        if let Some(ch) = slot.load_full() {
+            return Ok(ch);
+        }
+        let ch = Arc::new(confirm_channel(&self.live.connection).await?);
+        slot.store(Some(ch.clone()));
+        Ok(ch)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (live, slot, permit) = (self.live.clone(), self.slot, self.permit.take());
+        let abandoned = if self.settled {
+            None
+        } else {
+            live.channels[slot].swap(None)
+        };
+        live.free.lock().expect("free list").push(slot);
+        drop(permit);
+        if let (Some(old), Ok(runtime)) = (abandoned, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, old.close(200, "publish abandoned".into()))
+                        .await;
+            });
+        }
+    }
 }
 
 struct Inner {
@@ -105,7 +179,6 @@ struct Inner {
     live: ArcSwapOption<Live>,
     wake: Notify,
     connected: watch::Sender<bool>,
-    next: AtomicUsize,
     cancel: CancellationToken,
 }
 
@@ -145,7 +218,6 @@ impl Bus {
             live: ArcSwapOption::empty(),
             wake: Notify::new(),
             connected,
-            next: AtomicUsize::new(0),
             // A child: closing the bus must not cancel the caller's other work.
             cancel: cancel.child_token(),
         });
@@ -198,6 +270,9 @@ impl Bus {
     /// persisted in a queue (or caught by the alternate exchange). Bound the wait with your own
     /// deadline (`tokio::time::timeout`); a timed-out publish may still be stored, which is the
     /// documented duplicate window consumers dedupe with `message_id`.
+    ///
+    /// Each publish has a channel of the pool to itself until its confirm (waiting for one when
+    /// `publisher_channels` are busy), so a return is always reported to its own publisher.
     pub async fn publish(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
         let started = Instant::now();
         let result = self.publish_inner(msg).await;
@@ -214,8 +289,18 @@ impl Bus {
 
     async fn publish_inner(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
         let live = self.inner.live.load_full().ok_or_else(unavailable)?;
-        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
-        let channel = live.channels[slot].load_full();
+        // One publish per channel at a time: a `basic.return` carries no delivery tag, and
+        // lapin hands it to whichever confirm of the next (possibly multiple) ack it completes
+        // first. With several publishes in flight on one channel an unroutable message could be
+        // reported as stored, and a stored one as unroutable.
+        let mut lease = Lease::take(live).await?;
+        let channel = match lease.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                self.wake_if_disconnected(&lease.live);
+                return Err(BusError::Unavailable(e.to_string()));
+            }
+        };
         let mut headers = FieldTable::default();
         for (k, v) in msg.headers {
             headers.insert(
@@ -249,50 +334,57 @@ impl Bus {
         {
             Ok(confirm) => confirm,
             Err(e) => {
-                self.repair(&live, slot);
+                // The lease replaces the channel when it is dropped unsettled.
+                self.wake_if_disconnected(&lease.live);
                 return Err(BusError::Unavailable(e.to_string()));
             }
         };
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) | Ok(Confirmation::Nack(Some(_))) => {
-                Err(BusError::Unroutable {
-                    exchange: msg.exchange.to_owned(),
-                    routing_key: msg.routing_key.to_owned(),
-                })
-            }
-            Ok(Confirmation::Nack(None)) => Err(BusError::Nacked),
-            // Every pool channel is put in confirm mode before use; this is a bug if it happens.
-            Ok(Confirmation::NotRequested) => {
-                Err(BusError::Unavailable("channel not in confirm mode".into()))
-            }
+        let confirmation = match confirm.await {
+            Ok(confirmation) => confirmation,
             Err(e) => {
-                self.repair(&live, slot);
-                Err(BusError::Unavailable(e.to_string()))
+                self.wake_if_disconnected(&lease.live);
+                return Err(BusError::Unavailable(e.to_string()));
+            }
+        };
+        // Nothing of this publish is outstanding on the channel any more.
+        lease.settled = true;
+        let returned_elsewhere = |returned: &lapin::message::BasicReturnMessage| {
+            returned
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str())
+                != Some(msg.message_id)
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            // Cannot happen with one publish per channel; if it ever does, this publish's fate is
+            // unknown and must not be reported as stored.
+            Confirmation::Ack(Some(ref r)) | Confirmation::Nack(Some(ref r))
+                if returned_elsewhere(r) =>
+            {
+                Err(BusError::Unavailable(
+                    "the broker returned another message on this channel".into(),
+                ))
+            }
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(BusError::Unroutable {
+                exchange: msg.exchange.to_owned(),
+                routing_key: msg.routing_key.to_owned(),
+            }),
+            Confirmation::Nack(None) => Err(BusError::Nacked),
+            // Every pool channel is put in confirm mode before use; this is a bug if it happens.
+            Confirmation::NotRequested => {
+                Err(BusError::Unavailable("channel not in confirm mode".into()))
             }
         }
     }
 
-    /// Replaces a failed pool channel, or wakes the supervisor if the connection itself died.
-    fn repair(&self, live: &Arc<Live>, slot: usize) {
+    /// Wakes the supervisor when the connection itself died (a failed channel is replaced by
+    /// its lease).
+    fn wake_if_disconnected(&self, live: &Live) {
         if !live.connection.status().connected() {
             self.inner.wake.notify_one();
-            return;
         }
-        if live.channels[slot].load().status().connected() {
-            return;
-        }
-        let live = live.clone();
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            match confirm_channel(&live.connection).await {
-                Ok(ch) => live.channels[slot].store(Arc::new(ch)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reopen a publisher channel");
-                    inner.wake.notify_one();
-                }
-            }
-        });
     }
 
     /// Closes the connection (pending confirms fail) and stops the supervisor.
@@ -345,13 +437,16 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     let admin = connection.create_channel().await?;
     inner.topology.declare(&admin).await?;
     let _ = admin.close(200, "declared".into()).await;
-    let mut channels = Vec::with_capacity(inner.config.publisher_channels.max(1));
-    for _ in 0..inner.config.publisher_channels.max(1) {
-        channels.push(ArcSwap::from_pointee(confirm_channel(&connection).await?));
-    }
+    let n = inner.config.publisher_channels.max(1);
+    // One channel now, so a connection that cannot have channels fails here; the rest on demand.
+    let mut channels: Vec<ArcSwapOption<Channel>> =
+        (0..n).map(|_| ArcSwapOption::empty()).collect();
+    channels[n - 1] = ArcSwapOption::from_pointee(confirm_channel(&connection).await?);
     Ok(Live {
         connection,
         channels,
+        permits: Arc::new(Semaphore::new(n)),
+        free: std::sync::Mutex::new((0..n).collect()),
     })
 }
 

@@ -153,6 +153,78 @@ async fn unroutable_job_is_an_error_not_a_silent_drop() {
     cleanup(&bus, &[]).await;
 }
 
+/// A returned (unroutable) message must be reported to *its* publisher, also when many publishes
+/// share a channel and the broker confirms them with one multiple-ack. lapin hands a return to
+/// whichever confirm of that ack it completes first; trusting that would report the unroutable
+/// message as stored (a lost callback answered 200) and a stored one as unroutable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_returns_reach_their_own_publishers() {
+    let ns = format!("t-returns-{:08x}", rand::random::<u32>());
+    let cancel = CancellationToken::new();
+    let mut config = AmqpConfig::new(amqp_url());
+    config.publisher_channels = 1;
+    let bus = Bus::start(config, Topology::new(ns, 3), "bus-test", cancel.clone());
+    assert!(bus.wait_connected(Duration::from_secs(20)).await);
+    let t = bus.topology().clone();
+    let jobs = t.jobs_exchange();
+    // Publishes abandoned before their confirm (a caller's deadline) leave that confirm, or a
+    // return, due on their channel; it must not be handed to a later publish.
+    for i in 0..20 {
+        let id = format!("abandoned{i}");
+        let events = t.events_exchange();
+        for outgoing in [
+            msg(&events, "acme.wx1.text", &id, &[]),
+            msg(&jobs, "no-such-job", &id, &[]),
+        ] {
+            let _ = tokio::time::timeout(Duration::from_micros(50), bus.publish(&outgoing)).await;
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..600u32 {
+        let (bus, jobs) = (bus.clone(), jobs.clone());
+        tasks.spawn(async move {
+            let routable = i % 5 != 0;
+            let key = if routable {
+                wxhub_bus::topology::RELEASE_CHECK_KEY
+            } else {
+                "no-such-job"
+            };
+            let id = format!("m{i}");
+            let result = bus.publish(&msg(&jobs, key, &id, &[])).await;
+            (i, routable, result)
+        });
+    }
+    let (mut stored, mut wrong) = (0, Vec::new());
+    while let Some(joined) = tasks.join_next().await {
+        let (i, routable, result) = joined.unwrap();
+        match (routable, &result) {
+            (true, Ok(())) => stored += 1,
+            (false, Err(BusError::Unroutable { .. })) => {}
+            _ => wrong.push(format!("m{i} routable={routable}: {result:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "misattributed: {wrong:?}");
+    assert_eq!(stored, 480);
+    let ch = bus.channel().await.unwrap();
+    let queue = ch
+        .queue_declare(
+            t.release_check_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.message_count(),
+        480,
+        "every confirmed publish is queued"
+    );
+    cleanup(&bus, &[]).await;
+}
+
 #[tokio::test]
 async fn recovers_after_the_connection_dies() {
     let (bus, _cancel) = bus("recover").await;
