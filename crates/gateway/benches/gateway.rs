@@ -102,6 +102,135 @@ async fn settle(bus: &Bus) {
         .await;
 }
 
+/// A consumer that empties `queue` while a latency run goes on, as the services consuming the
+/// events do in production, and counts what it took.
+///
+/// Without it a 30 s run leaves ~300,000 unconsumed messages in the quorum queue, and when
+/// RabbitMQ's write-ahead log rolls over (every 512 MB written, so about every 50 s at these
+/// rates) it must copy every retained message into segment files: a stall of hundreds of
+/// milliseconds that hits the floor exactly as it hits the gateway. Consumed and acknowledged
+/// messages are not copied, so with the consumer the tail is the publishing path's own.
+struct Drain {
+    taken: Arc<AtomicU64>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drain {
+    async fn start(bus: &Bus, queue: &str) -> Self {
+        use futures::StreamExt as _;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+        let ch = bus.channel().await.expect("channel");
+        ch.basic_qos(2000, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "bench-drain".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let taken = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let task = {
+            let (taken, stop) = (taken.clone(), stop.clone());
+            tokio::spawn(async move {
+                // One acknowledgement for many deliveries keeps the consumer cheap.
+                let ack = |acker: lapin::Acker| async move {
+                    acker
+                        .ack(BasicAckOptions { multiple: true })
+                        .await
+                        .expect("ack");
+                };
+                let mut last = None;
+                let mut unacked = 0u64;
+                loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => break,
+                        next = consumer.next() => next,
+                    };
+                    let Some(Ok(delivery)) = next else { break };
+                    unacked += 1;
+                    if unacked >= 500 {
+                        ack(delivery.acker).await;
+                        taken.fetch_add(unacked, Ordering::Relaxed);
+                        unacked = 0;
+                        last = None;
+                    } else {
+                        last = Some(delivery.acker);
+                    }
+                }
+                if let Some(acker) = last {
+                    ack(acker).await;
+                    taken.fetch_add(unacked, Ordering::Relaxed);
+                }
+                // Deliveries not yet seen return to the queue when the channel closes; they are
+                // counted there.
+                let _ = ch.close(200, "drained".into()).await;
+            })
+        };
+        Self { taken, stop, task }
+    }
+
+    /// Stops consuming; returns how many messages were taken and acknowledged.
+    async fn finish(self) -> u64 {
+        self.stop.cancel();
+        self.task.await.expect("drain task");
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+/// Times a confirmed publish of a tiny message every 10 ms on the bench's own connection while a
+/// latency run goes on: when the broker itself stalls (RabbitMQ's quorum-queue write-ahead log
+/// rolls over every 512 MB written, about every 45-60 s at these rates, and holds every confirm
+/// for 200-450 ms on this machine) the report says so next to the tail it causes.
+struct BrokerProbe {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(u64, u64, f64)>,
+}
+
+impl BrokerProbe {
+    fn start(bus: &Bus) -> Self {
+        let stop = CancellationToken::new();
+        let task = {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            tokio::spawn(async move {
+                let jobs = bus.topology().jobs_exchange();
+                let (mut probes, mut slow, mut worst) = (0u64, 0u64, 0f64);
+                while !stop.is_cancelled() {
+                    let sent = Instant::now();
+                    let probe = Outgoing {
+                        exchange: &jobs,
+                        routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY,
+                        body: b"broker probe",
+                        message_id: "broker-probe",
+                        message_type: "bench.probe",
+                        headers: &[],
+                    };
+                    bus.publish(&probe).await.expect("probe publish");
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    probes += 1;
+                    slow += u64::from(ms > 50.0);
+                    worst = worst.max(ms);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (probes, slow, worst)
+            })
+        };
+        Self { stop, task }
+    }
+
+    /// "broker probes: N, over 50 ms: K, slowest X ms".
+    async fn finish(self) -> String {
+        self.stop.cancel();
+        let (probes, slow, worst) = self.task.await.expect("probe task");
+        format!("broker probes {probes}, over 50 ms {slow}, slowest {worst:.0} ms")
+    }
+}
+
 /// A CallbackEvent like the gateway publishes for a text message.
 fn sample_event(i: u64) -> Vec<u8> {
     let xml = format!(
@@ -162,12 +291,19 @@ async fn floor_op(dedupe: &Dedupe, bus: &Bus, exchange: &str, routing_key: &str,
 }
 
 /// The floor's work in open loop at `rate`/s for `secs`: (p50, p99, max) in ms from each
-/// operation's due time. Shows what the broker and Redis alone do to the tail at that rate.
-async fn floor_open_loop(ns: &Namespace, bus: &Bus, rate: f64, secs: u64) -> (f64, f64, f64) {
+/// operation's due time, and what the [`BrokerProbe`] saw. Shows what the broker and Redis alone do to the tail at that rate.
+async fn floor_open_loop(
+    ns: &Namespace,
+    bus: &Bus,
+    rate: f64,
+    secs: u64,
+) -> (f64, f64, f64, String) {
     let dedupe = Dedupe::new(ns.store(), Duration::from_secs(5), Duration::from_secs(600));
     let exchange: Arc<str> = ns.topology().events_exchange().into();
     let routing_key: Arc<str> = format!("bench.{AUTHORIZER}.text").into();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let drain = Drain::start(bus, &ns.topology().unrouted_queue()).await;
+    let probe = BrokerProbe::start(bus);
     let started = tokio::time::Instant::now();
     let total = (rate * secs as f64) as u64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -190,11 +326,14 @@ async fn floor_open_loop(ns: &Namespace, bus: &Bus, rate: f64, secs: u64) -> (f6
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let _ = count_and_purge(bus, &ns.topology().unrouted_queue()).await;
+    let broker = probe.finish().await;
+    let drained = drain.finish().await;
+    let queued = drained + count_and_purge(bus, &ns.topology().unrouted_queue()).await;
+    assert_eq!(queued, total, "every confirmed publish was queued");
     let mut v = std::mem::take(&mut *latencies.lock().expect("latencies"));
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-    (at(0.5), at(0.99), v[v.len() - 1])
+    (at(0.5), at(0.99), v[v.len() - 1], broker)
 }
 
 /// The floor: claim → confirmed publish → complete, `concurrency` at a time, for `secs`.
@@ -249,14 +388,21 @@ fn load(base: &str, concurrency: usize, secs: u64, rate: Option<f64>) -> LoadCon
     cfg
 }
 
-/// Runs the load and checks that every 200 is a message in the queue.
-async fn run_load(bus: &Bus, queue: &str, cfg: LoadConfig) -> LoadReport {
+/// Runs the load and checks that every 200 is a message in the queue (or taken from it by a
+/// [`Drain`], when `drain`).
+async fn run_load(bus: &Bus, queue: &str, cfg: LoadConfig, drain: bool) -> LoadReport {
+    let drain = if drain {
+        Some(Drain::start(bus, queue).await)
+    } else {
+        None
+    };
     // The load generator is the client: it gets its own runtime, so its tasks do not queue
     // behind the gateway's on the gateway's workers, as with a separate process. One thread,
     // like `wrk -t1`: it drives 64 connections easily and leaves the cores to the server.
     let report = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .thread_name("load-generator")
             .enable_all()
             .build()
             .expect("client runtime")
@@ -272,7 +418,11 @@ async fn run_load(bus: &Bus, queue: &str, cfg: LoadConfig) -> LoadReport {
         "the body pool was too small: {report}"
     );
     let ok = report.status.get("200").copied().unwrap_or(0);
-    let queued = count_and_purge(bus, queue).await;
+    let drained = match drain {
+        Some(drain) => drain.finish().await,
+        None => 0,
+    };
+    let queued = drained + count_and_purge(bus, queue).await;
     assert_eq!(
         queued, ok,
         "every 200 must be a broker-confirmed message: {report}"
@@ -360,7 +510,7 @@ async fn bench() {
     let stop = CancellationToken::new();
     let server = tokio::spawn(gateway.serve(listener, stop.clone().cancelled_owned()));
 
-    let _ = run_load(&bus, &queue, load(&base, concurrency, 2, None)).await; // warm-up
+    let _ = run_load(&bus, &queue, load(&base, concurrency, 2, None), false).await; // warm-up
 
     // 2. Floor and gateway alternate, so drift of the shared machine (and of the broker's
     // state) hits both alike; medians are reported.
@@ -368,7 +518,7 @@ async fn bench() {
     let mut maxes = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         floors.push(floor(&ns, &bus, concurrency, secs).await);
-        maxes.push(run_load(&bus, &queue, load(&base, concurrency, secs, None)).await);
+        maxes.push(run_load(&bus, &queue, load(&base, concurrency, secs, None), false).await);
     }
     let floor_rate = median(floors.clone());
     let max = {
@@ -380,7 +530,7 @@ async fn bench() {
     // 3. Half of that rate, in steady state: the broker has digested the purge of the last max
     // run (see `settle`), and a short warm-up at the target rate is discarded.
     let half_rate = (max.throughput / 2.0).floor().max(1.0);
-    let _ = run_load(&bus, &queue, load(&base, 1024, 2, Some(half_rate))).await;
+    let _ = run_load(&bus, &queue, load(&base, 1024, 2, Some(half_rate)), true).await;
     // Longer than the max runs: the broker stalls confirms now and then (tens to a few hundred
     // ms); over 30 s the p99 reflects how often that happens, over 10 s it depends on whether
     // one landed inside.
@@ -389,7 +539,15 @@ async fn bench() {
     // servers do not wait for one callback's answer before sending the next); 1024 bounds the
     // connections the generator may open.
     let overflows_before = listen_overflows();
-    let half = run_load(&bus, &queue, load(&base, 1024, half_secs, Some(half_rate))).await;
+    let probe = BrokerProbe::start(&bus);
+    let half = run_load(
+        &bus,
+        &queue,
+        load(&base, 1024, half_secs, Some(half_rate)),
+        true,
+    )
+    .await;
+    let half_broker = probe.finish().await;
     let overflows = match (overflows_before, listen_overflows()) {
         (Some(a), Some(b)) => format!("{}", b.saturating_sub(a)),
         _ => "n/a".into(),
@@ -399,7 +557,8 @@ async fn bench() {
     let _ = server.await;
     // The same rate and length with no HTTP: how much of the tail is the broker's and Redis's.
     settle(&bus).await;
-    let (floor_p50, floor_p99, floor_max) = floor_open_loop(&ns, &bus, half_rate, half_secs).await;
+    let (floor_p50, floor_p99, floor_max, floor_broker) =
+        floor_open_loop(&ns, &bus, half_rate, half_secs).await;
     ns.cleanup(Some(&bus), &[]).await;
 
     let ratio = max.throughput / floor_rate * 100.0;
@@ -424,7 +583,7 @@ async fn bench() {
     ));
     out(&format!("gateway / floor: {ratio:.1} % (target >= 75 %)"));
     out(&format!(
-        "gateway at half rate ({half_rate:.0}/s open loop, {half_secs} s): {:.0} callbacks/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (target p99 < 50 ms); statuses {:?}; accept-queue overflows {overflows}",
+        "gateway at half rate ({half_rate:.0}/s open loop, {half_secs} s): {:.0} callbacks/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (target p99 < 50 ms); statuses {:?}; accept-queue overflows {overflows}; {half_broker}",
         half.throughput,
         half.latency_ms.p50,
         half.latency_ms.p99,
@@ -433,6 +592,6 @@ async fn bench() {
         half.status
     ));
     out(&format!(
-        "floor at the same half rate ({half_rate:.0}/s open loop, {half_secs} s, no HTTP/crypto): p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms, max {floor_max:.2} ms"
+        "floor at the same half rate ({half_rate:.0}/s open loop, {half_secs} s, no HTTP/crypto): p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms, max {floor_max:.2} ms; {floor_broker}"
     ));
 }
