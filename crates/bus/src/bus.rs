@@ -24,7 +24,7 @@ pub struct AmqpConfig {
     /// slow (WeChat calls), so the default stays at the low end.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
-    /// Most confirm-mode channels of the publisher, opened as concurrent publishes need them.
+    /// Confirm-mode channels of the publisher, all opened when the connection is made.
     /// Each carries one unconfirmed publish at a time (see [`Bus::publish`]), so this is also
     /// the most publishes in flight per process; more wait for a free channel.
     #[serde(default = "default_channels")]
@@ -40,8 +40,10 @@ pub struct AmqpConfig {
 fn default_prefetch() -> u16 {
     100
 }
+/// Enough for services that publish now and then (token-control, worker, CLI); the gateway,
+/// which publishes every callback, defaults to 256.
 fn default_channels() -> usize {
-    256
+    16
 }
 fn default_delivery_limit() -> u32 {
     20
@@ -96,12 +98,12 @@ pub struct Outgoing<'a> {
 
 struct Live {
     connection: Connection,
-    /// `publisher_channels` slots, each opened when first needed.
+    /// `publisher_channels` slots; a slot whose channel was closed opens a new one when next
+    /// used.
     channels: Vec<ArcSwapOption<Channel>>,
     /// One permit per slot that no publish is using.
     permits: Arc<Semaphore>,
-    /// The indexes of those slots; the most recently used last, so a light load keeps reusing
-    /// a few open channels and only a burst opens more.
+    /// The indexes of those slots, the most recently used last.
     free: std::sync::Mutex<Vec<usize>>,
 }
 
@@ -438,10 +440,14 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     inner.topology.declare(&admin).await?;
     let _ = admin.close(200, "declared".into()).await;
     let n = inner.config.publisher_channels.max(1);
-    // One channel now, so a connection that cannot have channels fails here; the rest on demand.
-    let mut channels: Vec<ArcSwapOption<Channel>> =
-        (0..n).map(|_| ArcSwapOption::empty()).collect();
-    channels[n - 1] = ArcSwapOption::from_pointee(confirm_channel(&connection).await?);
+    // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds at
+    // once behind the backlog, and the gateway's tail at half rate grew to twice the floor's.
+    let opened =
+        futures::future::try_join_all((0..n).map(|_| confirm_channel(&connection))).await?;
+    let channels: Vec<ArcSwapOption<Channel>> = opened
+        .into_iter()
+        .map(ArcSwapOption::from_pointee)
+        .collect();
     Ok(Live {
         connection,
         channels,

@@ -459,7 +459,16 @@ async fn bench() {
     let concurrency = env_u64("BENCH_CONCURRENCY", 64) as usize;
     let cancel = CancellationToken::new();
     let ns = Namespace::new("bench");
-    let bus = ns.bus(&cancel).await;
+    // The floor publishes through as many channels as the gateway opens.
+    let mut amqp = wxhub_bus::AmqpConfig::new(wxhub_testkit::amqp_url());
+    amqp.publisher_channels = GatewayConfig::load(&Source {
+        file: None,
+        env: Vec::new(),
+    })
+    .expect("default gateway config")
+    .amqp
+    .publisher_channels;
+    let bus = ns.bus_with(amqp, &cancel).await;
     let queue = ns.topology().unrouted_queue();
 
     let rounds = env_u64("BENCH_ROUNDS", 5).max(1) as usize;

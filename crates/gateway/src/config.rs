@@ -45,6 +45,11 @@ redis_down = "publish"
 # In plaintext mode WeChat signs only token+timestamp+nonce, not the body; set to false when every
 # account uses safe or compatible mode. WeCom is always encrypted.
 allow_plaintext = true
+
+[amqp]
+# Every callback is a publish, and each publish in flight has a confirm-mode channel to itself
+# (see wxhub-bus): this bounds the callbacks being published at once. Opened at connect.
+publisher_channels = 256
 "#;
 
 /// `[token_control]`: where token-control's gRPC API listens (used by the authorization pages).
@@ -199,6 +204,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = load(&[]).unwrap();
+        assert_eq!(c.amqp.publisher_channels, 256);
         assert_eq!(c.namespace, "wxhub");
         assert_eq!(c.gateway.listen, "0.0.0.0:8080");
         assert_eq!(c.gateway.deadline_ms, 4000);

@@ -67,12 +67,12 @@ impl Namespace {
 
     /// A connected bus (topology declared) on the test broker.
     pub async fn bus(&self, cancel: &CancellationToken) -> Bus {
-        let bus = Bus::start(
-            AmqpConfig::new(amqp_url()),
-            self.topology(),
-            "test",
-            cancel.clone(),
-        );
+        self.bus_with(AmqpConfig::new(amqp_url()), cancel).await
+    }
+
+    /// [`Namespace::bus`] with `config` (its URL should be [`amqp_url`]).
+    pub async fn bus_with(&self, config: AmqpConfig, cancel: &CancellationToken) -> Bus {
+        let bus = Bus::start(config, self.topology(), "test", cancel.clone());
         assert!(
             bus.wait_connected(Duration::from_secs(30)).await,
             "RabbitMQ at {} is not reachable (run `make services`)",

@@ -174,6 +174,9 @@ impl Harness {
             // The testkit declares the topology with a delivery limit of 5; every declarer must
             // agree or the broker refuses the second declaration.
             ("WXHUB_AMQP__DELIVERY_LIMIT".into(), "5".into()),
+            // A test sends a handful of callbacks; 256 channels per gateway (the default) opened
+            // by dozens of parallel tests only slow the shared broker down.
+            ("WXHUB_AMQP__PUBLISHER_CHANNELS".into(), "8".into()),
         ];
         env.extend(opts.env.into_iter().map(|(k, v)| (k.to_owned(), v)));
         let config = GatewayConfig::load(&Source { file: None, env }).unwrap();
