@@ -119,7 +119,9 @@ struct Drain {
 impl Drain {
     async fn start(bus: &Bus, queue: &str) -> Self {
         use futures::StreamExt as _;
-        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+        use lapin::options::{
+            BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+        };
         let ch = bus.channel().await.expect("channel");
         ch.basic_qos(2000, BasicQosOptions::default())
             .await
@@ -147,10 +149,28 @@ impl Drain {
                 };
                 let mut last = None;
                 let mut unacked = 0u64;
+                let mut stopping = false;
                 loop {
-                    let next = tokio::select! {
-                        () = stop.cancelled() => break,
-                        next = consumer.next() => next,
+                    let next = if stopping {
+                        // After the cancel the broker sends nothing new; what it sent already
+                        // is taken too, so nothing returns to the queue after it was counted
+                        // (a quorum queue requeues asynchronously: it could land after the
+                        // count and the purge).
+                        match tokio::time::timeout(Duration::from_secs(2), consumer.next()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    } else {
+                        tokio::select! {
+                            () = stop.cancelled() => {
+                                stopping = true;
+                                ch.basic_cancel("bench-drain".into(), BasicCancelOptions::default())
+                                    .await
+                                    .expect("cancel the drain");
+                                continue;
+                            }
+                            next = consumer.next() => next,
+                        }
                     };
                     let Some(Ok(delivery)) = next else { break };
                     unacked += 1;
@@ -167,8 +187,6 @@ impl Drain {
                     ack(acker).await;
                     taken.fetch_add(unacked, Ordering::Relaxed);
                 }
-                // Deliveries not yet seen return to the queue when the channel closes; they are
-                // counted there.
                 let _ = ch.close(200, "drained".into()).await;
             })
         };
