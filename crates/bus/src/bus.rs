@@ -156,14 +156,14 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let (live, slot, permit) = (self.live.clone(), self.slot, self.permit.take());
         let abandoned = if self.settled {
             None
         } else {
-            live.channels[slot].swap(None)
+            self.live.channels[self.slot].swap(None)
         };
-        live.free.lock().expect("free list").push(slot);
-        drop(permit);
+        self.live.free.lock().expect("free list").push(self.slot);
+        // Only now may the next publisher take the slot.
+        drop(self.permit.take());
         if let (Some(old), Ok(runtime)) = (abandoned, tokio::runtime::Handle::try_current()) {
             runtime.spawn(async move {
                 let _ =
@@ -296,13 +296,15 @@ impl Bus {
         // first. With several publishes in flight on one channel an unroutable message could be
         // reported as stored, and a stored one as unroutable.
         let mut lease = Lease::take(live).await?;
-        let channel = match lease.channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                self.wake_if_disconnected(&lease.live);
-                return Err(BusError::Unavailable(e.to_string()));
+        // A failed channel is replaced when its lease drops unsettled; a dead connection wakes
+        // the supervisor.
+        let failed = |live: &Live, e: lapin::Error| {
+            if !live.connection.status().connected() {
+                self.inner.wake.notify_one();
             }
+            BusError::Unavailable(e.to_string())
         };
+        let channel = lease.channel().await.map_err(|e| failed(&lease.live, e))?;
         let mut headers = FieldTable::default();
         for (k, v) in msg.headers {
             headers.insert(
@@ -335,19 +337,9 @@ impl Bus {
             .await
         {
             Ok(confirm) => confirm,
-            Err(e) => {
-                // The lease replaces the channel when it is dropped unsettled.
-                self.wake_if_disconnected(&lease.live);
-                return Err(BusError::Unavailable(e.to_string()));
-            }
+            Err(e) => return Err(failed(&lease.live, e)),
         };
-        let confirmation = match confirm.await {
-            Ok(confirmation) => confirmation,
-            Err(e) => {
-                self.wake_if_disconnected(&lease.live);
-                return Err(BusError::Unavailable(e.to_string()));
-            }
-        };
+        let confirmation = confirm.await.map_err(|e| failed(&lease.live, e))?;
         // Nothing of this publish is outstanding on the channel any more.
         lease.settled = true;
         let returned_elsewhere = |returned: &lapin::message::BasicReturnMessage| {
@@ -378,14 +370,6 @@ impl Bus {
             Confirmation::NotRequested => {
                 Err(BusError::Unavailable("channel not in confirm mode".into()))
             }
-        }
-    }
-
-    /// Wakes the supervisor when the connection itself died (a failed channel is replaced by
-    /// its lease).
-    fn wake_if_disconnected(&self, live: &Live) {
-        if !live.connection.status().connected() {
-            self.inner.wake.notify_one();
         }
     }
 

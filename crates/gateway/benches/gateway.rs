@@ -70,28 +70,33 @@ async fn count_and_purge(bus: &Bus, queue: &str) -> u64 {
     n
 }
 
+/// Publishes a tiny confirmed message to the release-check queue; returns how long the broker
+/// took to confirm it.
+async fn probe(bus: &Bus) -> Result<Duration, wxhub_bus::BusError> {
+    let sent = Instant::now();
+    let jobs = bus.topology().jobs_exchange();
+    bus.publish(&Outgoing {
+        exchange: &jobs,
+        routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY,
+        body: b"broker probe",
+        message_id: "broker-probe",
+        message_type: "bench.probe",
+        headers: &[],
+    })
+    .await?;
+    Ok(sent.elapsed())
+}
+
 /// Waits until the broker has digested the last run (a purge of ~100k messages from a quorum
 /// queue keeps it busy writing and truncating its log for several seconds): confirmed probe
 /// publishes must come back in under 5 ms for 40 in a row (at most 60 s).
 async fn settle(bus: &Bus) {
-    let jobs = bus.topology().jobs_exchange();
     let started = Instant::now();
     let mut quick = 0;
     while quick < 40 && started.elapsed() < Duration::from_secs(60) {
-        let sent = Instant::now();
-        let probe = Outgoing {
-            exchange: &jobs,
-            routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY,
-            body: b"settle probe",
-            message_id: "settle",
-            message_type: "bench.probe",
-            headers: &[],
-        };
-        let ok = bus.publish(&probe).await.is_ok();
-        quick = if ok && sent.elapsed() < Duration::from_millis(5) {
-            quick + 1
-        } else {
-            0
+        quick = match probe(bus).await {
+            Ok(took) if took < Duration::from_millis(5) => quick + 1,
+            _ => 0,
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -204,7 +209,7 @@ impl Drain {
 /// Times a confirmed publish of a tiny message every 10 ms on the bench's own connection while a
 /// latency run goes on: when the broker itself stalls (RabbitMQ's quorum-queue write-ahead log
 /// rolls over every 512 MB written, about every 45-60 s at these rates, and holds every confirm
-/// for 200-450 ms on this machine) the report says so next to the tail it causes.
+/// for 200-550 ms on this machine) the report says so next to the tail it causes.
 struct BrokerProbe {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<(u64, u64, f64)>,
@@ -216,20 +221,10 @@ impl BrokerProbe {
         let task = {
             let (bus, stop) = (bus.clone(), stop.clone());
             tokio::spawn(async move {
-                let jobs = bus.topology().jobs_exchange();
                 let (mut probes, mut slow, mut worst) = (0u64, 0u64, 0f64);
                 while !stop.is_cancelled() {
-                    let sent = Instant::now();
-                    let probe = Outgoing {
-                        exchange: &jobs,
-                        routing_key: wxhub_bus::topology::RELEASE_CHECK_KEY,
-                        body: b"broker probe",
-                        message_id: "broker-probe",
-                        message_type: "bench.probe",
-                        headers: &[],
-                    };
-                    bus.publish(&probe).await.expect("probe publish");
-                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    let took = probe(&bus).await.expect("probe publish");
+                    let ms = took.as_secs_f64() * 1000.0;
                     probes += 1;
                     slow += u64::from(ms > 50.0);
                     worst = worst.max(ms);
