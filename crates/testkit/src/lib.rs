@@ -4,9 +4,17 @@
 //! so tests run in parallel against one broker and one Redis. Call [`Namespace::cleanup`] at the
 //! end; the broker objects of a namespace are deleted and its Redis keys removed.
 //!
+//! Cleanup also happens when a test fails: when the last clone of a [`Namespace`] is dropped
+//! without [`Namespace::cleanup`] having run (a panic unwinding through the test), the drop
+//! deletes the same objects on a thread of its own, with its own runtime and connections (the
+//! test's runtime may be the one unwinding). Queues a test declares outside the topology are
+//! registered with [`Namespace::track_queue`] so that this path finds them too.
+//!
 //! Endpoints: `WXHUB_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
 //! `WXHUB_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
@@ -25,10 +33,81 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A unique namespace for one test (`t-<label>-<random>`, at most 32 characters).
+/// A unique namespace for one test (`t-<label>-<random>`, at most 32 characters). Clones share
+/// one namespace; the last one dropped cleans up if [`Namespace::cleanup`] never ran.
 #[derive(Debug, Clone)]
 pub struct Namespace {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     name: String,
+    /// Queues declared by the test itself (deleted with the topology's).
+    extra_queues: Mutex<Vec<String>>,
+    cleaned: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.cleaned.load(Ordering::SeqCst) {
+            return;
+        }
+        let name = self.name.clone();
+        let extra = std::mem::take(
+            &mut *self
+                .extra_queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        // A runtime cannot start inside another one's context, and the test's runtime may be
+        // the one unwinding: clean up on a thread of its own and wait for it (bounded).
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let cleanup = async {
+                    delete_broker_objects(&Topology::new(name.clone(), 5), &extra).await;
+                    delete_keys(&name).await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), cleanup).await;
+            });
+        });
+        let _ = worker.join();
+    }
+}
+
+/// Deletes the topology's queues and exchanges (plus `extra`) over a connection of its own.
+async fn delete_broker_objects(topology: &Topology, extra: &[String]) {
+    let Ok(conn) =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = topology.delete(&ch, extra).await;
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+/// Removes every Redis key of the namespace (found with SCAN, never KEYS: KEYS blocks Redis for
+/// the whole keyspace, stalling every other test meanwhile).
+async fn delete_keys(namespace: &str) {
+    let Ok(store) = Store::connect(&RedisConfig::new(redis_url()), namespace) else {
+        return;
+    };
+    let mut conn = store.conn();
+    let keys = store
+        .scan_keys(&format!("{namespace}:*"))
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(1000) {
+        let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
+    }
 }
 
 impl Namespace {
@@ -46,23 +125,48 @@ impl Namespace {
             .take(20)
             .collect();
         Self {
-            name: format!("t-{label}-{:08x}", rand::random::<u32>()),
+            inner: Arc::new(Inner {
+                name: format!("t-{label}-{:08x}", rand::random::<u32>()),
+                extra_queues: Mutex::default(),
+                cleaned: AtomicBool::new(false),
+            }),
         }
     }
 
     /// The namespace string.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
+    }
+
+    /// Registers a queue the test declares itself, so that cleanup (explicit or on drop) deletes
+    /// it with the topology's.
+    pub fn track_queue(&self, queue: impl Into<String>) {
+        self.inner
+            .extra_queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(queue.into());
+    }
+
+    fn tracked_queues(&self, extra: &[String]) -> Vec<String> {
+        let mut queues = self
+            .inner
+            .extra_queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        queues.extend(extra.iter().cloned());
+        queues
     }
 
     /// The topology of this namespace (delivery limit 5, so poison tests are quick).
     pub fn topology(&self) -> Topology {
-        Topology::new(self.name.clone(), 5)
+        Topology::new(self.name().to_owned(), 5)
     }
 
     /// A store on the test Redis.
     pub fn store(&self) -> Store {
-        Store::connect(&RedisConfig::new(redis_url()), &self.name).expect("redis url")
+        Store::connect(&RedisConfig::new(redis_url()), self.name()).expect("redis url")
     }
 
     /// A connected bus (topology declared) on the test broker.
@@ -106,29 +210,31 @@ impl Namespace {
         out
     }
 
-    /// Deletes the namespace's queues and exchanges (plus `extra_queues`) and its Redis keys.
+    /// Deletes the namespace's queues and exchanges (plus `extra_queues` and the tracked ones)
+    /// and its Redis keys.
     pub async fn cleanup(&self, bus: Option<&Bus>, extra_queues: &[String]) {
-        if let Some(bus) = bus {
-            // Best effort, and bounded: a broker that closed the channel mid-way must not hang
-            // the test (whatever is left has a unique namespace).
-            let delete = async {
-                if let Ok(ch) = bus.channel().await {
-                    let _ = self.topology().delete(&ch, extra_queues).await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
-            bus.close().await;
+        self.inner.cleaned.store(true, Ordering::SeqCst);
+        let queues = self.tracked_queues(extra_queues);
+        match bus {
+            Some(bus) => {
+                // Best effort, and bounded: a broker that closed the channel mid-way must not
+                // hang the test (whatever is left has a unique namespace).
+                let delete = async {
+                    if let Ok(ch) = bus.channel().await {
+                        let _ = self.topology().delete(&ch, &queues).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
+                bus.close().await;
+            }
+            None => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    delete_broker_objects(&self.topology(), &queues),
+                )
+                .await;
+            }
         }
-        let store = self.store();
-        let mut conn = store.conn();
-        // SCAN, not KEYS: KEYS blocks Redis for the whole keyspace (half a second with a few
-        // million keys left by a benchmark), stalling every other test meanwhile.
-        let keys = store
-            .scan_keys(&format!("{}:*", self.name))
-            .await
-            .unwrap_or_default();
-        for chunk in keys.chunks(1000) {
-            let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
-        }
+        delete_keys(self.name()).await;
     }
 }
