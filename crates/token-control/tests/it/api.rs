@@ -81,6 +81,7 @@ async fn every_rpc(env: &Env, key: &str, tenant: &str, appid: &str) -> Vec<(&'st
                     pb::ExchangeAuthCodeRequest {
                         tenant: t(),
                         auth_code: "queryauthcode@@@x".into(),
+                        ..Default::default()
                     },
                     key,
                 ))
@@ -349,6 +350,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             pb::ExchangeAuthCodeRequest {
                 tenant: ACME.into(),
                 auth_code: String::new(),
+                ..Default::default()
             },
             KEY_ACME,
         ))
@@ -362,6 +364,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             pb::ExchangeAuthCodeRequest {
                 tenant: ACME.into(),
                 auth_code: "queryauthcode@@@forged".into(),
+                ..Default::default()
             },
             KEY_ACME,
         ))
@@ -392,6 +395,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
     let exchange = |code: String| pb::ExchangeAuthCodeRequest {
         tenant: ACME.into(),
         auth_code: code,
+        ..Default::default()
     };
     let rec = c
         .exchange_auth_code(req(exchange(fresh.authorized.auth_code.clone()), KEY_ACME))
