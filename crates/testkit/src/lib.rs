@@ -2,7 +2,8 @@
 //!
 //! Each test takes a [`Namespace`]: a unique prefix for its Redis keys, exchanges and queues,
 //! so tests run in parallel against one broker and one Redis. Call [`Namespace::cleanup`] at the
-//! end; the broker objects of a namespace are deleted and its Redis keys removed.
+//! end; the broker objects of a namespace are deleted and its Redis keys removed. A
+//! [`CleanupGuard`] does the same when a failing test unwinds before its cleanup.
 //!
 //! Endpoints: `WXHUB_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
 //! `WXHUB_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
@@ -130,5 +131,58 @@ impl Namespace {
         for chunk in keys.chunks(1000) {
             let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
         }
+    }
+}
+
+impl Namespace {
+    /// A guard that cleans this namespace up when dropped, unless [`CleanupGuard::disarm`]ed
+    /// (after the test's own cleanup): take it first, so it drops last.
+    pub fn cleanup_guard(&self) -> CleanupGuard {
+        CleanupGuard {
+            ns: Some(self.clone()),
+        }
+    }
+}
+
+/// Cleans a namespace up (Redis keys, exchanges, queues) on drop, e.g. while a failed test
+/// unwinds. The work runs on a thread of its own with its own runtime, since drop cannot await.
+#[derive(Debug)]
+pub struct CleanupGuard {
+    ns: Option<Namespace>,
+}
+
+impl CleanupGuard {
+    /// The test cleaned up itself: nothing left to do.
+    pub fn disarm(mut self) {
+        self.ns = None;
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        let Some(ns) = self.ns.take() else {
+            return;
+        };
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let cancel = CancellationToken::new();
+                let bus = Bus::start(
+                    AmqpConfig::new(amqp_url()),
+                    ns.topology(),
+                    "test",
+                    cancel.clone(),
+                );
+                let connected = bus.wait_connected(Duration::from_secs(10)).await;
+                ns.cleanup(connected.then_some(&bus), &[]).await;
+                cancel.cancel();
+            });
+        });
+        let _ = cleanup.join();
     }
 }
