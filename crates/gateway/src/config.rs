@@ -291,7 +291,8 @@ mod tests {
                 "WXHUB_GATEWAY__PUBLIC_BASE_URL",
                 "https://wx.example.com/hub/",
             ),
-            ("WXHUB_GATEWAY__TRUSTED_PROXIES", "[10.0.0.0/8, \"::1\"]"),
+            // As the Helm chart renders it (toJson).
+            ("WXHUB_GATEWAY__TRUSTED_PROXIES", r#"["10.0.0.0/8","::1"]"#),
             ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "3"),
         ])
         .unwrap();
@@ -300,6 +301,8 @@ mod tests {
             Some("https://wx.example.com/hub")
         );
         assert_eq!(c.gateway.trusted_proxies, ["10.0.0.0/8", "::1"]);
+        let none = load(&[("WXHUB_GATEWAY__TRUSTED_PROXIES", "[]")]).unwrap();
+        assert!(none.gateway.trusted_proxies.is_empty());
         assert_eq!(c.gateway.authorize_limit_per_address.burst, 3);
         assert_eq!(c.gateway.authorize_limit_per_address.count, 10);
         for (k, v, needle) in [
