@@ -53,7 +53,8 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// redirect_uri; see `CreateAuthorizationUrl` in the proto).
 const PRE_AUTH_MARKER_PARAM: &str = "wxhub_pac";
 
-/// The peer address the HTTP server recorded (absent when the router is served elsewhere).
+/// The peer address the HTTP server recorded (absent when the router is served by another
+/// server: then every client counts as one address, `unknown`).
 type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 
 /// What the pages need besides token-control: their rate limits, the public base URL and the
@@ -104,7 +105,8 @@ impl Pages {
                 retry_after,
             }) => {
                 let by = if bucket == 0 { "address" } else { "tenant" };
-                tracing::info!(tenant, page, by, client = ?client, retry_after_ms = retry_after.as_millis() as u64, "authorization page rate-limited");
+                // Debug, not info: under a flood one line per refusal would be the next drain.
+                tracing::debug!(tenant, page, by, client = ?client, retry_after_ms = retry_after.as_millis() as u64, "authorization page rate-limited");
                 metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => page, "result" => "limited")
                     .increment(1);
                 metrics::counter!("wxhub_gateway_authorize_limited_total", "page" => page, "by" => by)
