@@ -1,32 +1,161 @@
 //! The authorization pages of a component tenant (授权发起页 and the redirect target).
 //!
 //! - `GET /wx/{tenant}/authorize[?auth_type=1|2|3][&biz_appid=...]` asks token-control
-//!   (`CreateAuthorizationUrl`) for a fresh pre-auth code and renders a page with the PC link
+//!   (`CreateAuthorizationUrl`) for the authorization links and renders a page with the PC link
 //!   (`componentloginpage`, scan with WeChat) and the mobile link (`bindcomponent`, open inside
-//!   WeChat). The redirect target is this gateway's `/wx/{tenant}/authorized`, on the host the
-//!   page was requested on (WeChat requires the redirect to be on the page's domain);
-//!   `X-Forwarded-Proto`/`X-Forwarded-Host` are honoured behind a proxy.
-//! - `GET /wx/{tenant}/authorized?auth_code=...&expires_in=...` exchanges the code through
-//!   token-control (`ExchangeAuthCode`) and shows the authorized account, or a clear error page.
+//!   WeChat). token-control shares one pre-auth code between the views of a short window (see
+//!   `wxhub_token_control::pre_auth`), so views do not each cost a WeChat call.
+//! - `GET /wx/{tenant}/authorized?wxhub_pac=...&auth_code=...&expires_in=...` exchanges the
+//!   code through token-control (`ExchangeAuthCode`, passing `wxhub_pac` so the used pre-auth
+//!   code is retired) and shows the authorized account, or a clear error page. A code already
+//!   exchanged or refused by WeChat is answered by token-control without a WeChat call.
+//!
+//! Guarantee: the pages are public, yet they cannot be used to spend the platform's WeChat
+//! quota faster than the configured rates:
+//! - both pages share two rate limits ([`wxhub_store::Limiter`], in Redis, across replicas):
+//!   per client address and per tenant (`gateway.authorize_limit_per_*`); past either the
+//!   answer is a 429 page with `Retry-After`, before token-control is asked anything. With
+//!   Redis unreachable the pages answer 503: they never run unmetered (and could not complete
+//!   anyway: the shared pre-auth code, the code markers and the component token live there).
+//! - the client address is the TCP peer, or the `X-Forwarded-For` hop a trusted proxy vouches
+//!   for (`gateway.trusted_proxies`, see [`crate::forwarded`]).
+//!
+//! The redirect target is `/wx/{tenant}/authorized` under `gateway.public_base_url`; without
+//! one, under the origin the page was requested on (WeChat requires the redirect to be on the
+//! page's domain): `Host`, or `X-Forwarded-Host`/`-Proto` from a trusted proxy only. A forged
+//! header can then at worst give the forger a link WeChat refuses (its domain is not the
+//! platform's); the page is `no-store`, so no cache hands it to anyone else.
 //!
 //! token-control is reached at `token_control.endpoint` with `client.api_key`; every value put
 //! in a page is HTML-escaped.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use wxhub_runtime::{TenantId, TenantKind};
+use wxhub_store::{Decision, Limiter, Rate, Store};
 use wxhub_token_client::pb;
 
+use crate::config::GatewaySection;
+use crate::forwarded::{self, Proxies};
 use crate::state::AppState;
 
 /// Budget of one call to token-control from a page.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The redirect's parameter naming the pre-auth code of the link (token-control adds it to the
+/// redirect_uri; see `CreateAuthorizationUrl` in the proto).
+const PRE_AUTH_MARKER_PARAM: &str = "wxhub_pac";
+
+/// The peer address the HTTP server recorded (absent when the router is served by another
+/// server: then every client counts as one address, `unknown`).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// What the pages need besides token-control: their rate limits, the public base URL and the
+/// trusted proxies.
+#[derive(Debug)]
+pub(crate) struct Pages {
+    limiter: Limiter,
+    per_address: Rate,
+    per_tenant: Rate,
+    public_base: Option<String>,
+    proxies: Proxies,
+}
+
+impl Pages {
+    /// From a validated `[gateway]` section.
+    pub(crate) fn new(g: &GatewaySection, store: Store) -> anyhow::Result<Self> {
+        Ok(Self {
+            limiter: Limiter::new(store),
+            per_address: g.authorize_limit_per_address,
+            per_tenant: g.authorize_limit_per_tenant,
+            public_base: g.public_base()?,
+            proxies: Proxies::parse(&g.trusted_proxies).map_err(anyhow::Error::msg)?,
+        })
+    }
+
+    /// Takes one request of the client from both buckets, or answers why not (429, or 503
+    /// when the limiter cannot be asked).
+    async fn admit(
+        &self,
+        tenant: &str,
+        page: &'static str,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<Response> {
+        let client = self.proxies.client(peer, headers);
+        let address = format!(
+            "pages:addr:{}",
+            client.map_or_else(|| "unknown".to_owned(), forwarded::subject)
+        );
+        let buckets = [
+            (address.as_str(), self.per_address),
+            ("pages:tenant", self.per_tenant),
+        ];
+        match self.limiter.acquire(tenant, &buckets, 1).await {
+            Ok(Decision::Allowed { .. }) => None,
+            Ok(Decision::Limited {
+                bucket,
+                retry_after,
+            }) => {
+                let by = if bucket == 0 { "address" } else { "tenant" };
+                // Debug, not info: under a flood one line per refusal would be the next drain.
+                tracing::debug!(tenant, page, by, client = ?client, retry_after_ms = retry_after.as_millis() as u64, "authorization page rate-limited");
+                metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => page, "result" => "limited")
+                    .increment(1);
+                metrics::counter!("wxhub_gateway_authorize_limited_total", "page" => page, "by" => by)
+                    .increment(1);
+                Some(too_many(retry_after, by))
+            }
+            Err(e) => {
+                tracing::warn!(tenant, page, error = %e, "authorization page limiter unavailable; refusing");
+                metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => page, "result" => "unavailable")
+                    .increment(1);
+                Some(error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "暂时无法完成 / Temporarily unavailable",
+                    "the service cannot check its request limits right now; retry in a minute",
+                ))
+            }
+        }
+    }
+
+    /// The base URL links back to this gateway start with (see the module docs).
+    fn base(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
+        match &self.public_base {
+            Some(base) => Some(base.clone()),
+            None => self.proxies.origin(peer, headers),
+        }
+    }
+}
+
+/// The 429 page.
+fn too_many(retry_after: Duration, by: &str) -> Response {
+    let secs = retry_after.as_millis().div_ceil(1000).max(1);
+    let detail = if by == "address" {
+        format!(
+            "来自您网络地址的请求过多，请 {secs} 秒后再试。/ Too many requests from your address; try again in {secs} s."
+        )
+    } else {
+        format!(
+            "此平台的授权页面请求过多，请 {secs} 秒后再试。/ This platform's authorization pages are busy; try again in {secs} s."
+        )
+    };
+    let mut r = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "请求过于频繁 / Too many requests",
+        &detail,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+    r
+}
 
 /// The two pages.
 pub fn routes() -> Router<AppState> {
@@ -137,35 +266,11 @@ fn component(state: &AppState, tenant: &str) -> Option<Response> {
     }
 }
 
-/// `{scheme}://{host}` the browser used.
-fn origin(headers: &HeaderMap) -> Option<String> {
-    let first = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    let host = first("x-forwarded-host").or_else(|| first("host"))?;
-    let valid = host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    if !valid {
-        return None;
-    }
-    let scheme = match first("x-forwarded-proto") {
-        Some("https") => "https",
-        _ => "http",
-    };
-    Some(format!("{scheme}://{host}"))
-}
-
 async fn authorize(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = component(&state, &tenant) {
@@ -184,14 +289,19 @@ async fn authorize(
             );
         }
     };
-    let Some(origin) = origin(&headers) else {
+    let pages = state.pages();
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let Some(base) = pages.base(peer, &headers) else {
         return error_page(
             StatusCode::BAD_REQUEST,
             "授权请求无效 / Invalid request",
             "missing or invalid Host header",
         );
     };
-    let redirect_uri = format!("{origin}/wx/{tenant}/authorized");
+    let redirect_uri = format!("{base}/wx/{tenant}/authorized");
+    if let Some(r) = pages.admit(&tenant, "authorize", peer, &headers).await {
+        return r;
+    }
     let c = match state.token_client() {
         Ok(c) => c,
         Err(e) => {
@@ -220,9 +330,11 @@ async fn authorize(
         .increment(1);
     let body = format!(
         "<h1>授权公众号或小程序 / Authorize your account</h1>\
-<p>请使用公众号或小程序的管理员微信完成授权。链接约 {} 分钟内有效，只能使用一次。<br>\
+<p>请使用公众号或小程序的管理员微信完成授权。链接约 {} 分钟内有效，只能使用一次；\
+若微信提示链接已失效，请刷新本页。<br>\
 Authorize with the WeChat account of the Official Account's or Mini Program's administrator. \
-The link is valid for about {} minutes and works once.</p>\
+The link is valid for about {} minutes and works once; if WeChat says it expired or was used, \
+reload this page.</p>\
 <p><a class=\"button\" id=\"pc\" href=\"{}\">电脑端扫码授权 / Authorize on a computer</a>\
 <a class=\"button secondary\" id=\"mobile\" href=\"{}\">手机微信内授权 / Authorize in WeChat on a phone</a></p>",
         (urls.expires_at_ms - wxhub_runtime::unix_ms()).max(0) / 60_000,
@@ -237,6 +349,8 @@ async fn authorized(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    peer: Peer,
+    headers: HeaderMap,
 ) -> Response {
     if let Some(r) = component(&state, &tenant) {
         return r;
@@ -252,6 +366,14 @@ async fn authorized(
             "missing auth_code: open this page through the authorization link",
         );
     }
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    if let Some(r) = state
+        .pages()
+        .admit(&tenant, "authorized", peer, &headers)
+        .await
+    {
+        return r;
+    }
     let c = match state.token_client() {
         Ok(c) => c,
         Err(e) => {
@@ -262,7 +384,21 @@ async fn authorized(
             );
         }
     };
-    let a = match c.exchange_auth_code(&tenant, code).await {
+    let reply = c
+        .grpc()
+        .exchange_auth_code(
+            c.request(pb::ExchangeAuthCodeRequest {
+                tenant: tenant.clone(),
+                auth_code: code.to_owned(),
+                pre_auth_marker: query
+                    .get(PRE_AUTH_MARKER_PARAM)
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
+        )
+        .await
+        .map(tonic::Response::into_inner);
+    let a = match reply {
         Ok(a) => a,
         Err(status) => return failure("authorized", &status),
     };
@@ -304,18 +440,5 @@ mod tests {
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn origin_prefers_forwarded_headers_and_rejects_junk() {
-        let mut h = HeaderMap::new();
-        h.insert("host", "gw.internal:8080".parse().unwrap());
-        assert_eq!(origin(&h).as_deref(), Some("http://gw.internal:8080"));
-        h.insert("x-forwarded-host", "wx.example.com".parse().unwrap());
-        h.insert("x-forwarded-proto", "https".parse().unwrap());
-        assert_eq!(origin(&h).as_deref(), Some("https://wx.example.com"));
-        h.insert("x-forwarded-host", "evil.com/<script>".parse().unwrap());
-        assert_eq!(origin(&h), None);
-        assert_eq!(origin(&HeaderMap::new()), None);
     }
 }

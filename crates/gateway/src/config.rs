@@ -13,7 +13,7 @@ use wxhub_runtime::config::{
 };
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::tenants::TenantsConfig;
-use wxhub_store::RedisConfig;
+use wxhub_store::{Rate, RedisConfig};
 
 /// The gateway's own defaults (the `[gateway]` section), layered over the common ones.
 pub const DEFAULTS: &str = r#"
@@ -45,6 +45,20 @@ redis_down = "publish"
 # In plaintext mode WeChat signs only token+timestamp+nonce, not the body; set to false when every
 # account uses safe or compatible mode. WeCom is always encrypted.
 allow_plaintext = true
+# Public base URL of this gateway, e.g. "https://wx.example.com" (a path prefix is kept): the
+# authorization pages build the redirect back from WeChat with it, whatever Host or
+# X-Forwarded-Host a request carries. Empty: the request's origin (Host; X-Forwarded-Host and
+# -Proto only from trusted_proxies). Set it in production.
+public_base_url = ""
+# Reverse proxies in front of the gateway (IPs or CIDRs, e.g. ["10.0.0.0/8"]): only their
+# X-Forwarded-For / -Host / -Proto are believed. Empty: the TCP peer is the client.
+trusted_proxies = []
+# Rate limits of the authorization pages (/wx/{tenant}/authorize and /authorized together), in
+# Redis across every replica: `count` per `period_ms`, bursts of `burst`; past one: 429.
+# Per client address (IPv6 per /64), and per tenant (what bounds the WeChat calls the pages
+# can cause, whatever the number of addresses).
+authorize_limit_per_address = { count = 10, period_ms = 60000, burst = 10 }
+authorize_limit_per_tenant = { count = 60, period_ms = 60000, burst = 30 }
 
 [amqp]
 # Every callback is a publish, and each publish in flight has a confirm-mode channel to itself
@@ -81,12 +95,41 @@ pub struct GatewaySection {
     pub dedupe_timeout_ms: u64,
     pub redis_down: RedisDown,
     pub allow_plaintext: bool,
+    pub public_base_url: String,
+    pub trusted_proxies: Vec<String>,
+    pub authorize_limit_per_address: Rate,
+    pub authorize_limit_per_tenant: Rate,
 }
 
 impl GatewaySection {
     /// The per-request budget.
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
+    }
+
+    /// `public_base_url` without a trailing `/`, or `None` when unset.
+    pub fn public_base(&self) -> Result<Option<String>, ConfigError> {
+        let raw = self.public_base_url.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || {
+            ConfigError::Invalid(format!(
+                "gateway.public_base_url {raw:?} must be an absolute http(s) URL without query, \
+                 fragment or credentials, like https://wx.example.com"
+            ))
+        };
+        let url = url::Url::parse(raw).map_err(|_| invalid())?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(invalid());
+        }
+        Ok(Some(url.as_str().trim_end_matches('/').to_owned()))
     }
 
     /// The parsed listen address.
@@ -174,6 +217,21 @@ impl GatewayConfig {
                 g.dedupe_timeout_ms
             ));
         }
+        g.public_base()?;
+        crate::forwarded::Proxies::parse(&g.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?;
+        for (what, rate) in [
+            (
+                "gateway.authorize_limit_per_address",
+                &g.authorize_limit_per_address,
+            ),
+            (
+                "gateway.authorize_limit_per_tenant",
+                &g.authorize_limit_per_tenant,
+            ),
+        ] {
+            rate.check(what).map_err(ConfigError::Invalid)?;
+        }
         if self.tenants.reload_interval_ms == 0 {
             return invalid("tenants.reload_interval_ms must be positive".into());
         }
@@ -214,6 +272,79 @@ mod tests {
         assert_eq!(c.gateway.redis_down, RedisDown::Publish);
         assert!(c.gateway.allow_plaintext);
         assert_eq!(c.token_control.endpoint, "http://127.0.0.1:50051");
+        assert_eq!(c.gateway.public_base().unwrap(), None);
+        assert!(c.gateway.trusted_proxies.is_empty());
+        assert_eq!(
+            c.gateway.authorize_limit_per_address,
+            Rate::per_minute(10, 10)
+        );
+        assert_eq!(
+            c.gateway.authorize_limit_per_tenant,
+            Rate::per_minute(60, 30)
+        );
+    }
+
+    #[test]
+    fn authorization_page_settings() {
+        let c = load(&[
+            (
+                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                "https://wx.example.com/hub/",
+            ),
+            // As the Helm chart renders it (toJson).
+            ("WXHUB_GATEWAY__TRUSTED_PROXIES", r#"["10.0.0.0/8","::1"]"#),
+            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.gateway.public_base().unwrap().as_deref(),
+            Some("https://wx.example.com/hub")
+        );
+        assert_eq!(c.gateway.trusted_proxies, ["10.0.0.0/8", "::1"]);
+        let none = load(&[("WXHUB_GATEWAY__TRUSTED_PROXIES", "[]")]).unwrap();
+        assert!(none.gateway.trusted_proxies.is_empty());
+        assert_eq!(c.gateway.authorize_limit_per_address.burst, 3);
+        assert_eq!(c.gateway.authorize_limit_per_address.count, 10);
+        for (k, v, needle) in [
+            (
+                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                "wx.example.com",
+                "public_base_url",
+            ),
+            (
+                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                "ftp://wx.example.com",
+                "public_base_url",
+            ),
+            (
+                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                "https://wx.example.com/?a=1",
+                "public_base_url",
+            ),
+            (
+                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                "https://u:p@wx.example.com",
+                "public_base_url",
+            ),
+            (
+                "WXHUB_GATEWAY__TRUSTED_PROXIES",
+                "[\"proxy.internal\"]",
+                "trusted_proxies",
+            ),
+            (
+                "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__COUNT",
+                "0",
+                "authorize_limit_per_tenant",
+            ),
+            (
+                "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST",
+                "0",
+                "authorize_limit_per_address",
+            ),
+        ] {
+            let err = load(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{k}={v}: {err}");
+        }
     }
 
     #[test]

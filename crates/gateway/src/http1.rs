@@ -1,12 +1,16 @@
 //! The HTTP/1.1 server. WeChat speaks HTTP/1.1 only, so the gateway does not run a
 //! protocol-sniffing (HTTP/1 + HTTP/2) server: every byte of every callback would pass through
 //! that layer for nothing.
+//!
+//! Every request carries its connection's peer address as axum's
+//! `ConnectInfo<SocketAddr>` extension (the authorization pages count clients by it).
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,7 +29,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, stop: impl Future<
         .header_read_timeout(Duration::from_secs(30));
     tokio::pin!(stop);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -40,7 +44,9 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, stop: impl Future<
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            app.clone().oneshot(req.map(Body::new))
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

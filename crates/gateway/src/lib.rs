@@ -19,6 +19,7 @@ pub mod config;
 mod delivery;
 mod event;
 mod failure;
+mod forwarded;
 mod http1;
 mod meter;
 mod params;
@@ -175,6 +176,7 @@ impl Gateway {
                 authorize::CALL_TIMEOUT,
             )
             .map_err(|e| e.to_string()),
+            pages: authorize::Pages::new(g, store.clone())?,
             tenants,
             bus,
             store,

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub export_spans: bool,
     /// token-control, for the authorization pages (an error when unconfigured).
     pub token_client: Result<TokenClient, String>,
+    /// Rate limits, base URL and trusted proxies of the authorization pages.
+    pub pages: crate::authorize::Pages,
 }
 
 /// What handlers see: configuration, tenants, Redis and RabbitMQ. Cheap to clone.
@@ -88,5 +90,10 @@ impl AppState {
     /// (`token_control.endpoint` / `client.api_key` unusable).
     pub fn token_client(&self) -> Result<&TokenClient, &str> {
         self.shared.token_client.as_ref().map_err(String::as_str)
+    }
+
+    /// What the authorization pages need besides token-control.
+    pub(crate) fn pages(&self) -> &crate::authorize::Pages {
+        &self.shared.pages
     }
 }

@@ -75,6 +75,18 @@ impl Keys {
     pub fn guard(&self, what: &str) -> String {
         format!("{}guard:{what}", self.prefix)
     }
+
+    /// `…:limit:{subject}` — string: a rate-limit bucket's theoretical arrival time (µs,
+    /// Redis time), PX until the bucket is full again (`limiter`).
+    pub fn limit(&self, subject: &str) -> String {
+        format!("{}limit:{subject}", self.prefix)
+    }
+
+    /// `…:pre-auth` — hash: the pre-auth code shared by the authorization pages (`v`), its
+    /// marker (`m`) and expiry (`exp`, ms), PX until the end of its share window (`pre_auth`).
+    pub fn pre_auth(&self) -> String {
+        format!("{}pre-auth", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +111,8 @@ mod tests {
             k.authorizers(),
             k.consumed("m"),
             k.guard("push-ticket"),
+            k.limit("page:addr:10.0.0.1"),
+            k.pre_auth(),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");
         }

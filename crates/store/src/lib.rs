@@ -9,12 +9,16 @@
 //! dropped connection has an unknown outcome; callers treat it as such.
 //!
 //! Modules: [`dedupe`] (callback retries), [`credentials`] (tickets, tokens, refresh leases,
-//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens).
+//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens),
+//! [`limiter`] (rate limits shared by every replica), [`pre_auth`] (the pre-auth code the
+//! authorization pages share).
 
 pub mod authorizers;
 pub mod credentials;
 pub mod dedupe;
 mod keys;
+pub mod limiter;
+pub mod pre_auth;
 
 use std::time::Duration;
 
@@ -25,6 +29,8 @@ use wxhub_runtime::SecretUrl;
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
 pub use keys::Keys;
+pub use limiter::{Decision, Limiter, Rate};
+pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 
 /// `[redis]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]

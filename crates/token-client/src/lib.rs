@@ -131,6 +131,7 @@ impl TokenClient {
         let message = pb::ExchangeAuthCodeRequest {
             tenant: tenant.to_owned(),
             auth_code: auth_code.to_owned(),
+            ..Default::default()
         };
         Ok(self
             .grpc()

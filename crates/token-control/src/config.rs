@@ -51,6 +51,10 @@ consumer_concurrency = 8
 # validity returns the same token, so a duplicate refresh is harmless) or "token" (GET
 # /cgi-bin/token; every fetch invalidates the previous token after 5 minutes).
 oa_token_api = "stable_token"
+# The authorization pages share one pre-auth code per tenant for this long (capped at a quarter
+# of the validity WeChat returns), instead of one api_create_preauthcode per page view; a used
+# code is replaced at once. 0 mints one per view.
+pre_auth_share_ms = 60000
 "#;
 
 /// `[token_control]`.
@@ -76,6 +80,7 @@ pub struct TokenControlConfig {
     pub ready_requires_ticket: bool,
     pub consumer_concurrency: usize,
     pub oa_token_api: String,
+    pub pre_auth_share_ms: u64,
 }
 
 impl TokenControlConfig {
@@ -99,6 +104,9 @@ impl TokenControlConfig {
         }
         if self.poll_batch == 0 || self.max_concurrent_refreshes == 0 {
             return Err("token_control.poll_batch and max_concurrent_refreshes must be > 0".into());
+        }
+        if self.pre_auth_share_ms > 600_000 {
+            return Err("token_control.pre_auth_share_ms must be at most 600000".into());
         }
         Ok(())
     }
@@ -181,5 +189,8 @@ mod tests {
         assert!(bad("WXHUB_NAMESPACE", "Bad NS").contains("namespace"));
         assert!(bad("WXHUB_WECHAT__API_BASE", "ftp://x").contains("api_base"));
         assert!(bad("WXHUB_TOKEN_CONTROL__OA_TOKEN_API", "other").contains("oa_token_api"));
+        assert!(
+            bad("WXHUB_TOKEN_CONTROL__PRE_AUTH_SHARE_MS", "900000").contains("pre_auth_share_ms")
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Consumer of `{ns}.token-control`: component notices published by the gateway.
 //!
 //! - `component_verify_ticket` → stored (a newer push wins).
-//! - `authorized` / `updateauthorized` → the code is exchanged (`api_query_auth`) and the
-//!   authorizer stored with its refresh token, token and schedule entry. A code already
-//!   exchanged through the redirect is answered from that exchange; an expired one falls back
-//!   to a reconcile from `api_get_authorizer_list`.
+//! - `authorized` / `updateauthorized` → the shared pre-auth code it names is retired (see
+//!   [`crate::pre_auth`]); the code is exchanged (`api_query_auth`) and the authorizer stored
+//!   with its refresh token, token and schedule entry. A code already exchanged through the
+//!   redirect is answered from that exchange; an expired one falls back to a reconcile from
+//!   `api_get_authorizer_list`.
 //! - `unauthorized` → the authorizer is marked revoked and its tokens dropped.
 //!
 //! A message is acked only after its store write succeeded; Redis or WeChat being down
@@ -24,6 +25,7 @@ use wxhub_store::AuthorizerStatus;
 
 use crate::engine::{Credential, Engine, ExchangeBy};
 use crate::error::Error;
+use crate::pre_auth;
 
 /// How long an applied message id is remembered.
 const CONSUMED_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -94,6 +96,10 @@ async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
             ..
         } => store_ticket(engine, tid, ticket, *create_time, now).await,
         ComponentNotice::Authorized(a) | ComponentNotice::UpdateAuthorized(a) => {
+            // The pre-auth code of this authorization is used up: stop handing it out.
+            if !a.pre_auth_code.is_empty() {
+                pre_auth::retire(engine, tid, &pre_auth::marker(&a.pre_auth_code), "notice").await;
+            }
             let deadline = Instant::now() + engine.config().request_timeout();
             let result = engine
                 .exchange_auth_code(

@@ -1209,7 +1209,9 @@ impl Engine {
 
     /// Exchanges an authorization code (from the redirect or from an `authorized` notice) and
     /// stores the authorizer. The same code arriving by the other path is answered from the
-    /// first exchange; a code reused by the same path is refused.
+    /// first exchange; a code reused by the same path is refused; a code WeChat refused
+    /// (61009/61010: invalid, expired or used elsewhere) is refused again from memory, without
+    /// asking WeChat, for as long as any code lives.
     pub async fn exchange_auth_code(
         self: &Arc<Self>,
         tenant_id: &str,
@@ -1246,6 +1248,11 @@ impl Engine {
                         .await?
                         .ok_or_else(|| Error::not_found(format!("unknown authorizer {appid}")));
                 }
+                Some(refused) if refused.starts_with(CODE_REFUSED) => {
+                    metrics::counter!("wxhub_auth_codes_refused_total", "tenant" => tenant_id.to_owned(), "source" => "memory")
+                        .increment(1);
+                    return Err(Error::precondition(&refused[CODE_REFUSED.len()..]));
+                }
                 // Pending elsewhere (or just expired): wait and look again.
                 _ => {
                     if Instant::now() >= deadline {
@@ -1257,21 +1264,36 @@ impl Engine {
                 }
             }
         }
-        let result = self
+        match self
             .exchange_claimed(&tenant, code, event_ms, deadline)
-            .await;
-        match &result {
+            .await
+        {
             Ok(record) => {
                 let done = format!("done:{}:{}", by.as_str(), record.appid);
                 self.creds
-                    .mark(tenant_id, &marker, &done, Duration::from_secs(3600), false)
+                    .mark(tenant_id, &marker, &done, CODE_MEMORY, false)
                     .await?;
+                Ok(record)
             }
-            Err(_) => {
+            Err(ExchangeFailure::CodeRefused(e)) => {
+                // Final: WeChat will refuse this code every time.
+                metrics::counter!("wxhub_auth_codes_refused_total", "tenant" => tenant_id.to_owned(), "source" => "wechat")
+                    .increment(1);
+                let refused = format!("{CODE_REFUSED}{}", e.message);
+                if let Err(err) = self
+                    .creds
+                    .mark(tenant_id, &marker, &refused, CODE_MEMORY, false)
+                    .await
+                {
+                    tracing::warn!(tenant = tenant_id, error = %err, "cannot remember a refused authorization code");
+                }
+                Err(e)
+            }
+            Err(ExchangeFailure::Failed(e)) => {
                 let _ = self.creds.clear_marker(tenant_id, &marker, &pending).await;
+                Err(e)
             }
         }
-        result
     }
 
     async fn exchange_claimed(
@@ -1280,7 +1302,7 @@ impl Engine {
         code: &str,
         event_ms: Option<i64>,
         deadline: Instant,
-    ) -> Result<AuthorizerRecord, Error> {
+    ) -> Result<AuthorizerRecord, ExchangeFailure> {
         let tid = tenant.id.as_str();
         let fence = self.creds.next_fence(tid).await?;
         let started = self.now_ms();
@@ -1303,7 +1325,12 @@ impl Engine {
                 }
                 Err(e) => {
                     self.note_failure(tid, &e);
-                    return Err(Error::wechat("exchanging the authorization code", &e));
+                    let error = Error::wechat("exchanging the authorization code", &e);
+                    return Err(if e.class() == ErrorClass::AuthCode {
+                        ExchangeFailure::CodeRefused(error)
+                    } else {
+                        ExchangeFailure::Failed(error)
+                    });
                 }
             }
         };
@@ -1387,10 +1414,9 @@ impl Engine {
                 )
                 .await;
         }
-        self.auths
-            .get(tid, &appid)
-            .await?
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "authorizer vanished after exchange"))
+        self.auths.get(tid, &appid).await?.ok_or_else(|| {
+            Error::new(ErrorCode::Internal, "authorizer vanished after exchange").into()
+        })
     }
 
     // ---------------------------------------------------------------- background
@@ -1473,6 +1499,32 @@ impl Engine {
     /// Real-time helper for callers that need ms from a Duration.
     pub fn ms(d: Duration) -> i64 {
         millis(d)
+    }
+}
+
+/// How long the outcome of an authorization code (exchanged, or refused by WeChat) is
+/// remembered: longer than any code lives (600 s by the redirect's `expires_in`).
+const CODE_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Prefix of the claim marker of a code WeChat refused; the rest is the error message.
+const CODE_REFUSED: &str = "refused:";
+
+/// Why an exchange failed: WeChat refused the code itself (final, remembered), or anything else
+/// (Redis, the component token, WeChat unavailable: a later attempt may succeed).
+enum ExchangeFailure {
+    CodeRefused(Error),
+    Failed(Error),
+}
+
+impl From<Error> for ExchangeFailure {
+    fn from(e: Error) -> Self {
+        ExchangeFailure::Failed(e)
+    }
+}
+
+impl From<wxhub_store::StoreError> for ExchangeFailure {
+    fn from(e: wxhub_store::StoreError) -> Self {
+        ExchangeFailure::Failed(e.into())
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`service`]: the gRPC service `wxhub.token.v1.TokenControl` (API-key auth, tenant scope,
 //!   deadlines), with standard health and reflection.
 //! - [`consumer`]: the `{ns}.token-control` queue (tickets and authorization notices).
+//! - [`pre_auth`]: the pre-auth code the authorization pages share, and its retirement.
 //! - [`run`] / [`run_with`]: the whole service on a given listener until a shutdown future
 //!   resolves; `main.rs` only parses flags. Tests start several replicas in-process.
 //!
@@ -17,6 +18,7 @@ pub mod config;
 pub mod consumer;
 pub mod engine;
 pub mod error;
+pub mod pre_auth;
 pub mod service;
 
 use std::future::Future;

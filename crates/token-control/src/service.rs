@@ -13,10 +13,10 @@ use wxhub_proto::token::v1 as pb;
 use wxhub_proto::token::v1::token_control_server::TokenControl;
 use wxhub_runtime::{ErrorCode, Tenant, TenantKind};
 use wxhub_store::{AuthorizerRecord, AuthorizerStatus};
-use wxhub_wechat_api::ErrorClass;
 
 use crate::engine::{Credential, Engine, ExchangeBy, Token};
 use crate::error::Error;
+use crate::pre_auth;
 
 /// Metadata key carrying `Bearer <api key>`.
 pub const AUTH_HEADER: &str = "authorization";
@@ -298,9 +298,7 @@ impl TokenControl for TokenControlService {
                 ));
             }
         }
-        let result = self
-            .create_pre_auth(&call, redirect.as_str(), auth_type, biz)
-            .await;
+        let result = self.create_pre_auth(&call, &redirect, auth_type, biz).await;
         outcome(RPC, result)
     }
 
@@ -315,16 +313,26 @@ impl TokenControl for TokenControlService {
         if req.auth_code.is_empty() || req.auth_code.len() > 512 {
             return Err(Status::invalid_argument("auth_code must be 1..=512 bytes"));
         }
+        if !req.pre_auth_marker.is_empty() && !pre_auth::valid_marker(&req.pre_auth_marker) {
+            return Err(Status::invalid_argument(
+                "pre_auth_marker must be the redirect's wxhub_pac value (16 hex digits)",
+            ));
+        }
+        let tid = call.tenant.id.as_str();
         let result = self
             .engine
             .exchange_auth_code(
-                call.tenant.id.as_str(),
+                tid,
                 &req.auth_code,
                 ExchangeBy::Redirect,
                 None,
                 call.deadline,
             )
             .await;
+        // A code WeChat accepted proves the pre-auth code of its link was used.
+        if result.is_ok() && !req.pre_auth_marker.is_empty() {
+            pre_auth::retire(&self.engine, tid, &req.pre_auth_marker, "redirect").await;
+        }
         outcome(RPC, result.map(authorizer_reply))
     }
 
@@ -520,41 +528,25 @@ impl TokenControlService {
     async fn create_pre_auth(
         &self,
         call: &Call,
-        redirect: &str,
+        redirect: &url::Url,
         auth_type: Option<&str>,
         biz: Option<&str>,
     ) -> Result<pb::AuthorizationUrl, Error> {
         let tenant = &call.tenant;
-        let tid = tenant.id.as_str();
-        let mut retried = false;
-        let started = self.engine.now_ms();
-        let code = loop {
-            let ct = self
-                .engine
-                .get_token(tid, &Credential::Component, 60_000, call.deadline)
-                .await?;
-            match self
-                .engine
-                .api()
-                .until(call.deadline)
-                .create_preauthcode(&ct.value, &tenant.app_id)
-                .await
-            {
-                Ok(code) => break code,
-                Err(e) if e.class() == ErrorClass::Token && !retried => {
-                    retried = true;
-                    self.engine
-                        .invalidate(
-                            tid,
-                            &Credential::Component,
-                            ct.value.expose(),
-                            call.deadline,
-                        )
-                        .await?;
-                }
-                Err(e) => return Err(Error::wechat("creating a pre-auth code", &e)),
-            }
-        };
+        let code = pre_auth::obtain(&self.engine, tenant, call.deadline).await?;
+        // The redirect names the code, so /authorized can retire it once it was used.
+        let mut redirect = redirect.clone();
+        let kept: Vec<(String, String)> = redirect
+            .query_pairs()
+            .filter(|(k, _)| k != pre_auth::REDIRECT_PARAM)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        redirect
+            .query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair(pre_auth::REDIRECT_PARAM, &code.marker);
+        let redirect = redirect.as_str();
         let mp = &self.engine.mp_base;
         let mut params = url::form_urlencoded::Serializer::new(String::new());
         params
@@ -589,7 +581,7 @@ impl TokenControlService {
                 mobile_params.finish()
             ),
             pre_auth_code: code.code.expose().to_owned(),
-            expires_at_ms: started + i64::try_from(code.expires_in).unwrap_or(600) * 1000,
+            expires_at_ms: code.expires_at_ms,
         })
     }
 }

@@ -39,7 +39,8 @@ pub struct AccessToken {
 pub struct CreateAuthorizationUrlRequest {
     #[prost(string, tag = "1")]
     pub tenant: ::prost::alloc::string::String,
-    /// Where WeChat sends the browser back (http or https URL), with `auth_code` and `expires_in`.
+    /// Where WeChat sends the browser back (http or https URL), with `auth_code` and `expires_in`
+    /// (and the `wxhub_pac` parameter token-control adds).
     #[prost(string, tag = "2")]
     pub redirect_uri: ::prost::alloc::string::String,
     #[prost(enumeration = "AuthType", tag = "3")]
@@ -69,6 +70,10 @@ pub struct ExchangeAuthCodeRequest {
     pub tenant: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub auth_code: ::prost::alloc::string::String,
+    /// The `wxhub_pac` parameter of the redirect, if it has one: once the code is exchanged, the
+    /// shared pre-auth code it names is no longer handed out.
+    #[prost(string, tag = "3")]
+    pub pre_auth_marker: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -373,7 +378,10 @@ pub mod token_control_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// A fresh pre-auth code and the PC and mobile authorization URLs (component tenants).
+        /// A pre-auth code and the PC and mobile authorization URLs (component tenants). The code is
+        /// shared by the calls of a short window (well inside its validity) and replaced once it was
+        /// used; the redirect_uri gets a `wxhub_pac` parameter naming it (pass it back to
+        /// ExchangeAuthCode as pre_auth_marker).
         pub async fn create_authorization_url(
             &mut self,
             request: impl tonic::IntoRequest<super::CreateAuthorizationUrlRequest>,
@@ -404,7 +412,8 @@ pub mod token_control_client {
             self.inner.unary(req, path, codec).await
         }
         /// Exchanges the `auth_code` of the authorization redirect (api_query_auth), stores the
-        /// authorizer with its refresh token and access token, and returns it.
+        /// authorizer with its refresh token and access token, and returns it. A code already
+        /// exchanged, or refused by WeChat, is answered without asking WeChat again.
         pub async fn exchange_auth_code(
             &mut self,
             request: impl tonic::IntoRequest<super::ExchangeAuthCodeRequest>,
@@ -579,7 +588,10 @@ pub mod token_control_server {
             &self,
             request: tonic::Request<super::InvalidateAccessTokenRequest>,
         ) -> std::result::Result<tonic::Response<super::AccessToken>, tonic::Status>;
-        /// A fresh pre-auth code and the PC and mobile authorization URLs (component tenants).
+        /// A pre-auth code and the PC and mobile authorization URLs (component tenants). The code is
+        /// shared by the calls of a short window (well inside its validity) and replaced once it was
+        /// used; the redirect_uri gets a `wxhub_pac` parameter naming it (pass it back to
+        /// ExchangeAuthCode as pre_auth_marker).
         async fn create_authorization_url(
             &self,
             request: tonic::Request<super::CreateAuthorizationUrlRequest>,
@@ -588,7 +600,8 @@ pub mod token_control_server {
             tonic::Status,
         >;
         /// Exchanges the `auth_code` of the authorization redirect (api_query_auth), stores the
-        /// authorizer with its refresh token and access token, and returns it.
+        /// authorizer with its refresh token and access token, and returns it. A code already
+        /// exchanged, or refused by WeChat, is answered without asking WeChat again.
         async fn exchange_auth_code(
             &self,
             request: tonic::Request<super::ExchangeAuthCodeRequest>,

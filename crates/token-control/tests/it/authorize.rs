@@ -3,69 +3,24 @@
 //! → redirect to the gateway's /authorized → code exchanged through token-control →
 //! authorizer stored → token served.
 
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_runtime::config::Source;
 
+use crate::gateway::{Gateway, href};
 use crate::harness::*;
-
-/// The `href` of the element with `id`, unescaped.
-fn href(html: &str, id: &str) -> String {
-    let marker = format!("id=\"{id}\" href=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no #{id} link in {html}"))
-        + marker.len();
-    let end = start + html[start..].find('"').unwrap();
-    html[start..end].replace("&amp;", "&")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authorize_page_to_token_served() {
-    // The gateway's address must be known before the sim is seeded with it.
-    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = format!("http://{}", gw_listener.local_addr().unwrap());
     let mut setup = Setup::new("tc-authflow", 1);
-    setup.acme_event_url = Some(format!("{gw}/wx/{ACME}/component"));
     // The ticket is pushed once the gateway is up (through it, like WeChat would).
     setup.tickets = false;
     setup.wait_reconcile = false;
-    let env = Env::start(setup).await;
-
-    let config = wxhub_gateway::GatewayConfig::load(&Source {
-        file: None,
-        env: [
-            ("WXHUB_NAMESPACE", env.ns.name().to_owned()),
-            ("WXHUB_REDIS__URL", wxhub_testkit::redis_url()),
-            ("WXHUB_AMQP__URL", wxhub_testkit::amqp_url()),
-            ("WXHUB_AMQP__DELIVERY_LIMIT", "5".to_owned()),
-            (
-                "WXHUB_TOKEN_CONTROL__ENDPOINT",
-                format!("http://{}", env.replicas[0].addr),
-            ),
-            ("WXHUB_CLIENT__API_KEY", KEY_ACME.to_owned()),
-            ("WXHUB_SHUTDOWN__GRACE_MS", "2000".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-    })
-    .unwrap();
-    let gateway = wxhub_gateway::Gateway::start_with_tenants(config, env.tenants.clone()).unwrap();
-    let stop = CancellationToken::new();
-    let gw_task = tokio::spawn(gateway.serve(gw_listener, stop.clone().cancelled_owned()));
-
+    let env = Env::start_guarded(setup).await;
+    let gateway = Gateway::start(&env, KEY_ACME, &[]).await;
+    let gw = gateway.url.clone();
+    env.sim
+        .set_component_urls(ACME_APPID, Some(format!("{gw}/wx/{ACME}/component")), None)
+        .unwrap();
     let http = reqwest::Client::new();
-    // Ready means RabbitMQ is connected: WeChat's pushes will be stored.
-    env.wait_for(|| async {
-        http.get(format!("{gw}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
     let ticket = env.give_ticket(ACME_APPID, ACME).await;
     assert!(ticket.starts_with("ticket@@@"));
     // 1. The authorization start page, with both links.
@@ -186,7 +141,6 @@ async fn authorize_page_to_token_served() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
 
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), gw_task).await;
+    gateway.stop().await;
     env.shutdown().await;
 }

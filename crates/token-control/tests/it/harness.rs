@@ -582,3 +582,41 @@ pub fn authorization_xml(
         create_time + 600
     )
 }
+
+/// An [`Env`] whose namespace is cleaned up even when the test fails. Fields drop in order:
+/// the replicas and the sim stop before the guard cleans.
+pub struct GuardedEnv {
+    pub env: Env,
+    guard: wxhub_testkit::CleanupGuard,
+}
+
+impl Env {
+    /// [`Env::start`], guarded.
+    pub async fn start_guarded(setup: Setup) -> GuardedEnv {
+        let env = Env::start(setup).await;
+        let guard = env.ns.cleanup_guard();
+        GuardedEnv { env, guard }
+    }
+}
+
+impl GuardedEnv {
+    /// [`Env::shutdown`]; the guard has nothing left to do.
+    pub async fn shutdown(self) {
+        let GuardedEnv { env, guard } = self;
+        env.shutdown().await;
+        guard.disarm();
+    }
+}
+
+impl std::ops::Deref for GuardedEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl std::ops::DerefMut for GuardedEnv {
+    fn deref_mut(&mut self) -> &mut Env {
+        &mut self.env
+    }
+}

@@ -4,6 +4,8 @@
 mod api;
 mod authorize;
 mod events;
+mod gateway;
 #[allow(dead_code)]
 mod harness;
+mod pages;
 mod refresh;
