@@ -2,8 +2,7 @@
 //!
 //! Each test takes a [`Namespace`]: a unique prefix for its Redis keys, exchanges and queues,
 //! so tests run in parallel against one broker and one Redis. Call [`Namespace::cleanup`] at the
-//! end; the broker objects of a namespace are deleted and its Redis keys removed. A
-//! [`CleanupGuard`] does the same when a failing test unwinds before its cleanup.
+//! end; the broker objects of a namespace are deleted and its Redis keys removed.
 //!
 //! Cleanup also happens when a test fails: when the last clone of a [`Namespace`] is dropped
 //! without [`Namespace::cleanup`] having run (a panic unwinding through the test), the drop
@@ -237,58 +236,5 @@ impl Namespace {
             }
         }
         delete_keys(self.name()).await;
-    }
-}
-
-impl Namespace {
-    /// A guard that cleans this namespace up when dropped, unless [`CleanupGuard::disarm`]ed
-    /// (after the test's own cleanup): take it first, so it drops last.
-    pub fn cleanup_guard(&self) -> CleanupGuard {
-        CleanupGuard {
-            ns: Some(self.clone()),
-        }
-    }
-}
-
-/// Cleans a namespace up (Redis keys, exchanges, queues) on drop, e.g. while a failed test
-/// unwinds. The work runs on a thread of its own with its own runtime, since drop cannot await.
-#[derive(Debug)]
-pub struct CleanupGuard {
-    ns: Option<Namespace>,
-}
-
-impl CleanupGuard {
-    /// The test cleaned up itself: nothing left to do.
-    pub fn disarm(mut self) {
-        self.ns = None;
-    }
-}
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        let Some(ns) = self.ns.take() else {
-            return;
-        };
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let cancel = CancellationToken::new();
-                let bus = Bus::start(
-                    AmqpConfig::new(amqp_url()),
-                    ns.topology(),
-                    "test",
-                    cancel.clone(),
-                );
-                let connected = bus.wait_connected(Duration::from_secs(10)).await;
-                ns.cleanup(connected.then_some(&bus), &[]).await;
-                cancel.cancel();
-            });
-        });
-        let _ = cleanup.join();
     }
 }

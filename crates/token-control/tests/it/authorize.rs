@@ -14,7 +14,7 @@ async fn authorize_page_to_token_served() {
     // The ticket is pushed once the gateway is up (through it, like WeChat would).
     setup.tickets = false;
     setup.wait_reconcile = false;
-    let env = Env::start_guarded(setup).await;
+    let env = Env::start(setup).await;
     let gateway = Gateway::start(&env, KEY_ACME, &[]).await;
     let gw = gateway.url.clone();
     env.sim

@@ -74,7 +74,7 @@ async fn authorized_page(http: &reqwest::Client, gw: &Gateway, code: &str) -> (u
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn page_views_share_one_pre_auth_code_until_the_redirect_reports_it_used() {
     // No authorization-event URL: only the redirect can tell that the code was used.
-    let env = Env::start_guarded(Setup::new("tc-pages-share", 1)).await;
+    let env = Env::start(Setup::new("tc-pages-share", 1)).await;
     let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
     let http = browser(true);
     let (calls, mints) = (page_calls(&env), env.calls(PRE_AUTH, None));
@@ -132,7 +132,7 @@ async fn page_views_share_one_pre_auth_code_until_the_redirect_reports_it_used()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_authorized_notice_retires_the_pre_auth_code_it_used() {
-    let env = Env::start_guarded(Setup::new("tc-pages-notice", 1)).await;
+    let env = Env::start(Setup::new("tc-pages-notice", 1)).await;
     let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
     env.sim
         .set_component_urls(
@@ -171,7 +171,7 @@ async fn the_authorized_notice_retires_the_pre_auth_code_it_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_and_used_auth_codes_cost_one_wechat_call_each() {
-    let env = Env::start_guarded(Setup::new("tc-pages-codes", 1)).await;
+    let env = Env::start(Setup::new("tc-pages-codes", 1)).await;
     let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
     let http = browser(true);
 
@@ -236,7 +236,7 @@ async fn refused_and_used_auth_codes_cost_one_wechat_call_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pages_are_rate_limited_per_address_and_per_tenant() {
-    let env = Env::start_guarded(Setup::new("tc-pages-limits", 1)).await;
+    let env = Env::start(Setup::new("tc-pages-limits", 1)).await;
     let gw = Gateway::start(
         &env,
         KEY_OPS,
@@ -322,7 +322,7 @@ async fn the_pages_are_rate_limited_per_address_and_per_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_headers_do_not_change_the_redirect() {
-    let env = Env::start_guarded(Setup::new("tc-pages-forward", 1)).await;
+    let env = Env::start(Setup::new("tc-pages-forward", 1)).await;
     let forged = |req: reqwest::RequestBuilder, client: &str| {
         req.header("x-forwarded-host", "evil.example")
             .header("x-forwarded-proto", "https")
