@@ -8,13 +8,15 @@
 //! created lazily so a service starts while Redis is still down. A command that failed on a
 //! dropped connection has an unknown outcome; callers treat it as such.
 //!
-//! Modules: [`dedupe`] (callback retries), [`credentials`] (tickets, tokens, refresh leases,
+//! Modules: [`dedupe`] (callback retries), [`nonces`] (plaintext callbacks' (timestamp, nonce)
+//! bound to one body), [`credentials`] (tickets, tokens, refresh leases,
 //! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens).
 
 pub mod authorizers;
 pub mod credentials;
 pub mod dedupe;
 mod keys;
+pub mod nonces;
 
 use std::time::Duration;
 
