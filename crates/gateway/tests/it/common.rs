@@ -1,6 +1,7 @@
 //! The harness: a gateway in-process on port 0 against the real Redis and RabbitMQ, in a unique
-//! namespace per test; WeChat-style requests built with the crypto and message crates; a TCP
-//! proxy in front of the broker that a test can take down or stall.
+//! namespace per test (deleted by `stop`, or by the harness's `Drop` when a test fails first);
+//! WeChat-style requests built with the crypto and message crates; a TCP proxy in front of the
+//! broker that a test can take down or stall.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,11 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxhub_bus::Bus;
+use wxhub_bus::{AmqpConfig, Bus};
 use wxhub_crypto::{AesKey, Crypt, KeySlot, msg_signature, random_nonce, signature};
 use wxhub_gateway::{AppState, Gateway, GatewayConfig};
 use wxhub_message::{Limits, Message, parse_envelope, parse_message};
 use wxhub_proto::events::v1::CallbackEvent;
+use wxhub_runtime::Clock;
 use wxhub_runtime::config::Source;
 use wxhub_testkit::Namespace;
 
@@ -63,6 +65,8 @@ app_id = "{OA_APPID}"
 app_secret = "oa-secret-value"
 token = "oatoken"
 encoding_aes_key = "{K_OA}"
+# Configured in WeChat's plaintext mode (tests of the other modes use it too).
+plaintext = true
 
 [[tenants]]
 id = "corp"
@@ -120,6 +124,8 @@ pub struct Options {
     pub amqp_url: Option<String>,
     pub redis_url: Option<String>,
     pub env: Vec<(&'static str, String)>,
+    /// The gateway's clock for CreateTime (default: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 pub struct Harness {
@@ -133,6 +139,8 @@ pub struct Harness {
     reader_cancel: CancellationToken,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The namespace was deleted (by `stop`); otherwise `Drop` deletes it.
+    cleaned: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -182,7 +190,11 @@ impl Harness {
         let config = GatewayConfig::load(&Source { file: None, env }).unwrap();
         let reader_cancel = CancellationToken::new();
         let reader = ns.bus(&reader_cancel).await;
-        let gateway = Gateway::start(config).unwrap();
+        let mut options = wxhub_gateway::Options::default();
+        if let Some(clock) = opts.clock {
+            options.clock = clock;
+        }
+        let gateway = Gateway::start_with(config, options).unwrap();
         let state = gateway.state().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -200,6 +212,7 @@ impl Harness {
             reader_cancel,
             stop: Some(stop),
             task: Some(task),
+            cleaned: false,
             _dir: dir,
         }
     }
@@ -291,6 +304,7 @@ impl Harness {
     pub async fn stop(mut self) {
         self.shutdown().await.unwrap();
         self.ns.cleanup(Some(&self.reader), &[]).await;
+        self.cleaned = true;
         self.reader_cancel.cancel();
     }
 
@@ -311,6 +325,39 @@ impl Harness {
             let _ = stop.send(());
         }
         self.task.take().unwrap()
+    }
+}
+
+impl Drop for Harness {
+    /// A test that failed (or returned) before `stop` still deletes its namespace: queues,
+    /// exchanges and Redis keys. On a thread and runtime of its own, because this runs inside
+    /// the test's runtime, possibly while unwinding; it never panics.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let ns = self.ns.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let cancel = CancellationToken::new();
+                let bus = Bus::start(
+                    AmqpConfig::new(wxhub_testkit::amqp_url()),
+                    ns.topology(),
+                    "test-cleanup",
+                    cancel.clone(),
+                );
+                let connected = bus.wait_connected(Duration::from_secs(10)).await;
+                ns.cleanup(connected.then_some(&bus), &[]).await;
+                cancel.cancel();
+            });
+        })
+        .join();
     }
 }
 

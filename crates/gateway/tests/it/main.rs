@@ -6,6 +6,7 @@ mod binary;
 mod broker;
 mod common;
 mod delivery;
+mod forgery;
 mod modes;
 mod ops;
 mod release;

@@ -53,7 +53,16 @@ async fn authorize_page_to_token_served() {
         .collect(),
     })
     .unwrap();
-    let gateway = wxhub_gateway::Gateway::start_with_tenants(config, env.tenants.clone()).unwrap();
+    // The sim's clock: its pushes carry virtual time in CreateTime.
+    let sim_clock = env.sim.clock();
+    let gateway = wxhub_gateway::Gateway::start_with(
+        config,
+        wxhub_gateway::Options {
+            tenants: Some(env.tenants.clone()),
+            clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
+        },
+    )
+    .unwrap();
     let stop = CancellationToken::new();
     let gw_task = tokio::spawn(gateway.serve(gw_listener, stop.clone().cancelled_owned()));
 
