@@ -4,6 +4,7 @@
 mod bad_input;
 mod binary;
 mod broker;
+mod collisions;
 mod common;
 mod delivery;
 mod forgery;
