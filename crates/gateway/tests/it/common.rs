@@ -139,8 +139,7 @@ pub struct Harness {
     reader_cancel: CancellationToken,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    /// The namespace was deleted (by `stop`); otherwise `Drop` deletes it.
-    cleaned: bool,
+    cleanup: Cleanup,
     _dir: tempfile::TempDir,
 }
 
@@ -160,6 +159,11 @@ impl Harness {
     pub async fn start_with(label: &str, opts: Options) -> Self {
         wxhub_runtime::telemetry::init_for_tests();
         let ns = Namespace::new(label);
+        // Armed before anything can fail: even a panic inside this function cleans up.
+        let cleanup = Cleanup {
+            ns: ns.clone(),
+            done: false,
+        };
         let dir = tempfile::tempdir().unwrap();
         let tenants_file = dir.path().join("tenants.toml");
         std::fs::write(&tenants_file, opts.tenants.unwrap_or_else(tenants_toml)).unwrap();
@@ -212,7 +216,7 @@ impl Harness {
             reader_cancel,
             stop: Some(stop),
             task: Some(task),
-            cleaned: false,
+            cleanup,
             _dir: dir,
         }
     }
@@ -304,7 +308,7 @@ impl Harness {
     pub async fn stop(mut self) {
         self.shutdown().await.unwrap();
         self.ns.cleanup(Some(&self.reader), &[]).await;
-        self.cleaned = true;
+        self.cleanup.done = true;
         self.reader_cancel.cancel();
     }
 
@@ -328,12 +332,18 @@ impl Harness {
     }
 }
 
-impl Drop for Harness {
-    /// A test that failed (or returned) before `stop` still deletes its namespace: queues,
-    /// exchanges and Redis keys. On a thread and runtime of its own, because this runs inside
-    /// the test's runtime, possibly while unwinding; it never panics.
+/// Deletes a harness's namespace — queues, exchanges, Redis keys — when dropped, unless `stop`
+/// already did: a test that fails (even while starting) leaves nothing behind.
+struct Cleanup {
+    ns: Namespace,
+    done: bool,
+}
+
+impl Drop for Cleanup {
+    /// On a thread and runtime of its own, because this runs inside the test's runtime,
+    /// possibly while unwinding; it never panics.
     fn drop(&mut self) {
-        if self.cleaned {
+        if self.done {
             return;
         }
         let ns = self.ns.clone();
