@@ -88,7 +88,7 @@ pub struct GatewaySection {
     /// Removed (now per tenant); present only so a config that still sets it fails to load
     /// with a message saying where the setting went.
     #[serde(default, skip_serializing)]
-    pub allow_plaintext: Option<serde::de::IgnoredAny>,
+    allow_plaintext: Option<serde::de::IgnoredAny>,
 }
 
 impl GatewaySection {
