@@ -157,9 +157,15 @@ impl Stack {
             "WXHUB_CLIENT__API_KEY",
             GATEWAY_KEY.to_owned(),
         )]))?;
-        tasks.push(tokio::spawn(wxhub_gateway::run(
+        // The sim's clock: its pushes carry virtual time in CreateTime.
+        let sim_clock = sim.clock();
+        tasks.push(tokio::spawn(wxhub_gateway::run_with(
             gw_config,
             gateway_listener,
+            wxhub_gateway::Options {
+                clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
+                ..wxhub_gateway::Options::default()
+            },
             cancel.clone().cancelled_owned(),
         )));
         let worker_config =

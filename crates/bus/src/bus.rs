@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,10 @@ pub enum BusError {
         exchange: String,
         routing_key: String,
     },
+    /// [`Bus::publish_by`]: the send deadline passed before a publisher channel was ready, and
+    /// the message was never sent.
+    #[error("not sent: the deadline passed while waiting for a publisher channel")]
+    Expired,
 }
 
 /// A message to publish. Bodies are persistent; `message_id` is the dedupe key consumers use.
@@ -276,26 +281,56 @@ impl Bus {
     /// Each publish has a channel of the pool to itself until its confirm (waiting for one when
     /// `publisher_channels` are busy), so a return is always reported to its own publisher.
     pub async fn publish(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
+        self.publish_with(msg, None).await
+    }
+
+    /// [`Bus::publish`], but a message that cannot be handed to the broker by `send_by` is
+    /// abandoned — never sent — with [`BusError::Expired`].
+    ///
+    /// Waiting for a free channel (all `publisher_channels` busy, e.g. behind a stalled broker)
+    /// or for a channel to open counts against `send_by`, and the deadline is checked once more
+    /// just before the message goes out. Once sent, the call waits for the confirm regardless of
+    /// `send_by`: that outcome is the caller's to settle. A caller that moves a publish to the
+    /// background at its own deadline (the gateway after answering 503) therefore never sends a
+    /// message late, long after its source was told to retry — the retry sends it instead.
+    pub async fn publish_by(
+        &self,
+        msg: &Outgoing<'_>,
+        send_by: tokio::time::Instant,
+    ) -> Result<(), BusError> {
+        self.publish_with(msg, Some(send_by)).await
+    }
+
+    async fn publish_with(
+        &self,
+        msg: &Outgoing<'_>,
+        send_by: Option<tokio::time::Instant>,
+    ) -> Result<(), BusError> {
         let started = Instant::now();
-        let result = self.publish_inner(msg).await;
+        let result = self.publish_inner(msg, send_by).await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(BusError::Unavailable(_)) => "unavailable",
             Err(BusError::Nacked) => "nacked",
             Err(BusError::Unroutable { .. }) => "unroutable",
+            Err(BusError::Expired) => "expired",
         };
         metrics::counter!("wxhub_bus_publish_total", "result" => outcome).increment(1);
         metrics::histogram!("wxhub_bus_publish_seconds").record(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn publish_inner(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
+    async fn publish_inner(
+        &self,
+        msg: &Outgoing<'_>,
+        send_by: Option<tokio::time::Instant>,
+    ) -> Result<(), BusError> {
         let live = self.inner.live.load_full().ok_or_else(unavailable)?;
         // One publish per channel at a time: a `basic.return` carries no delivery tag, and
         // lapin hands it to whichever confirm of the next (possibly multiple) ack it completes
         // first. With several publishes in flight on one channel an unroutable message could be
         // reported as stored, and a stored one as unroutable.
-        let mut lease = Lease::take(live).await?;
+        let mut lease = before(send_by, Lease::take(live)).await??;
         // A failed channel is replaced when its lease drops unsettled; a dead connection wakes
         // the supervisor.
         let failed = |live: &Live, e: lapin::Error| {
@@ -304,7 +339,17 @@ impl Bus {
             }
             BusError::Unavailable(e.to_string())
         };
-        let channel = lease.channel().await.map_err(|e| failed(&lease.live, e))?;
+        // Cut short, an opening leaves nothing in the slot (it is stored only once open).
+        let channel = before(send_by, lease.channel())
+            .await?
+            .map_err(|e| failed(&lease.live, e))?;
+        // The last point at which the message can still be abandoned unsent (a deadline that
+        // passed while the future above was ready is only seen here). Nothing is outstanding on
+        // the channel, so it goes back to the pool as it is.
+        if send_by.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            lease.settled = true;
+            return Err(BusError::Expired);
+        }
         let mut headers = FieldTable::default();
         for (k, v) in msg.headers {
             headers.insert(
@@ -398,6 +443,19 @@ impl Bus {
             let _ = live.connection.close(320, "killed by test".into()).await;
         }
         self.inner.wake.notify_one();
+    }
+}
+
+/// `work`, or [`BusError::Expired`] once `send_by` passes first.
+async fn before<T>(
+    send_by: Option<tokio::time::Instant>,
+    work: impl Future<Output = T>,
+) -> Result<T, BusError> {
+    match send_by {
+        None => Ok(work.await),
+        Some(at) => tokio::time::timeout_at(at, work)
+            .await
+            .map_err(|_| BusError::Expired),
     }
 }
 

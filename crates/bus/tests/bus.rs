@@ -133,6 +133,47 @@ async fn confirmed_publishes_route_to_their_queues() {
 }
 
 #[tokio::test]
+async fn a_publish_past_its_send_deadline_is_never_sent_and_the_pool_stays_whole() {
+    let (bus, _cancel) = bus("expired").await;
+    let t = bus.topology().clone();
+    let key = Topology::event_key("acme", "wx1", "text");
+    let past = tokio::time::Instant::now();
+    let late = bus
+        .publish_by(&msg(&t.events_exchange(), &key, "late", &[]), past)
+        .await;
+    assert_eq!(late, Err(BusError::Expired));
+    // Every channel is still usable (the abandoned publish left nothing outstanding), and a
+    // publish with time left goes through.
+    let soon = tokio::time::Instant::now() + Duration::from_secs(10);
+    for i in 0..(AmqpConfig::new(amqp_url()).publisher_channels + 1) {
+        bus.publish_by(
+            &msg(&t.events_exchange(), &key, &format!("on-time-{i}"), &[]),
+            soon,
+        )
+        .await
+        .unwrap();
+    }
+    let got = get_all(&bus, &t.unrouted_queue()).await;
+    let ids: Vec<_> = got
+        .iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!ids.iter().any(|id| id == "late"), "{ids:?}");
+    assert_eq!(
+        ids.len(),
+        AmqpConfig::new(amqp_url()).publisher_channels + 1
+    );
+    cleanup(&bus, &[]).await;
+}
+
+#[tokio::test]
 async fn unroutable_job_is_an_error_not_a_silent_drop() {
     let (bus, _cancel) = bus("unroutable").await;
     let t = bus.topology().clone();

@@ -1,8 +1,19 @@
 //! The WeChat-facing routes (design §4) and the POST pipeline:
 //!
 //! size limit → tenant lookup → signature (`signature`, and `msg_signature` over `Encrypt` when
-//! encrypted) → timestamp window → decrypt (current key, then previous) with the appid/corpid
-//! check → parse XML → release-check responder → dedupe → publish with confirm → reply.
+//! encrypted) → plaintext policy → timestamp window → decrypt (current key, then previous) with
+//! the appid/corpid check → parse XML → `CreateTime` skew → plaintext (timestamp, nonce) binding
+//! → release-check responder → dedupe → publish with confirm → reply.
+//!
+//! What proves a body: in safe and compatible mode the `msg_signature` over the ciphertext (and
+//! only the ciphertext is trusted). Plaintext mode signs token, timestamp and nonce only, a
+//! triple that leaks through every access log and stays valid for the whole window; so it is
+//! accepted only from an Official Account that opted in (`plaintext = true`: WeChat always
+//! encrypts for third-party platforms and WeCom), and a pair vouches for the first body it
+//! carried only (`wxhub_store::nonces`, in Redis — without Redis a plaintext callback gets 503).
+//!
+//! No ordering field downstream may be pushed into the future by one message: a `CreateTime`
+//! more than `gateway.max_future_skew_secs` ahead of the gateway's clock is refused.
 //!
 //! Everything runs under the `gateway.deadline_ms` budget; past it the answer is 503.
 
@@ -21,6 +32,7 @@ use tracing::Instrument;
 use wxhub_crypto::{Crypt, KeySlot, random_nonce};
 use wxhub_message::{Inbound, Message, Reply, encrypted_envelope, parse_envelope};
 use wxhub_runtime::{Tenant, TenantKind};
+use wxhub_store::nonces::Binding;
 
 use crate::delivery::{DedupeKey, Delivered, Publication, deliver};
 use crate::event::{self, CALLBACK_EVENT_TYPE, Meta, Mode, RELEASE_CHECK_JOB_TYPE};
@@ -301,7 +313,9 @@ fn missing(name: &'static str) -> Failure {
     )
 }
 
-fn check_window(shared: &Shared, timestamp: &str) -> Result<(), Failure> {
+/// The request's `timestamp` (WeChat's send time: real time, so the system clock) within the
+/// window; returns it.
+fn check_window(shared: &Shared, timestamp: &str) -> Result<i64, Failure> {
     let ts = parse_timestamp(timestamp)
         .ok_or_else(|| Failure::bad("bad_timestamp", "timestamp is not unix seconds"))?;
     let now = wxhub_runtime::unix_ms() / 1000;
@@ -315,7 +329,108 @@ fn check_window(shared: &Shared, timestamp: &str) -> Result<(), Failure> {
             ),
         ));
     }
+    Ok(ts)
+}
+
+/// Plaintext mode is for Official Accounts that opted in; WeChat encrypts every third-party
+/// platform callback (and WeCom's, which never get here unencrypted).
+fn check_plaintext(tenant: &Tenant) -> Result<(), Failure> {
+    match tenant.kind {
+        TenantKind::OfficialAccount if tenant.plaintext => Ok(()),
+        TenantKind::OfficialAccount => Err(Failure::bad(
+            "plaintext_not_allowed",
+            format!(
+                "tenant {} does not accept plaintext mode (no `plaintext = true` in the tenants \
+                 file): a plaintext signature does not cover the body",
+                tenant.id
+            ),
+        )),
+        TenantKind::Component | TenantKind::Wecom => Err(Failure::bad(
+            "plaintext_not_allowed",
+            format!(
+                "tenant {} accepts only encrypted callbacks (encrypt_type=aes with msg_signature); \
+                 WeChat always encrypts them",
+                tenant.id
+            ),
+        )),
+    }
+}
+
+/// A plaintext nonce becomes part of a Redis key: 1 to 64 ASCII letters and digits (WeChat's
+/// are digits).
+fn check_plaintext_nonce(nonce: &str) -> Result<(), Failure> {
+    if (1..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(Failure::bad(
+            "bad_nonce",
+            "nonce of a plaintext callback must be 1-64 letters or digits",
+        ))
+    }
+}
+
+/// `create_time` (WeChat's clock, unix seconds) is at most `max_future_skew_secs` ahead of the
+/// gateway's: a message from the future would hold an ordering field (ticket, authorization
+/// status, ...) downstream until then.
+fn check_create_time(shared: &Shared, create_time: i64) -> Result<(), Failure> {
+    let ahead = create_time.saturating_sub(shared.clock.now_secs());
+    if ahead > shared.max_future_skew_secs {
+        return Err(Failure::bad(
+            "create_time_future",
+            format!(
+                "CreateTime is {ahead} s ahead of this gateway's clock (at most {} s accepted)",
+                shared.max_future_skew_secs
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// A plaintext pair (`timestamp`, `nonce`) vouches for the first body it carried only: binds it
+/// (or finds it bound to this same body, a retry) in Redis. The binding lives as long as the
+/// pair stays acceptable: until `timestamp + window` — on any replica, hence the margin for
+/// their clocks' difference. Without Redis there is no proof of the body: 503, WeChat retries.
+async fn bind_plaintext(
+    shared: &Shared,
+    tenant: &Tenant,
+    timestamp: (&str, i64),
+    nonce: &str,
+    body: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
+    /// Tolerated difference between the clocks of two gateway replicas.
+    const REPLICA_CLOCK_MARGIN_SECS: i64 = 60;
+    let (text, ts) = timestamp;
+    let now = wxhub_runtime::unix_ms() / 1000;
+    let ttl_secs = (ts + shared.window_secs - now).max(0) + REPLICA_CLOCK_MARGIN_SECS;
+    let digest = {
+        use sha1::{Digest, Sha1};
+        hex::encode(Sha1::digest(body))
+    };
+    let bind = shared.nonces.bind(
+        tenant.id.as_str(),
+        text,
+        nonce,
+        &digest,
+        std::time::Duration::from_secs(ttl_secs as u64),
+    );
+    let budget = deadline.min(tokio::time::Instant::now() + shared.dedupe_timeout);
+    let unavailable = |why: String| {
+        Failure::unavailable(
+            "redis",
+            format!("a plaintext callback needs Redis to bind its nonce to the body: {why}"),
+        )
+    };
+    match tokio::time::timeout_at(budget, bind).await {
+        Ok(Ok(Binding::First | Binding::Same)) => Ok(()),
+        Ok(Ok(Binding::Different)) => Err(Failure::unauthenticated(
+            "nonce_reused",
+            "this timestamp and nonce already carried another body; a plaintext signature \
+             vouches for one body only",
+        )),
+        Ok(Err(e)) => Err(unavailable(e.to_string())),
+        Err(_) => Err(unavailable("timed out".into())),
+    }
 }
 
 /// GET: URL verification. Official Account style (`signature` + plain `echostr`) for component
@@ -449,11 +564,9 @@ async fn post(
             .ok_or_else(|| Failure::unauthenticated("missing_signature", "signature is missing"))?;
         crypt.verify_signature(signature, timestamp, nonce)?;
     }
-    if !encrypted && !shared.allow_plaintext {
-        return Err(Failure::bad(
-            "plaintext_not_allowed",
-            "plaintext mode is disabled (gateway.allow_plaintext = false)",
-        ));
+    if !encrypted {
+        check_plaintext(&tenant)?;
+        check_plaintext_nonce(nonce)?;
     }
     let envelope = parse_envelope(&body, &shared.limits)?;
     let encrypt = if encrypted {
@@ -470,7 +583,7 @@ async fn post(
     };
 
     // 4. Timestamp window.
-    check_window(shared, timestamp)?;
+    let ts = check_window(shared, timestamp)?;
 
     // 5. Decrypt (current key, then previous) and check the appid/corpid in the plaintext.
     let (xml, slot, mode): (Cow<'_, str>, Option<KeySlot>, Mode) = match encrypt {
@@ -497,9 +610,21 @@ async fn post(
         }
     };
 
-    // 6. Parse.
+    // 6. Parse; nothing from the future.
     let inbound = wxhub_message::parse_with(&xml, &shared.limits)?;
+    check_create_time(
+        shared,
+        match &inbound {
+            Inbound::Component(notice) => notice.create_time(),
+            Inbound::Account(message) => message.header().create_time,
+        },
+    )?;
     let xml = xml.into_owned();
+    // The first write: a plaintext pair is bound to this body (after every check that could
+    // still refuse it, so bad input changes no state).
+    if !encrypted {
+        bind_plaintext(shared, &tenant, (timestamp, ts), nonce, &body, deadline).await?;
+    }
     let reply = ReplyCrypto { crypt, slot };
     let source = Source {
         shared,

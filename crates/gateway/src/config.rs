@@ -29,22 +29,26 @@ listen_backlog = 4096
 deadline_ms = 4000
 # Accepted distance between the request's `timestamp` and the local clock.
 timestamp_window_secs = 300
+# A callback whose CreateTime is more than this ahead of the local clock is refused (400):
+# ordering fields downstream (ticket, authorization status) must never be pushed into the
+# future. NTP keeps clocks within a second; a minute also covers a badly drifting host.
+max_future_skew_secs = 60
 # Largest accepted body (WeChat callbacks are a few KB).
 max_body_bytes = 65536
 # Lifetime of the "being published" dedupe marker: bounds how long a crashed request delays a
 # retry. Must be at least deadline_ms.
 dedupe_pending_ttl_ms = 5000
-# Lifetime of the "published" dedupe marker: must outlast WeChat's retries (~15 s).
+# Lifetime of the "published" dedupe marker: must outlast WeChat's retries (~15 s) and every
+# replay the timestamp window allows (at least 2 x timestamp_window_secs).
 dedupe_done_ttl_secs = 600
 # Budget of one dedupe call to Redis before Redis counts as down for this request.
 dedupe_timeout_ms = 1000
 # When Redis is down: "publish" (deliver without dedupe: never loses, may duplicate; duplicates
-# carry the same message_id) or "reject" (answer 503 so WeChat retries later).
+# carry the same message_id) or "reject" (answer 503 so WeChat retries later). Plaintext-mode
+# callbacks get 503 either way: their body is proven only through Redis.
 redis_down = "publish"
-# Accept plaintext-mode callbacks (no encrypt_type) for component and Official Account tenants.
-# In plaintext mode WeChat signs only token+timestamp+nonce, not the body; set to false when every
-# account uses safe or compatible mode. WeCom is always encrypted.
-allow_plaintext = true
+# (Plaintext mode is a per-tenant choice: `plaintext = true` on an Official Account in the
+# tenants file. The former gateway.allow_plaintext is refused.)
 # Public base URL of this gateway, e.g. "https://wx.example.com" (a path prefix is kept): the
 # authorization pages build the redirect back from WeChat with it, whatever Host or
 # X-Forwarded-Host a request carries. Empty: the request's origin (Host; X-Forwarded-Host and
@@ -94,11 +98,15 @@ pub struct GatewaySection {
     pub dedupe_done_ttl_secs: u64,
     pub dedupe_timeout_ms: u64,
     pub redis_down: RedisDown,
-    pub allow_plaintext: bool,
+    pub max_future_skew_secs: u64,
     pub public_base_url: String,
     pub trusted_proxies: Vec<String>,
     pub authorize_limit_per_address: Rate,
     pub authorize_limit_per_tenant: Rate,
+    /// Removed (now per tenant); present only so a config that still sets it fails to load
+    /// with a message saying where the setting went.
+    #[serde(default, skip_serializing)]
+    allow_plaintext: Option<serde::de::IgnoredAny>,
 }
 
 impl GatewaySection {
@@ -211,6 +219,33 @@ impl GatewayConfig {
                 g.dedupe_done_ttl_secs
             ));
         }
+        // A request stays acceptable until timestamp + window and may first have arrived as
+        // early as timestamp - window: its done marker must live 2 x window, or a replay of a
+        // valid request is published again.
+        if g.dedupe_done_ttl_secs < 2 * g.timestamp_window_secs {
+            return invalid(format!(
+                "gateway.dedupe_done_ttl_secs = {} must be at least 2 x gateway.timestamp_window_secs \
+                 = {}: a request accepted at timestamp - window can be replayed until timestamp + \
+                 window, and a replay after its done marker expired would be published again",
+                g.dedupe_done_ttl_secs,
+                2 * g.timestamp_window_secs
+            ));
+        }
+        if !(1..=3600).contains(&g.max_future_skew_secs) {
+            return invalid(format!(
+                "gateway.max_future_skew_secs = {} must be within 1..=3600",
+                g.max_future_skew_secs
+            ));
+        }
+        if g.allow_plaintext.is_some() {
+            return invalid(
+                "gateway.allow_plaintext was removed: plaintext mode is now chosen per tenant. Set \
+                 `plaintext = true` in the tenants file on each Official Account that WeChat calls \
+                 in plaintext mode, and remove gateway.allow_plaintext (component and WeCom \
+                 callbacks are always encrypted)"
+                    .into(),
+            );
+        }
         if g.dedupe_timeout_ms == 0 || g.dedupe_timeout_ms >= g.deadline_ms {
             return invalid(format!(
                 "gateway.dedupe_timeout_ms = {} must be positive and below gateway.deadline_ms",
@@ -270,7 +305,8 @@ mod tests {
         assert_eq!(c.gateway.max_body_bytes, 65536);
         assert_eq!(c.gateway.listen_backlog, 4096);
         assert_eq!(c.gateway.redis_down, RedisDown::Publish);
-        assert!(c.gateway.allow_plaintext);
+        assert_eq!(c.gateway.max_future_skew_secs, 60);
+        assert!(c.gateway.allow_plaintext.is_none());
         assert_eq!(c.token_control.endpoint, "http://127.0.0.1:50051");
         assert_eq!(c.gateway.public_base().unwrap(), None);
         assert!(c.gateway.trusted_proxies.is_empty());
@@ -381,10 +417,70 @@ mod tests {
                 "dedupe_timeout_ms",
             ),
             ("WXHUB_GATEWAY__REDIS_DOWN", "shrug", "redis_down"),
+            (
+                "WXHUB_GATEWAY__MAX_FUTURE_SKEW_SECS",
+                "0",
+                "max_future_skew_secs",
+            ),
         ] {
             let err = load(&[(k, v)]).unwrap_err().to_string();
             assert!(err.contains(needle), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn the_done_marker_must_outlive_every_replay_the_window_allows() {
+        // Default: window 300 s, done 600 s = 2 x window.
+        assert!(load(&[]).is_ok());
+        let err = load(&[("WXHUB_GATEWAY__DEDUPE_DONE_TTL_SECS", "599")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dedupe_done_ttl_secs = 599")
+                && err.contains("2 x gateway.timestamp_window_secs = 600"),
+            "{err}"
+        );
+        let err = load(&[
+            ("WXHUB_GATEWAY__TIMESTAMP_WINDOW_SECS", "3600"),
+            ("WXHUB_GATEWAY__DEDUPE_DONE_TTL_SECS", "3600"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("= 7200"), "{err}");
+        assert!(
+            load(&[
+                ("WXHUB_GATEWAY__TIMESTAMP_WINDOW_SECS", "60"),
+                ("WXHUB_GATEWAY__DEDUPE_DONE_TTL_SECS", "120"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_removed_allow_plaintext_points_to_the_tenants_file() {
+        for value in ["true", "false"] {
+            let err = load(&[("WXHUB_GATEWAY__ALLOW_PLAINTEXT", value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("gateway.allow_plaintext was removed")
+                    && err.contains("`plaintext = true`")
+                    && err.contains("tenants file"),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "[gateway]\nallow_plaintext = true\n").unwrap();
+        let err = GatewayConfig::load(&Source {
+            file: Some(file),
+            env: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("allow_plaintext was removed"), "{err}");
+        // Nor does a dump of a valid config mention it.
+        assert!(!config::dump(&load(&[]).unwrap()).contains("allow_plaintext"));
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //!   the handler is dropped) the pending publish moves into a task and still finishes: a late
 //!   confirm marks the key done (the retry gets `success` without a second copy), a failure
 //!   releases it (the retry publishes).
+//! - Only a publish already sent finishes late. One still waiting for a publisher channel (all
+//!   busy behind a stalled broker) at the deadline is abandoned unsent (`Bus::publish_by` with
+//!   the deadline) and its claim released: otherwise each 503'd attempt of a callback would be
+//!   queued behind the stall and published once the broker recovers — as many copies as WeChat
+//!   made attempts — while WeChat's next retry publishes it anyway.
 //! - The answer goes out as soon as the broker confirmed; marking the key done follows in a
 //!   small background task (a retry arriving in between sees `InFlight` and waits for it).
 //! - Redis down: `gateway.redis_down = "publish"` (default) publishes without a claim — nothing
@@ -216,7 +221,7 @@ async fn publish(
                 message_type: publication.message_type,
                 headers: &publication.headers,
             };
-            shared.bus.publish(&outgoing).await
+            shared.bus.publish_by(&outgoing, deadline).await
         }
     };
     let mut pending = Pending {
@@ -252,6 +257,7 @@ async fn publish(
                 BusError::Unavailable(_) => "broker",
                 BusError::Nacked => "nacked",
                 BusError::Unroutable { .. } => "unroutable",
+                BusError::Expired => "deadline",
             };
             let detail = e.to_string();
             // Release before answering, so WeChat's retry can publish.
@@ -264,6 +270,8 @@ async fn publish(
 /// A publish in flight. Dropped before it completed — at the deadline, or because the client
 /// went away and hyper dropped the handler — it moves into a task that waits for the confirm
 /// and settles the dedupe marker, so a late confirm still counts and a failure still releases.
+/// A publish not yet sent by then ends at once in that task with `BusError::Expired` (its send
+/// deadline is the request's), which releases the marker.
 struct Pending<F>
 where
     F: Future<Output = Result<(), BusError>> + Send + 'static,

@@ -38,11 +38,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wxhub_bus::{Bus, Topology};
 use wxhub_message::Limits;
-use wxhub_runtime::TenantsHandle;
-use wxhub_runtime::ops::{self, Readiness};
+use wxhub_runtime::ops::{self, Readiness, Status};
 use wxhub_runtime::shutdown::drain;
+use wxhub_runtime::{Clock, SystemClock, TenantsHandle};
 use wxhub_store::Store;
 use wxhub_store::dedupe::Dedupe;
+use wxhub_store::nonces::Nonces;
 use wxhub_token_client::TokenClient;
 
 pub use config::{DEFAULTS, GatewayConfig, GatewaySection, RedisDown};
@@ -57,20 +58,38 @@ pub fn routes() -> Router<AppState> {
     callback::routes().merge(authorize::routes())
 }
 
-/// The complete HTTP application: [`routes`] with `state`, plus `/healthz`, `/readyz` (Redis,
-/// RabbitMQ, tenants, not draining) and `/metrics`.
+/// The complete HTTP application: [`routes`] with `state`, plus `/healthz`, `/readyz` and
+/// `/metrics`.
 pub fn router(state: AppState) -> Router {
     let readiness = readiness(&state);
     routes().with_state(state).merge(ops::router(readiness))
 }
 
+/// `/readyz`: whether this gateway can take WeChat's callbacks. Unready (503, out of the
+/// Service) without RabbitMQ (nothing could be stored), without tenants, while draining, and
+/// without Redis under `redis_down = "reject"` (every callback would get 503). Under
+/// `redis_down = "publish"` a Redis outage is only degraded: callbacks are still stored (without
+/// dedupe; plaintext-mode ones get 503), and taking every replica out of the Service for it
+/// would turn that into WeChat's three tries failing.
 fn readiness(state: &AppState) -> Readiness {
     let (redis, bus, tenants, serving) =
         (state.clone(), state.clone(), state.clone(), state.clone());
     Readiness::new()
-        .with("redis", move || {
+        .with_status("redis", move || {
             let store = redis.store().clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
+            let mode = redis.shared.redis_down;
+            async move {
+                match (store.ping().await, mode) {
+                    (Ok(pong), _) => Status::Ready(pong),
+                    (Err(e), RedisDown::Publish) => Status::Degraded(format!(
+                        "{e}; publishing without dedupe (redis_down = \"publish\"), \
+                         plaintext-mode callbacks get 503"
+                    )),
+                    (Err(e), RedisDown::Reject) => Status::Unready(format!(
+                        "{e}; every callback gets 503 (redis_down = \"reject\")"
+                    )),
+                }
+            }
         })
         .with("rabbitmq", move || {
             let connected = bus.bus().is_connected();
@@ -104,6 +123,34 @@ fn readiness(state: &AppState) -> Readiness {
         })
 }
 
+/// Injection points of [`Gateway::start_with`] and [`run_with`] (tests, the demo, embedding).
+pub struct Options {
+    /// Tenants to use instead of loading `tenants.file` (a file-backed handle is still watched
+    /// for changes).
+    pub tenants: Option<TenantsHandle>,
+    /// "Now" for the `CreateTime` skew check: the simulator's virtual clock in tests, whose
+    /// pushes carry virtual time in `CreateTime`. (The query `timestamp` is always checked
+    /// against the system clock: WeChat, and the simulator, put real time there.)
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tenants: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("tenants", &self.tenants)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A started gateway: Redis handle, RabbitMQ supervisor and tenants, ready to serve.
 pub struct Gateway {
     state: AppState,
@@ -123,9 +170,7 @@ impl Gateway {
     /// starts the RabbitMQ supervisor (it connects in the background; until then callbacks get
     /// 503 and `/readyz` says not ready). Must run inside a Tokio runtime.
     pub fn start(config: GatewayConfig) -> anyhow::Result<Self> {
-        let tenants = TenantsHandle::load(&config.tenants.file)
-            .with_context(|| format!("loading tenants from {}", config.tenants.file.display()))?;
-        Self::start_with_tenants(config, tenants)
+        Self::start_with(config, Options::default())
     }
 
     /// Like [`Gateway::start`] with tenants the caller provides (a file-backed handle is still
@@ -134,7 +179,24 @@ impl Gateway {
         config: GatewayConfig,
         tenants: TenantsHandle,
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            config,
+            Options {
+                tenants: Some(tenants),
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Like [`Gateway::start`] with injected dependencies.
+    pub fn start_with(config: GatewayConfig, options: Options) -> anyhow::Result<Self> {
         config.validate()?;
+        let tenants = match options.tenants {
+            Some(tenants) => tenants,
+            None => TenantsHandle::load(&config.tenants.file).with_context(|| {
+                format!("loading tenants from {}", config.tenants.file.display())
+            })?,
+        };
         let _ = ops::prometheus();
         let cancel = CancellationToken::new();
         tenants.spawn_reloader(
@@ -168,7 +230,9 @@ impl Gateway {
                 ..Limits::default()
             },
             redis_down: g.redis_down,
-            allow_plaintext: g.allow_plaintext,
+            clock: options.clock,
+            max_future_skew_secs: g.max_future_skew_secs as i64,
+            nonces: Nonces::new(store.clone()),
             export_spans: !config.telemetry.otlp_endpoint.is_empty(),
             token_client: TokenClient::new(
                 &config.token_control.endpoint,
@@ -270,5 +334,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    Gateway::start(config)?.serve(listener, shutdown).await
+    run_with(config, listener, Options::default(), shutdown).await
+}
+
+/// [`run`] with injected dependencies (see [`Options`]).
+pub async fn run_with(
+    config: GatewayConfig,
+    listener: TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    Gateway::start_with(config, options)?
+        .serve(listener, shutdown)
+        .await
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 use wxhub_bus::Bus;
 use wxhub_message::Limits;
-use wxhub_runtime::TenantsHandle;
+use wxhub_runtime::{Clock, TenantsHandle};
 use wxhub_store::Store;
 use wxhub_store::dedupe::{Completer, Dedupe};
+use wxhub_store::nonces::Nonces;
 
 use wxhub_token_client::TokenClient;
 
@@ -34,7 +35,11 @@ pub(crate) struct Shared {
     pub max_body: usize,
     pub limits: Limits,
     pub redis_down: RedisDown,
-    pub allow_plaintext: bool,
+    /// "Now" for the CreateTime skew check (protocol time; the simulator's in tests).
+    pub clock: Arc<dyn Clock>,
+    pub max_future_skew_secs: i64,
+    /// Plaintext callbacks' (timestamp, nonce) → body bindings.
+    pub nonces: Nonces,
     /// Spans are exported (OTLP configured): per-callback spans at info level.
     pub export_spans: bool,
     /// token-control, for the authorization pages (an error when unconfigured).

@@ -16,6 +16,10 @@ pub struct Header {
     pub msg_type: String,
     /// WeCom application id, when present.
     pub agent_id: Option<String>,
+    /// The first 64 bits of the SHA-1 of the whole message as received (after decryption): tells
+    /// apart two callbacks that no protocol field does, while a WeChat retry, which carries the
+    /// identical message, keeps it. See [`Message::dedupe_key`].
+    pub digest: u64,
 }
 
 /// Whatever a parser does not model: the leaf fields in order, plus the raw XML.
@@ -245,6 +249,27 @@ pub enum EventKind {
         reason: String,
         delay_time: Option<i64>,
     },
+    /// WeCom `change_contact`: a member, department or tag changed (`FromUserName` is `sys`).
+    ChangeContact {
+        /// `create_user`, `update_user`, `delete_user`, `create_party`, `update_party`,
+        /// `delete_party`, `update_tag`.
+        change_type: String,
+        /// `UserID` (member changes).
+        user_id: Option<String>,
+        /// `Id` (department changes).
+        party_id: Option<String>,
+        /// `TagId` (tag changes).
+        tag_id: Option<String>,
+    },
+    /// WeCom `batch_job_result`: an asynchronous batch job finished.
+    BatchJobResult {
+        /// `BatchJob/JobId`.
+        job_id: String,
+        /// `BatchJob/JobType` (`sync_user`, `replace_user`, `invite_user`, `replace_party`).
+        job_type: String,
+        err_code: Option<i64>,
+        err_msg: String,
+    },
     /// Any other event, kept whole.
     Other(Generic),
 }
@@ -335,8 +360,22 @@ impl Message {
         }
     }
 
-    /// The retry-dedupe key: `msg:{MsgId}` for messages, else
-    /// `evt:{FromUserName}:{CreateTime}:{Event}[:{EventKey}]`.
+    /// The retry-dedupe key: identical for a WeChat retry (the same message again), different
+    /// for any two distinct callbacks of one account.
+    ///
+    /// - A message with `MsgId` (every normal message type, WeCom's too): `msg:{MsgId}`.
+    /// - Every other callback starts `evt:{FromUserName}:{CreateTime}:{Event or MsgType}`, then:
+    ///   - `TEMPLATESENDJOBFINISH` / `MASSSENDJOBFINISH`: `:{MsgID}`, the id of the job, which
+    ///     WeChat reports once (two jobs for one user in one second differ only by it);
+    ///   - WeCom `batch_job_result`: `:{JobId}`;
+    ///   - WeCom `change_contact`: `:{ChangeType}:{UserID|Id|TagId}:{digest}` (one bulk sync
+    ///     sends many, all from `sys`, several for one member in one second);
+    ///   - any other event (or a message without `MsgId`): `[:{EventKey}]:{digest}`.
+    ///
+    ///   `{digest}` is [`Header::digest`] in 16 hex digits: the protocol gives these callbacks no
+    ///   id, and two distinct ones always differ somewhere in their XML (a location, a scan
+    ///   result, a list of templates, a changed field), while a retry is byte-identical.
+    ///   Without a `MsgID`/`JobId` the job events fall back to the digest as well.
     pub fn dedupe_key(&self) -> String {
         if let Some(id) = self.msg_id() {
             return format!("msg:{id}");
@@ -348,12 +387,65 @@ impl Message {
             h.create_time,
             self.event().unwrap_or(&h.msg_type)
         );
-        if let Some(event_key) = self.event_key().filter(|k| !k.is_empty()) {
+        let mut push = |part: &str| {
             key.push(':');
-            key.push_str(event_key);
+            key.push_str(part);
+        };
+        if let Message::Event(e) = self {
+            match &e.kind {
+                EventKind::TemplateSendJobFinish {
+                    msg_id: Some(id), ..
+                }
+                | EventKind::MassSendJobFinish {
+                    msg_id: Some(id), ..
+                } => {
+                    push(&id.to_string());
+                    return key;
+                }
+                EventKind::BatchJobResult { job_id, .. } if !job_id.is_empty() => {
+                    push(job_id);
+                    return key;
+                }
+                EventKind::ChangeContact {
+                    change_type,
+                    user_id,
+                    party_id,
+                    tag_id,
+                } => {
+                    push(change_type);
+                    push(
+                        user_id
+                            .as_deref()
+                            .or(party_id.as_deref())
+                            .or(tag_id.as_deref())
+                            .unwrap_or_default(),
+                    );
+                }
+                _ => {
+                    if let Some(event_key) = self.event_key().filter(|k| !k.is_empty()) {
+                        push(event_key);
+                    }
+                }
+            }
         }
+        push(&hex64(h.digest));
         key
     }
+}
+
+/// The first 64 bits of the SHA-1 of `text` (for dedupe keys: distinct inputs never meet in
+/// practice, and a secret digested this way does not appear in the key).
+pub(crate) fn digest64(text: &str) -> u64 {
+    use sha1::{Digest, Sha1};
+    let hash = Sha1::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// `digest` as 16 lower-case hex digits.
+pub(crate) fn hex64(digest: u64) -> String {
+    format!("{digest:016x}")
 }
 
 /// Lower-cases and replaces anything outside `[a-z0-9_-]` with `_` (empty becomes `unknown`).
@@ -387,6 +479,7 @@ pub(crate) fn from_element(root: &Element<'_>, raw: &str) -> Result<Message, Mes
         create_time: required_i64(root, "CreateTime")?,
         msg_type: required(root, "MsgType")?,
         agent_id: opt(root, "AgentID"),
+        digest: digest64(raw),
     };
     let msg_id = opt_u64(root, "MsgId", "MsgId")?;
     let media = |header: Header| -> Media {
@@ -575,6 +668,24 @@ fn event_kind(root: &Element<'_>, event: &str, raw: &str) -> Result<EventKind, M
             reason: text(root, "Reason"),
             delay_time: opt_i64(root, "DelayTime", "DelayTime")?,
         },
+        "change_contact" => EventKind::ChangeContact {
+            change_type: text(root, "ChangeType"),
+            user_id: opt(root, "UserID"),
+            party_id: opt(root, "Id"),
+            tag_id: opt(root, "TagId"),
+        },
+        "batch_job_result" => {
+            let job = root.child("BatchJob");
+            EventKind::BatchJobResult {
+                job_id: job.map(|j| text(j, "JobId")).unwrap_or_default(),
+                job_type: job.map(|j| text(j, "JobType")).unwrap_or_default(),
+                err_code: match job {
+                    Some(j) => opt_i64(j, "ErrCode", "ErrCode")?,
+                    None => None,
+                },
+                err_msg: job.map(|j| text(j, "ErrMsg")).unwrap_or_default(),
+            }
+        }
         _ => EventKind::Other(Generic::from_element(root, raw)),
     })
 }

@@ -1,7 +1,9 @@
 //! Notices pushed to the component's authorization-event URL (wechat-protocol.md §2.2, §2.4).
 
 use crate::MessageError;
-use crate::inbound::{Generic, opt, opt_i64, required, required_i64, routing_word, text};
+use crate::inbound::{
+    Generic, digest64, hex64, opt, opt_i64, required, required_i64, routing_word, text,
+};
 use crate::xml::{Element, Limits, parse_document};
 
 /// An `authorized` / `updateauthorized` notice.
@@ -120,21 +122,44 @@ impl ComponentNotice {
         routing_word(self.info_type())
     }
 
-    /// Retry-dedupe key: `info:{InfoType}:{CreateTime}[:{authorizer}]` (each ticket push has a
-    /// new CreateTime and ticket, so distinct pushes never collide).
+    /// Retry-dedupe key: identical for a WeChat retry, different for any two distinct notices.
+    /// It starts `info:{InfoType}:{CreateTime}`, then:
+    ///
+    /// - `component_verify_ticket`: `:{digest of the ticket}` — every push carries a new ticket;
+    ///   the ticket itself is a credential and stays out of the key (it becomes the AMQP
+    ///   `message_id` and consumers' Redis markers);
+    /// - `authorized` / `updateauthorized`: `:{AuthorizerAppid}:{digest of AuthorizationCode}` —
+    ///   a new authorization always has a new code (also a credential);
+    /// - `unauthorized`: `:{AuthorizerAppid}` — the notice has no other field: two revocations
+    ///   of one authorizer in one second would be byte-identical, as indistinguishable from a
+    ///   retry as they are to any reader;
+    /// - `notify_*`: `[:{appid}]:{digest of the notice}`, and any other InfoType
+    ///   `:{digest of the notice}` — the protocol gives them no id, and a retry is the identical
+    ///   message.
+    ///
+    /// Digests are the first 64 bits of SHA-1 in 16 hex digits.
     pub fn dedupe_key(&self) -> String {
         let mut key = format!("info:{}:{}", self.info_type(), self.create_time());
+        let mut push = |part: &str| {
+            key.push(':');
+            key.push_str(part);
+        };
         match self {
-            ComponentNotice::VerifyTicket { ticket, .. } => {
-                key.push(':');
-                key.push_str(ticket);
+            ComponentNotice::VerifyTicket { ticket, .. } => push(&hex64(digest64(ticket))),
+            ComponentNotice::Authorized(a) | ComponentNotice::UpdateAuthorized(a) => {
+                push(&a.authorizer_appid);
+                push(&hex64(digest64(&a.authorization_code)));
             }
-            _ => {
-                if let Some(authorizer) = self.authorizer_appid() {
-                    key.push(':');
-                    key.push_str(authorizer);
+            ComponentNotice::Unauthorized {
+                authorizer_appid, ..
+            } => push(authorizer_appid),
+            ComponentNotice::Notify(n) => {
+                if let Some(appid) = n.appid.as_deref().filter(|a| !a.is_empty()) {
+                    push(appid);
                 }
+                push(&hex64(digest64(&n.generic.raw)));
             }
+            ComponentNotice::Other { generic, .. } => push(&hex64(digest64(&generic.raw))),
         }
         key
     }

@@ -29,6 +29,7 @@ proptest! {
             create_time: 1,
             msg_type: "text".into(),
             agent_id: None,
+            digest: 0,
         };
         let xml = Reply::text(&header, 2, content.clone()).to_xml();
         let Message::Text(t) = parse_message(&xml).unwrap() else { panic!() };

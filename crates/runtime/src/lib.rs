@@ -6,7 +6,8 @@
 //!   authentication of internal clients.
 //! - [`telemetry`]: tracing subscriber (text or JSON), optional OTLP export, W3C trace-context
 //!   propagation helpers for HTTP and AMQP headers.
-//! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
+//! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` (ready, degraded or unready per check).
+//! - [`clock`]: the injectable "now" of protocol times (the simulator's virtual clock in tests).
 //! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`, bounded drains.
 //! - [`service`]: the shared `main` of every binary (flags, config errors, telemetry, signals).
 //! - [`ErrorCode`]: one table mapping error classes to HTTP statuses and gRPC codes.
@@ -14,6 +15,7 @@
 //! Depends on no other wxhub crate but `wxhub-crypto` (tenants carry parsed keys); service crates
 //! depend on this one, never the reverse.
 
+pub mod clock;
 pub mod config;
 mod error;
 pub mod ops;
@@ -22,6 +24,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
 
+pub use clock::{Clock, FnClock, SystemClock};
 pub use config::{Secret, SecretUrl};
 pub use error::ErrorCode;
 pub use tenants::{Client, Tenant, TenantId, TenantKind, Tenants, TenantsHandle};

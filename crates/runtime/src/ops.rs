@@ -32,13 +32,57 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// One readiness check: `Ok(detail)` when ready, `Err(reason)` otherwise.
-pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+/// What one readiness check found. `/readyz` answers 200 unless a check is [`Status::Unready`].
+///
+/// Readiness means "this process can do its job": an orchestrator takes an unready process out
+/// of its Service. A dependency whose loss the service works around (the gateway publishing
+/// without dedupe while Redis is down, token-control serving every tenant but one that lacks a
+/// ticket) is [`Status::Degraded`] instead — still 200, but visible in the body and in the
+/// `wxhub_readiness_degraded{check}` gauge — because taking every replica out for it would stop
+/// the part that still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Working.
+    Ready(String),
+    /// Working, with something missing.
+    Degraded(String),
+    /// Cannot do its job.
+    Unready(String),
+}
+
+impl Status {
+    fn label(&self) -> &'static str {
+        match self {
+            Status::Ready(_) => "ready",
+            Status::Degraded(_) => "degraded",
+            Status::Unready(_) => "unready",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Status::Ready(d) | Status::Degraded(d) | Status::Unready(d) => d,
+        }
+    }
+}
+
+/// One readiness check.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Status> + Send + Sync>;
 
 /// Named readiness checks.
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(&'static str, Check)>,
+}
+
+/// The outcome of [`Readiness::run`].
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// No check is unready (the probe answers 200).
+    pub ready: bool,
+    /// Per check: `{"ok": bool, "status": "ready"|"degraded"|"unready", "detail": ...}`, where
+    /// `ok` is false only when unready.
+    pub checks: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Readiness {
@@ -47,40 +91,62 @@ impl Readiness {
         Self::default()
     }
 
-    /// Adds a check.
-    pub fn with<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    /// Adds a check that is ready (`Ok(detail)`) or unready (`Err(reason)`).
+    pub fn with<F, Fut>(self, name: &'static str, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.with_status(name, move || {
+            let result = check();
+            async move {
+                match result.await {
+                    Ok(detail) => Status::Ready(detail),
+                    Err(reason) => Status::Unready(reason),
+                }
+            }
+        })
+    }
+
+    /// Adds a check that can also answer [`Status::Degraded`].
+    pub fn with_status<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Status> + Send + 'static,
     {
         self.checks
             .push((name, Arc::new(move || Box::pin(check()))));
         self
     }
 
-    /// Runs every check; `(all_ok, per-check results)`.
-    pub async fn run(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+    /// Runs every check (each bounded to 2 s, then unready) and sets
+    /// `wxhub_readiness_degraded{check}` to 1 for the degraded ones, 0 for the others.
+    pub async fn run(&self) -> Report {
         let results =
             futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
-                let result = tokio::time::timeout(std::time::Duration::from_secs(2), check())
+                let status = tokio::time::timeout(std::time::Duration::from_secs(2), check())
                     .await
-                    .unwrap_or_else(|_| Err("check timed out".into()));
-                (*name, result)
+                    .unwrap_or_else(|_| Status::Unready("check timed out".into()));
+                (*name, status)
             }))
             .await;
-        let mut ok = true;
-        let mut map = serde_json::Map::new();
-        for (name, result) in results {
-            let value = match result {
-                Ok(detail) => serde_json::json!({"ok": true, "detail": detail}),
-                Err(reason) => {
-                    ok = false;
-                    serde_json::json!({"ok": false, "detail": reason})
-                }
-            };
-            map.insert(name.to_owned(), value);
+        let mut ready = true;
+        let mut checks = serde_json::Map::new();
+        for (name, status) in results {
+            let degraded = matches!(status, Status::Degraded(_));
+            let ok = !matches!(status, Status::Unready(_));
+            ready &= ok;
+            metrics::gauge!("wxhub_readiness_degraded", "check" => name).set(if degraded {
+                1.0
+            } else {
+                0.0
+            });
+            checks.insert(
+                name.to_owned(),
+                serde_json::json!({"ok": ok, "status": status.label(), "detail": status.detail()}),
+            );
         }
-        (ok, map)
+        Report { ready, checks }
     }
 }
 
@@ -90,7 +156,9 @@ struct OpsState {
     metrics: PrometheusHandle,
 }
 
-/// `/healthz` (process alive), `/readyz` (every check passes), `/metrics` (Prometheus text).
+/// `/healthz` (process alive), `/readyz` (200 unless a check is unready; the body shows every
+/// check), `/metrics` (Prometheus text; the readiness checks run first, so the degraded gauges
+/// are current at every scrape).
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -103,16 +171,17 @@ pub fn router(readiness: Readiness) -> Router {
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    let (ok, checks) = state.readiness.run().await;
-    let status = if ok {
+    let report = state.readiness.run().await;
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(serde_json::Value::Object(checks)))
+    (status, axum::Json(serde_json::Value::Object(report.checks)))
 }
 
 async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
+    state.readiness.run().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -155,6 +224,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_degraded_check_is_ready_shown_and_counted() {
+        let _ = prometheus();
+        let readiness = Readiness::new()
+            .with("test-deps", || async { Ok("fine".to_string()) })
+            .with_status("test-optional", || async {
+                Status::Degraded("one tenant has no ticket".into())
+            });
+        let app = router(readiness);
+        let get = |path: &'static str| {
+            app.clone().oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+        };
+        let res = get("/readyz").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "degraded is still ready");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["test-optional"]["ok"], true);
+        assert_eq!(v["test-optional"]["status"], "degraded");
+        assert_eq!(v["test-optional"]["detail"], "one tenant has no ticket");
+        assert_eq!(v["test-deps"]["status"], "ready");
+        let res = get("/metrics").await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("wxhub_readiness_degraded{check=\"test-optional\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxhub_readiness_degraded{check=\"test-deps\"} 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

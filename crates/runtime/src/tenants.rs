@@ -9,7 +9,8 @@
 //! token = "..."                     # message verification token
 //! encoding_aes_key = "..."          # 43 characters
 //! previous_encoding_aes_key = "..." # optional, during key rotation
-//! agent_id = "1000002"              # wecom only
+//! agent_id = "1000002"              # wecom only; a string or an integer (1000002)
+//! plaintext = false                 # official_account only: accept WeChat's plaintext mode
 //!
 //! [[clients]]
 //! name = "crm"
@@ -109,8 +110,28 @@ struct RawTenant {
     encoding_aes_key: Secret,
     #[serde(default)]
     previous_encoding_aes_key: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "agent_id")]
     agent_id: Option<String>,
+    #[serde(default)]
+    plaintext: bool,
+}
+
+/// `agent_id` as written: operators copy it from the WeCom console as a number, so an integer
+/// is accepted as well as a string (both become the decimal string).
+fn agent_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum AgentId {
+        Text(String),
+        Number(u64),
+    }
+    match AgentId::deserialize(d) {
+        Ok(AgentId::Text(s)) => Ok(Some(s)),
+        Ok(AgentId::Number(n)) => Ok(Some(n.to_string())),
+        Err(_) => Err(serde::de::Error::custom(
+            "agent_id must be a string or a non-negative integer",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +158,10 @@ pub struct Tenant {
     pub app_id: String,
     pub app_secret: Secret,
     pub agent_id: Option<String>,
+    /// Accept WeChat's plaintext mode (no `encrypt_type`), whose signature covers only token,
+    /// timestamp and nonce — not the body. Only an Official Account can opt in; component and
+    /// WeCom callbacks are always encrypted.
+    pub plaintext: bool,
     crypt: Crypt,
 }
 
@@ -147,6 +172,7 @@ impl std::fmt::Debug for Tenant {
             .field("kind", &self.kind)
             .field("app_id", &self.app_id)
             .field("agent_id", &self.agent_id)
+            .field("plaintext", &self.plaintext)
             .finish_non_exhaustive()
     }
 }
@@ -252,6 +278,20 @@ impl Tenants {
                 }
                 _ => {}
             }
+            if t.plaintext && t.kind != TenantKind::OfficialAccount {
+                return Err(bad(
+                    "plaintext",
+                    format!(
+                        "is only valid for kind = \"official_account\" (WeChat always encrypts \
+                         {} callbacks)",
+                        if t.kind == TenantKind::Wecom {
+                            "WeCom"
+                        } else {
+                            "third-party platform"
+                        }
+                    ),
+                ));
+            }
             let crypt = Crypt::new(t.token.expose(), t.app_id.clone(), current, previous);
             let tenant = Tenant {
                 id: t.id,
@@ -259,6 +299,7 @@ impl Tenants {
                 app_id: t.app_id,
                 app_secret: t.app_secret,
                 agent_id: t.agent_id,
+                plaintext: t.plaintext,
                 crypt,
             };
             if by_id.insert(id.clone(), Arc::new(tenant)).is_some() {
@@ -539,6 +580,52 @@ tenants = ["acme"]
         let typo = file("").replace("app_secret = \"cs\"", "app_secert = \"cs\"");
         assert!(Tenants::from_toml(&typo).is_err());
         assert!(Tenants::from_toml("not toml [").is_err());
+    }
+
+    #[test]
+    fn agent_id_is_a_string_or_an_integer() {
+        let as_int = file("").replace("agent_id = \"1000002\"", "agent_id = 1000002");
+        let t = Tenants::from_toml(&as_int).unwrap();
+        assert_eq!(
+            t.get("corp-1").unwrap().agent_id.as_deref(),
+            Some("1000002")
+        );
+        let t = Tenants::from_toml(&file("")).unwrap();
+        assert_eq!(
+            t.get("corp-1").unwrap().agent_id.as_deref(),
+            Some("1000002")
+        );
+        for bad in ["-5", "1.5", "true", "[1]"] {
+            let text = file("").replace("agent_id = \"1000002\"", &format!("agent_id = {bad}"));
+            let err = Tenants::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("agent_id"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn plaintext_is_an_official_account_opt_in() {
+        const OA: &str = "\n[[tenants]]\nid = \"oa\"\nkind = \"official_account\"\napp_id = \"wxoa\"\napp_secret = \"s\"\ntoken = \"t\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n";
+        let t = Tenants::from_toml(OA).unwrap();
+        assert!(!t.get("oa").unwrap().plaintext, "off by default");
+        let t = Tenants::from_toml(&format!("{OA}plaintext = true\n")).unwrap();
+        assert!(t.get("oa").unwrap().plaintext);
+        let t = Tenants::from_toml(&file("")).unwrap();
+        assert!(t.iter().all(|t| !t.plaintext));
+        for (tenant, after, what) in [
+            ("acme", "encoding_aes_key = \"", "third-party platform"),
+            ("corp-1", "agent_id = ", "WeCom"),
+        ] {
+            // `plaintext = true` on the line before `after` of that tenant.
+            let text = file("");
+            let start = text.find(&format!("id = \"{tenant}\"")).unwrap();
+            let at = start + text[start..].find(after).unwrap();
+            let text = format!("{}plaintext = true\n{}", &text[..at], &text[at..]);
+            let err = Tenants::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(tenant) && err.contains("plaintext") && err.contains(what),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,12 @@ impl Keys {
         format!("{}dedupe:{appid}:{dedupe_key}", self.prefix)
     }
 
+    /// `…:nonce:{timestamp}:{nonce}` — string, the digest of the one plaintext-mode body this
+    /// (timestamp, nonce) pair carried first (`wxhub_store::nonces`).
+    pub fn nonce(&self, timestamp: &str, nonce: &str) -> String {
+        format!("{}nonce:{timestamp}:{nonce}", self.prefix)
+    }
+
     /// `…:ticket` — hash: the latest component_verify_ticket (`v`), its `CreateTime` (`ct`)
     /// and when it was received (`at`, ms).
     pub fn ticket(&self) -> String {
@@ -113,6 +119,7 @@ mod tests {
             k.guard("push-ticket"),
             k.limit("page:addr:10.0.0.1"),
             k.pre_auth(),
+            k.nonce("1700000000", "123456"),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");
         }

@@ -8,16 +8,18 @@
 //! created lazily so a service starts while Redis is still down. A command that failed on a
 //! dropped connection has an unknown outcome; callers treat it as such.
 //!
-//! Modules: [`dedupe`] (callback retries), [`credentials`] (tickets, tokens, refresh leases,
-//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens),
-//! [`limiter`] (rate limits shared by every replica), [`pre_auth`] (the pre-auth code the
-//! authorization pages share).
+//! Modules: [`dedupe`] (callback retries), [`nonces`] (plaintext callbacks' (timestamp, nonce)
+//! bound to one body), [`credentials`] (tickets, tokens, refresh leases, fenced writes, the
+//! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`limiter`] (rate
+//! limits shared by every replica), [`pre_auth`] (the pre-auth code the authorization pages
+//! share).
 
 pub mod authorizers;
 pub mod credentials;
 pub mod dedupe;
 mod keys;
 pub mod limiter;
+pub mod nonces;
 pub mod pre_auth;
 
 use std::time::Duration;

@@ -43,7 +43,8 @@ reconcile_spread_ms = 5400000
 ticket_stale_ms = 1200000
 ticket_check_interval_ms = 60000
 push_ticket_interval_ms = 600000
-# /readyz fails while a component tenant has no ticket younger than 12 h.
+# /readyz reports ticket freshness: a component tenant without a ticket younger than 12 h shows
+# as degraded (still 200: the other tenants are served).
 ready_requires_ticket = true
 # Bus consumer of {namespace}.token-control.
 consumer_concurrency = 8

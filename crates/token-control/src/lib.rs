@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use wxhub_bus::{Bus, Topology};
 use wxhub_proto::token::v1::token_control_server::TokenControlServer;
 use wxhub_runtime::TenantsHandle;
-use wxhub_runtime::ops::Readiness;
+use wxhub_runtime::ops::{Readiness, Status};
 use wxhub_store::Store;
 use wxhub_wechat_api::WechatApi;
 
@@ -162,6 +162,11 @@ pub async fn run_with(
             .await
             .with_context(|| format!("binding {}", config.token_control.ops_listen))?,
     };
+    // Readiness means "can serve tokens". Every token lives in Redis: without it, unready. A
+    // missing or stale ticket stops only its own tenant's component tokens (and the engine
+    // already asks WeChat for a push), and every replica sees the same Redis: unready would take
+    // every replica — and every tenant — out of the Service for one tenant's problem, so it is
+    // degraded. RabbitMQ only feeds notices, which wait in their queue: degraded too.
     let readiness = {
         let (e1, e2) = (Arc::clone(&engine), Arc::clone(&engine));
         let mut r = Readiness::new().with("redis", move || {
@@ -169,21 +174,28 @@ pub async fn run_with(
             async move { e.ping().await }
         });
         if config.token_control.ready_requires_ticket {
-            r = r.with("tickets", move || {
+            r = r.with_status("tickets", move || {
                 let e = Arc::clone(&e2);
-                async move { e.ticket_readiness().await }
+                async move {
+                    match e.ticket_readiness().await {
+                        Ok(detail) => Status::Ready(detail),
+                        Err(problems) => Status::Degraded(problems),
+                    }
+                }
             });
         }
         if let Some(bus) = bus.clone() {
-            // Informational: token reads keep working while RabbitMQ is down.
-            r = r.with("amqp", move || {
+            r = r.with_status("amqp", move || {
                 let connected = bus.is_connected();
                 async move {
-                    Ok(if connected {
-                        "connected".to_owned()
+                    if connected {
+                        Status::Ready("connected".to_owned())
                     } else {
-                        "disconnected (consumer waiting)".to_owned()
-                    })
+                        Status::Degraded(
+                            "disconnected (tokens are served; notices wait in the queue)"
+                                .to_owned(),
+                        )
+                    }
                 }
             });
         }

@@ -60,6 +60,10 @@ pub async fn run(
         Duration::from_secs(config.worker.sent_ttl_secs.max(1)),
     ));
 
+    // Readiness means "can do its job", and both checks are hard: without RabbitMQ no job
+    // arrives, and without Redis no job can be checked against (or recorded in) the sent ledger,
+    // so every job is requeued. Both are unready. (No Service routes to the worker: unready only
+    // holds a rollout back and shows on dashboards.)
     let readiness = {
         let (store, bus) = (store.clone(), bus.clone());
         Readiness::new()

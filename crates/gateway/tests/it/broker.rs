@@ -195,7 +195,7 @@ async fn a_broker_that_never_confirms_gets_503_at_the_deadline_and_no_duplicate_
 }
 
 #[tokio::test]
-async fn with_redis_down_the_default_policy_publishes_without_dedupe() {
+async fn with_redis_down_the_default_policy_publishes_without_dedupe_and_stays_ready() {
     let h = Harness::start_with(
         "gw-noredis",
         Options {
@@ -205,9 +205,24 @@ async fn with_redis_down_the_default_policy_publishes_without_dedupe() {
     )
     .await;
     h.wait_connected().await;
+    // It still takes callbacks, so it stays in the Service: ready, shown as degraded.
     let (status, body) = h.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body.contains("\"redis\""), "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["redis"]["status"], "degraded", "{body}");
+    assert!(
+        v["redis"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("publishing without dedupe"),
+        "{body}"
+    );
+    assert_eq!(v["rabbitmq"]["status"], "ready", "{body}");
+    assert!(
+        h.metrics()
+            .await
+            .contains("wxhub_readiness_degraded{check=\"redis\"} 1")
+    );
     let xml = text_xml("gh_acme", "oNoRedis", "x", 7_700_000_005);
     for _ in 0..2 {
         let (status, _) = h.post(&callback(PATH, &comp(), Framing::Safe, &xml)).await;
@@ -243,6 +258,98 @@ async fn with_redis_down_the_reject_policy_answers_503() {
         )
     );
     assert!(h.take(&h.unrouted()).await.is_empty());
+    // Every callback gets 503: out of the Service.
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("\"unready\""), "{body}");
+    h.stop().await;
+}
+
+/// Every publisher channel is held by a publish the stalled broker never confirms; the retries
+/// of another callback wait for a channel past their deadline and get 503. When the broker
+/// comes back, none of those attempts may publish late: WeChat's next retry is the one that
+/// stores the callback, once.
+#[tokio::test]
+async fn a_callback_answered_503_while_waiting_for_a_channel_is_not_published_later() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut h = Harness::start_with(
+        "gw-stall-dup",
+        Options {
+            amqp_url: Some(proxy.amqp_url()),
+            env: vec![
+                ("WXHUB_AMQP__PUBLISHER_CHANNELS", "1".into()),
+                ("WXHUB_GATEWAY__DEADLINE_MS", "600".into()),
+                ("WXHUB_GATEWAY__DEDUPE_PENDING_TTL_MS", "600".into()),
+                ("WXHUB_GATEWAY__DEDUPE_TIMEOUT_MS", "300".into()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    h.wait_connected().await;
+    let warm = text_xml("gh_acme", "oWarm", "warm-up", 7_700_000_010);
+    assert_eq!(
+        h.post(&callback(PATH, &comp(), Framing::Safe, &warm))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(h.take(&h.unrouted()).await.len(), 1);
+
+    proxy.set(ProxyMode::Stalled);
+    // A holds the only channel: sent, never confirmed while stalled.
+    let a = text_xml("gh_acme", "oHold", "holds the channel", 7_700_000_011);
+    let (status, _) = h.post(&callback(PATH, &comp(), Framing::Safe, &a)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // B's attempts wait for the channel until their deadline. Each starts after the previous
+    // one's pending marker expired (600 ms), so each claims B afresh, as WeChat's retries
+    // arriving seconds apart do.
+    let b = text_xml("gh_acme", "oStuck", "waits for a channel", 7_700_000_012);
+    const ATTEMPTS: usize = 3;
+    for attempt in 0..ATTEMPTS {
+        let started = std::time::Instant::now();
+        let (status, body) = h.post(&callback(PATH, &comp(), Framing::Safe, &b)).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {body}"
+        );
+        let left = Duration::from_millis(650).saturating_sub(started.elapsed());
+        tokio::time::sleep(left).await;
+    }
+
+    // The broker recovers: A's confirm arrives, and WeChat retries B until it is stored.
+    proxy.set(ProxyMode::Up);
+    let stored = eventually(100, Duration::from_millis(100), || async {
+        let (status, _) = h.post(&callback(PATH, &comp(), Framing::Safe, &b)).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(stored.is_some(), "B never got through after recovery");
+    // Let every background publish finish (shutdown drains them), then count.
+    h.shutdown().await.unwrap();
+    let got = h.take(&h.unrouted()).await;
+    let copies = |id: u64| {
+        got.iter()
+            .filter(|m| message_id(m) == format!("comp:wxauth0000000001:msg:{id}"))
+            .count()
+    };
+    eprintln!(
+        "stall: {ATTEMPTS} attempts of B answered 503 while waiting for a channel; copies of B \
+         in the queue: {}; of A: {}",
+        copies(7_700_000_012),
+        copies(7_700_000_011)
+    );
+    assert_eq!(
+        copies(7_700_000_011),
+        1,
+        "A was sent and confirmed late, once"
+    );
+    assert_eq!(
+        copies(7_700_000_012),
+        1,
+        "B stored once, by the retry after recovery, not by the 503'd attempts"
+    );
     h.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! The harness: a gateway in-process on port 0 against the real Redis and RabbitMQ, in a unique
-//! namespace per test; WeChat-style requests built with the crypto and message crates; a TCP
-//! proxy in front of the broker that a test can take down or stall.
+//! namespace per test (deleted by `stop`, or by the harness's `Drop` when a test fails first);
+//! WeChat-style requests built with the crypto and message crates; a TCP proxy in front of the
+//! broker that a test can take down or stall.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use wxhub_crypto::{AesKey, Crypt, KeySlot, msg_signature, random_nonce, signatur
 use wxhub_gateway::{AppState, Gateway, GatewayConfig};
 use wxhub_message::{Limits, Message, parse_envelope, parse_message};
 use wxhub_proto::events::v1::CallbackEvent;
+use wxhub_runtime::Clock;
 use wxhub_runtime::config::Source;
 use wxhub_testkit::Namespace;
 
@@ -63,6 +65,8 @@ app_id = "{OA_APPID}"
 app_secret = "oa-secret-value"
 token = "oatoken"
 encoding_aes_key = "{K_OA}"
+# Configured in WeChat's plaintext mode (tests of the other modes use it too).
+plaintext = true
 
 [[tenants]]
 id = "corp"
@@ -120,6 +124,8 @@ pub struct Options {
     pub amqp_url: Option<String>,
     pub redis_url: Option<String>,
     pub env: Vec<(&'static str, String)>,
+    /// The gateway's clock for CreateTime (default: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 pub struct Harness {
@@ -182,7 +188,11 @@ impl Harness {
         let config = GatewayConfig::load(&Source { file: None, env }).unwrap();
         let reader_cancel = CancellationToken::new();
         let reader = ns.bus(&reader_cancel).await;
-        let gateway = Gateway::start(config).unwrap();
+        let mut options = wxhub_gateway::Options::default();
+        if let Some(clock) = opts.clock {
+            options.clock = clock;
+        }
+        let gateway = Gateway::start_with(config, options).unwrap();
         let state = gateway.state().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -4,8 +4,10 @@
 mod bad_input;
 mod binary;
 mod broker;
+mod collisions;
 mod common;
 mod delivery;
+mod forgery;
 mod modes;
 mod ops;
 mod release;

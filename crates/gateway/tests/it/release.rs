@@ -108,7 +108,8 @@ async fn every_test_account_gets_the_exact_answers() {
 }
 
 #[tokio::test]
-async fn test_accounts_are_recognised_by_username_and_plaintext_requests_get_plaintext_replies() {
+async fn test_accounts_are_recognised_by_username_and_plaintext_is_refused_like_any_component_callback()
+ {
     let h = Harness::start("gw-release2").await;
     h.wait_connected().await;
     // The path appid is not a test account, but ToUserName is (mini-program group 3).
@@ -126,7 +127,8 @@ async fn test_accounts_are_recognised_by_username_and_plaintext_requests_get_pla
         reply_text(&open_reply(&comp(), &body).unwrap()),
         "user_enter_tempsessionfrom_callback"
     );
-    // Plaintext request → plaintext passive reply.
+    // WeChat encrypts every third-party platform callback: a plaintext one, even to a test
+    // account, gets no passive reply.
     let xml = text_xml(
         "gh_2b3713f184a6",
         "oPlain",
@@ -141,10 +143,10 @@ async fn test_accounts_are_recognised_by_username_and_plaintext_requests_get_pla
             &xml,
         ))
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let reply = wxhub_message::parse_message(&body).unwrap();
-    assert_eq!(reply_text(&reply), "TESTCOMPONENT_MSG_TYPE_TEXT_callback");
-    assert_eq!(reply.header().to_user_name, "oPlain");
+    assert_eq!(
+        (status, body.trim()),
+        (StatusCode::BAD_REQUEST, "rejected: plaintext_not_allowed")
+    );
     // Anything else to a test account: `success`, not published.
     let xml = text_xml("gh_2b3713f184a6", "oPlain", "hello robot", 7_600_000_002);
     let (status, body) = h

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::{Outcome, Received};
 use wxhub_proto::jobs::v1::ReleaseCheckJob;
+use wxhub_runtime::FnClock;
 use wxhub_sim::{MessageSpec, PushRequest, ReleaseCheckConfig, Seed, SimConfig, SimHandle};
 
 use crate::common::*;
@@ -59,6 +60,66 @@ authorizer_appid = "{SHOP}"
     })
     .await
     .unwrap()
+}
+
+/// wxhub-sim puts its virtual time in `CreateTime` (and real time in the query `timestamp`):
+/// after the sim's clock was advanced, a gateway on the sim's clock takes its pushes, while one
+/// on the system clock refuses them as coming from the future.
+#[tokio::test]
+async fn after_the_sims_clock_advanced_its_pushes_need_a_gateway_on_that_clock() {
+    let sim = sim_for("http://127.0.0.1:1").await;
+    sim.advance(Duration::from_secs(3 * 3600));
+    let clock = sim.clock();
+    let on_sim_clock = Harness::start_with(
+        "gw-sim-clock",
+        Options {
+            tenants: Some(acme_tenants()),
+            clock: Some(FnClock::new(move || clock.now_ms())),
+            ..Options::default()
+        },
+    )
+    .await;
+    let on_system_clock = Harness::start_with(
+        "gw-sys-clock",
+        Options {
+            tenants: Some(acme_tenants()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let point_sim_at = |h: &Harness| {
+        sim.set_component_urls(
+            COMPONENT,
+            Some(format!("{}/wx/acme/component", h.base)),
+            Some(format!("{}/wx/acme/callback/$APPID$", h.base)),
+        )
+        .unwrap();
+    };
+    let text = PushRequest::to_authorizer(COMPONENT, SHOP, "o_acme_alice", MessageSpec::text("hi"));
+
+    on_sim_clock.wait_connected().await;
+    point_sim_at(&on_sim_clock);
+    assert!(sim.push_ticket(COMPONENT).await.unwrap().delivered);
+    assert!(sim.push_message(&text).await.unwrap().delivered);
+    assert_eq!(
+        on_sim_clock.take(&on_sim_clock.token_control()).await.len(),
+        1
+    );
+    assert_eq!(on_sim_clock.take(&on_sim_clock.unrouted()).await.len(), 1);
+
+    on_system_clock.wait_connected().await;
+    point_sim_at(&on_system_clock);
+    let report = sim.push_message(&text).await.unwrap();
+    assert!(!report.delivered, "{report:?}");
+    assert!(
+        report.attempts.iter().all(|a| a.status == Some(400)),
+        "{:?}",
+        report.attempts
+    );
+    on_system_clock.assert_no_state().await;
+    sim.shutdown().await;
+    on_sim_clock.stop().await;
+    on_system_clock.stop().await;
 }
 
 #[tokio::test]

@@ -194,14 +194,24 @@ async fn a_missing_ticket_triggers_start_push_ticket_once() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("component_verify_ticket"), "{err}");
-    // Readiness reports it.
+    // Readiness reports it as degraded: every replica stays in the Service, so every other
+    // tenant (and acme's authorizers, whose tokens need no ticket) is still served.
     let ready = reqwest::get(format!("http://{}/readyz", env.replicas[0].ops))
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body["tickets"]["ok"], false);
+    assert_eq!(body["tickets"]["status"], "degraded");
     assert!(body["tickets"]["detail"].as_str().unwrap().contains("acme"));
+    let served = env
+        .client(1)
+        .await
+        .get_access_token(req(get(OA, ""), KEY_DIRECT))
+        .await;
+    assert!(
+        served.is_ok(),
+        "another tenant is served meanwhile: {served:?}"
+    );
 
     // Once a ticket arrives, the token is served and the service is ready.
     env.give_ticket(ACME_APPID, ACME).await;
@@ -223,6 +233,8 @@ async fn a_missing_ticket_triggers_start_push_ticket_once() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["tickets"]["status"], "ready", "{body}");
     let health = reqwest::get(format!("http://{}/healthz", env.replicas[1].ops))
         .await
         .unwrap();

@@ -50,8 +50,16 @@ impl Gateway {
             env: vars,
         })
         .expect("gateway config");
-        let gateway =
-            wxhub_gateway::Gateway::start_with_tenants(config, env.tenants.clone()).unwrap();
+        // The sim's clock: its pushes carry virtual time in CreateTime.
+        let sim_clock = env.sim.clock();
+        let gateway = wxhub_gateway::Gateway::start_with(
+            config,
+            wxhub_gateway::Options {
+                tenants: Some(env.tenants.clone()),
+                clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
+            },
+        )
+        .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(gateway.serve(listener, stop.clone().cancelled_owned()));
         let http = reqwest::Client::new();
