@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use wxhub_runtime::SecretUrl;
 
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
-pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
+pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use keys::Keys;
 
 /// `[redis]` config section.
