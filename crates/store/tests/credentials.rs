@@ -47,6 +47,20 @@ fn write<'a>(value: &'a Secret, now: i64) -> TokenWrite<'a> {
     }
 }
 
+/// A write of authorizer `wxa`'s token whose refresh used `used` and got `returned` back.
+fn authorizer_write<'a>(
+    value: &'a Secret,
+    now: i64,
+    used: &'a Secret,
+    returned: &'a Secret,
+) -> TokenWrite<'a> {
+    TokenWrite {
+        authorizer: Some("wxa"),
+        refresh_token: Some((used, returned)),
+        ..write(value, now)
+    }
+}
+
 #[tokio::test]
 async fn lease_is_exclusive_fenced_and_released_by_owner_only() {
     let store = store("lease");
@@ -295,9 +309,7 @@ async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
         .unwrap()
         .unwrap();
     let (r2, token) = (Secret::new("R2"), Secret::new("A1"));
-    let mut w = write(&token, 2000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r2));
+    let w = authorizer_write(&token, 2000, &r1, &r2);
     assert_eq!(
         c.write_token(&lease, &w).await.unwrap(),
         WriteReport {
@@ -317,9 +329,7 @@ async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
         .unwrap()
         .unwrap();
     let (r3, token2) = (Secret::new("R3"), Secret::new("A2"));
-    let mut w = write(&token2, 3000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r3));
+    let w = authorizer_write(&token2, 3000, &r1, &r3);
     assert_eq!(
         c.write_token(&newer, &w).await.unwrap(),
         WriteReport {
@@ -390,9 +400,7 @@ async fn a_rotated_refresh_token_is_kept_when_the_token_write_is_refused() {
         .unwrap()
         .unwrap();
     let (r2, late) = (Secret::new("R2"), Secret::new("A-late"));
-    let mut w = write(&late, 2000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r2));
+    let w = authorizer_write(&late, 2000, &r1, &r2);
     assert_eq!(
         c.write_token(&lost, &w).await.unwrap(),
         WriteReport {
@@ -407,9 +415,7 @@ async fn a_rotated_refresh_token_is_kept_when_the_token_write_is_refused() {
     // The holder that took over used R1 too (it read before): its rotation is not put over
     // R2, its token is stored.
     let (r3, token) = (Secret::new("R3"), Secret::new("A-other"));
-    let mut w = write(&token, 2500);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r3));
+    let w = authorizer_write(&token, 2500, &r1, &r3);
     assert_eq!(
         c.write_token(&other, &w).await.unwrap(),
         WriteReport {
@@ -448,9 +454,7 @@ async fn a_rotated_refresh_token_is_kept_when_the_token_write_is_refused() {
         .unwrap();
     assert!(reconcile_fence > holder.fence);
     let (r5, token) = (Secret::new("R5"), Secret::new("A-after-61023"));
-    let mut w = write(&token, 3000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r4, &r5));
+    let w = authorizer_write(&token, 3000, &r4, &r5);
     assert_eq!(
         c.write_token(&holder, &w).await.unwrap(),
         WriteReport {

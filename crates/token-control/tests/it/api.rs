@@ -499,12 +499,7 @@ async fn wechat_side_failures_are_specific_statuses() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("authorize again"), "{err}");
     // Metrics name the quota failure.
-    let metrics = reqwest::get(format!("http://{}/metrics", env.replicas[0].ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(0).await;
     assert!(
         metrics.contains("wxhub_wechat_quota_exhausted_total"),
         "quota surfaces in metrics:\n{metrics}"
@@ -552,12 +547,7 @@ async fn official_account_and_wecom_tenants_use_the_same_machinery() {
         env.calls("/cgi-bin/stable_token", Some(OA_APPID)),
         stable_calls + 2
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", env.replicas[1].ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(1).await;
     assert!(
         metrics.contains("wxhub_stable_token_force_refresh_total{tenant=\"oa\",result=\"ok\"} 1"),
         "the force is counted:\n{metrics}"

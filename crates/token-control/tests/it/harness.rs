@@ -474,6 +474,27 @@ impl Env {
         panic!("condition not reached within 30 s");
     }
 
+    /// Whether the refresh lease of acme's `credential` is held.
+    pub async fn lease_held(&self, credential: &str) -> bool {
+        let mut conn = self.store.conn();
+        redis::cmd("EXISTS")
+            .arg(self.store.keys(ACME).lock(credential))
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap_or(0)
+            == 1
+    }
+
+    /// The Prometheus text of replica `i`.
+    pub async fn metrics(&self, i: usize) -> String {
+        reqwest::get(format!("http://{}/metrics", self.replicas[i].ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Number of sim calls of `path` (optionally for one appid).
     pub fn calls(&self, path: &str, appid: Option<&str>) -> usize {
         self.sim

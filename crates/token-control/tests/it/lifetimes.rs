@@ -436,12 +436,7 @@ async fn a_rejected_stable_token_is_replaced_in_normal_mode_and_forced_only_as_a
         3,
         "reads cost nothing more"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", env.replicas[0].ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(0).await;
     assert!(
         metrics
             .contains("wxhub_stable_token_force_refresh_total{tenant=\"oa\",result=\"refused\"} 1"),

@@ -90,17 +90,8 @@ async fn a_paused_lease_holder_cannot_overwrite_the_newer_token() {
     env.sim.clear_calls();
     let paused = tokio::spawn(async move { a.get_access_token(req(get(AUTH2), KEY_ACME)).await });
     // Wait until A holds the lease, then until it expired (A is stuck in the slow call).
-    let lock_key = env.store.keys(ACME).lock(&format!("authorizer:{AUTH2}"));
-    env.wait_for(|| async {
-        let mut conn = env.store.conn();
-        redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap_or(0)
-            == 1
-    })
-    .await;
+    let cred = format!("authorizer:{AUTH2}");
+    env.wait_for(|| env.lease_held(&cred)).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     let newer = b
         .get_access_token(req(get(AUTH2), KEY_ACME))
@@ -151,17 +142,8 @@ async fn a_killed_holders_lease_expires_and_the_next_refresh_succeeds() {
         ))
         .unwrap();
     let doomed = tokio::spawn(async move { a.get_access_token(req(get(AUTH1), KEY_ACME)).await });
-    let lock_key = env.store.keys(ACME).lock(&format!("authorizer:{AUTH1}"));
-    env.wait_for(|| async {
-        let mut conn = env.store.conn();
-        redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap_or(0)
-            == 1
-    })
-    .await;
+    let cred = format!("authorizer:{AUTH1}");
+    env.wait_for(|| env.lease_held(&cred)).await;
     env.replicas.remove(0).kill();
     assert!(
         doomed.await.unwrap().is_err(),
@@ -408,18 +390,9 @@ async fn unschedule(env: &Env, members: &[&str]) {
 /// Waits until the refresh lease of `credential` is taken, then until it expired (its holder
 /// is stuck in a slow WeChat call).
 async fn wait_for_an_expired_lease(env: &Env, credential: &str) {
-    let lock_key = env.store.keys(ACME).lock(credential);
-    let exists = || async {
-        let mut conn = env.store.conn();
-        redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap_or(0)
-            == 1
-    };
-    env.wait_for(exists).await;
-    env.wait_for(|| async { !exists().await }).await;
+    env.wait_for(|| env.lease_held(credential)).await;
+    env.wait_for(|| async { !env.lease_held(credential).await })
+        .await;
 }
 
 fn rotating(label: &'static str) -> Setup {
