@@ -257,8 +257,9 @@ async fn short_and_ending_lifetimes_cost_one_upstream_call_per_window() {
             w.label,
             report.join("\n")
         );
+        // Every 45–51 s (61 s on stable_token), the first one maybe just before the reads.
         assert!(
-            (4..=5).contains(&short_calls.len()),
+            (3..=5).contains(&short_calls.len()),
             "{}: a 60 s token is refreshed every 45–61 s\n{}",
             w.label,
             report.join("\n")
@@ -305,22 +306,28 @@ async fn a_killed_holder_costs_at_most_one_extra_call() {
     env.sim.advance(Duration::from_millis(
         u64::try_from(due - start + 1000).unwrap(),
     ));
-    // The claimer's call is in WeChat (the fault was hit) and it has the entry pending.
+    // The claimer's call is in WeChat (the fault was hit) and it has the entry pending, on
+    // five checks in a row (every replica counts a claim in flight for a moment while it
+    // polls).
     env.wait_for(|| async { env.sim.faults().is_empty() }).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut streaks = vec![0; env.replicas.len()];
     let holder = loop {
-        if let Some(i) = env
-            .replicas
-            .iter()
-            .position(|r| r.engine.pending_refreshes() > 0)
-        {
+        for (i, r) in env.replicas.iter().enumerate() {
+            streaks[i] = if r.engine.pending_refreshes() > 0 {
+                streaks[i] + 1
+            } else {
+                0
+            };
+        }
+        if let Some(i) = streaks.iter().position(|n| *n >= 5) {
             break i;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no replica holds the refresh"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     env.replicas.remove(holder).kill();
     let survivors: Vec<_> = clients

@@ -376,21 +376,24 @@ async fn tokens_are_refreshed_proactively_before_they_expire() {
     env.shutdown().await;
 }
 
-/// Removes `members` from acme's schedule, so no poller refreshes them behind a test's back.
-async fn unschedule(env: &Env, members: &[&str]) {
+/// Removes `member` from every tenant's schedule, so no poller refreshes it behind a test's
+/// back (a fault on its path would hit that refresh instead of the test's).
+async fn unschedule(env: &Env, member: &str) {
     let mut conn = env.store.conn();
-    let _: i64 = redis::cmd("ZREM")
-        .arg(env.store.keys(ACME).schedule())
-        .arg(members)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    for tenant in [ACME, BETA] {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(env.store.keys(tenant).schedule())
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
-/// Waits until the refresh lease of `credential` is taken, then until it expired (its holder
-/// is stuck in a slow WeChat call).
+/// Waits until the holder of `credential`'s lease is stuck in WeChat (the one-shot latency
+/// fault was hit, so the lease was taken before), then until its lease expired.
 async fn wait_for_an_expired_lease(env: &Env, credential: &str) {
-    env.wait_for(|| env.lease_held(credential)).await;
+    env.wait_for(|| async { env.sim.faults().is_empty() }).await;
     env.wait_for(|| async { !env.lease_held(credential).await })
         .await;
 }
@@ -523,7 +526,7 @@ async fn a_holder_that_lost_its_lease_does_not_call_wechat() {
         Env::start(Setup::new("tc-holds", 2).with("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS", "300")).await;
     let cred = format!("authorizer:{AUTH1}");
     env.unschedule_others("none").await;
-    unschedule(&env, &["component"]).await;
+    unschedule(&env, "component").await;
     env.sim.advance(Duration::from_secs(7300));
     // A's authorizer refresh first needs the component token, whose call is slow: A's
     // authorizer lease expires meanwhile, and B refreshes both.
