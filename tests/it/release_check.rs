@@ -145,3 +145,40 @@ async fn a_redelivered_job_is_sent_once_and_an_impossible_one_is_dead_lettered()
     );
     stack.stop().await;
 }
+
+/// The callback path's appid and the account the code belongs to can differ (a test account
+/// reached through another path, a misrouted callback): the answer goes out as the account
+/// the exchange names, with its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_answers_as_the_account_the_exchange_names() {
+    let stack = Stack::start("worker-appid").await.unwrap();
+    let push = stack.sim.push_ticket(COMPONENT).await.unwrap();
+    assert!(push.delivered, "{push:?}");
+    let authorized = stack.sim.authorize(COMPONENT, SHOP, false).await.unwrap();
+    let job = ReleaseCheckJob {
+        tenant: TENANT.into(),
+        authorizer_appid: "wx0acme0other0path".into(),
+        auth_code: authorized.authorized.auth_code.clone(),
+        open_id: SHOP_USER.into(),
+        dedupe_key: "acme:wx0acme0other0path:msg:1".into(),
+        received_at_ms: 0,
+    };
+    publish_job(&stack, &job, "job-other-path").await;
+    let sent = stack
+        .sim
+        .wait_for_message(
+            &MessageFilter {
+                touser: Some(SHOP_USER.into()),
+                ..MessageFilter::default()
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the answer was sent");
+    assert_eq!(
+        sent.content.as_deref(),
+        Some(format!("{}_from_api", job.auth_code).as_str())
+    );
+    assert_eq!(sent.appid, SHOP, "sent with the exchanged account's token");
+    stack.stop().await;
+}

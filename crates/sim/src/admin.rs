@@ -272,6 +272,52 @@ impl Sim {
         Ok(())
     }
 
+    /// Sets (or with `None` removes) the lifetime of the tokens `path` issues, for one owner
+    /// appid or (`appid = None`) for every owner without its own setting. Whole seconds,
+    /// 1..=7200, because `expires_in` is in seconds.
+    pub(crate) fn set_token_ttl(
+        &self,
+        path: &str,
+        appid: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<(), SimError> {
+        if !crate::api::TOKEN_PATHS.contains(&path) {
+            return Err(SimError::BadRequest(format!(
+                "{path:?} issues no token; one of {}",
+                crate::api::TOKEN_PATHS.join(", ")
+            )));
+        }
+        if appid.is_some_and(str::is_empty) {
+            return Err(SimError::BadRequest("appid must not be empty".into()));
+        }
+        let key = (path.to_owned(), appid.map(str::to_owned));
+        let mut state = lock(&self.state);
+        match ttl {
+            Some(ttl) => {
+                if ttl.subsec_nanos() != 0 || !(1..=7200).contains(&ttl.as_secs()) {
+                    return Err(SimError::BadRequest(
+                        "a token lifetime is a whole number of seconds within 1..=7200".into(),
+                    ));
+                }
+                let ms = i64::try_from(ttl.as_millis()).unwrap_or(7_200_000);
+                state.token_ttls.insert(key, ms);
+            }
+            None => {
+                state.token_ttls.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `token` exactly as the account APIs do: `Ok(expiry ms)`, or WeChat's errcode
+    /// (41001 missing, 40001 unknown or replaced past the overlap, 42001 expired).
+    pub(crate) fn check_token(&self, token: &str) -> Result<i64, i64> {
+        let now = self.clock.now_ms();
+        let state = lock(&self.state);
+        state.check_token(Some(token), now).map_err(|e| e.code)?;
+        Ok(state.tokens.get(token).map_or(0, |e| e.expires_ms))
+    }
+
     pub(crate) fn add_fault(&self, spec: FaultSpec) -> Result<u64, SimError> {
         let id = lock(&self.faults).add(spec)?;
         self.faults_armed
@@ -345,6 +391,15 @@ struct QuotaBody {
     limit: Option<u64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenTtlBody {
+    path: String,
+    #[serde(default)]
+    appid: Option<String>,
+    secs: Option<u64>,
+}
+
 type S = AxState<Arc<Sim>>;
 
 pub(crate) fn router() -> Router<Arc<Sim>> {
@@ -365,6 +420,7 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         )
         .route("/sim/faults/{id}", delete(remove_fault))
         .route("/sim/quotas", post(quotas))
+        .route("/sim/token-ttl", post(token_ttl))
         .route("/sim/push/ticket", post(push_ticket))
         .route("/sim/push/message", post(push_message))
         .route("/sim/push/notice", post(push_notice))
@@ -470,6 +526,12 @@ async fn remove_fault(AxState(sim): S, Path(id): Path<String>) -> AdminResult {
 async fn quotas(AxState(sim): S, body: Bytes) -> AdminResult {
     let q: QuotaBody = parse(&body)?;
     sim.set_quota(&q.path, q.limit)?;
+    ok(json!({"ok": true}))
+}
+
+async fn token_ttl(AxState(sim): S, body: Bytes) -> AdminResult {
+    let t: TokenTtlBody = parse(&body)?;
+    sim.set_token_ttl(&t.path, t.appid.as_deref(), t.secs.map(Duration::from_secs))?;
     ok(json!({"ok": true}))
 }
 

@@ -15,7 +15,9 @@ use crate::codes::{ApiError, ApiResult};
 use crate::records::SentMessage;
 use crate::seed::AccountKind;
 use crate::sim::{Sim, lock};
-use crate::state::{Account, Owner, PreAuthCode, State, TokenSlot, new_refresh_token};
+use crate::state::{
+    Account, Owner, PreAuthCode, State, TokenSlot, new_refresh_token, token_ttl_ms,
+};
 
 /// Query parameters, decoded leniently (a malformed query never fails the request).
 pub(crate) struct Query(HashMap<String, String>);
@@ -153,6 +155,11 @@ pub(crate) const PATHS: &[&str] = &[
     "/cgi-bin/message/subscribe/send",
 ];
 
+/// The paths that issue access tokens or JS-SDK tickets (their lifetime can be set).
+pub(crate) const TOKEN_PATHS: &[&str] = &[
+    PATHS[0], PATHS[2], PATHS[3], PATHS[8], PATHS[9], PATHS[10], PATHS[11],
+];
+
 pub(crate) fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route(PATHS[0], post_api(PATHS[0], component_token))
@@ -172,10 +179,6 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         .route(PATHS[14], post_api(PATHS[14], template_send))
         .route(PATHS[15], post_api(PATHS[15], bizsend))
         .route(PATHS[16], post_api(PATHS[16], subscribe_send))
-}
-
-fn ttl_secs(state: &State) -> i64 {
-    state.timing.token_ttl_ms / 1000
 }
 
 /// Checks the component token and that the body's `component_appid` is its component.
@@ -246,6 +249,7 @@ fn component_token(
     }
     state.charge(PATHS[0], component, day)?;
     let timing = state.timing;
+    let ttl = state.token_ttl_ms(PATHS[0], component);
     let c = state
         .components
         .get_mut(component)
@@ -255,9 +259,10 @@ fn component_token(
         &mut c.token,
         Owner::Component(component.to_owned()),
         now,
+        ttl,
         &timing,
     );
-    Ok(json!({"component_access_token": token, "expires_in": timing.token_ttl_ms / 1000}))
+    Ok(json!({"component_access_token": token, "expires_in": ttl / 1000}))
 }
 
 fn create_preauthcode(
@@ -319,6 +324,12 @@ fn query_auth(
     }
     entry.used = true;
     let authorizer = entry.authorizer.clone();
+    let ttl = token_ttl_ms(
+        &state.token_ttls,
+        timing.token_ttl_ms,
+        PATHS[2],
+        &authorizer,
+    );
     let auth = c
         .authorizations
         .get_mut(&authorizer)
@@ -332,12 +343,13 @@ fn query_auth(
             appid: authorizer.clone(),
         },
         now,
+        ttl,
         &timing,
     );
     Ok(json!({"authorization_info": {
         "authorizer_appid": authorizer,
         "authorizer_access_token": token,
-        "expires_in": timing.token_ttl_ms / 1000,
+        "expires_in": ttl / 1000,
         "authorizer_refresh_token": auth.refresh_token,
         "func_info": func_info_json(&auth.func_info),
     }}))
@@ -361,6 +373,7 @@ fn authorizer_token(
     guard.charge(PATHS[3], &component, day)?;
     let state = &mut *guard;
     let timing = state.timing;
+    let ttl = token_ttl_ms(&state.token_ttls, timing.token_ttl_ms, PATHS[3], authorizer);
     let c = state
         .components
         .get_mut(&component)
@@ -390,11 +403,12 @@ fn authorizer_token(
             appid: authorizer.to_owned(),
         },
         now,
+        ttl,
         &timing,
     );
     Ok(json!({
         "authorizer_access_token": token,
-        "expires_in": timing.token_ttl_ms / 1000,
+        "expires_in": ttl / 1000,
         "authorizer_refresh_token": auth.refresh_token,
     }))
 }
@@ -586,17 +600,20 @@ fn oa_token(
     )?
     .to_owned();
     guard.charge(PATHS[8], &account, day)?;
-    rotate_account_token(&mut guard, &account, |a| &mut a.token, now)
+    rotate_account_token(&mut guard, PATHS[8], &account, |a| &mut a.token, now)
 }
 
-/// Issues a new token in the account's `slot` (`/cgi-bin/token` or `stable_token`).
+/// Issues a new token in the account's `slot` (`/cgi-bin/token` or `stable_token`, named by
+/// the issuing `path`).
 fn rotate_account_token(
     state: &mut State,
+    path: &str,
     account: &str,
     slot: fn(&mut Account) -> &mut TokenSlot,
     now: i64,
 ) -> ApiResult<Value> {
     let timing = state.timing;
+    let ttl = state.token_ttl_ms(path, account);
     let a = state
         .accounts
         .get_mut(account)
@@ -606,9 +623,10 @@ fn rotate_account_token(
         slot(a),
         Owner::Account(account.to_owned()),
         now,
+        ttl,
         &timing,
     );
-    Ok(json!({"access_token": token, "expires_in": timing.token_ttl_ms / 1000}))
+    Ok(json!({"access_token": token, "expires_in": ttl / 1000}))
 }
 
 fn stable_token(
@@ -634,12 +652,16 @@ fn stable_token(
         .accounts
         .get(&account)
         .and_then(|a| a.stable_token.current.clone());
+    // Normal mode: the current token, with what is left of its life, until it expires.
     if !force && state.token_fresh(current.as_ref(), now) {
         let token = current.unwrap_or_default();
         let left = state.token_left_secs(&token, now);
         return Ok(json!({"access_token": token, "expires_in": left}));
     }
-    rotate_account_token(state, &account, |a| &mut a.stable_token, now)
+    if force {
+        state.charge_force_refresh(&account, day, now)?;
+    }
+    rotate_account_token(state, PATHS[9], &account, |a| &mut a.stable_token, now)
 }
 
 fn wecom_token(
@@ -666,6 +688,7 @@ fn wecom_token(
     guard.charge(PATHS[10], corpid, day)?;
     let state = &mut *guard;
     let timing = state.timing;
+    let ttl = token_ttl_ms(&state.token_ttls, timing.token_ttl_ms, PATHS[10], corpid);
     let corp = state.corps.get_mut(corpid).ok_or(ApiError::new(40013))?;
     let (agentid, agent) = corp
         .agents
@@ -680,11 +703,10 @@ fn wecom_token(
             agentid: *agentid,
         },
         now,
+        ttl,
         &timing,
     );
-    Ok(
-        json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": timing.token_ttl_ms / 1000}),
-    )
+    Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl / 1000}))
 }
 
 /// An account token's owner: the account, and the component when it is an authorizer token.
@@ -766,7 +788,7 @@ fn get_ticket(
         _ => return Err(ApiError::with(40097, "type must be jsapi or wx_card")),
     };
     state.charge(PATHS[11], &auth.appid, day)?;
-    let ttl = ttl_secs(&state);
+    let ttl = state.token_ttl_ms(PATHS[11], &auth.appid) / 1000;
     let account = state
         .accounts
         .get_mut(&auth.appid)

@@ -148,6 +148,26 @@ impl SimHandle {
         self.sim.set_quota(path, limit)
     }
 
+    /// Sets (or with `None` removes) the lifetime (`expires_in`) of the tokens or tickets the
+    /// API `path` issues: for the owner `appid` (component, authorizer, account or corp), or
+    /// with `appid = None` for every owner without a setting of its own. Whole seconds within
+    /// 1..=7200; tokens already issued keep theirs.
+    pub fn set_token_ttl(
+        &self,
+        path: &str,
+        appid: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<(), SimError> {
+        self.sim.set_token_ttl(path, appid, ttl)
+    }
+
+    /// Checks an access token (or JS-SDK ticket holder's token) as WeChat's APIs would:
+    /// `Ok(expiry in sim ms)`, or the errcode (41001, 40001 unknown or replaced past the
+    /// overlap, 42001 expired).
+    pub fn check_token(&self, token: &str) -> Result<i64, i64> {
+        self.sim.check_token(token)
+    }
+
     /// The API calls recorded so far, oldest first.
     pub fn calls(&self, filter: &CallFilter) -> Vec<CallRecord> {
         self.sim.calls(filter)

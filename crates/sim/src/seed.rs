@@ -296,6 +296,10 @@ pub struct SimConfig {
     pub record_capacity: usize,
     /// Allowed monthly `clear_quota` uses per appid (WeChat: 10).
     pub clear_quota_per_month: u32,
+    /// stable_token `force_refresh` uses per appid and CST day; past it 45009 (WeChat: 20).
+    pub force_refresh_per_day: u32,
+    /// Least time between two `force_refresh` uses of an appid; sooner is 45011 (WeChat: 30 s).
+    pub force_refresh_interval: Duration,
     /// The initial tenants, accounts and users.
     pub seed: Option<Seed>,
 }
@@ -317,17 +321,20 @@ impl Default for SimConfig {
             fault_seed: None,
             record_capacity: 100_000,
             clear_quota_per_month: 10,
+            force_refresh_per_day: 20,
+            force_refresh_interval: Duration::from_secs(30),
             seed: None,
         }
     }
 }
 
-/// Default daily quotas: the documented Official Account limits and the reported component
-/// limit (wechat-protocol.md §2.15). Paths not listed are unlimited unless seeded.
+/// Default daily quotas: the documented Official Account limits, stable_token's own
+/// (getStableAccessToken: 500,000 a day) and the reported component limit
+/// (wechat-protocol.md §2.15). Paths not listed are unlimited unless seeded.
 pub fn default_quotas() -> BTreeMap<String, u64> {
     [
         ("/cgi-bin/token", 2000),
-        ("/cgi-bin/stable_token", 2000),
+        ("/cgi-bin/stable_token", 500_000),
         ("/cgi-bin/component/api_component_token", 10_000),
         ("/cgi-bin/message/custom/send", 500_000),
         ("/cgi-bin/message/template/send", 100_000),

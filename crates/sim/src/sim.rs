@@ -138,6 +138,8 @@ impl Sim {
             auth_code_ttl_ms: ms(config.auth_code_ttl),
             rotate_refresh_tokens: config.rotate_refresh_tokens,
             clear_quota_per_month: config.clear_quota_per_month,
+            force_refresh_per_day: config.force_refresh_per_day,
+            force_refresh_interval_ms: ms(config.force_refresh_interval),
         };
         let mut state = State::new(timing, default_quotas().into_iter().collect());
         if let Some(seed) = &seed {

@@ -24,6 +24,10 @@ pub(crate) struct Timing {
     pub auth_code_ttl_ms: i64,
     pub rotate_refresh_tokens: bool,
     pub clear_quota_per_month: u32,
+    /// stable_token `force_refresh` uses allowed per appid and CST day (WeChat: 20).
+    pub force_refresh_per_day: u32,
+    /// Least time between two `force_refresh` uses of one appid (WeChat: 30 s).
+    pub force_refresh_interval_ms: i64,
 }
 
 /// Who a token belongs to.
@@ -214,6 +218,10 @@ pub(crate) struct State {
     pub quota_used: HashMap<String, HashMap<String, (i64, u64)>>,
     /// appid → (CST month, clear_quota uses).
     pub clear_quota_uses: HashMap<String, (i64, u32)>,
+    /// Lifetimes set for tests: (issuing API path, owner appid or `None` for any) → ms.
+    pub token_ttls: HashMap<(String, Option<String>), i64>,
+    /// appid → stable_token `force_refresh` uses: (CST day, uses that day, last use ms).
+    pub force_refreshes: HashMap<String, (i64, u32, i64)>,
     pub msg_seq: u64,
 }
 
@@ -239,6 +247,8 @@ impl State {
             quota_limits,
             quota_used: HashMap::new(),
             clear_quota_uses: HashMap::new(),
+            token_ttls: HashMap::new(),
+            force_refreshes: HashMap::new(),
             msg_seq: 6_054_768_590_064_713_728,
         }
     }
@@ -384,13 +394,55 @@ impl State {
 
     // ----- tokens --------------------------------------------------------------------------
 
-    /// Issues a new token into `slot`: the previous one stays valid for the overlap, the one
-    /// before it dies now.
+    /// The lifetime (ms) of a token that `path` issues to `owner` (see [`token_ttl_ms`]).
+    pub(crate) fn token_ttl_ms(&self, path: &str, owner: &str) -> i64 {
+        token_ttl_ms(&self.token_ttls, self.timing.token_ttl_ms, path, owner)
+    }
+
+    /// Counts one stable_token `force_refresh` of `appid` at `now_ms` (CST `day`): 45009 when
+    /// today's uses are spent, 45011 within the interval of the previous use.
+    pub(crate) fn charge_force_refresh(
+        &mut self,
+        appid: &str,
+        day: i64,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        let (per_day, interval) = (
+            self.timing.force_refresh_per_day,
+            self.timing.force_refresh_interval_ms,
+        );
+        let used = self
+            .force_refreshes
+            .entry(appid.to_owned())
+            .or_insert((day, 0, i64::MIN / 2));
+        if used.0 != day {
+            (used.0, used.1) = (day, 0);
+        }
+        if used.1 >= per_day {
+            return Err(ApiError::with(
+                45009,
+                format!("force_refresh is limited to {per_day} a day"),
+            ));
+        }
+        if now_ms - used.2 < interval {
+            return Err(ApiError::with(
+                45011,
+                format!("force_refresh needs {} s between uses", interval / 1000),
+            ));
+        }
+        used.1 += 1;
+        used.2 = now_ms;
+        Ok(())
+    }
+
+    /// Issues a new token of lifetime `ttl_ms` into `slot`: the previous one stays valid for
+    /// the overlap, the one before it dies now.
     pub(crate) fn rotate(
         tokens: &mut HashMap<String, TokenEntry>,
         slot: &mut TokenSlot,
         owner: Owner,
         now_ms: i64,
+        ttl_ms: i64,
         timing: &Timing,
     ) -> String {
         if let Some(old) = slot.previous.take() {
@@ -408,7 +460,7 @@ impl State {
             token.clone(),
             TokenEntry {
                 owner,
-                expires_ms: now_ms + timing.token_ttl_ms,
+                expires_ms: now_ms + ttl_ms,
                 superseded_until: None,
             },
         );
@@ -657,6 +709,25 @@ fn apply_interaction(user: &mut User, what: Interaction, now_ms: i64) {
     // Quotas do not accumulate: each trigger resets the window to its own maximum.
     user.window_until_ms = now_ms + window;
     user.window_left = count;
+}
+
+/// The lifetime (ms) of a token that `path` issues to `owner`: set for that appid, else for
+/// the path, else `default_ms` (the configured `token_ttl`). A free function so that callers
+/// holding a borrow of another part of the state can use it.
+pub(crate) fn token_ttl_ms(
+    ttls: &HashMap<(String, Option<String>), i64>,
+    default_ms: i64,
+    path: &str,
+    owner: &str,
+) -> i64 {
+    if ttls.is_empty() {
+        return default_ms;
+    }
+    let key = |appid: Option<&str>| (path.to_owned(), appid.map(str::to_owned));
+    ttls.get(&key(Some(owner)))
+        .or_else(|| ttls.get(&key(None)))
+        .copied()
+        .unwrap_or(default_ms)
 }
 
 pub(crate) fn new_refresh_token() -> String {

@@ -5,10 +5,12 @@
 //!
 //! - [`Credentials::acquire`]: `SET lock {owner}:{fence} NX PX ttl`, the fence being the next
 //!   value of the tenant's counter — a lease with a monotonically increasing fencing token.
-//! - [`Credentials::write_token`]: in one script, refuses the write when another owner holds
-//!   the lease or the stored token carries a newer fence, refuses it for a revoked authorizer,
-//!   persists a rotated refresh token (compare-and-set, never over a newer one) and then the
-//!   token, clears the rejected mark and reschedules the credential.
+//! - [`Credentials::write_token`]: in one script, refuses everything for a revoked authorizer;
+//!   persists a rotated refresh token by compare-and-set on the one the call used, whatever
+//!   happens to the token (a holder that lost its lease still saves what WeChat rotated); then
+//!   refuses the token when another owner holds the lease or the stored token carries a newer
+//!   fence, else stores it with its expiry and due time, clears the rejected mark and
+//!   reschedules the credential.
 //! - [`Credentials::release`]: compare-and-delete of the lease.
 //! - [`Credentials::invalidate`]: marks the token rejected only if it is still the rejected
 //!   value, so a storm of reports about one token costs one refresh.
@@ -38,6 +40,10 @@ pub struct TokenRecord {
     pub fence: u64,
     /// A client reported WeChat rejected it (40001/40014/42001).
     pub rejected: bool,
+    /// When it is due for its next refresh (ms): until then it is served while valid and
+    /// WeChat is not asked again. Records written before this field existed get
+    /// `refreshed_at_ms + lifetime_ms / 2`.
+    pub due_ms: i64,
 }
 
 impl TokenRecord {
@@ -81,22 +87,32 @@ pub struct TokenWrite<'a> {
     /// gets no token) and whose refresh token may rotate.
     pub authorizer: Option<&'a str>,
     /// `(used, returned)`: the refresh token the call used and the one WeChat returned. The
-    /// returned one is persisted before the token if it differs, by compare-and-set on the
-    /// used one and never over a newer fence.
+    /// returned one is persisted first if it differs, by compare-and-set on the used one
+    /// (WeChat's answer to exactly the stored token is its successor, so newer, whatever the
+    /// fences), independently of the token write.
     pub refresh_token: Option<(&'a Secret, &'a Secret)>,
 }
 
-/// Why a fenced write was refused (or that it happened).
+/// Why a fenced token write was refused (or that it happened).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Stored; `refresh_token_rotated` tells whether a new refresh token was persisted.
-    Written { refresh_token_rotated: bool },
+    /// Stored.
+    Written,
     /// Another owner holds the lease now: our lease expired and was taken over.
     LostLease,
     /// The stored token carries a newer fence.
     StaleFence,
-    /// The authorizer was revoked meanwhile.
+    /// The authorizer was revoked meanwhile (nothing was stored).
     Revoked,
+}
+
+/// What [`Credentials::write_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReport {
+    /// The token write.
+    pub outcome: WriteOutcome,
+    /// Whether the returned refresh token was persisted (also when the token was refused).
+    pub refresh_token_rotated: bool,
 }
 
 /// Credential storage for one namespace.
@@ -131,31 +147,40 @@ return 0
 
 /// KEYS: lock, token, schedule, authorizer (or the token key again when none).
 /// ARGV: lease value, fence, token, exp, now, due, member, lifetime, check authorizer (0/1),
-/// refresh used, refresh returned.
+/// refresh used, refresh returned. Returns {outcome, rotated}: 1 written, -1 lost lease,
+/// -2 stale fence, -3 revoked.
+///
+/// The refresh token goes first and does not depend on the lease: WeChat has already rotated
+/// it, and the returned one is the successor of exactly the one the call used, so storing it
+/// while that one is still the stored one is safe whoever holds the lease now. (Requiring the
+/// lease's fence to be at least `rfence` dropped it after a 61023 reconcile, which stores the
+/// listed token under a newer fence than the lease that then uses it.) `rfence` keeps its
+/// maximum.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return -1 end
 local fence = tonumber(ARGV[2])
-local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
-if fence < stored then return -2 end
 local rotated = 0
 if ARGV[9] == '1' then
-  if redis.call('HGET', KEYS[4], 'status') ~= 'authorized' then return -3 end
+  if redis.call('HGET', KEYS[4], 'status') ~= 'authorized' then return {-3, 0} end
   if ARGV[11] ~= '' and ARGV[11] ~= ARGV[10] then
-    local rfence = tonumber(redis.call('HGET', KEYS[4], 'rfence') or '0')
     local current = redis.call('HGET', KEYS[4], 'rt')
-    if fence >= rfence and (current == false or current == ARGV[10]) then
-      redis.call('HSET', KEYS[4], 'rt', ARGV[11], 'rfence', fence, 'rotated_at', ARGV[5])
+    if current == false or current == ARGV[10] then
+      local rfence = math.max(fence, tonumber(redis.call('HGET', KEYS[4], 'rfence') or '0'))
+      redis.call('HSET', KEYS[4], 'rt', ARGV[11], 'rfence', rfence, 'rotated_at', ARGV[5])
       rotated = 1
     end
   end
 end
-redis.call('HSET', KEYS[2], 'v', ARGV[3], 'exp', ARGV[4], 'at', ARGV[5], 'fence', fence, 'lt', ARGV[8])
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {-1, rotated} end
+local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
+if fence < stored then return {-2, rotated} end
+redis.call('HSET', KEYS[2], 'v', ARGV[3], 'exp', ARGV[4], 'at', ARGV[5], 'fence', fence,
+  'lt', ARGV[8], 'due', ARGV[6])
 redis.call('HDEL', KEYS[2], 'rej')
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
-return 1 + rotated
+return {1, rotated}
 ",
     )
 });
@@ -259,13 +284,20 @@ impl Credentials {
         let Some((map, value)) = self.valued_hash(&key).await? else {
             return Ok(None);
         };
+        let lifetime_ms = parse_i64(&key, "lt", map.get("lt"))?;
+        let refreshed_at_ms = parse_i64(&key, "at", map.get("at"))?;
+        let due_ms = match map.get("due") {
+            Some(due) => parse_i64(&key, "due", Some(due))?,
+            None => refreshed_at_ms + lifetime_ms / 2,
+        };
         Ok(Some(TokenRecord {
             value,
             expires_at_ms: parse_i64(&key, "exp", map.get("exp"))?,
-            lifetime_ms: parse_i64(&key, "lt", map.get("lt"))?,
-            refreshed_at_ms: parse_i64(&key, "at", map.get("at"))?,
+            lifetime_ms,
+            refreshed_at_ms,
             fence: u64::try_from(parse_i64(&key, "fence", map.get("fence"))?).unwrap_or(0),
             rejected: map.get("rej").is_some_and(|r| r == "1"),
+            due_ms,
         }))
     }
 
@@ -335,7 +367,7 @@ impl Credentials {
         &self,
         lease: &Lease,
         write: &TokenWrite<'_>,
-    ) -> Result<WriteOutcome, StoreError> {
+    ) -> Result<WriteReport, StoreError> {
         let keys = self.store.keys(&lease.tenant);
         let token_key = keys.token(&lease.credential);
         let authorizer_key = match write.authorizer {
@@ -347,7 +379,7 @@ impl Credentials {
             None => ("", ""),
         };
         let mut conn = self.store.conn();
-        let n: i64 = WRITE
+        let (n, rotated): (i64, i64) = WRITE
             .key(keys.lock(&lease.credential))
             .key(&token_key)
             .key(keys.schedule())
@@ -365,16 +397,15 @@ impl Credentials {
             .arg(returned)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match n {
-            1 => WriteOutcome::Written {
-                refresh_token_rotated: false,
-            },
-            2 => WriteOutcome::Written {
-                refresh_token_rotated: true,
-            },
+        let outcome = match n {
+            1 => WriteOutcome::Written,
             -1 => WriteOutcome::LostLease,
             -2 => WriteOutcome::StaleFence,
             _ => WriteOutcome::Revoked,
+        };
+        Ok(WriteReport {
+            outcome,
+            refresh_token_rotated: rotated == 1,
         })
     }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use wxhub_runtime::SecretUrl;
 
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
-pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
+pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use keys::Keys;
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};

@@ -6,7 +6,9 @@ use std::time::Duration;
 use wxhub_runtime::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
-use wxhub_store::{AuthorizerStatus, Authorizers, Credentials, RedisConfig, Store, WriteOutcome};
+use wxhub_store::{
+    AuthorizerStatus, Authorizers, Credentials, RedisConfig, Store, WriteOutcome, WriteReport,
+};
 
 fn store(test: &str) -> Store {
     let url =
@@ -42,6 +44,20 @@ fn write<'a>(value: &'a Secret, now: i64) -> TokenWrite<'a> {
         due_ms: now + 5_760_000,
         authorizer: None,
         refresh_token: None,
+    }
+}
+
+/// A write of authorizer `wxa`'s token whose refresh used `used` and got `returned` back.
+fn authorizer_write<'a>(
+    value: &'a Secret,
+    now: i64,
+    used: &'a Secret,
+    returned: &'a Secret,
+) -> TokenWrite<'a> {
+    TokenWrite {
+        authorizer: Some("wxa"),
+        refresh_token: Some((used, returned)),
+        ..write(value, now)
     }
 }
 
@@ -82,7 +98,7 @@ async fn lease_is_exclusive_fenced_and_released_by_owner_only() {
     assert!(!c.holds(&a).await.unwrap());
     let v = Secret::new("T-a");
     assert_eq!(
-        c.write_token(&a, &write(&v, 1000)).await.unwrap(),
+        c.write_token(&a, &write(&v, 1000)).await.unwrap().outcome,
         WriteOutcome::LostLease
     );
     assert!(c.token("acme", "component").await.unwrap().is_none());
@@ -107,7 +123,8 @@ async fn expired_lease_of_a_paused_holder_cannot_overwrite_a_newer_token() {
     let newer = Secret::new("T-new");
     assert_eq!(
         c.write_token(&fresh, &write(&newer, 2000)).await.unwrap(),
-        WriteOutcome::Written {
+        WriteReport {
+            outcome: WriteOutcome::Written,
             refresh_token_rotated: false
         }
     );
@@ -115,12 +132,20 @@ async fn expired_lease_of_a_paused_holder_cannot_overwrite_a_newer_token() {
     // The lease is free now, but the paused holder's fence is older than the stored one.
     let older = Secret::new("T-old");
     assert_eq!(
-        c.write_token(&paused, &write(&older, 3000)).await.unwrap(),
+        c.write_token(&paused, &write(&older, 3000))
+            .await
+            .unwrap()
+            .outcome,
         WriteOutcome::StaleFence
     );
     let stored = c.token("acme", "component").await.unwrap().unwrap();
     assert_eq!(stored.value.expose(), "T-new");
     assert_eq!(stored.fence, fresh.fence);
+    assert_eq!(
+        stored.due_ms,
+        2000 + 5_760_000,
+        "the due time is stored with it"
+    );
     assert_eq!(
         c.due("acme", "component").await.unwrap(),
         Some(2000 + 5_760_000)
@@ -284,12 +309,11 @@ async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
         .unwrap()
         .unwrap();
     let (r2, token) = (Secret::new("R2"), Secret::new("A1"));
-    let mut w = write(&token, 2000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r2));
+    let w = authorizer_write(&token, 2000, &r1, &r2);
     assert_eq!(
         c.write_token(&lease, &w).await.unwrap(),
-        WriteOutcome::Written {
+        WriteReport {
+            outcome: WriteOutcome::Written,
             refresh_token_rotated: true
         }
     );
@@ -305,12 +329,11 @@ async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
         .unwrap()
         .unwrap();
     let (r3, token2) = (Secret::new("R3"), Secret::new("A2"));
-    let mut w = write(&token2, 3000);
-    w.authorizer = Some("wxa");
-    w.refresh_token = Some((&r1, &r3));
+    let w = authorizer_write(&token2, 3000, &r1, &r3);
     assert_eq!(
         c.write_token(&newer, &w).await.unwrap(),
-        WriteOutcome::Written {
+        WriteReport {
+            outcome: WriteOutcome::Written,
             refresh_token_rotated: false
         }
     );
@@ -341,6 +364,136 @@ async fn refresh_token_rotation_is_persisted_by_compare_and_set() {
             .unwrap()
             .expose(),
         "R2"
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_kept_when_the_token_write_is_refused() {
+    let store = store("rotation-refused");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let r1 = Secret::new("R1");
+    let authorize = |fence, rt| Authorization {
+        appid: "wxa",
+        event_ms: 1000,
+        now_ms: 1000,
+        fence,
+        refresh_token: Some(rt),
+        func_info: &[1],
+    };
+    let fence = c.next_fence("acme").await.unwrap();
+    a.authorize("acme", &authorize(fence, &r1)).await.unwrap();
+    let cred = "authorizer:wxa";
+
+    // A holder whose lease expired and was taken over: its token is refused, the refresh
+    // token WeChat rotated for it (from the stored R1) is kept.
+    let lost = c
+        .acquire("acme", cred, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let other = c
+        .acquire("acme", cred, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let (r2, late) = (Secret::new("R2"), Secret::new("A-late"));
+    let w = authorizer_write(&late, 2000, &r1, &r2);
+    assert_eq!(
+        c.write_token(&lost, &w).await.unwrap(),
+        WriteReport {
+            outcome: WriteOutcome::LostLease,
+            refresh_token_rotated: true
+        }
+    );
+    assert!(c.token("acme", cred).await.unwrap().is_none(), "no token");
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.unwrap().expose(), "R2");
+    assert_eq!(rec.refresh_fence, fence.max(lost.fence));
+    // The holder that took over used R1 too (it read before): its rotation is not put over
+    // R2, its token is stored.
+    let (r3, token) = (Secret::new("R3"), Secret::new("A-other"));
+    let w = authorizer_write(&token, 2500, &r1, &r3);
+    assert_eq!(
+        c.write_token(&other, &w).await.unwrap(),
+        WriteReport {
+            outcome: WriteOutcome::Written,
+            refresh_token_rotated: false
+        }
+    );
+    c.release(&other).await.unwrap();
+    assert_eq!(
+        a.get("acme", "wxa")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .unwrap()
+            .expose(),
+        "R2"
+    );
+
+    // 61023 under a lease: the reconcile stores the listed R4 under a fence newer than the
+    // lease's, then WeChat rotates R4 for the holder.
+    let holder = c
+        .acquire("acme", cred, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let r4 = Secret::new("R4");
+    let reconcile_fence = c.next_fence("acme").await.unwrap();
+    let listed = [Listed {
+        appid: "wxa",
+        refresh_token: Some(&r4),
+        due_ms: 0,
+    }];
+    a.reconcile("acme", 1000, 1000, reconcile_fence, &listed)
+        .await
+        .unwrap();
+    assert!(reconcile_fence > holder.fence);
+    let (r5, token) = (Secret::new("R5"), Secret::new("A-after-61023"));
+    let w = authorizer_write(&token, 3000, &r4, &r5);
+    assert_eq!(
+        c.write_token(&holder, &w).await.unwrap(),
+        WriteReport {
+            outcome: WriteOutcome::Written,
+            refresh_token_rotated: true
+        },
+        "the rotation of the listed token is stored although its fence is newer"
+    );
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.unwrap().expose(), "R5");
+    assert_eq!(rec.refresh_fence, reconcile_fence, "rfence never goes back");
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn records_without_a_due_time_read_as_due_at_half_their_life() {
+    let store = store("legacy-due");
+    let c = Credentials::new(store.clone());
+    let mut conn = store.conn();
+    let key = store.keys("acme").token("component");
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&[
+            "v", "T-legacy", "exp", "7201000", "lt", "7200000", "at", "1000", "fence", "3",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = c.token("acme", "component").await.unwrap().unwrap();
+    assert_eq!(t.due_ms, 1000 + 3_600_000);
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&["due", "soon"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        c.token("acme", "component").await.is_err(),
+        "a corrupt due is an error"
     );
     cleanup(&store).await;
 }
@@ -396,9 +549,24 @@ async fn revocation_drops_tokens_and_events_apply_in_time_order() {
         .await
         .unwrap()
         .unwrap();
+    let mut w = write(&token, 3000);
+    w.authorizer = Some("wxa");
+    let (rotated, used) = (Secret::new("R9"), Secret::new("R1"));
+    w.refresh_token = Some((&used, &rotated));
     assert_eq!(
         c.write_token(&lease, &w).await.unwrap(),
-        WriteOutcome::Revoked
+        WriteReport {
+            outcome: WriteOutcome::Revoked,
+            refresh_token_rotated: false
+        }
+    );
+    assert!(
+        a.get("acme", "wxa")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .is_none()
     );
     c.release(&lease).await.unwrap();
     // A late `authorized` from before the revocation does not resurrect it; a newer one does.

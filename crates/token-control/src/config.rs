@@ -18,7 +18,8 @@ listen = "0.0.0.0:50051"
 ops_listen = "0.0.0.0:9091"
 # Deadline of a request without grpc-timeout, and the cap on any deadline.
 request_timeout_ms = 10000
-# Default minimum remaining lifetime of a returned token.
+# Default minimum remaining lifetime of a returned token, applied once the token is past its
+# refresh time (before, a valid token is served whatever it has left).
 default_min_remaining_ms = 300000
 # Refresh lease: longer than a WeChat call (wechat.timeout_ms), short enough that a dead
 # holder blocks refreshes only briefly.

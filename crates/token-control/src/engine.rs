@@ -4,20 +4,26 @@
 //! Protocol (design §6; reliability.md P1–P5, P7, P8):
 //!
 //! 1. **Reads** come from an in-process cache (short TTL), else Redis. A token that satisfies
-//!    the caller (not rejected, enough life left) is served as is — including the old token
-//!    while another replica refreshes it.
+//!    the caller is served as is — including the old token while another replica refreshes
+//!    it. It satisfies the caller when it is not rejected, has not expired, and either is not
+//!    due yet (whatever life the caller asked for: the window that bounds upstream calls to
+//!    one) or has the caller's minimum left.
 //! 2. **Refreshes** are single-flight per replica (one Redis attempt per replica however many
 //!    callers wait) and serialised across replicas by a lease (`SET NX PX`, random owner,
-//!    fence from the tenant's counter). Under the lease the need is checked again, WeChat is
-//!    called (bounded by the caller's deadline), and the result is stored by the fenced write
-//!    script, which refuses a holder whose lease was taken over or whose fence is older, and
-//!    persists a rotated refresh token (compare-and-set) atomically with the token. The lease
-//!    is released by compare-and-delete.
+//!    fence from the tenant's counter). Under the lease the need is checked again, the lease
+//!    is checked once more right before each WeChat call (`holds`), WeChat is called (bounded
+//!    by the caller's deadline), and the result is stored by the fenced write script, which
+//!    persists a rotated refresh token by compare-and-set on the one used (whatever the token
+//!    write's fate) and refuses the token of a holder whose lease was taken over or whose
+//!    fence is older. The lease is released by compare-and-delete.
 //! 3. **Proactive**: every replica polls the schedule; a due entry is claimed (pushed back by
 //!    `claim_ms`, so a dead claimer's entry comes back) and refreshed through the same path.
-//!    The next due time is ≈ `refresh_at` × lifetime ± jitter.
+//!    The due time is `refresh_at` ± jitter of the lifetime WeChat actually returned; for an
+//!    answer that repeats the stored token (stable_token's normal mode), the token's expiry
+//!    on WeChat's side, since no other token is issued before it.
 //! 4. **Invalidation** marks the stored token rejected only if it still is the rejected value;
-//!    one refresh replaces it (Official Accounts then use `force_refresh`).
+//!    one refresh replaces it (Official Accounts: stable_token's normal answer, or
+//!    `force_refresh` when that answer is the rejected token).
 //! 5. **Failures**: transient ones retry with backoff within the deadline (proactive ones come
 //!    back with the claim); quota errors push the entry back by WeChat's reset period and are
 //!    counted; 61023 reconciles from `api_get_authorizer_list` once, then revokes; 61003
@@ -138,12 +144,21 @@ impl Need {
     }
 
     /// The stored token if it already satisfies this need.
+    ///
+    /// Until its due time a valid token satisfies any demand, whatever life the caller asked
+    /// for: WeChat was asked for it no longer than one refresh window ago, and asking again
+    /// would return the same lifetime (a short `expires_in`) or the same token (stable_token's
+    /// normal mode), so a shortfall would become a refresh on every read. Past the due time
+    /// the caller's minimum applies, so a late schedule is made up by the first read.
     fn satisfied(&self, stored: Option<&TokenRecord>, now_ms: i64) -> Option<Token> {
         let t = stored.filter(|t| !t.rejected)?;
         let ok = match self {
-            Need::Demand(min) => t.remaining_ms(now_ms) >= *min,
-            // Refreshed less than half a lifetime ago: another replica did it.
-            Need::Proactive => now_ms < t.refreshed_at_ms + t.lifetime_ms / 2,
+            Need::Demand(min) => {
+                let left = t.remaining_ms(now_ms);
+                left > 0 && (left >= *min || now_ms < t.due_ms)
+            }
+            // Not due yet: another replica refreshed it.
+            Need::Proactive => now_ms < t.due_ms,
             Need::Replace(rejected) => {
                 t.value.expose() != rejected.as_str() && t.remaining_ms(now_ms) > 0
             }
@@ -159,6 +174,9 @@ struct Issued {
     authorizer: Option<String>,
     /// `(used, returned)` refresh tokens of an authorizer refresh.
     refresh: Option<(Secret, Secret)>,
+    /// Asking again before this token expires returns this token (stable_token's normal
+    /// mode).
+    idempotent: bool,
 }
 
 /// Who exchanges an authorization code.
@@ -375,16 +393,21 @@ impl Engine {
         }
         metrics::counter!("wxhub_token_reads_total", "source" => "refresh").increment(1);
         for _ in 0..3 {
-            let key = format!("{tenant}\0{name}\0demand");
+            let key = format!("{tenant}\0{name}\0demand\0{min_remaining_ms}");
             let result = self
                 .flight(key, tenant, cred.clone(), need.clone(), deadline)
                 .await?;
-            if result.expires_at_ms - self.now_ms() >= min_remaining_ms {
+            // The flight's answer satisfied this need under the lease: fresh from WeChat
+            // (whatever lifetime WeChat gave it) or refreshed within its window. Asking again
+            // for more life would only repeat the call, so it is served while valid; only a
+            // token that expired meanwhile (WeChat's answer in a token's last second) is
+            // asked for again.
+            if result.expires_at_ms > self.now_ms() {
                 return Ok(result);
             }
         }
         Err(Error::unavailable(
-            "could not obtain a token with the requested remaining lifetime",
+            "could not obtain a token that has not expired yet",
         ))
     }
 
@@ -567,8 +590,8 @@ impl Engine {
         }
     }
 
-    /// Under the lease: check again, call WeChat, write fenced. `Ok(None)` when the write was
-    /// refused because a newer token exists.
+    /// Under the lease: check again, call WeChat, write fenced. `Ok(None)` when the lease was
+    /// lost before the call or the write was refused because a newer token exists.
     async fn refresh_leased(
         self: &Arc<Self>,
         tenant: &str,
@@ -579,26 +602,66 @@ impl Engine {
     ) -> Result<Option<Token>, Error> {
         let name = cred.name();
         let stored = self.read(tenant, &name).await?;
-        let started = self.now_ms();
+        let mut started = self.now_ms();
         if let Some(t) = need.satisfied(stored.as_ref(), started) {
             return Ok(Some(t));
         }
+        // Expired before its due time: WeChat answered with the token it had already issued
+        // (stable_token's normal mode) and issues another only once that one has expired on
+        // its side, up to a second after ours (it rounds `expires_in` down). Wait for the due
+        // time rather than ask early and get the same token back.
+        if let Some(t) = stored
+            .as_ref()
+            .filter(|t| !t.rejected && started < t.due_ms)
+            && matches!(need, Need::Demand(_))
+        {
+            let wait = Duration::from_millis(u64::try_from(t.due_ms - started).unwrap_or(0));
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+            started = self.now_ms();
+        }
         let timer = Instant::now();
         // A token reported rejected must not come back from stable_token's normal mode.
-        let force = matches!(need, Need::Replace(_)) || stored.as_ref().is_some_and(|t| t.rejected);
-        let issued = self.fetch(tenant, cred, force, deadline).await?;
+        let rejected = match need {
+            Need::Replace(r) => Some(r.as_str()),
+            _ => None,
+        }
+        .or_else(|| {
+            stored
+                .as_ref()
+                .filter(|t| t.rejected)
+                .map(|t| t.value.expose())
+        });
+        let Some(issued) = self.fetch(tenant, cred, rejected, lease, deadline).await? else {
+            tracing::info!(tenant, credential = %name, "lease lost before the WeChat call; not calling");
+            return Ok(None);
+        };
         metrics::histogram!("wxhub_token_refresh_seconds", "credential" => cred.kind())
             .record(timer.elapsed().as_secs_f64());
+        let finished = self.now_ms();
         let lifetime_ms = i64::try_from(issued.expires_in)
             .unwrap_or(7200)
             .saturating_mul(1000);
+        // The expiry counts from before the call: never later than WeChat's.
         let expires_at_ms = started + lifetime_ms;
-        let due_ms = started + self.due_after(lifetime_ms);
+        // WeChat answering with the token already stored (or stable_token, which always does
+        // until that token expires) gives no other one before it expires on WeChat's side:
+        // `expires_in` after the answer, plus the second it rounds down. Ask again then, and
+        // serve this one with its true expiry until then. Any other token is refreshed at
+        // `refresh_at` of the lifetime it was actually issued with.
+        let same = issued.idempotent
+            || stored
+                .as_ref()
+                .is_some_and(|t| t.value.expose() == issued.token.expose());
+        let due_ms = if same {
+            finished + lifetime_ms + 1000
+        } else {
+            started + self.due_after(lifetime_ms)
+        };
         let refresh = issued
             .refresh
             .as_ref()
             .map(|(used, returned)| (used, returned));
-        let outcome = self
+        let report = self
             .creds
             .write_token(
                 lease,
@@ -606,30 +669,34 @@ impl Engine {
                     value: &issued.token,
                     expires_at_ms,
                     lifetime_ms,
-                    now_ms: self.now_ms(),
+                    now_ms: finished,
                     due_ms,
                     authorizer: issued.authorizer.as_deref(),
                     refresh_token: refresh,
                 },
             )
             .await?;
-        match outcome {
-            WriteOutcome::Written {
-                refresh_token_rotated,
-            } => {
-                if refresh_token_rotated {
-                    metrics::counter!("wxhub_refresh_token_rotations_total").increment(1);
-                }
+        if report.refresh_token_rotated {
+            metrics::counter!("wxhub_refresh_token_rotations_total").increment(1);
+        }
+        match report.outcome {
+            WriteOutcome::Written => {
                 self.cache_put(tenant, &name, None);
                 Ok(Some(Token {
                     value: issued.token,
                     expires_at_ms,
                 }))
             }
-            WriteOutcome::LostLease | WriteOutcome::StaleFence => {
+            outcome @ (WriteOutcome::LostLease | WriteOutcome::StaleFence) => {
                 metrics::counter!("wxhub_token_stale_writes_refused_total", "credential" => cred.kind())
                     .increment(1);
-                tracing::warn!(tenant, credential = %name, ?outcome, "fenced write refused: a newer token exists");
+                tracing::warn!(
+                    tenant,
+                    credential = %name,
+                    ?outcome,
+                    refresh_token_kept = report.refresh_token_rotated,
+                    "fenced write refused: a newer token exists"
+                );
                 Ok(None)
             }
             WriteOutcome::Revoked => Err(Error::precondition(
@@ -649,22 +716,45 @@ impl Engine {
         (lifetime_ms as f64 * fraction) as i64
     }
 
-    /// Calls WeChat for a new value of `cred`.
+    /// Whether `lease` is still ours, checked right before each upstream call: a holder that
+    /// lost it (paused, or slow to obtain the token the call needs) does not make a second
+    /// call next to the new holder's. It narrows the window; the fenced write closes it.
+    async fn holds(&self, lease: &wxhub_store::Lease) -> Result<bool, Error> {
+        Ok(self.creds.holds(lease).await?)
+    }
+
+    /// Calls WeChat for a new value of `cred` (`rejected`: the value a client reported
+    /// rejected, if any). `None` when the lease was lost before the call.
     async fn fetch(
         self: &Arc<Self>,
         tenant_id: &str,
         cred: &Credential,
-        force: bool,
+        rejected: Option<&str>,
+        lease: &wxhub_store::Lease,
         deadline: Instant,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Option<Issued>, Error> {
         let tenant = self.tenant(tenant_id)?;
         let api = self.api.until(deadline);
-        let issued = |t: wxhub_wechat_api::AccessToken| Issued {
-            token: t.token,
-            expires_in: t.expires_in,
-            authorizer: None,
-            refresh: None,
+        let issued = |t: wxhub_wechat_api::AccessToken| {
+            Some(Issued {
+                token: t.token,
+                expires_in: t.expires_in,
+                authorizer: None,
+                refresh: None,
+                idempotent: false,
+            })
         };
+        let direct = matches!(
+            (cred, tenant.kind),
+            (Credential::Component, TenantKind::Component)
+                | (
+                    Credential::App,
+                    TenantKind::OfficialAccount | TenantKind::Wecom
+                )
+        );
+        if direct && !self.holds(lease).await? {
+            return Ok(None);
+        }
         match (cred, tenant.kind) {
             (Credential::Component, TenantKind::Component) => {
                 let ticket = self.creds.ticket(tenant_id).await?;
@@ -690,21 +780,20 @@ impl Engine {
                     }
                 }
             }
-            (Credential::App, TenantKind::OfficialAccount) => {
-                // stable_token's normal mode is idempotent within the token's validity; force
-                // only when the token was rejected (never on a timer: it invalidates the
-                // previous token). /cgi-bin/token always issues a new token.
-                let result = if self.cfg.oa_token_api == "token" {
-                    api.oa_token(&tenant.app_id, &tenant.app_secret).await
-                } else {
-                    api.stable_token(&tenant.app_id, &tenant.app_secret, force)
-                        .await
-                };
-                result.map(issued).map_err(|e| {
-                    self.note_failure(tenant_id, &e);
-                    Error::wechat("fetching the Official Account access_token", &e)
-                })
+            // /cgi-bin/token always issues a new token.
+            (Credential::App, TenantKind::OfficialAccount) if self.cfg.oa_token_api == "token" => {
+                api.oa_token(&tenant.app_id, &tenant.app_secret)
+                    .await
+                    .map(issued)
+                    .map_err(|e| {
+                        self.note_failure(tenant_id, &e);
+                        Error::wechat("fetching the Official Account access_token", &e)
+                    })
             }
+            (Credential::App, TenantKind::OfficialAccount) => self
+                .fetch_stable(&tenant, rejected, deadline)
+                .await
+                .map(Some),
             (Credential::App, TenantKind::Wecom) => api
                 .wecom_token(&tenant.app_id, &tenant.app_secret)
                 .await
@@ -714,7 +803,7 @@ impl Engine {
                     Error::wechat("fetching the WeCom access_token", &e)
                 }),
             (Credential::Authorizer(appid), TenantKind::Component) => {
-                self.fetch_authorizer(&tenant, appid, deadline).await
+                self.fetch_authorizer(&tenant, appid, lease, deadline).await
             }
             (Credential::Jsapi(appid), kind) => {
                 let access = match (appid, kind) {
@@ -729,14 +818,18 @@ impl Engine {
                 let mut retried = false;
                 loop {
                     let at = self.get_token(tenant_id, &access, 60_000, deadline).await?;
+                    if !self.holds(lease).await? {
+                        return Ok(None);
+                    }
                     match self.api.until(deadline).jsapi_ticket(&at.value).await {
                         Ok(t) => {
-                            return Ok(Issued {
+                            return Ok(Some(Issued {
                                 token: t.ticket,
                                 expires_in: t.expires_in,
                                 authorizer: appid.clone(),
                                 refresh: None,
-                            });
+                                idempotent: false,
+                            }));
                         }
                         Err(e) if e.class() == ErrorClass::Token && !retried => {
                             retried = true;
@@ -758,12 +851,71 @@ impl Engine {
         }
     }
 
+    /// stable_token. Normal mode answers the current token with what is left of its life, the
+    /// same token until it expires, so the answer is marked idempotent and refreshed when it
+    /// expires (never `force_refresh` on a timer: WeChat allows 20 a day, 30 s apart, and it
+    /// kills the token every client holds). A token reported rejected is replaced by the
+    /// normal answer unless WeChat still answers that very token; only then is
+    /// `force_refresh` used (counted in `wxhub_stable_token_force_refresh_total`), and when
+    /// WeChat refuses it (its daily limit), the normal answer is served: WeChat itself still
+    /// issues that token, and keeping the rejected mark would make every read call again.
+    async fn fetch_stable(
+        &self,
+        tenant: &Tenant,
+        rejected: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Issued, Error> {
+        let tid = tenant.id.as_str();
+        let api = self.api.until(deadline);
+        let failed = |e: &WechatError| {
+            self.note_failure(tid, e);
+            Error::wechat("fetching the Official Account access_token", e)
+        };
+        let issued = |t: wxhub_wechat_api::AccessToken| Issued {
+            token: t.token,
+            expires_in: t.expires_in,
+            authorizer: None,
+            refresh: None,
+            idempotent: true,
+        };
+        let normal = api
+            .stable_token(&tenant.app_id, &tenant.app_secret, false)
+            .await
+            .map_err(|e| failed(&e))?;
+        if rejected != Some(normal.token.expose()) {
+            return Ok(issued(normal));
+        }
+        let forced = api
+            .stable_token(&tenant.app_id, &tenant.app_secret, true)
+            .await;
+        let label = match &forced {
+            Ok(_) => "ok",
+            Err(e) if e.class() == ErrorClass::Quota => "refused",
+            Err(_) => "error",
+        };
+        metrics::counter!("wxhub_stable_token_force_refresh_total", "tenant" => tid.to_owned(), "result" => label)
+            .increment(1);
+        match forced {
+            Ok(t) => Ok(issued(t)),
+            Err(e) if e.class() == ErrorClass::Quota => {
+                self.note_failure(tid, &e);
+                tracing::warn!(
+                    tenant = tid,
+                    "force_refresh refused; serving the token stable_token still issues"
+                );
+                Ok(issued(normal))
+            }
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
     async fn fetch_authorizer(
         self: &Arc<Self>,
         tenant: &Tenant,
         appid: &str,
+        lease: &wxhub_store::Lease,
         deadline: Instant,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Option<Issued>, Error> {
         let tid = tenant.id.as_str();
         let mut record = self.authorizer_record(tid, appid).await?;
         if record.refresh_token.is_none() {
@@ -781,6 +933,9 @@ impl Engine {
             let ct = self
                 .get_token(tid, &Credential::Component, 60_000, deadline)
                 .await?;
+            if !self.holds(lease).await? {
+                return Ok(None);
+            }
             let result = self
                 .api
                 .until(deadline)
@@ -788,12 +943,13 @@ impl Engine {
                 .await;
             match result {
                 Ok((t, returned)) => {
-                    return Ok(Issued {
+                    return Ok(Some(Issued {
                         token: t.token,
                         expires_in: t.expires_in,
                         authorizer: Some(appid.to_owned()),
                         refresh: returned.map(|r| (refresh.clone(), r)),
-                    });
+                        idempotent: false,
+                    }));
                 }
                 Err(e) if e.class() == ErrorClass::Token && !token_retried => {
                     // Our component token was rejected: replace it once (compare first).

@@ -34,18 +34,18 @@ pub(crate) fn opt_secret(v: &Value, field: &str) -> Option<Secret> {
         .map(Secret::new)
 }
 
+/// Seconds of life left. 0 is a valid answer: stable_token's normal mode answers with what is
+/// left of the current token, rounded down, which is 0 in its last second.
 fn expires_in(api: &'static str, v: &Value) -> Result<u64, WechatError> {
     match v.get("expires_in") {
         Some(Value::Number(n)) => n
             .as_u64()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| decode(api, "expires_in must be a positive integer")),
+            .ok_or_else(|| decode(api, "expires_in must be a non-negative integer")),
         // Some endpoints have been seen to quote numbers.
         Some(Value::String(s)) => s
             .parse::<u64>()
             .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| decode(api, "expires_in must be a positive integer")),
+            .ok_or_else(|| decode(api, "expires_in must be a non-negative integer")),
         _ => Err(decode(api, "missing expires_in")),
     }
 }
@@ -249,5 +249,31 @@ impl JsapiTicket {
             ticket: Secret::new(req_str(api, v, "ticket")?),
             expires_in: expires_in(api, v)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expires_in_accepts_a_last_second_and_refuses_garbage() {
+        let token = |v: Value| AccessToken::from_json(paths::STABLE_TOKEN, &v, "access_token");
+        // stable_token's normal mode in the token's last second.
+        let last = token(json!({"access_token": "T", "expires_in": 0})).unwrap();
+        assert_eq!(last.expires_in, 0);
+        assert_eq!(
+            token(json!({"access_token": "T", "expires_in": "7200"}))
+                .unwrap()
+                .expires_in,
+            7200
+        );
+        for bad in [json!(-1), json!(1.5), json!("soon"), Value::Null] {
+            assert!(
+                token(json!({"access_token": "T", "expires_in": bad})).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

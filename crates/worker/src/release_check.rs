@@ -2,7 +2,8 @@
 //! step 3): the gateway answered `QUERY_AUTH_CODE:$code` with an empty reply and published a
 //! `ReleaseCheckJob`; here the code is exchanged (through token-control, which stores the test
 //! account like any authorizer) and `$code_from_api` is sent to the test user with the
-//! customer-service API and the authorizer token that exchange produced.
+//! customer-service API and the authorizer token that exchange produced — the token of the
+//! account the exchange names, not of the callback path's appid, which need not be the same.
 //!
 //! Outcomes: sent → ack (and remembered, so a redelivery is not sent twice); token rejected →
 //! invalidate through token-control and retry once at once; transient WeChat, token-control or
@@ -123,22 +124,33 @@ impl ReleaseCheck {
             Err(e) => return Err(Failure::Retry(format!("redis: {e}"))),
         }
 
-        // (a) api_query_auth with the code. A redelivered job finds it already exchanged; the
-        // authorizer token stored by the first exchange is what (b) uses.
-        let refused = match self
+        // (a) api_query_auth with the code; the account it names is the one whose token sends
+        // the answer. A redelivered job finds the code already exchanged by this path; the
+        // callback's appid is then all it has, and the token stored by the first exchange is
+        // what (b) uses.
+        let (refused, appid) = match self
             .tokens
             .exchange_auth_code(&job.tenant, &job.auth_code)
             .await
         {
-            Ok(_) => None,
-            Err(s) if s.code() == Code::FailedPrecondition => Some(s),
+            Ok(authorizer) if !authorizer.appid.is_empty() => (None, authorizer.appid),
+            Ok(_) => (None, job.authorizer_appid.clone()),
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                (Some(s), job.authorizer_appid.clone())
+            }
             Err(s) => return Err(grpc_failure("exchange the auth code", &s)),
         };
+        if appid != job.authorizer_appid {
+            tracing::info!(
+                tenant = job.tenant,
+                path_appid = job.authorizer_appid,
+                authorizer = appid,
+                "the code belongs to another account than the callback path's; answering as it"
+            );
+        }
         // (b) the authorizer token, then (c) the customer-service message.
         let token = match (
-            self.tokens
-                .access_token(&job.tenant, &job.authorizer_appid, 0)
-                .await,
+            self.tokens.access_token(&job.tenant, &appid, 0).await,
             refused,
         ) {
             (Ok(t), _) => t,
@@ -174,7 +186,7 @@ impl ReleaseCheck {
                 Err(e) if e.class() == ErrorClass::Token && attempt == 1 => {
                     let fresh = self
                         .tokens
-                        .invalidate(&job.tenant, &job.authorizer_appid, token.expose())
+                        .invalidate(&job.tenant, &appid, token.expose())
                         .await
                         .map_err(|s| grpc_failure("invalidate the rejected token", &s))?;
                     token = Secret::new(fresh.access_token);
@@ -193,7 +205,7 @@ impl ReleaseCheck {
         }
         tracing::info!(
             tenant = job.tenant,
-            authorizer = job.authorizer_appid,
+            authorizer = appid,
             "release-check customer-service message sent"
         );
         Ok(())

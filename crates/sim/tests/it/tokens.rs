@@ -178,6 +178,138 @@ async fn stable_token_is_idempotent_until_forced() -> Result<()> {
 }
 
 #[tokio::test]
+async fn token_lifetimes_can_be_set_per_path_and_owner() -> Result<()> {
+    let sim = start(seed()).await;
+    let api = Api::new(&sim);
+    let secs = |n| Some(Duration::from_secs(n));
+    // For one owner, for the whole path, and the configured default elsewhere.
+    sim.set_token_ttl("/cgi-bin/token", Some(OA), secs(60))?;
+    sim.set_token_ttl("/cgi-bin/gettoken", None, secs(90))?;
+    let oa = api.get(&token_path(OA, "oa-secret")).await?;
+    assert_eq!(oa["expires_in"], 60, "{oa}");
+    let wecom = api
+        .get("/cgi-bin/gettoken?corpid=ww_corp_tokens&corpsecret=agent-secret")
+        .await?;
+    assert_eq!(wecom["expires_in"], 90, "{wecom}");
+    let stable = api
+        .post(
+            "/cgi-bin/stable_token",
+            json!({"grant_type": "client_credential", "appid": OA, "secret": "oa-secret"}),
+        )
+        .await?;
+    assert_eq!(stable["expires_in"], 7200, "another path keeps the default");
+    // The token really lives that long, as WeChat's checks see it.
+    let token = str_field(&oa, "access_token")?;
+    let expiry = sim.check_token(&token).expect("valid");
+    let left = expiry - sim.clock().now_ms();
+    assert!((59_000..=60_000).contains(&left), "{left}");
+    sim.advance(Duration::from_secs(59));
+    assert!(sim.check_token(&token).is_ok());
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.check_token(&token), Err(42001));
+    assert_eq!(sim.check_token("nope"), Err(40001));
+    // Removing the setting restores the default; bad settings change nothing.
+    sim.set_token_ttl("/cgi-bin/token", Some(OA), None)?;
+    assert_eq!(
+        api.get(&token_path(OA, "oa-secret")).await?["expires_in"],
+        7200
+    );
+    for (path, ttl) in [
+        ("/cgi-bin/message/custom/send", secs(60)),
+        ("/cgi-bin/token", secs(0)),
+        ("/cgi-bin/token", secs(7201)),
+        ("/cgi-bin/token", Some(Duration::from_millis(1500))),
+    ] {
+        assert!(
+            sim.set_token_ttl(path, None, ttl).is_err(),
+            "{path} {ttl:?}"
+        );
+    }
+    assert_eq!(
+        api.get(&token_path(OA, "oa-secret")).await?["expires_in"],
+        7200
+    );
+    // The admin API takes the same setting.
+    let admin = client()
+        .post(format!("{}/sim/token-ttl", sim.base_url()))
+        .json(&json!({"path": "/cgi-bin/token", "appid": OA, "secs": 30}))
+        .send()
+        .await?;
+    assert!(admin.status().is_success());
+    assert_eq!(
+        api.get(&token_path(OA, "oa-secret")).await?["expires_in"],
+        30
+    );
+    let bad = client()
+        .post(format!("{}/sim/token-ttl", sim.base_url()))
+        .json(&json!({"path": "/cgi-bin/token", "secs": 0}))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn stable_token_gives_its_remaining_life_and_limits_force_refresh() -> Result<()> {
+    let sim = start(seed()).await;
+    sim.set_token_ttl(
+        "/cgi-bin/stable_token",
+        Some(OA),
+        Some(Duration::from_secs(60)),
+    )?;
+    let api = Api::new(&sim);
+    let body = |force: bool| json!({"grant_type": "client_credential", "appid": OA, "secret": "oa-secret", "force_refresh": force});
+    let a = api.post("/cgi-bin/stable_token", body(false)).await?;
+    assert_eq!(a["expires_in"], 60);
+    // Normal mode: the same token with what is left of it, until it expires...
+    sim.advance(Duration::from_secs(45));
+    let b = api.post("/cgi-bin/stable_token", body(false)).await?;
+    assert_eq!(a["access_token"], b["access_token"]);
+    // Whole seconds, rounded down (the virtual clock also runs in real time).
+    let left = b["expires_in"].as_i64().unwrap_or_default();
+    assert!((14..=15).contains(&left), "{b}");
+    sim.advance(Duration::from_secs(15));
+    // ...then a new one.
+    let c = api.post("/cgi-bin/stable_token", body(false)).await?;
+    assert_ne!(c["access_token"], a["access_token"]);
+    assert_eq!(c["expires_in"], 60);
+
+    // force_refresh: at least 30 s apart (45011), at most 20 a CST day (45009). Start right
+    // after a virtual midnight (UTC+8) so the 20 uses fall on one day.
+    let to_midnight = || {
+        let cst_ms = sim.clock().now_ms() + 8 * 3_600_000;
+        u64::try_from(86_400_000 - cst_ms.rem_euclid(86_400_000) + 1000).unwrap_or(0)
+    };
+    sim.advance(Duration::from_millis(to_midnight()));
+    let mut forced = Vec::new();
+    for n in 0..20 {
+        let f = api.post("/cgi-bin/stable_token", body(true)).await?;
+        forced.push(str_field(&f, "access_token")?);
+        let again = api.post("/cgi-bin/stable_token", body(true)).await?;
+        let expected = if n < 19 { 45011 } else { 45009 };
+        assert_eq!(errcode(&again), expected, "use {n}: {again}");
+        sim.advance(Duration::from_secs(30));
+    }
+    let over = api.post("/cgi-bin/stable_token", body(true)).await?;
+    assert_eq!(errcode(&over), 45009, "{over}");
+    // Normal mode still answers, with the last forced token and its remaining life.
+    let normal = api.post("/cgi-bin/stable_token", body(false)).await?;
+    assert_eq!(normal["access_token"], json!(forced[19]));
+    let left = normal["expires_in"].as_i64().unwrap_or_default();
+    assert!((29..=30).contains(&left), "{normal}");
+    sim.advance(Duration::from_millis(to_midnight()));
+    let next_day = api.post("/cgi-bin/stable_token", body(true)).await?;
+    assert_eq!(errcode(&next_day), 0, "a new day, new uses: {next_day}");
+    let refused = sim.calls(&CallFilter {
+        path: Some("/cgi-bin/stable_token".into()),
+        errcode: Some(45011),
+        ..Default::default()
+    });
+    assert_eq!(refused.len(), 19);
+    Ok(())
+}
+
+#[tokio::test]
 async fn wecom_gettoken() -> Result<()> {
     let sim = start(seed()).await;
     let api = Api::new(&sim);

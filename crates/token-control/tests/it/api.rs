@@ -502,12 +502,7 @@ async fn wechat_side_failures_are_specific_statuses() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("authorize again"), "{err}");
     // Metrics name the quota failure.
-    let metrics = reqwest::get(format!("http://{}/metrics", env.replicas[0].ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(0).await;
     assert!(
         metrics.contains("wxhub_wechat_quota_exhausted_total"),
         "quota surfaces in metrics:\n{metrics}"
@@ -535,7 +530,8 @@ async fn official_account_and_wecom_tenants_use_the_same_machinery() {
     let stable_calls = env.calls("/cgi-bin/stable_token", Some(OA_APPID));
     // Scheduled like every token.
     assert!(env.creds.due(OA, "app").await.unwrap().is_some());
-    // Invalidation forces a new stable token, once.
+    // Invalidation of the token WeChat still issues: normal mode answers it again, so
+    // force_refresh replaces it, once.
     let mut c1 = env.client(1).await;
     let replaced = c1
         .invalidate_access_token(req(
@@ -552,7 +548,12 @@ async fn official_account_and_wecom_tenants_use_the_same_machinery() {
     assert_ne!(replaced.access_token, oa.access_token);
     assert_eq!(
         env.calls("/cgi-bin/stable_token", Some(OA_APPID)),
-        stable_calls + 1
+        stable_calls + 2
+    );
+    let metrics = env.metrics(1).await;
+    assert!(
+        metrics.contains("wxhub_stable_token_force_refresh_total{tenant=\"oa\",result=\"ok\"} 1"),
+        "the force is counted:\n{metrics}"
     );
 
     let wc = c

@@ -184,6 +184,8 @@ pub struct Setup {
     pub tenants: String,
     /// The authorization-event URL of acme in the sim (a gateway), if any.
     pub acme_event_url: Option<String>,
+    /// Token lifetimes set in the sim before the replicas start: (issuing path, owner, secs).
+    pub token_ttls: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl Setup {
@@ -200,6 +202,7 @@ impl Setup {
             wait_reconcile: true,
             tenants: tenants_toml(ACME_SECRET),
             acme_event_url: None,
+            token_ttls: Vec::new(),
         }
     }
 
@@ -263,6 +266,10 @@ impl Env {
         let mut sim_config = setup.sim;
         sim_config.seed = Some(seed(setup.acme_event_url.clone()));
         let sim = wxhub_sim::start(sim_config).await.expect("sim starts");
+        for (path, owner, secs) in &setup.token_ttls {
+            sim.set_token_ttl(path, Some(owner), Some(Duration::from_secs(*secs)))
+                .expect("token lifetime");
+        }
         let tenants = TenantsHandle::fixed(Tenants::from_toml(&setup.tenants).expect("tenants"));
         let store = ns.store();
         let creds = Credentials::new(store.clone());
@@ -465,6 +472,27 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("condition not reached within 30 s");
+    }
+
+    /// Whether the refresh lease of acme's `credential` is held.
+    pub async fn lease_held(&self, credential: &str) -> bool {
+        let mut conn = self.store.conn();
+        redis::cmd("EXISTS")
+            .arg(self.store.keys(ACME).lock(credential))
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap_or(0)
+            == 1
+    }
+
+    /// The Prometheus text of replica `i`.
+    pub async fn metrics(&self, i: usize) -> String {
+        reqwest::get(format!("http://{}/metrics", self.replicas[i].ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Number of sim calls of `path` (optionally for one appid).

@@ -7,5 +7,6 @@ mod events;
 mod gateway;
 #[allow(dead_code)]
 mod harness;
+mod lifetimes;
 mod pages;
 mod refresh;

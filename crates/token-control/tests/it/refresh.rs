@@ -90,17 +90,8 @@ async fn a_paused_lease_holder_cannot_overwrite_the_newer_token() {
     env.sim.clear_calls();
     let paused = tokio::spawn(async move { a.get_access_token(req(get(AUTH2), KEY_ACME)).await });
     // Wait until A holds the lease, then until it expired (A is stuck in the slow call).
-    let lock_key = env.store.keys(ACME).lock(&format!("authorizer:{AUTH2}"));
-    env.wait_for(|| async {
-        let mut conn = env.store.conn();
-        redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap_or(0)
-            == 1
-    })
-    .await;
+    let cred = format!("authorizer:{AUTH2}");
+    env.wait_for(|| env.lease_held(&cred)).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     let newer = b
         .get_access_token(req(get(AUTH2), KEY_ACME))
@@ -151,17 +142,8 @@ async fn a_killed_holders_lease_expires_and_the_next_refresh_succeeds() {
         ))
         .unwrap();
     let doomed = tokio::spawn(async move { a.get_access_token(req(get(AUTH1), KEY_ACME)).await });
-    let lock_key = env.store.keys(ACME).lock(&format!("authorizer:{AUTH1}"));
-    env.wait_for(|| async {
-        let mut conn = env.store.conn();
-        redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap_or(0)
-            == 1
-    })
-    .await;
+    let cred = format!("authorizer:{AUTH1}");
+    env.wait_for(|| env.lease_held(&cred)).await;
     env.replicas.remove(0).kill();
     assert!(
         doomed.await.unwrap().is_err(),
@@ -391,5 +373,187 @@ async fn tokens_are_refreshed_proactively_before_they_expire() {
         .into_inner();
     assert_ne!(served.access_token, first.access_token);
     assert!(served.expires_at_ms > first.expires_at_ms);
+    env.shutdown().await;
+}
+
+/// Removes `member` from every tenant's schedule, so no poller refreshes it behind a test's
+/// back (a fault on its path would hit that refresh instead of the test's).
+async fn unschedule(env: &Env, member: &str) {
+    let mut conn = env.store.conn();
+    for tenant in [ACME, BETA] {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(env.store.keys(tenant).schedule())
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the holder of `credential`'s lease is stuck in WeChat (the one-shot latency
+/// fault was hit, so the lease was taken before), then until its lease expired.
+async fn wait_for_an_expired_lease(env: &Env, credential: &str) {
+    env.wait_for(|| async { env.sim.faults().is_empty() }).await;
+    env.wait_for(|| async { !env.lease_held(credential).await })
+        .await;
+}
+
+fn rotating(label: &'static str) -> Setup {
+    let mut setup = Setup::new(label, 1);
+    setup.sim = SimConfig {
+        auto_ticket_push: false,
+        rotate_refresh_tokens: true,
+        ..SimConfig::default()
+    };
+    setup
+}
+
+fn refused_61023(env: &Env) -> usize {
+    env.sim
+        .calls(&wxhub_sim::CallFilter {
+            path: Some(AUTHORIZER_TOKEN.into()),
+            appid: None,
+            errcode: Some(61023),
+        })
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_rotated_for_a_holder_that_lost_its_lease_is_kept() {
+    let env =
+        Env::start(rotating("tc-rt-lost").with("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS", "300")).await;
+    let cred = format!("authorizer:{AUTH1}");
+    env.unschedule_others("none").await;
+    env.sim.advance(Duration::from_secs(7300));
+    let mut c = env.client(0).await;
+    c.get_access_token(req(get(""), KEY_ACME)).await.unwrap();
+    // The holder's call is slow; its lease expires and another owner takes it.
+    env.sim
+        .add_fault(FaultSpec::latency(
+            AUTHORIZER_TOKEN,
+            Duration::from_millis(1500),
+            Some(1),
+        ))
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        let mut r = req(get(AUTH1), KEY_ACME);
+        r.set_timeout(Duration::from_secs(3));
+        c.get_access_token(r).await
+    });
+    wait_for_an_expired_lease(&env, &cred).await;
+    let other = env
+        .creds
+        .acquire(ACME, &cred, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the expired lease is free");
+    // The holder's token write is refused (lost lease); it retries until its deadline.
+    assert!(holder.await.unwrap().is_err());
+    let rotated = env.sim.authorizer(ACME_APPID, AUTH1).unwrap().refresh_token;
+    let stored = env.auths.get(ACME, AUTH1).await.unwrap().unwrap();
+    assert_eq!(
+        stored.refresh_token.as_ref().map(|r| r.expose()),
+        Some(rotated.as_str()),
+        "the refresh token WeChat rotated for the holder is stored"
+    );
+    let issued = env.sim.authorizer(ACME_APPID, AUTH1).unwrap().access_token;
+    let kept = env.creds.token(ACME, &cred).await.unwrap();
+    assert!(
+        kept.is_none_or(|t| Some(t.value.expose()) != issued.as_deref()),
+        "its access token was not stored"
+    );
+    env.creds.release(&other).await.unwrap();
+    // Past the old refresh token's overlap: only the stored one works, and does.
+    env.sim.advance(Duration::from_secs(7300));
+    env.sim.clear_calls();
+    let mut c = env.client(0).await;
+    let token = c
+        .get_access_token(req(get(AUTH1), KEY_ACME))
+        .await
+        .expect("refreshed with the stored refresh token")
+        .into_inner();
+    assert_eq!(
+        refused_61023(&env),
+        0,
+        "no 61023: the stored refresh token is current"
+    );
+    assert_eq!(
+        env.sim.authorizer(ACME_APPID, AUTH1).unwrap().access_token,
+        Some(token.access_token)
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_rotated_after_a_61023_reconcile_is_kept() {
+    let env = Env::start(rotating("tc-rt-61023")).await;
+    env.unschedule_others("none").await;
+    // A stale refresh token in the store: 61023, a reconcile stores the listed one under a
+    // newer fence than the lease's, and WeChat rotates that one for the retry.
+    let mut conn = env.store.conn();
+    let _: i64 = redis::cmd("HSET")
+        .arg(env.store.keys(ACME).authorizer(AUTH1))
+        .arg("rt")
+        .arg("refreshtoken@@@stale")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.sim.clear_calls();
+    let mut c = env.client(0).await;
+    c.get_access_token(req(get(AUTH1), KEY_ACME))
+        .await
+        .expect("healed");
+    assert_eq!(refused_61023(&env), 1);
+    let current = env.sim.authorizer(ACME_APPID, AUTH1).unwrap().refresh_token;
+    let stored = env.auths.get(ACME, AUTH1).await.unwrap().unwrap();
+    assert_eq!(
+        stored.refresh_token.as_ref().map(|r| r.expose()),
+        Some(current.as_str()),
+        "the rotation of the listed refresh token is stored"
+    );
+    // Past the overlap of the listed one: the next refresh uses the stored one, no new 61023.
+    env.sim.advance(Duration::from_secs(7300));
+    c.get_access_token(req(get(AUTH1), KEY_ACME))
+        .await
+        .expect("refreshed with the stored refresh token");
+    assert_eq!(refused_61023(&env), 1, "no second 61023");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_that_lost_its_lease_does_not_call_wechat() {
+    let env =
+        Env::start(Setup::new("tc-holds", 2).with("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS", "300")).await;
+    let cred = format!("authorizer:{AUTH1}");
+    env.unschedule_others("none").await;
+    unschedule(&env, "component").await;
+    env.sim.advance(Duration::from_secs(7300));
+    // A's authorizer refresh first needs the component token, whose call is slow: A's
+    // authorizer lease expires meanwhile, and B refreshes both.
+    env.sim
+        .add_fault(FaultSpec::latency(
+            COMPONENT_TOKEN,
+            Duration::from_secs(2),
+            Some(1),
+        ))
+        .unwrap();
+    env.sim.clear_calls();
+    let mut a = env.client(0).await;
+    let slow = tokio::spawn(async move { a.get_access_token(req(get(AUTH1), KEY_ACME)).await });
+    wait_for_an_expired_lease(&env, &cred).await;
+    let mut b = env.client(1).await;
+    let by_b = b
+        .get_access_token(req(get(AUTH1), KEY_ACME))
+        .await
+        .expect("B refreshes")
+        .into_inner();
+    let by_a = slow.await.unwrap().expect("A answers").into_inner();
+    assert_eq!(by_a.access_token, by_b.access_token, "A serves B's token");
+    assert_eq!(
+        env.calls(AUTHORIZER_TOKEN, None),
+        1,
+        "A saw it no longer held its lease and did not call WeChat"
+    );
+    assert_eq!(env.calls(COMPONENT_TOKEN, Some(ACME_APPID)), 2);
     env.shutdown().await;
 }
