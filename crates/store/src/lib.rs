@@ -26,6 +26,10 @@ pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
 pub use keys::Keys;
 
+/// How far an event's CreateTime may be ahead of the caller's clock unless configured otherwise
+/// (ms): ordering compares refuse later events and ignore stored times beyond it.
+pub const DEFAULT_CREATE_TIME_SKEW_MS: i64 = 60_000;
+
 /// `[redis]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedisConfig {
@@ -82,6 +86,8 @@ pub enum StoreError {
 pub struct Store {
     conn: ConnectionManager,
     namespace: String,
+    /// How far an event's CreateTime may be ahead of the caller's clock (ms).
+    create_time_skew_ms: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,7 +111,22 @@ impl Store {
         Ok(Self {
             conn,
             namespace: namespace.to_owned(),
+            create_time_skew_ms: DEFAULT_CREATE_TIME_SKEW_MS,
         })
+    }
+
+    /// The same store with events allowed `skew_ms` ahead of the caller's clock: the ordering
+    /// scripts (authorizer status, ticket) refuse a later event time and ignore a stored one
+    /// beyond it.
+    #[must_use]
+    pub fn with_create_time_skew(mut self, skew_ms: i64) -> Self {
+        self.create_time_skew_ms = skew_ms.max(0);
+        self
+    }
+
+    /// See [`Store::with_create_time_skew`].
+    pub fn create_time_skew_ms(&self) -> i64 {
+        self.create_time_skew_ms
     }
 
     /// The namespace every key starts with.

@@ -163,13 +163,22 @@ async fn tickets_keep_the_newest_push() {
     let store = store("ticket");
     let c = Credentials::new(store.clone());
     assert!(c.ticket("acme").await.unwrap().is_none());
-    assert!(c.store_ticket("acme", "ticket@@@2", 200, 10).await.unwrap());
+    // CreateTime in s, received at in ms (a push is received about when it was created).
     assert!(
-        !c.store_ticket("acme", "ticket@@@1", 100, 20).await.unwrap(),
+        c.store_ticket("acme", "ticket@@@2", 200, 200_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.store_ticket("acme", "ticket@@@1", 100, 200_200)
+            .await
+            .unwrap(),
         "older push"
     );
     assert!(
-        c.store_ticket("acme", "ticket@@@2", 200, 30).await.unwrap(),
+        c.store_ticket("acme", "ticket@@@2", 200, 200_300)
+            .await
+            .unwrap(),
         "replay is harmless"
     );
     let t = c.ticket("acme").await.unwrap().unwrap();
@@ -528,6 +537,136 @@ async fn reconcile_recovers_refresh_tokens_and_pages() {
     assert!(
         a.list("other", None, 10).await.unwrap().0.is_empty(),
         "per tenant"
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn far_future_event_times_are_refused_and_never_lock_out_real_ones() {
+    let store = store("future");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let now: i64 = 1_700_000_000_000;
+    let hour = 3_600_000;
+    let mut conn = store.conn();
+    let keys = store.keys("acme");
+
+    // Tickets: a CreateTime an hour ahead is refused; one within the skew is taken.
+    assert!(
+        !c.store_ticket("acme", "forged", now / 1000 + 3600, now)
+            .await
+            .unwrap()
+    );
+    assert!(c.ticket("acme").await.unwrap().is_none());
+    assert!(
+        c.store_ticket("acme", "early", now / 1000 + 30, now)
+            .await
+            .unwrap()
+    );
+    // A ticket poisoned before this rule does not hold back a real push.
+    let _: () = redis::cmd("HSET")
+        .arg(keys.ticket())
+        .arg("ct")
+        .arg(9_999_999_999_i64)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        c.store_ticket("acme", "real", now / 1000, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.ticket("acme").await.unwrap().unwrap().value.expose(),
+        "real"
+    );
+
+    // Authorizers: a far-future event is refused by every ordering script.
+    let r = Secret::new("R1");
+    let auth = |event_ms, now_ms| Authorization {
+        appid: "wxa",
+        event_ms,
+        now_ms,
+        fence: 1,
+        refresh_token: Some(&r),
+        func_info: &[],
+    };
+    assert!(!a.authorize("acme", &auth(now + hour, now)).await.unwrap().0);
+    assert!(a.get("acme", "wxa").await.unwrap().is_none());
+    assert!(a.authorize("acme", &auth(now, now)).await.unwrap().0);
+    assert!(
+        !a.revoke("acme", "wxa", now + hour, now, "unauthorized")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.get("acme", "wxa").await.unwrap().unwrap().status,
+        AuthorizerStatus::Authorized
+    );
+    // A status poisoned with a far-future time (before this rule): a real revoke, a real
+    // authorization and a reconcile all still apply.
+    let poison = |conn: &mut redis::aio::ConnectionManager| {
+        let key = keys.authorizer("wxa");
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("HSET")
+                .arg(key)
+                .arg("status_at")
+                .arg(9_999_999_999_000_i64)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    poison(&mut conn).await;
+    assert!(
+        a.revoke("acme", "wxa", now + 1000, now + 1000, "unauthorized")
+            .await
+            .unwrap()
+    );
+    poison(&mut conn).await;
+    assert!(
+        a.authorize("acme", &auth(now + 2000, now + 2000))
+            .await
+            .unwrap()
+            .0
+    );
+    a.revoke("acme", "wxa", now + 3000, now + 3000, "unauthorized")
+        .await
+        .unwrap();
+    poison(&mut conn).await;
+    let fence = c.next_fence("acme").await.unwrap();
+    let counts = a
+        .reconcile(
+            "acme",
+            now + 4000,
+            now + 4000,
+            fence,
+            &[Listed {
+                appid: "wxa",
+                refresh_token: Some(&r),
+                due_ms: now + 5000,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.authorized, 1);
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Authorized);
+    assert_eq!(rec.status_at_ms, now + 4000);
+
+    // Within one second, the event applied last wins (notices carry whole seconds, a reconcile
+    // is stamped in ms): a real `unauthorized` right after a reconcile is not lost.
+    assert!(
+        a.revoke(
+            "acme",
+            "wxa",
+            (now + 4000) / 1000 * 1000,
+            now + 4500,
+            "unauthorized"
+        )
+        .await
+        .unwrap()
     );
     cleanup(&store).await;
 }

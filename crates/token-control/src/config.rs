@@ -45,6 +45,9 @@ ticket_check_interval_ms = 60000
 push_ticket_interval_ms = 600000
 # /readyz fails while a component tenant has no ticket younger than 12 h.
 ready_requires_ticket = true
+# A component notice whose CreateTime is more than this ahead of the clock is ignored (acked and
+# counted), and stored event times that far ahead order nothing.
+create_time_skew_ms = 60000
 # Bus consumer of {namespace}.token-control.
 consumer_concurrency = 8
 # Official Accounts: "stable_token" (POST /cgi-bin/stable_token; a second fetch within the
@@ -74,6 +77,7 @@ pub struct TokenControlConfig {
     pub ticket_check_interval_ms: u64,
     pub push_ticket_interval_ms: u64,
     pub ready_requires_ticket: bool,
+    pub create_time_skew_ms: u64,
     pub consumer_concurrency: usize,
     pub oa_token_api: String,
 }
@@ -100,7 +104,15 @@ impl TokenControlConfig {
         if self.poll_batch == 0 || self.max_concurrent_refreshes == 0 {
             return Err("token_control.poll_batch and max_concurrent_refreshes must be > 0".into());
         }
+        if self.create_time_skew_ms > 600_000 {
+            return Err("token_control.create_time_skew_ms must be at most 600000: a forged CreateTime within it holds back real notices that long".into());
+        }
         Ok(())
+    }
+
+    /// `create_time_skew_ms` as ms.
+    pub(crate) fn create_time_skew(&self) -> i64 {
+        i64::try_from(self.create_time_skew_ms).unwrap_or(600_000)
     }
 }
 
@@ -181,5 +193,9 @@ mod tests {
         assert!(bad("WXHUB_NAMESPACE", "Bad NS").contains("namespace"));
         assert!(bad("WXHUB_WECHAT__API_BASE", "ftp://x").contains("api_base"));
         assert!(bad("WXHUB_TOKEN_CONTROL__OA_TOKEN_API", "other").contains("oa_token_api"));
+        assert!(
+            bad("WXHUB_TOKEN_CONTROL__CREATE_TIME_SKEW_MS", "3600000")
+                .contains("create_time_skew_ms")
+        );
     }
 }

@@ -43,10 +43,15 @@ use wxhub_wechat_api::{ErrorClass, WechatApi, WechatError};
 
 use crate::clock::Clock;
 use crate::config::TokenControlConfig;
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 /// Validity of a component_verify_ticket.
 pub const TICKET_VALIDITY_MS: i64 = 12 * 3600 * 1000;
+
+/// Whether `ticket` is still valid at `now_ms`.
+pub(crate) fn ticket_valid(ticket: &wxhub_store::TicketRecord, now_ms: i64) -> bool {
+    now_ms - ticket.received_at_ms < TICKET_VALIDITY_MS
+}
 
 /// Which credential of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -238,6 +243,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         cfg: TokenControlConfig,
     ) -> Arc<Self> {
+        let store = store.with_create_time_skew(cfg.create_time_skew());
         Arc::new(Self {
             creds: Credentials::new(store.clone()),
             auths: Authorizers::new(store.clone()),
@@ -668,13 +674,13 @@ impl Engine {
         match (cred, tenant.kind) {
             (Credential::Component, TenantKind::Component) => {
                 let ticket = self.creds.ticket(tenant_id).await?;
-                let fresh =
-                    ticket.filter(|t| self.now_ms() - t.received_at_ms < TICKET_VALIDITY_MS);
+                let fresh = ticket.filter(|t| ticket_valid(t, self.now_ms()));
                 let Some(ticket) = fresh else {
                     self.request_ticket_push(&tenant).await;
                     return Err(Error::precondition(format!(
                         "tenant {tenant_id:?} has no valid component_verify_ticket yet; WeChat was asked to push one"
-                    )));
+                    ))
+                    .with_reason(Reason::NoTicket));
                 };
                 match api
                     .component_token(&tenant.app_id, &tenant.app_secret, &ticket.value)

@@ -165,7 +165,7 @@ async fn every_rpc_is_authenticated_and_limited_to_the_clients_tenants() {
     c.get_access_token(req(get(BETA, BETA_AUTH), KEY_BETA))
         .await
         .unwrap();
-    let before = env.snapshot().await;
+    let before = env.durable_snapshot().await;
 
     for (rpc, code) in every_rpc(&env, KEY_ACME, BETA, BETA_AUTH).await {
         assert_eq!(code, Code::PermissionDenied, "{rpc}: acme's key on beta");
