@@ -9,12 +9,15 @@
 //! dropped connection has an unknown outcome; callers treat it as such.
 //!
 //! Modules: [`dedupe`] (callback retries), [`credentials`] (tickets, tokens, refresh leases,
-//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens).
+//! fenced writes, the refresh schedule), [`authorizers`] (authorizer records and refresh tokens),
+//! [`recovery`] (noticing a store that lost a tenant's state, and writing back what a replica
+//! holds).
 
 pub mod authorizers;
 pub mod credentials;
 pub mod dedupe;
 mod keys;
+pub mod recovery;
 
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use wxhub_runtime::SecretUrl;
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome};
 pub use keys::Keys;
+pub use recovery::{Epoch, Restored};
 
 /// How far an event's CreateTime may be ahead of the caller's clock unless configured otherwise
 /// (ms): ordering compares refuse later events and ignore stored times beyond it.

@@ -27,8 +27,8 @@ use prost::Message as _;
 use wxhub_bus::{Outcome, Received};
 use wxhub_message::{ComponentNotice, parse_notice};
 use wxhub_proto::events::v1::CallbackEvent;
-use wxhub_runtime::{ErrorCode, TenantKind};
-use wxhub_store::AuthorizerStatus;
+use wxhub_runtime::{ErrorCode, Secret, TenantKind};
+use wxhub_store::{AuthorizerStatus, TicketRecord};
 
 use crate::engine::{Credential, Engine, ExchangeBy};
 use crate::error::{Error, Reason};
@@ -254,6 +254,14 @@ async fn store_ticket(
     let stored = creds.store_ticket(tenant, ticket, create_time, now).await?;
     metrics::counter!("wxhub_tickets_received_total", "tenant" => tenant.to_owned()).increment(1);
     if stored {
+        engine.hold_ticket(
+            tenant,
+            &TicketRecord {
+                value: Secret::new(ticket),
+                create_time,
+                received_at_ms: now,
+            },
+        );
         metrics::gauge!("wxhub_ticket_age_seconds", "tenant" => tenant.to_owned()).set(0.0);
         // A component token that could not be fetched for lack of a ticket is fetched now.
         let name = Credential::Component.name();

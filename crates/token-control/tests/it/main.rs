@@ -6,4 +6,5 @@ mod authorize;
 mod events;
 #[allow(dead_code)]
 mod harness;
+mod recovery;
 mod refresh;
