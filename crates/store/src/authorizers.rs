@@ -116,6 +116,10 @@ pub struct Authorizers {
 // last wins.
 
 /// KEYS: authorizer, index. ARGV: appid, event ms, now, fence, refresh token, func, skew.
+/// Returns 1 when the status was applied, plus 2 when the refresh token was stored. An event
+/// older than the stored status does not change it, but while that newer status is
+/// `authorized` its refresh token (fenced like any other) is still kept: a reconcile that
+/// listed the account before its code was exchanged has none.
 static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -123,23 +127,28 @@ local cap = tonumber(ARGV[3]) + tonumber(ARGV[7])
 if tonumber(ARGV[2]) > cap then return 0 end
 local status_at = tonumber(redis.call('HGET', KEYS[1], 'status_at') or '-1')
 if status_at > cap then status_at = -1 end
-if math.floor(tonumber(ARGV[2]) / 1000) < math.floor(status_at / 1000) then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then
-  redis.call('HSET', KEYS[1], 'authorized_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'revoked_at', 'reason')
+local applied = 1
+if math.floor(tonumber(ARGV[2]) / 1000) < math.floor(status_at / 1000) then
+  if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then return 0 end
+  applied = 0
+else
+  if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then
+    redis.call('HSET', KEYS[1], 'authorized_at', ARGV[3])
+    redis.call('HDEL', KEYS[1], 'revoked_at', 'reason')
+  end
+  redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', 'authorized', 'status_at', ARGV[2],
+    'updated_at', ARGV[3], 'func', ARGV[6])
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', 'authorized', 'status_at', ARGV[2],
-  'updated_at', ARGV[3], 'func', ARGV[6])
 local stored = 0
 if ARGV[5] ~= '' then
   local rfence = tonumber(redis.call('HGET', KEYS[1], 'rfence') or '0')
   if tonumber(ARGV[4]) >= rfence then
     redis.call('HSET', KEYS[1], 'rt', ARGV[5], 'rfence', ARGV[4])
-    stored = 1
+    stored = 2
   end
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1 + stored
+return applied + stored
 ",
     )
 });
@@ -348,7 +357,9 @@ impl Authorizers {
 
     /// Records an authorization; returns `(applied, refresh_token_stored)`. Not applied when a
     /// newer event already set the status or the event is dated beyond the skew; the refresh
-    /// token is kept when a newer fence wrote the stored one.
+    /// token is kept when a newer fence wrote the stored one, and stored even when the status
+    /// is not applied if that newer status is `authorized` (a reconcile may have listed the
+    /// account, without a refresh token, before its code was exchanged).
     pub async fn authorize(
         &self,
         tenant: &str,
@@ -368,7 +379,7 @@ impl Authorizers {
             .arg(self.store.create_time_skew_ms())
             .invoke_async(&mut conn)
             .await?;
-        Ok((n >= 1, n == 2))
+        Ok((n & 1 == 1, n & 2 == 2))
     }
 
     /// Marks the authorizer revoked (unless a newer event says otherwise, or the event is dated

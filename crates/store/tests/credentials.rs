@@ -674,6 +674,65 @@ async fn far_future_event_times_are_refused_and_never_lock_out_real_ones() {
     cleanup(&store).await;
 }
 
+#[tokio::test]
+async fn an_older_authorization_keeps_its_refresh_token_when_the_account_is_authorized() {
+    let store = store("late-auth");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let now: i64 = 1_700_000_000_000;
+    let fence = c.next_fence("acme").await.unwrap();
+    // A reconcile listed an account before its code was exchanged (no refresh token there); the
+    // exchange of the earlier `authorized` notice does not change the status but keeps its
+    // (newer-fenced) refresh token.
+    let fresh_rt = Secret::new("R-exchanged");
+    let late = Authorization {
+        appid: "wxn",
+        event_ms: now + 3000,
+        now_ms: now + 4500,
+        fence: fence + 1,
+        refresh_token: Some(&fresh_rt),
+        func_info: &[],
+    };
+    a.reconcile(
+        "acme",
+        now + 4000,
+        now + 4000,
+        fence,
+        &[Listed {
+            appid: "wxn",
+            refresh_token: None,
+            due_ms: now + 5000,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.authorize("acme", &late).await.unwrap(), (false, true));
+    let rec = a.get("acme", "wxn").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.unwrap().expose(), "R-exchanged");
+    assert_eq!(rec.status_at_ms, now + 4000, "the newer status stays");
+
+    // Not when the newer status is a revocation.
+    a.revoke("acme", "wxn", now + 6000, now + 6000, "unauthorized")
+        .await
+        .unwrap();
+    let later = Authorization {
+        event_ms: now + 5000,
+        now_ms: now + 7000,
+        fence: fence + 2,
+        ..late
+    };
+    assert_eq!(a.authorize("acme", &later).await.unwrap(), (false, false));
+    assert!(
+        a.get("acme", "wxn")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .is_none()
+    );
+    cleanup(&store).await;
+}
+
 fn held(value: &Secret, fence: u64, now: i64) -> TokenRecord {
     TokenRecord {
         value: value.clone(),

@@ -438,7 +438,15 @@ async fn an_authorization_before_any_ticket_is_retried_not_dead_lettered() {
         .await;
     assert!(dead.is_empty(), "nothing dead-lettered");
 
-    // A code that cannot be exchanged still falls back to the list.
+    // A code that cannot be exchanged still falls back to the list (which brings back AUTH2's
+    // refresh token, removed here so only that re-list can restore it).
+    let mut conn = env.store.conn();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(env.store.keys(ACME).authorizer(AUTH2))
+        .arg("rt")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let before = env.calls("/cgi-bin/component/api_get_authorizer_list", None);
     let xml = authorization_xml(
         "updateauthorized",
