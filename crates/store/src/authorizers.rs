@@ -5,7 +5,10 @@
 //! write is fenced: a writer takes a fence *before* its WeChat call and the store keeps the
 //! value of the newest fence (reliability.md P4). Status changes carry the time of the event
 //! that caused them and an older event never overrides a newer one, so a late `unauthorized`
-//! cannot revoke a re-authorization and a late `authorized` cannot resurrect a revocation.
+//! cannot revoke a re-authorization and a late `authorized` cannot resurrect a revocation. No
+//! event can push that order into the future: one dated more than the skew
+//! ([`Store::with_create_time_skew`]) after the caller's clock is refused, and a stored time
+//! that far ahead orders nothing, so a forged far-future notice cannot lock out real ones.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -104,40 +107,63 @@ pub struct Authorizers {
     store: Store,
 }
 
-/// KEYS: authorizer, index. ARGV: appid, event ms, now, fence, refresh token, func.
+// Ordering by event time: an event dated more than the skew after `now` is refused, and a
+// stored `status_at` that far ahead (forged, written before this rule) counts as absent, so it
+// cannot hold back real events — `now + skew` moves on with the clock and a real event is
+// always within it. Times compare by the second: notices carry whole seconds while a reconcile
+// or a redirect exchange is stamped in ms, so a real `unauthorized` in the same second as a
+// reconcile would otherwise count as older and be dropped; within one second the event applied
+// last wins.
+
+/// KEYS: authorizer, index. ARGV: appid, event ms, now, fence, refresh token, func, skew.
+/// Returns 1 when the status was applied, plus 2 when the refresh token was stored. An event
+/// older than the stored status does not change it, but while that newer status is
+/// `authorized` its refresh token (fenced like any other) is still kept: a reconcile that
+/// listed the account before its code was exchanged has none.
 static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local cap = tonumber(ARGV[3]) + tonumber(ARGV[7])
+if tonumber(ARGV[2]) > cap then return 0 end
 local status_at = tonumber(redis.call('HGET', KEYS[1], 'status_at') or '-1')
-if tonumber(ARGV[2]) < status_at then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then
-  redis.call('HSET', KEYS[1], 'authorized_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'revoked_at', 'reason')
+if status_at > cap then status_at = -1 end
+local applied = 1
+if math.floor(tonumber(ARGV[2]) / 1000) < math.floor(status_at / 1000) then
+  if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then return 0 end
+  applied = 0
+else
+  if redis.call('HGET', KEYS[1], 'status') ~= 'authorized' then
+    redis.call('HSET', KEYS[1], 'authorized_at', ARGV[3])
+    redis.call('HDEL', KEYS[1], 'revoked_at', 'reason')
+  end
+  redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', 'authorized', 'status_at', ARGV[2],
+    'updated_at', ARGV[3], 'func', ARGV[6])
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', 'authorized', 'status_at', ARGV[2],
-  'updated_at', ARGV[3], 'func', ARGV[6])
 local stored = 0
 if ARGV[5] ~= '' then
   local rfence = tonumber(redis.call('HGET', KEYS[1], 'rfence') or '0')
   if tonumber(ARGV[4]) >= rfence then
     redis.call('HSET', KEYS[1], 'rt', ARGV[5], 'rfence', ARGV[4])
-    stored = 1
+    stored = 2
   end
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1 + stored
+return applied + stored
 ",
     )
 });
 
 /// KEYS: authorizer, access token, jsapi ticket, schedule.
-/// ARGV: appid, event ms, now, reason, access member, jsapi member.
+/// ARGV: appid, event ms, now, reason, access member, jsapi member, skew.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cap = tonumber(ARGV[3]) + tonumber(ARGV[7])
+if tonumber(ARGV[2]) > cap then return 0 end
 local status_at = tonumber(redis.call('HGET', KEYS[1], 'status_at') or '-1')
-if tonumber(ARGV[2]) < status_at then return 0 end
+if status_at > cap then status_at = -1 end
+if math.floor(tonumber(ARGV[2]) / 1000) < math.floor(status_at / 1000) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'status_at', ARGV[2], 'revoked_at', ARGV[3],
   'updated_at', ARGV[3], 'reason', ARGV[4])
 redis.call('HDEL', KEYS[1], 'rt')
@@ -148,19 +174,21 @@ return 1
     )
 });
 
-/// KEYS: index, schedule, authorizer keys... ARGV: event ms, now, fence, then per entry
+/// KEYS: index, schedule, authorizer keys... ARGV: event ms, now, fence, skew, then per entry
 /// (appid, refresh token, due).
 static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local authorized, refreshed = 0, 0
 local event, now, fence = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local cap = tonumber(now) + tonumber(ARGV[4])
 for i = 3, #KEYS do
-  local j = 4 + (i - 3) * 3
+  local j = 5 + (i - 3) * 3
   local appid, rt, due = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   local k = KEYS[i]
   local status_at = tonumber(redis.call('HGET', k, 'status_at') or '-1')
-  if event >= status_at then
+  if status_at > cap then status_at = -1 end
+  if event <= cap and math.floor(event / 1000) >= math.floor(status_at / 1000) then
     if redis.call('HGET', k, 'status') ~= 'authorized' then
       redis.call('HSET', k, 'appid', appid, 'status', 'authorized', 'status_at', ARGV[1],
         'authorized_at', now, 'updated_at', now)
@@ -328,8 +356,10 @@ impl Authorizers {
     }
 
     /// Records an authorization; returns `(applied, refresh_token_stored)`. Not applied when a
-    /// newer event already set the status; the refresh token is kept when a newer fence wrote
-    /// the stored one.
+    /// newer event already set the status or the event is dated beyond the skew; the refresh
+    /// token is kept when a newer fence wrote the stored one, and stored even when the status
+    /// is not applied if that newer status is `authorized` (a reconcile may have listed the
+    /// account, without a refresh token, before its code was exchanged).
     pub async fn authorize(
         &self,
         tenant: &str,
@@ -346,12 +376,14 @@ impl Authorizers {
             .arg(a.fence)
             .arg(a.refresh_token.map_or("", Secret::expose))
             .arg(func_to_string(a.func_info))
+            .arg(self.store.create_time_skew_ms())
             .invoke_async(&mut conn)
             .await?;
-        Ok((n >= 1, n == 2))
+        Ok((n & 1 == 1, n & 2 == 2))
     }
 
-    /// Marks the authorizer revoked (unless a newer event says otherwise), forgets its refresh
+    /// Marks the authorizer revoked (unless a newer event says otherwise, or the event is dated
+    /// beyond the skew), forgets its refresh
     /// token and drops its access token and JS-SDK ticket with their schedule entries.
     /// Returns whether it changed anything.
     pub async fn revoke(
@@ -377,6 +409,7 @@ impl Authorizers {
             .arg(reason)
             .arg(&access)
             .arg(&jsapi)
+            .arg(self.store.create_time_skew_ms())
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)
@@ -401,7 +434,11 @@ impl Authorizers {
         let keys = self.store.keys(tenant);
         let mut invocation = RECONCILE.key(keys.authorizers());
         invocation.key(keys.schedule());
-        invocation.arg(event_ms).arg(now_ms).arg(fence);
+        invocation
+            .arg(event_ms)
+            .arg(now_ms)
+            .arg(fence)
+            .arg(self.store.create_time_skew_ms());
         for entry in page {
             invocation.key(keys.authorizer(entry.appid));
             invocation

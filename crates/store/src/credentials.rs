@@ -199,12 +199,18 @@ return 0
     )
 });
 
-/// KEYS: ticket. ARGV: value, create time, received at. Newer (or equal) CreateTime wins.
+/// KEYS: ticket. ARGV: value, create time (s), received at (ms), now (ms), skew (ms). Newer (or
+/// equal) CreateTime wins. A CreateTime beyond now + skew is refused, and a stored one beyond it
+/// (written before that rule) orders nothing: it was never a real push's.
 static STORE_TICKET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local cap = math.floor((tonumber(ARGV[4]) + tonumber(ARGV[5])) / 1000)
+local new = tonumber(ARGV[2])
+if new > cap then return 0 end
 local ct = tonumber(redis.call('HGET', KEYS[1], 'ct') or '-1')
-if tonumber(ARGV[2]) < ct then return 0 end
+if ct > cap then ct = -1 end
+if new < ct then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ct', ARGV[2], 'at', ARGV[3])
 return 1
 ",
@@ -465,13 +471,28 @@ impl Credentials {
     }
 
     /// Stores a pushed ticket unless a newer push (by `CreateTime`) is already stored; returns
-    /// whether it was stored. Replaying the same push is harmless.
+    /// whether it was stored. Replaying the same push is harmless. A CreateTime more than the
+    /// store's skew ([`Store::with_create_time_skew`]) ahead of `received_at_ms` is refused, and a stored one that far ahead (written
+    /// before this rule) does not hold back a real push.
     pub async fn store_ticket(
         &self,
         tenant: &str,
         ticket: &str,
         create_time: i64,
         received_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.put_ticket(tenant, ticket, create_time, received_at_ms, received_at_ms)
+            .await
+    }
+
+    /// [`Credentials::store_ticket`] of a ticket received at `received_at_ms`, ordered at `now_ms`.
+    pub(crate) async fn put_ticket(
+        &self,
+        tenant: &str,
+        ticket: &str,
+        create_time: i64,
+        received_at_ms: i64,
+        now_ms: i64,
     ) -> Result<bool, StoreError> {
         let key = self.store.keys(tenant).ticket();
         let mut conn = self.store.conn();
@@ -480,6 +501,8 @@ impl Credentials {
             .arg(ticket)
             .arg(create_time)
             .arg(received_at_ms)
+            .arg(now_ms)
+            .arg(self.store.create_time_skew_ms())
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)

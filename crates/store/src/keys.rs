@@ -76,6 +76,15 @@ impl Keys {
         format!("{}consumed:{message_id}", self.prefix)
     }
 
+    /// `…:epoch` — hash: the identity of the tenant's stored state: `id` (random), `at` (ms, when
+    /// it was created) and `healed` (ms, when a re-list from WeChat completed after that). It lives
+    /// in the tenant's slot like every other key of the tenant, so a store that lost the tenant's
+    /// keys lost this one too: a replica that finds it missing or changed knows to write back
+    /// what it holds.
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
     /// `…:guard:{what}` — a short-lived marker so only one replica does `what` (e.g. asks
     /// WeChat to restart ticket pushes) per period.
     pub fn guard(&self, what: &str) -> String {
@@ -120,6 +129,7 @@ mod tests {
             k.limit("page:addr:10.0.0.1"),
             k.pre_auth(),
             k.nonce("1700000000", "123456"),
+            k.epoch(),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");
         }

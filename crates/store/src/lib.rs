@@ -10,9 +10,10 @@
 //!
 //! Modules: [`dedupe`] (callback retries), [`nonces`] (plaintext callbacks' (timestamp, nonce)
 //! bound to one body), [`credentials`] (tickets, tokens, refresh leases, fenced writes, the
-//! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`limiter`] (rate
-//! limits shared by every replica), [`pre_auth`] (the pre-auth code the authorization pages
-//! share).
+//! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`recovery`]
+//! (noticing a store that lost a tenant's state, and writing back what a replica holds),
+//! [`limiter`] (rate limits shared by every replica), [`pre_auth`] (the pre-auth code the
+//! authorization pages share).
 
 pub mod authorizers;
 pub mod credentials;
@@ -21,6 +22,7 @@ mod keys;
 pub mod limiter;
 pub mod nonces;
 pub mod pre_auth;
+pub mod recovery;
 
 use std::time::Duration;
 
@@ -33,6 +35,11 @@ pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcom
 pub use keys::Keys;
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
+pub use recovery::{Epoch, Restored};
+
+/// How far an event's CreateTime may be ahead of the caller's clock unless configured otherwise
+/// (ms): ordering compares refuse later events and ignore stored times beyond it.
+pub const DEFAULT_CREATE_TIME_SKEW_MS: i64 = 60_000;
 
 /// `[redis]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +97,8 @@ pub enum StoreError {
 pub struct Store {
     conn: ConnectionManager,
     namespace: String,
+    /// How far an event's CreateTime may be ahead of the caller's clock (ms).
+    create_time_skew_ms: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,7 +122,22 @@ impl Store {
         Ok(Self {
             conn,
             namespace: namespace.to_owned(),
+            create_time_skew_ms: DEFAULT_CREATE_TIME_SKEW_MS,
         })
+    }
+
+    /// The same store with events allowed `skew_ms` ahead of the caller's clock: the ordering
+    /// scripts (authorizer status, ticket) refuse a later event time and ignore a stored one
+    /// beyond it.
+    #[must_use]
+    pub fn with_create_time_skew(mut self, skew_ms: i64) -> Self {
+        self.create_time_skew_ms = skew_ms.max(0);
+        self
+    }
+
+    /// See [`Store::with_create_time_skew`].
+    pub fn create_time_skew_ms(&self) -> i64 {
+        self.create_time_skew_ms
     }
 
     /// The namespace every key starts with.

@@ -7,7 +7,8 @@ use wxhub_runtime::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{
-    AuthorizerStatus, Authorizers, Credentials, RedisConfig, Store, WriteOutcome, WriteReport,
+    AuthorizerStatus, Authorizers, Credentials, RedisConfig, Restored, Store, TokenRecord,
+    WriteOutcome, WriteReport,
 };
 
 fn store(test: &str) -> Store {
@@ -188,13 +189,22 @@ async fn tickets_keep_the_newest_push() {
     let store = store("ticket");
     let c = Credentials::new(store.clone());
     assert!(c.ticket("acme").await.unwrap().is_none());
-    assert!(c.store_ticket("acme", "ticket@@@2", 200, 10).await.unwrap());
+    // CreateTime in s, received at in ms (a push is received about when it was created).
     assert!(
-        !c.store_ticket("acme", "ticket@@@1", 100, 20).await.unwrap(),
+        c.store_ticket("acme", "ticket@@@2", 200, 200_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.store_ticket("acme", "ticket@@@1", 100, 200_200)
+            .await
+            .unwrap(),
         "older push"
     );
     assert!(
-        c.store_ticket("acme", "ticket@@@2", 200, 30).await.unwrap(),
+        c.store_ticket("acme", "ticket@@@2", 200, 200_300)
+            .await
+            .unwrap(),
         "replay is harmless"
     );
     let t = c.ticket("acme").await.unwrap().unwrap();
@@ -697,5 +707,390 @@ async fn reconcile_recovers_refresh_tokens_and_pages() {
         a.list("other", None, 10).await.unwrap().0.is_empty(),
         "per tenant"
     );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn far_future_event_times_are_refused_and_never_lock_out_real_ones() {
+    let store = store("future");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let now: i64 = 1_700_000_000_000;
+    let hour = 3_600_000;
+    let mut conn = store.conn();
+    let keys = store.keys("acme");
+
+    // Tickets: a CreateTime an hour ahead is refused; one within the skew is taken.
+    assert!(
+        !c.store_ticket("acme", "forged", now / 1000 + 3600, now)
+            .await
+            .unwrap()
+    );
+    assert!(c.ticket("acme").await.unwrap().is_none());
+    assert!(
+        c.store_ticket("acme", "early", now / 1000 + 30, now)
+            .await
+            .unwrap()
+    );
+    // A ticket poisoned before this rule does not hold back a real push.
+    let _: () = redis::cmd("HSET")
+        .arg(keys.ticket())
+        .arg("ct")
+        .arg(9_999_999_999_i64)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        c.store_ticket("acme", "real", now / 1000, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.ticket("acme").await.unwrap().unwrap().value.expose(),
+        "real"
+    );
+
+    // Authorizers: a far-future event is refused by every ordering script.
+    let r = Secret::new("R1");
+    let auth = |event_ms, now_ms| Authorization {
+        appid: "wxa",
+        event_ms,
+        now_ms,
+        fence: 1,
+        refresh_token: Some(&r),
+        func_info: &[],
+    };
+    assert!(!a.authorize("acme", &auth(now + hour, now)).await.unwrap().0);
+    assert!(a.get("acme", "wxa").await.unwrap().is_none());
+    assert!(a.authorize("acme", &auth(now, now)).await.unwrap().0);
+    assert!(
+        !a.revoke("acme", "wxa", now + hour, now, "unauthorized")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.get("acme", "wxa").await.unwrap().unwrap().status,
+        AuthorizerStatus::Authorized
+    );
+    // A status poisoned with a far-future time (before this rule): a real revoke, a real
+    // authorization and a reconcile all still apply.
+    let poison = |conn: &mut redis::aio::ConnectionManager| {
+        let key = keys.authorizer("wxa");
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("HSET")
+                .arg(key)
+                .arg("status_at")
+                .arg(9_999_999_999_000_i64)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    poison(&mut conn).await;
+    assert!(
+        a.revoke("acme", "wxa", now + 1000, now + 1000, "unauthorized")
+            .await
+            .unwrap()
+    );
+    poison(&mut conn).await;
+    assert!(
+        a.authorize("acme", &auth(now + 2000, now + 2000))
+            .await
+            .unwrap()
+            .0
+    );
+    a.revoke("acme", "wxa", now + 3000, now + 3000, "unauthorized")
+        .await
+        .unwrap();
+    poison(&mut conn).await;
+    let fence = c.next_fence("acme").await.unwrap();
+    let counts = a
+        .reconcile(
+            "acme",
+            now + 4000,
+            now + 4000,
+            fence,
+            &[Listed {
+                appid: "wxa",
+                refresh_token: Some(&r),
+                due_ms: now + 5000,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.authorized, 1);
+    let rec = a.get("acme", "wxa").await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Authorized);
+    assert_eq!(rec.status_at_ms, now + 4000);
+
+    // Within one second, the event applied last wins (notices carry whole seconds, a reconcile
+    // is stamped in ms): a real `unauthorized` right after a reconcile is not lost.
+    assert!(
+        a.revoke(
+            "acme",
+            "wxa",
+            (now + 4000) / 1000 * 1000,
+            now + 4500,
+            "unauthorized"
+        )
+        .await
+        .unwrap()
+    );
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn an_older_authorization_keeps_its_refresh_token_when_the_account_is_authorized() {
+    let store = store("late-auth");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let now: i64 = 1_700_000_000_000;
+    let fence = c.next_fence("acme").await.unwrap();
+    // A reconcile listed an account before its code was exchanged (no refresh token there); the
+    // exchange of the earlier `authorized` notice does not change the status but keeps its
+    // (newer-fenced) refresh token.
+    let fresh_rt = Secret::new("R-exchanged");
+    let late = Authorization {
+        appid: "wxn",
+        event_ms: now + 3000,
+        now_ms: now + 4500,
+        fence: fence + 1,
+        refresh_token: Some(&fresh_rt),
+        func_info: &[],
+    };
+    a.reconcile(
+        "acme",
+        now + 4000,
+        now + 4000,
+        fence,
+        &[Listed {
+            appid: "wxn",
+            refresh_token: None,
+            due_ms: now + 5000,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.authorize("acme", &late).await.unwrap(), (false, true));
+    let rec = a.get("acme", "wxn").await.unwrap().unwrap();
+    assert_eq!(rec.refresh_token.unwrap().expose(), "R-exchanged");
+    assert_eq!(rec.status_at_ms, now + 4000, "the newer status stays");
+
+    // Not when the newer status is a revocation.
+    a.revoke("acme", "wxn", now + 6000, now + 6000, "unauthorized")
+        .await
+        .unwrap();
+    let later = Authorization {
+        event_ms: now + 5000,
+        now_ms: now + 7000,
+        fence: fence + 2,
+        ..late
+    };
+    assert_eq!(a.authorize("acme", &later).await.unwrap(), (false, false));
+    assert!(
+        a.get("acme", "wxn")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .is_none()
+    );
+    cleanup(&store).await;
+}
+
+fn held(value: &Secret, fence: u64, now: i64) -> TokenRecord {
+    TokenRecord {
+        value: value.clone(),
+        expires_at_ms: now + 7_000_000,
+        lifetime_ms: 7_200_000,
+        refreshed_at_ms: now - 200_000,
+        fence,
+        rejected: false,
+        due_ms: now + 5_000_000,
+    }
+}
+
+#[tokio::test]
+async fn restored_tokens_never_replace_newer_state() {
+    let store = store("restore");
+    let c = Credentials::new(store.clone());
+    let a = Authorizers::new(store.clone());
+    let now = 1_700_000_000_000;
+    let mut conn = store.conn();
+    let fence_key = store.keys("acme").fence();
+    let counter = |conn: &redis::aio::ConnectionManager| {
+        let (mut conn, key) = (conn.clone(), fence_key.clone());
+        async move {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v.unwrap_or(0)
+        }
+    };
+
+    // An emptied store: the epoch is new, the held token is written back with its schedule
+    // entry, and the lost fence counter is raised to its fence.
+    let e = c.epoch("acme", now).await.unwrap();
+    assert!(e.created && e.healed_at_ms.is_none() && !e.has_ticket);
+    assert_eq!(c.epoch("acme", now + 1).await.unwrap().id, e.id, "stable");
+    let (v40, v57) = (Secret::new("T40"), Secret::new("T57"));
+    assert_eq!(
+        c.restore_token("acme", "component", &held(&v40, 40, now), now + 1000, None)
+            .await
+            .unwrap(),
+        Restored::Written
+    );
+    assert_eq!(counter(&conn).await, 40);
+    assert_eq!(c.due("acme", "component").await.unwrap(), Some(now + 1000));
+    assert!(c.epoch("acme", now).await.unwrap().has_component_token);
+    // Another replica held a newer generation of it: that one wins, whatever the order; an
+    // older one does not replace it.
+    assert_eq!(
+        c.restore_token("acme", "component", &held(&v57, 57, now), now + 2000, None)
+            .await
+            .unwrap(),
+        Restored::Written
+    );
+    assert_eq!(
+        c.restore_token("acme", "component", &held(&v40, 40, now), now + 500, None)
+            .await
+            .unwrap(),
+        Restored::Kept
+    );
+    let stored = c.token("acme", "component").await.unwrap().unwrap();
+    assert_eq!((stored.value.expose(), stored.fence), ("T57", 57));
+    assert_eq!(counter(&conn).await, 57);
+    assert_eq!(
+        c.due("acme", "component").await.unwrap(),
+        Some(now + 1000),
+        "the earlier due time is kept"
+    );
+
+    // A refresh after the write-back gets a newer fence, so its write is accepted; no
+    // write-back replaces what a refresh wrote, however new its fence.
+    let lease = c
+        .acquire("acme", "component", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.fence, 58);
+    // While the refresh holds the lease, no write-back either.
+    assert_eq!(
+        c.restore_token("acme", "component", &held(&v57, 99, now), now, None)
+            .await
+            .unwrap(),
+        Restored::Kept
+    );
+    let fresh = Secret::new("T58");
+    assert!(matches!(
+        c.write_token(&lease, &write(&fresh, now))
+            .await
+            .unwrap()
+            .outcome,
+        WriteOutcome::Written
+    ));
+    c.release(&lease).await.unwrap();
+    assert_eq!(
+        c.restore_token("acme", "component", &held(&v57, 99, now), now, None)
+            .await
+            .unwrap(),
+        Restored::Kept
+    );
+    assert_eq!(
+        c.token("acme", "component")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .expose(),
+        "T58"
+    );
+
+    // Authorizer tokens: only for an account stored as authorized — never for an unknown or
+    // revoked one.
+    let at = Secret::new("A1");
+    let restore_wxa = || async {
+        c.restore_token(
+            "acme",
+            "authorizer:wxa",
+            &held(&at, 10, now),
+            now,
+            Some("wxa"),
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(restore_wxa().await, Restored::NotAuthorized);
+    let r = Secret::new("R1");
+    let auth = Authorization {
+        appid: "wxa",
+        event_ms: now,
+        now_ms: now,
+        fence: 59,
+        refresh_token: Some(&r),
+        func_info: &[],
+    };
+    a.authorize("acme", &auth).await.unwrap();
+    a.revoke("acme", "wxa", now + 1000, now + 1000, "unauthorized")
+        .await
+        .unwrap();
+    assert_eq!(restore_wxa().await, Restored::NotAuthorized);
+    assert!(c.token("acme", "authorizer:wxa").await.unwrap().is_none());
+    a.authorize(
+        "acme",
+        &Authorization {
+            event_ms: now + 2000,
+            ..auth
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(restore_wxa().await, Restored::Written);
+
+    // Tickets come back by CreateTime order: a push stored meanwhile is newer and stays.
+    let ticket = |v: &str, ct| wxhub_store::TicketRecord {
+        value: Secret::new(v),
+        create_time: ct,
+        received_at_ms: ct * 1000,
+    };
+    assert!(
+        c.store_ticket("acme", "pushed", now / 1000, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.restore_ticket("acme", &ticket("held", now / 1000 - 600), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.ticket("acme").await.unwrap().unwrap().value.expose(),
+        "pushed"
+    );
+
+    // The counter is raised to the highest fence a replica took, never lowered.
+    c.raise_fence("acme", 10).await.unwrap();
+    assert_eq!(counter(&conn).await, 58);
+    c.raise_fence("acme", 100).await.unwrap();
+    assert_eq!(counter(&conn).await, 100);
+
+    // The epoch is healed once, and only the epoch it was observed as.
+    assert!(!c.mark_healed("acme", "another", now).await.unwrap());
+    assert!(c.mark_healed("acme", &e.id, now + 5).await.unwrap());
+    assert!(!c.mark_healed("acme", &e.id, now + 6).await.unwrap());
+    assert_eq!(
+        c.epoch("acme", now).await.unwrap().healed_at_ms,
+        Some(now + 5)
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(store.keys("acme").epoch())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = c.epoch("acme", now + 10).await.unwrap();
+    assert!(again.created && again.id != e.id && again.healed_at_ms.is_none());
     cleanup(&store).await;
 }

@@ -47,6 +47,17 @@ push_ticket_interval_ms = 600000
 # /readyz reports ticket freshness: a component tenant without a ticket younger than 12 h shows
 # as degraded (still 200: the other tenants are served).
 ready_requires_ticket = true
+# A component notice whose CreateTime is more than this ahead of the clock is ignored (acked and
+# counted), and stored event times that far ahead order nothing.
+create_time_skew_ms = 60000
+# Recovery from a store that lost its state: each replica checks every tenant's epoch this often
+# (reads notice a loss at once); after a loss, WeChat is asked for a ticket push only if no
+# replica wrote one back within heal_ticket_grace_ms.
+store_check_interval_ms = 1000
+heal_ticket_grace_ms = 2000
+# A read of an authorizer the store does not know re-lists api_get_authorizer_list first, at
+# most this often per tenant.
+relist_interval_ms = 60000
 # Bus consumer of {namespace}.token-control.
 consumer_concurrency = 8
 # Official Accounts: "stable_token" (POST /cgi-bin/stable_token; a second fetch within the
@@ -80,6 +91,10 @@ pub struct TokenControlConfig {
     pub ticket_check_interval_ms: u64,
     pub push_ticket_interval_ms: u64,
     pub ready_requires_ticket: bool,
+    pub create_time_skew_ms: u64,
+    pub store_check_interval_ms: u64,
+    pub heal_ticket_grace_ms: u64,
+    pub relist_interval_ms: u64,
     pub consumer_concurrency: usize,
     pub oa_token_api: String,
     pub pre_auth_share_ms: u64,
@@ -110,7 +125,20 @@ impl TokenControlConfig {
         if self.pre_auth_share_ms > 600_000 {
             return Err("token_control.pre_auth_share_ms must be at most 600000".into());
         }
+        if self.create_time_skew_ms > 600_000 {
+            return Err("token_control.create_time_skew_ms must be at most 600000: a forged CreateTime within it holds back real notices that long".into());
+        }
+        if self.store_check_interval_ms == 0
+            || self.heal_ticket_grace_ms <= self.store_check_interval_ms
+        {
+            return Err("token_control.store_check_interval_ms must be > 0 and below heal_ticket_grace_ms (the other replicas need a check to write their ticket back)".into());
+        }
         Ok(())
+    }
+
+    /// `create_time_skew_ms` as ms.
+    pub(crate) fn create_time_skew(&self) -> i64 {
+        i64::try_from(self.create_time_skew_ms).unwrap_or(600_000)
     }
 }
 
@@ -193,6 +221,14 @@ mod tests {
         assert!(bad("WXHUB_TOKEN_CONTROL__OA_TOKEN_API", "other").contains("oa_token_api"));
         assert!(
             bad("WXHUB_TOKEN_CONTROL__PRE_AUTH_SHARE_MS", "900000").contains("pre_auth_share_ms")
+        );
+        assert!(
+            bad("WXHUB_TOKEN_CONTROL__CREATE_TIME_SKEW_MS", "3600000")
+                .contains("create_time_skew_ms")
+        );
+        assert!(
+            bad("WXHUB_TOKEN_CONTROL__HEAL_TICKET_GRACE_MS", "500")
+                .contains("heal_ticket_grace_ms")
         );
     }
 }

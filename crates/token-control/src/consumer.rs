@@ -12,6 +12,14 @@
 //! requeues it; a malformed message is dead-lettered with the reason. Each applied message id
 //! is remembered for a day, so the rare duplicate (same `message_id`) is acked without effect
 //! (the handlers are idempotent anyway).
+//!
+//! A notice dated more than `create_time_skew_ms` after this service's clock is acked and
+//! ignored (counted in `wxhub_token_events_future_total`): no real notice comes from the future,
+//! and applying it would push a stored ordering time ahead of every real event.
+//!
+//! An authorization that cannot be exchanged because there is no usable ticket yet is not a bad
+//! code: the handler waits for a ticket (up to `request_timeout_ms`) and exchanges it then, else
+//! requeues it, and only on the queue's last delivery dead-letters it with that reason.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,19 +28,22 @@ use prost::Message as _;
 use wxhub_bus::{Outcome, Received};
 use wxhub_message::{ComponentNotice, parse_notice};
 use wxhub_proto::events::v1::CallbackEvent;
-use wxhub_runtime::{ErrorCode, TenantKind};
-use wxhub_store::AuthorizerStatus;
+use wxhub_runtime::{ErrorCode, Secret, TenantKind};
+use wxhub_store::{AuthorizerStatus, TicketRecord};
 
 use crate::engine::{Credential, Engine, ExchangeBy};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::pre_auth;
 
 /// How long an applied message id is remembered.
 const CONSUMED_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Handles one delivery.
-pub async fn handle(engine: Arc<Engine>, msg: Received) -> Outcome {
-    let outcome = handle_inner(&engine, &msg).await;
+/// Poll period while an authorization waits for a ticket.
+const TICKET_POLL: Duration = Duration::from_millis(200);
+
+/// Handles one delivery of a queue that dead-letters after `delivery_limit` deliveries.
+pub async fn handle(engine: Arc<Engine>, msg: Received, delivery_limit: u32) -> Outcome {
+    let outcome = handle_inner(&engine, &msg, delivery_limit).await;
     let label = match &outcome {
         Outcome::Ack => "ack",
         Outcome::Requeue => "requeue",
@@ -51,7 +62,33 @@ fn retry_or_dead(e: &Error, what: &str) -> Outcome {
     }
 }
 
-async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
+/// A fixed label for a notice type (never the attacker-chosen InfoType of an unknown notice).
+fn kind_label(notice: &ComponentNotice) -> &'static str {
+    match notice {
+        ComponentNotice::VerifyTicket { .. } => "component_verify_ticket",
+        ComponentNotice::Authorized(_) => "authorized",
+        ComponentNotice::UpdateAuthorized(_) => "updateauthorized",
+        ComponentNotice::Unauthorized { .. } => "unauthorized",
+        ComponentNotice::Notify(_) | ComponentNotice::Other { .. } => "other",
+    }
+}
+
+/// Waits until a ticket still valid is stored (true) or `until` passes (false).
+async fn wait_for_ticket(engine: &Engine, tenant: &str, until: Instant) -> bool {
+    loop {
+        if let Ok(Some(t)) = engine.credentials().ticket(tenant).await
+            && crate::engine::ticket_valid(&t, engine.now_ms())
+        {
+            return true;
+        }
+        if Instant::now() + TICKET_POLL >= until {
+            return false;
+        }
+        tokio::time::sleep(TICKET_POLL).await;
+    }
+}
+
+async fn handle_inner(engine: &Arc<Engine>, msg: &Received, delivery_limit: u32) -> Outcome {
     let event = match CallbackEvent::decode(msg.body.as_slice()) {
         Ok(e) => e,
         Err(e) => return Outcome::DeadLetter(format!("not a CallbackEvent: {e}")),
@@ -74,6 +111,21 @@ async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
             tenant.app_id
         ));
     }
+    let now = engine.now_ms();
+    let skew = engine.config().create_time_skew_ms;
+    if notice.create_time().saturating_mul(1000) > now.saturating_add_unsigned(skew) {
+        metrics::counter!("wxhub_token_events_future_total", "info_type" => kind_label(&notice))
+            .increment(1);
+        tracing::warn!(
+            tenant = tid,
+            info_type = kind_label(&notice),
+            create_time = notice.create_time(),
+            now_ms = now,
+            skew_ms = skew,
+            "notice dated in the future beyond the allowed skew; ignored"
+        );
+        return Outcome::Ack;
+    }
     let message_id = msg
         .message_id
         .clone()
@@ -88,7 +140,6 @@ async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
         Ok(false) => {}
         Err(e) => return retry_or_dead(&e.into(), "checking the event marker"),
     }
-    let now = engine.now_ms();
     let applied: Result<(), Error> = match &notice {
         ComponentNotice::VerifyTicket {
             ticket,
@@ -100,20 +151,39 @@ async fn handle_inner(engine: &Arc<Engine>, msg: &Received) -> Outcome {
             if !a.pre_auth_code.is_empty() {
                 pre_auth::retire(engine, tid, &pre_auth::marker(&a.pre_auth_code), "notice").await;
             }
-            let deadline = Instant::now() + engine.config().request_timeout();
-            let result = engine
-                .exchange_auth_code(
+            let exchange = |deadline| {
+                engine.exchange_auth_code(
                     tid,
                     &a.authorization_code,
                     ExchangeBy::Event,
                     Some(a.create_time.saturating_mul(1000)),
                     deadline,
                 )
-                .await;
+            };
+            let wait = engine.config().request_timeout();
+            let mut deadline = Instant::now() + wait;
+            let mut result = exchange(deadline).await;
+            if matches!(&result, Err(e) if e.reason == Some(Reason::NoTicket))
+                && wait_for_ticket(engine, tid, Instant::now() + wait).await
+            {
+                deadline = Instant::now() + wait;
+                result = exchange(deadline).await;
+            }
             match result {
                 Ok(record) => {
                     tracing::info!(tenant = tid, appid = %record.appid, info_type = notice.info_type(), "authorizer stored");
                     Ok(())
+                }
+                // No ticket yet (WeChat was asked for one): the code is fine, try again later.
+                Err(e) if e.reason == Some(Reason::NoTicket) => {
+                    if msg.delivery_count + 1 < u64::from(delivery_limit) {
+                        tracing::warn!(tenant = tid, appid = %a.authorizer_appid, delivery = msg.delivery_count + 1, "no component_verify_ticket yet; requeueing the authorization");
+                        return Outcome::Requeue;
+                    }
+                    return Outcome::DeadLetter(format!(
+                        "{}: no usable component_verify_ticket in {delivery_limit} deliveries: {e}",
+                        notice.info_type()
+                    ));
                 }
                 // The code expired or was used by a path we cannot see: WeChat's list has the
                 // refresh token.
@@ -190,6 +260,14 @@ async fn store_ticket(
     let stored = creds.store_ticket(tenant, ticket, create_time, now).await?;
     metrics::counter!("wxhub_tickets_received_total", "tenant" => tenant.to_owned()).increment(1);
     if stored {
+        engine.hold_ticket(
+            tenant,
+            &TicketRecord {
+                value: Secret::new(ticket),
+                create_time,
+                received_at_ms: now,
+            },
+        );
         metrics::gauge!("wxhub_ticket_age_seconds", "tenant" => tenant.to_owned()).set(0.0);
         // A component token that could not be fetched for lack of a ticket is fetched now.
         let name = Credential::Component.name();

@@ -28,6 +28,8 @@
 //!    back with the claim); quota errors push the entry back by WeChat's reset period and are
 //!    counted; 61023 reconciles from `api_get_authorizer_list` once, then revokes; 61003
 //!    revokes; a missing or stale ticket asks WeChat to push one.
+//! 6. **Recovery** from a store that lost its state: see `engine/recovery.rs` (write-back of
+//!    what the replicas hold, one re-list, a ticket push only when no replica has a ticket).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -49,10 +51,17 @@ use wxhub_wechat_api::{ErrorClass, WechatApi, WechatError};
 
 use crate::clock::Clock;
 use crate::config::TokenControlConfig;
-use crate::error::Error;
+use crate::error::{Error, Reason};
+
+mod recovery;
 
 /// Validity of a component_verify_ticket.
 pub const TICKET_VALIDITY_MS: i64 = 12 * 3600 * 1000;
+
+/// Whether `ticket` is still valid at `now_ms`.
+pub(crate) fn ticket_valid(ticket: &wxhub_store::TicketRecord, now_ms: i64) -> bool {
+    now_ms - ticket.received_at_ms < TICKET_VALIDITY_MS
+}
 
 /// Which credential of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -228,6 +237,8 @@ pub struct Engine {
     refresh_permits: Arc<Semaphore>,
     /// Schedule entries claimed (or being claimed) by this replica and not yet finished.
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Tickets and tokens held for a write-back after the store lost them.
+    memory: recovery::Memory,
 }
 
 impl std::fmt::Debug for Engine {
@@ -256,6 +267,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         cfg: TokenControlConfig,
     ) -> Arc<Self> {
+        let store = store.with_create_time_skew(cfg.create_time_skew());
         Arc::new(Self {
             creds: Credentials::new(store.clone()),
             auths: Authorizers::new(store.clone()),
@@ -270,6 +282,7 @@ impl Engine {
             flights: Mutex::default(),
             reconciles: Mutex::default(),
             cache: std::sync::RwLock::default(),
+            memory: recovery::Memory::default(),
         })
     }
 
@@ -367,6 +380,9 @@ impl Engine {
 
     async fn read(&self, tenant: &str, cred: &str) -> Result<Option<TokenRecord>, Error> {
         let record = self.creds.token(tenant, cred).await?;
+        if let Some(r) = &record {
+            self.memory.hold_token(tenant, cred, r);
+        }
         self.cache_put(tenant, cred, record.as_ref());
         Ok(record)
     }
@@ -386,7 +402,7 @@ impl Engine {
             metrics::counter!("wxhub_token_reads_total", "source" => "cache").increment(1);
             return Ok(t);
         }
-        let stored = self.read(tenant, &name).await?;
+        let stored = self.read_or_restore(tenant, cred, deadline).await?;
         if let Some(t) = need.satisfied(stored.as_ref(), now) {
             metrics::counter!("wxhub_token_reads_total", "source" => "redis").increment(1);
             return Ok(t);
@@ -426,6 +442,7 @@ impl Engine {
             .invalidate(tenant, &name, rejected, self.now_ms())
             .await?;
         self.cache_put(tenant, &name, None);
+        self.memory.forget(tenant, &name, Some(rejected));
         metrics::counter!("wxhub_token_invalidations_total", "credential" => cred.kind(), "matched" => if matched { "yes" } else { "no" })
             .increment(1);
         let key = format!("{tenant}\0{name}\0replace\0{rejected}");
@@ -556,6 +573,7 @@ impl Engine {
                 tokio::time::sleep(wait).await;
                 continue;
             };
+            self.memory.saw_fence(tenant, lease.fence);
             let result = self
                 .refresh_leased(tenant, cred, need, &lease, deadline)
                 .await;
@@ -682,6 +700,19 @@ impl Engine {
         match report.outcome {
             WriteOutcome::Written => {
                 self.cache_put(tenant, &name, None);
+                self.memory.hold_token(
+                    tenant,
+                    &name,
+                    &TokenRecord {
+                        value: issued.token.clone(),
+                        expires_at_ms,
+                        lifetime_ms,
+                        refreshed_at_ms: started,
+                        fence: lease.fence,
+                        rejected: false,
+                        due_ms,
+                    },
+                );
                 Ok(Some(Token {
                     value: issued.token,
                     expires_at_ms,
@@ -757,14 +788,12 @@ impl Engine {
         }
         match (cred, tenant.kind) {
             (Credential::Component, TenantKind::Component) => {
-                let ticket = self.creds.ticket(tenant_id).await?;
-                let fresh =
-                    ticket.filter(|t| self.now_ms() - t.received_at_ms < TICKET_VALIDITY_MS);
-                let Some(ticket) = fresh else {
+                let Some(ticket) = self.usable_ticket(tenant_id, deadline).await? else {
                     self.request_ticket_push(&tenant).await;
                     return Err(Error::precondition(format!(
                         "tenant {tenant_id:?} has no valid component_verify_ticket yet; WeChat was asked to push one"
-                    )));
+                    ))
+                    .with_reason(Reason::NoTicket));
                 };
                 match api
                     .component_token(&tenant.app_id, &tenant.app_secret, &ticket.value)
@@ -997,13 +1026,12 @@ impl Engine {
     }
 
     async fn authorizer_record(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         appid: &str,
     ) -> Result<AuthorizerRecord, Error> {
         let record = self
-            .auths
-            .get(tenant, appid)
+            .find_authorizer(tenant, appid)
             .await?
             .ok_or_else(|| Error::not_found(format!("unknown authorizer {appid}")))?;
         if record.status == AuthorizerStatus::Revoked {
@@ -1012,7 +1040,7 @@ impl Engine {
         Ok(record)
     }
 
-    /// Forgets cached tokens of an authorizer.
+    /// Forgets cached (and held) tokens of an authorizer.
     pub fn forget_authorizer(&self, tenant: &str, appid: &str) {
         self.cache_put(
             tenant,
@@ -1024,6 +1052,7 @@ impl Engine {
             &Credential::Jsapi(Some(appid.to_owned())).name(),
             None,
         );
+        self.memory.forget_authorizer(tenant, appid);
     }
 
     fn note_failure(&self, tenant: &str, e: &WechatError) {
@@ -1037,9 +1066,17 @@ impl Engine {
     // ---------------------------------------------------------------- tickets
 
     /// Asks WeChat to (re)start pushing tickets, at most once per `push_ticket_interval_ms`
-    /// per tenant across replicas.
+    /// per tenant across replicas, and not while replicas may still write a ticket back into a
+    /// store found empty (`heal_ticket_grace_ms`).
     pub async fn request_ticket_push(&self, tenant: &Tenant) {
         let tid = tenant.id.as_str();
+        if self.ticket_push_deferred(tid).await {
+            tracing::debug!(
+                tenant = tid,
+                "ticket push deferred: replicas may still write their ticket back"
+            );
+            return;
+        }
         let interval = Duration::from_millis(self.cfg.push_ticket_interval_ms.max(1));
         match self.creds.guard(tid, "push-ticket", interval).await {
             Ok(true) => {}
@@ -1076,6 +1113,7 @@ impl Engine {
             let tid = tenant.id.as_str();
             match self.creds.ticket(tid).await {
                 Ok(Some(t)) => {
+                    self.memory.hold_ticket(tid, &t);
                     let age = self.now_ms() - t.received_at_ms;
                     metrics::gauge!("wxhub_ticket_age_seconds", "tenant" => tid.to_owned())
                         .set(age as f64 / 1000.0);
@@ -1238,7 +1276,7 @@ impl Engine {
                 let this = Arc::clone(self);
                 let t = tenant.to_owned();
                 let task = tokio::spawn(async move {
-                    let r = this.reconcile_now(&t, deadline).await;
+                    let r = this.reconcile_marking_healed(&t, deadline).await;
                     lock(&this.reconciles).remove(&t);
                     r
                 });
@@ -1270,6 +1308,7 @@ impl Engine {
         // The fence is taken before WeChat is asked, so a refresh token rotated after this
         // point (newer fence) is never replaced by the list's older view.
         let fence = self.creds.next_fence(tenant_id).await?;
+        self.memory.saw_fence(tenant_id, fence);
         let event_ms = self.now_ms();
         let mut summary = ReconcileSummary::default();
         let mut offset = 0u64;
@@ -1337,10 +1376,15 @@ impl Engine {
         Ok(summary)
     }
 
+    /// How long a reconcile keeps the other replicas from reconciling the tenant again.
+    fn reconcile_guard_ttl(&self) -> Duration {
+        Duration::from_millis((self.cfg.reconcile_interval_ms * 9 / 10).max(1000))
+    }
+
     /// Reconciles every component tenant unless another replica did recently.
     pub async fn reconcile_all_guarded(self: &Arc<Self>) -> bool {
         let tenants = self.tenants.current();
-        let guard_ttl = Duration::from_millis((self.cfg.reconcile_interval_ms * 9 / 10).max(1000));
+        let guard_ttl = self.reconcile_guard_ttl();
         let mut all_ok = true;
         for tenant in tenants.iter().filter(|t| t.kind == TenantKind::Component) {
             let tid = tenant.id.as_str();
@@ -1577,7 +1621,8 @@ impl Engine {
 
     // ---------------------------------------------------------------- background
 
-    /// Runs the schedule poller, the ticket watcher and the periodic reconcile until `cancel`.
+    /// Runs the schedule poller, the ticket watcher, the store watch (recovery after a loss) and
+    /// the periodic reconcile until `cancel`.
     pub fn spawn_background(
         self: &Arc<Self>,
         cancel: CancellationToken,
@@ -1607,6 +1652,21 @@ impl Engine {
                 tokio::select! {
                     () = c.cancelled() => return,
                     _ = tick.tick() => this.check_tickets().await,
+                }
+            }
+        }));
+        let this = Arc::clone(self);
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                this.cfg.store_check_interval_ms.max(1),
+            ));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let prune_every = (60_000 / this.cfg.store_check_interval_ms.max(1)).max(1);
+            for pass in 0u64.. {
+                tokio::select! {
+                    () = c.cancelled() => return,
+                    _ = tick.tick() => this.watch_store(pass % prune_every == 0).await,
                 }
             }
         }));

@@ -11,6 +11,16 @@ use wxhub_wechat_api::{ErrorClass, WechatError};
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// Why, where a caller acts on it (not only on the class).
+    pub reason: Option<Reason>,
+}
+
+/// A cause callers act on. Deliberately small: the typed-error rework replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No usable component_verify_ticket (none stored, too old, or refused by WeChat). WeChat was
+    /// asked to push one, so the same request can succeed later.
+    NoTicket,
 }
 
 impl Error {
@@ -18,7 +28,15 @@ impl Error {
         Self {
             code,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    /// This error with `reason`.
+    #[must_use]
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -65,7 +83,8 @@ impl Error {
             ),
             ErrorClass::Ticket => Self::precondition(format!(
                 "the component_verify_ticket is expired or invalid{code}; WeChat was asked to push a new one"
-            )),
+            ))
+            .with_reason(Reason::NoTicket),
             ErrorClass::AuthCode => Self::precondition(format!(
                 "the authorization code is invalid, expired or already used{code}; authorize again"
             )),

@@ -139,12 +139,13 @@ pub async fn run_with(
     let consumer = bus.as_ref().map(|bus| {
         let queue = bus.topology().token_control_queue();
         let engine = Arc::clone(&engine);
+        let delivery_limit = config.amqp.delivery_limit;
         tokio::spawn(wxhub_bus::consume(
             bus.clone(),
             queue,
             config.token_control.consumer_concurrency,
             grace,
-            move |msg| consumer::handle(Arc::clone(&engine), msg),
+            move |msg| consumer::handle(Arc::clone(&engine), msg, delivery_limit),
             cancel.clone(),
         ))
     });

@@ -138,17 +138,18 @@ impl TokenControlService {
     }
 
     /// For authorizer credentials: the authorizer must exist and be authorized (so unknown
-    /// appids are NotFound before any WeChat call).
+    /// appids are NotFound before any token call; the store may first re-list, see
+    /// `Engine::find_authorizer`).
     async fn check_authorizer(&self, tenant: &str, cred: &Credential) -> Result<(), Status> {
         let appid = match cred {
             Credential::Authorizer(a) | Credential::Jsapi(Some(a)) => a,
             _ => return Ok(()),
         };
-        match self.engine.authorizers().get(tenant, appid).await {
+        match self.engine.find_authorizer(tenant, appid).await {
             Ok(Some(r)) if r.status == AuthorizerStatus::Authorized => Ok(()),
             Ok(Some(r)) => Err(Error::revoked(appid, r.revoked_reason.as_deref()).status()),
             Ok(None) => Err(Status::not_found(format!("unknown authorizer {appid}"))),
-            Err(e) => Err(Error::from(e).status()),
+            Err(e) => Err(e.status()),
         }
     }
 

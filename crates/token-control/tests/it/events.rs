@@ -24,33 +24,9 @@ async fn ticket_and_authorization_notices_change_the_store() {
     let clock = env.sim.clock();
 
     // component_verify_ticket: a newer push replaces the stored ticket.
-    let _ = env.sim.push_ticket(ACME_APPID).await;
-    let ticket = env
-        .sim
-        .component(ACME_APPID)
-        .unwrap()
-        .latest_ticket
-        .unwrap();
-    let xml = format!(
-        "<xml><AppId><![CDATA[{ACME_APPID}]]></AppId><CreateTime>{}</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>",
-        clock.now_secs() + 1
-    );
-    env.publish_notice(
-        ACME,
-        ACME_APPID,
-        "component_verify_ticket",
-        &xml,
-        "ticket-1",
-    )
-    .await;
-    env.wait_for(|| async {
-        env.creds
-            .ticket(ACME)
-            .await
-            .unwrap()
-            .is_some_and(|t| t.value.expose() == ticket)
-    })
-    .await;
+    let ticket = env.new_ticket(ACME_APPID).await;
+    env.deliver_ticket(&ticket, clock.now_secs() + 1, "ticket-1")
+        .await;
 
     // authorized: the code is exchanged and the authorizer stored with token and schedule.
     let outcome = env.sim.authorize(ACME_APPID, FRESH, false).await.unwrap();
@@ -257,5 +233,268 @@ async fn a_stale_ticket_is_refreshed_by_asking_wechat() {
     env.sim.advance(Duration::from_secs(25 * 60));
     env.wait_for(|| async { env.calls(START_PUSH, Some(ACME_APPID)) >= 1 })
         .await;
+    env.shutdown().await;
+}
+
+/// A CreateTime no real notice can carry (the reproduction used it).
+const FAR_FUTURE: i64 = 9_999_999_999;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_future_notices_of_every_type_change_nothing() {
+    let mut env = Env::start(Setup::new("tc-future", 1)).await;
+    let before = env.durable_snapshot().await;
+    let acked = env
+        .metric("wxhub_token_events_total{outcome=\"ack\"}")
+        .await;
+    env.sim.clear_calls();
+
+    let ticket = env.new_ticket(ACME_APPID).await;
+    let fresh = env.sim.authorize(ACME_APPID, FRESH, false).await.unwrap();
+    let update = env.sim.authorize(ACME_APPID, AUTH1, false).await.unwrap();
+    assert_eq!(update.authorized.info_type, "updateauthorized");
+    let notices = [
+        (
+            "component_verify_ticket",
+            ticket_xml(ACME_APPID, &ticket, FAR_FUTURE),
+        ),
+        (
+            "authorized",
+            authorization_xml(
+                "authorized",
+                ACME_APPID,
+                FRESH,
+                &fresh.authorized.auth_code,
+                FAR_FUTURE,
+            ),
+        ),
+        (
+            "updateauthorized",
+            authorization_xml(
+                "updateauthorized",
+                ACME_APPID,
+                AUTH1,
+                &update.authorized.auth_code,
+                FAR_FUTURE,
+            ),
+        ),
+        (
+            "unauthorized",
+            unauthorized_xml(ACME_APPID, AUTH2, FAR_FUTURE),
+        ),
+    ];
+    for (i, (info_type, xml)) in notices.iter().enumerate() {
+        env.publish_notice(ACME, ACME_APPID, info_type, xml, &format!("future-{i}"))
+            .await;
+    }
+    env.wait_for(|| async {
+        env.metric("wxhub_token_events_total{outcome=\"ack\"}")
+            .await
+            >= acked + 4.0
+    })
+    .await;
+    assert_eq!(
+        env.durable_snapshot().await,
+        before,
+        "far-future notices changed the store"
+    );
+    assert_eq!(env.calls(QUERY_AUTH, None), 0, "no code was exchanged");
+    assert_eq!(
+        env.metric("wxhub_token_events_future_total").await,
+        4.0,
+        "each is counted"
+    );
+    // The accounts still work: AUTH2 was not revoked.
+    let mut c = env.client(0).await;
+    c.get_access_token(req(get(ACME, AUTH2), KEY_ACME))
+        .await
+        .expect("AUTH2 still authorized");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_poisoned_with_far_future_times_still_take_real_events() {
+    let mut env = Env::start(Setup::new("tc-poisoned", 1)).await;
+    let clock = env.sim.clock();
+    // What a forged far-future `unauthorized` and ticket left behind before the fix.
+    let mut conn = env.store.conn();
+    let keys = env.store.keys(ACME);
+    for appid in [AUTH1, AUTH2] {
+        let _: () = redis::cmd("HSET")
+            .arg(keys.authorizer(appid))
+            .arg("status")
+            .arg("revoked")
+            .arg("status_at")
+            .arg(FAR_FUTURE * 1000)
+            .arg("reason")
+            .arg("unauthorized")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HDEL")
+            .arg(keys.authorizer(appid))
+            .arg("rt")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(keys.ticket())
+        .arg("v")
+        .arg("forged-ticket")
+        .arg("ct")
+        .arg(FAR_FUTURE)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A real ticket push is stored.
+    let ticket = env.new_ticket(ACME_APPID).await;
+    env.deliver_ticket(&ticket, clock.now_secs(), "real-ticket")
+        .await;
+    // A real authorization notice re-authorizes AUTH1.
+    env.authorize_by_notice((ACME, ACME_APPID), AUTH1, clock.now_secs(), "real-auth")
+        .await;
+    env.wait_authorizer(AUTH1, |r| {
+        r.status == AuthorizerStatus::Authorized && r.refresh_token.is_some()
+    })
+    .await;
+    // A reconcile re-authorizes AUTH2 (WeChat lists it).
+    let mut c = env.client(0).await;
+    c.sync_authorizers(req(
+        wxhub_proto::token::v1::SyncAuthorizersRequest {
+            tenant: ACME.into(),
+        },
+        KEY_ACME,
+    ))
+    .await
+    .unwrap();
+    let rec = env.auths.get(ACME, AUTH2).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Authorized);
+    assert!(rec.status_at_ms <= clock.now_ms(), "ordering time healed");
+    for appid in [AUTH1, AUTH2] {
+        c.get_access_token(req(get(ACME, appid), KEY_ACME))
+            .await
+            .unwrap_or_else(|e| panic!("{appid} served: {e}"));
+    }
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_revoked_by_a_real_notice_re_authorizes_normally() {
+    let mut env = Env::start(Setup::new("tc-reauth", 1)).await;
+    let clock = env.sim.clock();
+    let mut c = env.client(0).await;
+    c.get_access_token(req(get(ACME, AUTH1), KEY_ACME))
+        .await
+        .unwrap();
+    env.sim.revoke(ACME_APPID, AUTH1).await.unwrap();
+    let xml = unauthorized_xml(ACME_APPID, AUTH1, clock.now_secs());
+    env.publish_notice(ACME, ACME_APPID, "unauthorized", &xml, "revoke-1")
+        .await;
+    env.wait_authorizer(AUTH1, |r| r.status == AuthorizerStatus::Revoked)
+        .await;
+    // The merchant authorizes again a moment later.
+    env.sim.advance(Duration::from_secs(5));
+    let outcome = env
+        .authorize_by_notice((ACME, ACME_APPID), AUTH1, clock.now_secs(), "reauth-1")
+        .await;
+    assert_eq!(outcome.authorized.info_type, "authorized");
+    env.wait_authorizer(AUTH1, |r| r.status == AuthorizerStatus::Authorized)
+        .await;
+    let token = c
+        .get_access_token(req(get(ACME, AUTH1), KEY_ACME))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        Some(token.access_token.as_str()),
+        env.sim
+            .authorizer(ACME_APPID, AUTH1)
+            .unwrap()
+            .access_token
+            .as_deref()
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authorization_before_any_ticket_is_retried_not_dead_lettered() {
+    let mut setup =
+        Setup::new("tc-early-auth", 1).with("WXHUB_TOKEN_CONTROL__REQUEST_TIMEOUT_MS", "1500");
+    setup.tickets = false;
+    setup.wait_reconcile = false;
+    let mut env = Env::start(setup).await;
+    let clock = env.sim.clock();
+    env.authorize_by_notice((ACME, ACME_APPID), FRESH, clock.now_secs(), "early-auth")
+        .await;
+    // It waited for a ticket, then went back to the queue.
+    env.wait_for(|| async {
+        env.metric("wxhub_token_events_total{outcome=\"requeue\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    env.give_ticket(ACME_APPID, ACME).await;
+    env.wait_authorizer(FRESH, |r| {
+        r.status == AuthorizerStatus::Authorized && r.refresh_token.is_some()
+    })
+    .await;
+    let bus = env.bus().await;
+    let dead = env
+        .ns
+        .drain_queue(
+            &bus,
+            &bus.topology().dead_queue(),
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(dead.is_empty(), "nothing dead-lettered");
+
+    // A code that cannot be exchanged still falls back to the list (which brings back AUTH2's
+    // refresh token, removed here so only that re-list can restore it).
+    let mut conn = env.store.conn();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(env.store.keys(ACME).authorizer(AUTH2))
+        .arg("rt")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = env.calls("/cgi-bin/component/api_get_authorizer_list", None);
+    let xml = authorization_xml(
+        "updateauthorized",
+        ACME_APPID,
+        AUTH2,
+        "queryauthcode@@@never-issued",
+        clock.now_secs(),
+    );
+    env.publish_notice(ACME, ACME_APPID, "updateauthorized", &xml, "bad-code")
+        .await;
+    env.wait_authorizer(AUTH2, |r| r.refresh_token.is_some())
+        .await;
+    assert!(env.calls("/cgi-bin/component/api_get_authorizer_list", None) > before);
+
+    // Without a ticket ever, it is dead-lettered on the queue's last delivery, with the reason.
+    env.authorize_by_notice(
+        (BETA, BETA_APPID),
+        FRESH,
+        clock.now_secs(),
+        "never-a-ticket",
+    )
+    .await;
+    let dead = env
+        .ns
+        .drain_queue(&bus, &bus.topology().dead_queue(), Duration::from_secs(30))
+        .await;
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].delivery.properties.headers().as_ref().unwrap();
+    let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-wxhub-reason")
+    else {
+        panic!("no reason header: {headers:?}")
+    };
+    let reason = String::from_utf8_lossy(reason.as_bytes());
+    assert!(
+        reason.contains("no usable component_verify_ticket in 5 deliveries"),
+        "{reason}"
+    );
     env.shutdown().await;
 }

@@ -243,11 +243,14 @@ impl Replica {
 impl Drop for Replica {
     fn drop(&mut self) {
         self.kill.cancel();
+        // Joined, so a failed test's cleanup runs after the replica stopped writing.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
 pub struct Env {
-    pub ns: Namespace,
     pub sim: SimHandle,
     pub replicas: Vec<Replica>,
     pub store: Store,
@@ -257,6 +260,9 @@ pub struct Env {
     pub cancel: CancellationToken,
     pub bus: Option<Bus>,
     setup_env: Vec<(String, String)>,
+    /// Last: dropped (and, after a failed test, cleaned up) after the replicas, which stop
+    /// (joined) first.
+    pub ns: Namespace,
 }
 
 impl Env {
@@ -398,14 +404,85 @@ impl Env {
         panic!("replica {i} does not accept connections");
     }
 
-    /// Creates a ticket in the sim and stores it as if its push had arrived.
-    pub async fn give_ticket(&self, component: &str, tenant: &str) -> String {
-        let _ = self.sim.push_ticket(component).await;
-        let ticket = self
-            .sim
+    /// The sim's latest ticket of `component`.
+    pub fn latest_ticket(&self, component: &str) -> String {
+        self.sim
             .component(component)
             .and_then(|c| c.latest_ticket)
-            .expect("the sim made a ticket");
+            .expect("the sim made a ticket")
+    }
+
+    /// Creates a ticket in the sim (as a push would) and returns it.
+    pub async fn new_ticket(&self, component: &str) -> String {
+        let _ = self.sim.push_ticket(component).await;
+        self.latest_ticket(component)
+    }
+
+    /// Publishes `ticket` as a component_verify_ticket notice of `tenant` (ACME's component)
+    /// with `create_time`, and waits until it is stored.
+    pub async fn deliver_ticket(&mut self, ticket: &str, create_time: i64, message_id: &str) {
+        let xml = ticket_xml(ACME_APPID, ticket, create_time);
+        self.publish_notice(
+            ACME,
+            ACME_APPID,
+            "component_verify_ticket",
+            &xml,
+            message_id,
+        )
+        .await;
+        self.wait_for(|| async {
+            self.creds
+                .ticket(ACME)
+                .await
+                .unwrap()
+                .is_some_and(|t| t.value.expose() == ticket)
+        })
+        .await;
+    }
+
+    /// Authorizes `appid` to `component` in the sim and publishes the notice WeChat would send
+    /// (`authorized`, or `updateauthorized` for an account already authorized) to `tenant`,
+    /// dated `create_time`.
+    pub async fn authorize_by_notice(
+        &mut self,
+        (tenant, component): (&str, &str),
+        appid: &str,
+        create_time: i64,
+        message_id: &str,
+    ) -> wxhub_sim::AuthorizeOutcome {
+        let outcome = self.sim.authorize(component, appid, false).await.unwrap();
+        let info_type = outcome.authorized.info_type.clone();
+        let xml = authorization_xml(
+            &info_type,
+            component,
+            appid,
+            &outcome.authorized.auth_code,
+            create_time,
+        );
+        self.publish_notice(tenant, component, &info_type, &xml, message_id)
+            .await;
+        outcome
+    }
+
+    /// Waits until ACME's record of `appid` exists and satisfies `check`.
+    pub async fn wait_authorizer(
+        &self,
+        appid: &str,
+        check: impl Fn(&wxhub_store::AuthorizerRecord) -> bool,
+    ) {
+        self.wait_for(|| async {
+            self.auths
+                .get(ACME, appid)
+                .await
+                .unwrap()
+                .is_some_and(|r| check(&r))
+        })
+        .await;
+    }
+
+    /// Creates a ticket in the sim and stores it as if its push had arrived.
+    pub async fn give_ticket(&self, component: &str, tenant: &str) -> String {
+        let ticket = self.new_ticket(component).await;
         let clock = self.sim.clock();
         self.creds
             .store_ticket(tenant, &ticket, clock.now_secs(), clock.now_ms())
@@ -432,31 +509,29 @@ impl Env {
         message_id: &str,
     ) {
         let bus = self.bus().await;
-        let event = CallbackEvent {
-            tenant: tenant.into(),
-            tenant_kind: "component".into(),
-            appid: component.into(),
-            kind: info_type.into(),
-            xml: xml.into(),
-            dedupe_key: message_id.into(),
-            received_at_ms: self.sim.clock().now_ms(),
-            encrypt_mode: "safe".into(),
-            info_type: info_type.into(),
-            ..Default::default()
-        };
-        let body = prost::Message::encode_to_vec(&event);
-        let exchange = bus.topology().events_exchange();
-        let key = wxhub_bus::Topology::component_key(tenant, info_type);
-        bus.publish(&Outgoing {
-            exchange: &exchange,
-            routing_key: &key,
-            body: &body,
-            message_id,
-            message_type: "wxhub.events.v1.CallbackEvent",
-            headers: &[],
-        })
-        .await
-        .expect("published");
+        let now_ms = self.sim.clock().now_ms();
+        publish_notice(&bus, now_ms, tenant, component, info_type, xml, message_id).await;
+    }
+
+    /// Deletes every key of the namespace, as a Redis restarted without persistence would.
+    /// (Running replicas may write some back at once: that is what they are for.)
+    pub async fn wipe_redis(&self) {
+        self.ns.cleanup(None, &[]).await;
+    }
+
+    /// The sum of the samples of `metric` (a name with an optional `{labels}` prefix) in the
+    /// replicas' `/metrics` (one recorder per test process).
+    pub async fn metric(&self, metric: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.replicas[0].ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Polls `check` until it holds (at most 30 s).
@@ -553,9 +628,23 @@ impl Env {
         out
     }
 
-    /// Asserts that the namespace still holds exactly `before` (naming the keys that differ).
+    /// [`Env::snapshot`] without the keys that only record coordination: guards, the fence
+    /// counter and the store epoch. A read of an unknown authorizer re-lists (rate-limited)
+    /// before it answers NotFound, which takes a guard and a fence but changes no credential.
+    pub async fn durable_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        self.snapshot()
+            .await
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.contains(":guard:") && !k.ends_with(":fence") && !k.ends_with(":epoch")
+            })
+            .collect()
+    }
+
+    /// Asserts that the namespace still holds exactly `before` (a [`Env::durable_snapshot`]),
+    /// naming the keys that differ.
     pub async fn assert_unchanged(&self, before: &[(String, Vec<u8>)], what: &str) {
-        let after = self.snapshot().await;
+        let after = self.durable_snapshot().await;
         let differ: Vec<&String> = after
             .iter()
             .filter(|kv| !before.contains(kv))
@@ -585,6 +674,57 @@ impl Env {
         self.cancel.cancel();
         self.sim.shutdown().await;
     }
+}
+
+/// Publishes a component notice to the events exchange on `bus`, as the gateway would.
+pub async fn publish_notice(
+    bus: &Bus,
+    received_at_ms: i64,
+    tenant: &str,
+    component: &str,
+    info_type: &str,
+    xml: &str,
+    message_id: &str,
+) {
+    let event = CallbackEvent {
+        tenant: tenant.into(),
+        tenant_kind: "component".into(),
+        appid: component.into(),
+        kind: info_type.into(),
+        xml: xml.into(),
+        dedupe_key: message_id.into(),
+        received_at_ms,
+        encrypt_mode: "safe".into(),
+        info_type: info_type.into(),
+        ..Default::default()
+    };
+    let body = prost::Message::encode_to_vec(&event);
+    let exchange = bus.topology().events_exchange();
+    let key = wxhub_bus::Topology::component_key(tenant, info_type);
+    bus.publish(&Outgoing {
+        exchange: &exchange,
+        routing_key: &key,
+        body: &body,
+        message_id,
+        message_type: "wxhub.events.v1.CallbackEvent",
+        headers: &[],
+    })
+    .await
+    .expect("published");
+}
+
+/// The XML of a component_verify_ticket notice.
+pub fn ticket_xml(component: &str, ticket: &str, create_time: i64) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{component}]]></AppId><CreateTime>{create_time}</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+    )
+}
+
+/// The XML of an `unauthorized` notice.
+pub fn unauthorized_xml(component: &str, authorizer: &str, create_time: i64) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{component}]]></AppId><CreateTime>{create_time}</CreateTime><InfoType><![CDATA[unauthorized]]></InfoType><AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid></xml>"
+    )
 }
 
 /// A request carrying `authorization: Bearer <key>`.

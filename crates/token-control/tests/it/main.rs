@@ -9,4 +9,5 @@ mod gateway;
 mod harness;
 mod lifetimes;
 mod pages;
+mod recovery;
 mod refresh;
