@@ -14,6 +14,7 @@ mod api;
 pub mod cli;
 mod clock;
 mod codes;
+mod endpoint;
 mod faults;
 pub mod load;
 mod login;
@@ -37,6 +38,7 @@ pub use admin::{
 };
 pub use clock::VirtualClock;
 pub use codes::errmsg;
+pub use endpoint::Endpoint;
 pub use faults::{Fault, FaultSpec};
 pub use load::{LoadConfig, LoadKind, LoadReport};
 pub use push::{Attempt, MessageSpec, PushReport, ReplyReport};
