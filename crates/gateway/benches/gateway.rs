@@ -22,9 +22,9 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::{Bus, Outgoing};
 use wxhub_gateway::{CALLBACK_EVENT_TYPE, Gateway, GatewayConfig};
+use wxhub_loadgen::{LoadConfig, LoadReport};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_runtime::config::Source;
-use wxhub_loadgen::{LoadConfig, LoadReport};
 use wxhub_store::dedupe::{Claim, Dedupe};
 use wxhub_testkit::Namespace;
 

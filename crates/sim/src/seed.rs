@@ -232,6 +232,19 @@ pub struct AuthorizationSeed {
     pub func_info: Option<Vec<u32>>,
 }
 
+impl AuthorizationSeed {
+    /// `authorizer_appid` authorized to `component_appid` with a random refresh token and the
+    /// account's own permission sets.
+    pub fn new(component_appid: &str, authorizer_appid: &str) -> Self {
+        Self {
+            component_appid: component_appid.to_owned(),
+            authorizer_appid: authorizer_appid.to_owned(),
+            refresh_token: None,
+            func_info: None,
+        }
+    }
+}
+
 /// A WeCom corporation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
