@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 echo "== protocol core: verify + decrypt + parse of a ~1.2 KB encrypted text callback (one core)"
 cargo bench --locked -p wxhub-message --bench callback 2>/dev/null | grep -E '^callback/|thrpt|time:' | grep -v '^ *change' || true
 
-echo "== gateway: floor (Redis claim + confirmed publish + complete, no HTTP/crypto) vs wxhub-sim load at max and at half rate"
+echo "== gateway: floor (Redis claim + confirmed publish + complete, no HTTP/crypto) vs wxhub-loadgen at max and at half rate"
 cargo bench --locked -p wxhub-gateway --bench gateway 2>/dev/null | grep -E '^(rounds|floor|gateway)'
 
 echo "== token-control: gRPC token reads from a warm store (cache on / off), and 100,000 authorizers over a token lifetime on 3 replicas (virtual time)"

@@ -1,102 +1,200 @@
-//! The whole wxhub stack in one process, for cross-service tests and benchmarks: the WeChat
-//! simulator, token-control, the gateway and the worker, each started through its library entry
-//! on port 0, against the real Redis and RabbitMQ in a namespace of their own.
+//! The whole wxhub stack in one process, for cross-service tests: the WeChat simulator,
+//! token-control, the gateway and the worker, each started through its library entry on port 0,
+//! against the real Redis and RabbitMQ in a namespace of their own.
+//!
+//! A failed test still cleans up. The services run on a runtime of their own, on a thread that
+//! [`Stack`]'s drop stops and joins before the namespace (its last field) deletes the queues and
+//! keys: nothing of the stack writes to Redis or RabbitMQ after the cleanup, which is what would
+//! leave keys behind. The gateways a test starts itself ([`Stack::gateway`]) run there too.
 
+mod world;
+
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
 use wxhub_bus::Bus;
+use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::config::Source;
-use wxhub_runtime::tenants::api_key_sha256;
-use wxhub_sim::{AccountSeed, ComponentSeed, Seed, SimConfig, SimHandle, UserSeed};
+use wxhub_sim::{CallFilter, SimConfig, SimHandle};
+use wxhub_store::{Authorizers, Credentials, Store};
 use wxhub_testkit::Namespace;
 
-/// The component tenant of the stack.
-pub const TENANT: &str = "acme";
-pub const COMPONENT: &str = "wx0acme0component0";
-pub const SECRET: &str = "acme-component-secret";
-pub const TOKEN: &str = "acme-message-token";
-pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-/// An ordinary account that can authorize the component, with one user in the 48 h window.
-pub const SHOP: &str = "wx0acme0shop0oa";
-pub const SHOP_USER: &str = "o_acme_shop_alice";
-/// API keys of the services (the gateway's pages and the worker ask token-control).
-pub const GATEWAY_KEY: &str = "gateway-key";
-pub const WORKER_KEY: &str = "worker-key";
+pub use world::*;
 
-/// A running stack. Stop it with [`Stack::stop`] (it also deletes its broker objects and keys).
+/// How a stack starts. [`Setup::new`] is the stack as WeChat sees it: the gateway is acme's
+/// callback URL, and nothing happened yet (no ticket).
+pub struct Setup {
+    /// Names the test's namespace.
+    pub label: String,
+    /// Point acme's authorization-event and message URLs (in the sim) at the stack's gateway.
+    pub wire_callbacks: bool,
+    /// Give each component a ticket (stored as if its push had arrived) before the services
+    /// start, and wait until token-control's start-up reconcile imported the seeded
+    /// authorizers.
+    pub tickets: bool,
+}
+
+impl Setup {
+    pub fn new(label: &str) -> Self {
+        Self {
+            label: label.to_owned(),
+            wire_callbacks: true,
+            tickets: false,
+        }
+    }
+}
+
+/// A running stack. Stop it with [`Stack::stop`] (it also deletes its broker objects and keys);
+/// dropped without it (a failed test), it stops the services, then cleans up.
 pub struct Stack {
-    pub ns: Namespace,
     pub sim: SimHandle,
+    /// The gateway started with the stack (API key [`GATEWAY_KEY`]).
     pub gateway_url: String,
     pub token_control: SocketAddr,
     /// A bus on the stack's namespace, for tests that publish or read queues themselves.
     pub bus: Bus,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    pub store: Store,
+    pub auths: Authorizers,
+    /// The gateway started with the stack.
+    gateway: Option<Gateway>,
+    /// Stops the test's own bus when dropped.
+    bus_guard: DropGuard,
+    services: Services,
+    tenants_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
+    /// Last: dropped (and, after a failed test, cleaned up) after the services stopped.
+    pub ns: Namespace,
 }
 
-fn tenants_file() -> String {
-    format!(
-        r#"
-[[tenants]]
-id = "{TENANT}"
-kind = "component"
-app_id = "{COMPONENT}"
-app_secret = "{SECRET}"
-token = "{TOKEN}"
-encoding_aes_key = "{AES_KEY}"
-
-[[clients]]
-name = "gateway"
-api_key_sha256 = "{}"
-tenants = ["{TENANT}"]
-
-[[clients]]
-name = "worker"
-api_key_sha256 = "{}"
-tenants = ["*"]
-"#,
-        api_key_sha256(GATEWAY_KEY),
-        api_key_sha256(WORKER_KEY)
-    )
+/// A gateway in front of the stack's token-control; stopped on drop (or by
+/// [`Gateway::stop`], which waits).
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-fn seed() -> Seed {
-    Seed {
-        components: vec![ComponentSeed {
-            appid: COMPONENT.into(),
-            secret: SECRET.into(),
-            token: TOKEN.into(),
-            aes_key: AES_KEY.into(),
-            auth_event_url: None,
-            message_url_template: None,
-            encryption: Default::default(),
-            auto_ticket_push: false,
-        }],
-        accounts: vec![AccountSeed {
-            appid: SHOP.into(),
-            user_name: "gh_acme_shop".into(),
-            nick_name: Some("Acme Shop".into()),
-            users: vec![UserSeed {
-                openid: SHOP_USER.into(),
-                subscribed: true,
-                last_interaction_ago_secs: Some(60),
-                subscribe_allowance: Default::default(),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
+impl Gateway {
+    /// Stops serving and waits (bounded) for the drain.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
     }
 }
 
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The services' runtime, on a thread of its own: cancelling `stop` ends every service
+/// (bounded by 10 s), then the runtime; dropping it waits for that.
+struct Services {
+    runtime: tokio::runtime::Handle,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Services {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stack-services")
+            .enable_all()
+            .build()?;
+        let (handle, tasks, stop) = (
+            runtime.handle().clone(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let thread = std::thread::spawn({
+            let (tasks, stop) = (tasks.clone(), stop.clone());
+            move || {
+                runtime.block_on(async {
+                    stop.cancelled().await;
+                    tasks.close();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            }
+        });
+        Ok(Self {
+            runtime: handle,
+            tasks,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `serve` (given the std listener made a tokio one, and the shutdown future) on the
+    /// services' runtime; `stop` ends it (a child of the services' own token).
+    fn spawn<F, Fut>(
+        &self,
+        listener: std::net::TcpListener,
+        stop: &CancellationToken,
+        serve: F,
+    ) -> JoinHandle<anyhow::Result<()>>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio_util::sync::WaitForCancellationFutureOwned) -> Fut
+            + Send
+            + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = stop.clone();
+        self.tasks.spawn_on(
+            async move {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, stop.cancelled_owned()).await
+            },
+            &self.runtime,
+        )
+    }
+
+    /// Stops every service and waits, without blocking the caller's runtime.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Joined, so that the namespace is cleaned up only after the services stopped writing.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind() -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
 impl Stack {
-    /// Starts every service; returns once the gateway answers `/readyz`.
+    /// Starts every service ([`Setup::new`]); returns once the gateway answers `/readyz`.
     pub async fn start(label: &str) -> anyhow::Result<Self> {
-        let ns = Namespace::new(label);
+        Self::start_with(Setup::new(label)).await
+    }
+
+    /// Starts every service as `setup` says; returns once the gateway answers `/readyz`.
+    pub async fn start_with(setup: Setup) -> anyhow::Result<Self> {
+        let ns = Namespace::new(&setup.label);
         let dir = tempfile::tempdir()?;
         let tenants_path = dir.path().join("tenants.toml");
         std::fs::write(&tenants_path, tenants_file())?;
@@ -106,108 +204,249 @@ impl Stack {
             ..SimConfig::default()
         })
         .await?;
-
-        let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
-        sim.set_component_urls(
-            COMPONENT,
-            Some(format!("{gateway_url}/wx/{TENANT}/component")),
-            Some(format!("{gateway_url}/wx/{TENANT}/callback/$APPID$")),
-        )?;
-        let token_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let token_control = token_listener.local_addr()?;
-        let worker_ops = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-
-        let env = |extra: &[(&str, String)]| -> Source {
-            let mut env: Vec<(String, String)> = [
-                ("WXHUB_NAMESPACE", ns.name().to_owned()),
-                ("WXHUB_REDIS__URL", wxhub_testkit::redis_url()),
-                ("WXHUB_AMQP__URL", wxhub_testkit::amqp_url()),
-                // Same limit as the testkit's topology, so both declarations agree.
-                ("WXHUB_AMQP__DELIVERY_LIMIT", "5".to_owned()),
-                ("WXHUB_WECHAT__API_BASE", sim.base_url()),
-                ("WXHUB_WECHAT__QYAPI_BASE", sim.base_url()),
-                ("WXHUB_WECHAT__MP_BASE", sim.base_url()),
-                ("WXHUB_TENANTS__FILE", tenants_path.display().to_string()),
-                (
-                    "WXHUB_TOKEN_CONTROL__ENDPOINT",
-                    format!("http://{token_control}"),
-                ),
-                ("WXHUB_SHUTDOWN__GRACE_MS", "3000".to_owned()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-            Source { file: None, env }
-        };
+        let store = ns.store();
+        let (token_listener, token_control) = bind()?;
         let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut stack = Self {
+            services: Services::start()?,
+            gateway: None,
+            gateway_url: String::new(),
+            token_control,
+            bus: ns.bus(&cancel).await,
+            bus_guard: cancel.drop_guard(),
+            auths: Authorizers::new(store.clone()),
+            store,
+            tenants_path,
+            _dir: dir,
+            sim,
+            ns,
+        };
 
-        let tc_config = wxhub_token_control::Config::load(&env(&[(
-            "WXHUB_TOKEN_CONTROL__OPS_LISTEN",
-            "127.0.0.1:0".to_owned(),
-        )]))?;
-        tasks.push(tokio::spawn(wxhub_token_control::run(
-            tc_config,
-            token_listener,
-            cancel.clone().cancelled_owned(),
-        )));
-        let gw_config = wxhub_gateway::GatewayConfig::load(&env(&[(
-            "WXHUB_CLIENT__API_KEY",
-            GATEWAY_KEY.to_owned(),
-        )]))?;
+        if setup.tickets {
+            // Before token-control starts, so that its start-up reconcile can run.
+            stack.give_ticket(COMPONENT, TENANT).await?;
+            stack.give_ticket(BETA_COMPONENT, BETA).await?;
+        }
+        let tc_config = wxhub_token_control::Config::load(
+            &stack.source(&[("WXHUB_TOKEN_CONTROL__OPS_LISTEN", "127.0.0.1:0".to_owned())]),
+        )?;
+        let stop = stack.services.stop.clone();
+        stack
+            .services
+            .spawn(token_listener, &stop, move |listener, shutdown| {
+                wxhub_token_control::run(tc_config, listener, shutdown)
+            });
+        let worker_config = wxhub_worker::Config::load(
+            &stack.source(&[("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())]),
+        )?;
+        let (worker_ops, _) = bind()?;
+        stack
+            .services
+            .spawn(worker_ops, &stop, move |listener, shutdown| {
+                wxhub_worker::run(worker_config, listener, shutdown)
+            });
+        if setup.tickets {
+            let auths = &stack.auths;
+            stack
+                .wait_for(|| async {
+                    auths.count(TENANT).await.unwrap_or(0) >= 2
+                        && auths.count(BETA).await.unwrap_or(0) >= 1
+                })
+                .await;
+        }
+
+        let gateway = stack.gateway(GATEWAY_KEY, &[]).await?;
+        stack.gateway_url = gateway.url.clone();
+        stack.gateway = Some(gateway);
+        if setup.wire_callbacks {
+            let url = &stack.gateway_url;
+            stack.sim.set_component_urls(
+                COMPONENT,
+                Some(format!("{url}/wx/{TENANT}/component")),
+                Some(format!("{url}/wx/{TENANT}/callback/$APPID$")),
+            )?;
+        }
+        Ok(stack)
+    }
+
+    /// The settings every service of the stack shares, plus `extra` (which win).
+    fn source(&self, extra: &[(&str, String)]) -> Source {
+        let sim = self.sim.base_url();
+        let mut env: Vec<(String, String)> = [
+            ("WXHUB_NAMESPACE", self.ns.name().to_owned()),
+            ("WXHUB_REDIS__URL", wxhub_testkit::redis_url()),
+            ("WXHUB_AMQP__URL", wxhub_testkit::amqp_url()),
+            // Same limit as the testkit's topology, so both declarations agree.
+            ("WXHUB_AMQP__DELIVERY_LIMIT", "5".to_owned()),
+            ("WXHUB_WECHAT__API_BASE", sim.clone()),
+            ("WXHUB_WECHAT__QYAPI_BASE", sim.clone()),
+            ("WXHUB_WECHAT__MP_BASE", sim),
+            (
+                "WXHUB_TENANTS__FILE",
+                self.tenants_path.display().to_string(),
+            ),
+            (
+                "WXHUB_TOKEN_CONTROL__ENDPOINT",
+                format!("http://{}", self.token_control),
+            ),
+            ("WXHUB_SHUTDOWN__GRACE_MS", "3000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        Source { file: None, env }
+    }
+
+    /// Starts a gateway calling token-control with `api_key`, its own address as
+    /// `gateway.public_base_url`; `extra` are more `WXHUB_*` settings (they win). Returns once
+    /// it answers `/readyz`.
+    pub async fn gateway(&self, api_key: &str, extra: &[(&str, &str)]) -> anyhow::Result<Gateway> {
+        let (listener, addr) = bind()?;
+        let url = format!("http://{addr}");
+        let mut settings = vec![
+            ("WXHUB_CLIENT__API_KEY", api_key.to_owned()),
+            ("WXHUB_GATEWAY__PUBLIC_BASE_URL", url.clone()),
+        ];
+        settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let config = wxhub_gateway::GatewayConfig::load(&self.source(&settings))?;
         // The sim's clock: its pushes carry virtual time in CreateTime.
-        let sim_clock = sim.clock();
-        tasks.push(tokio::spawn(wxhub_gateway::run_with(
-            gw_config,
-            gateway_listener,
-            wxhub_gateway::Options {
-                clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
-                ..wxhub_gateway::Options::default()
-            },
-            cancel.clone().cancelled_owned(),
-        )));
-        let worker_config =
-            wxhub_worker::Config::load(&env(&[("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())]))?;
-        tasks.push(tokio::spawn(wxhub_worker::run(
-            worker_config,
-            worker_ops,
-            cancel.clone().cancelled_owned(),
-        )));
-
-        let bus = ns.bus(&cancel).await;
+        let sim_clock = self.sim.clock();
+        let stop = self.services.stop.child_token();
+        let task = self
+            .services
+            .spawn(listener, &stop, move |listener, shutdown| {
+                wxhub_gateway::run_with(
+                    config,
+                    listener,
+                    wxhub_gateway::Options {
+                        clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
+                        ..wxhub_gateway::Options::default()
+                    },
+                    shutdown,
+                )
+            });
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..200 {
-            let probe = http.get(format!("{gateway_url}/readyz")).send().await;
-            if probe.is_ok_and(|r| r.status().is_success()) {
-                ready = true;
-                break;
+        let ready = format!("{url}/readyz");
+        self.wait_for(|| async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Ok(Gateway {
+            url,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Creates a ticket in the sim and stores it for `tenant` as if its push had arrived.
+    pub async fn give_ticket(&self, component: &str, tenant: &str) -> anyhow::Result<String> {
+        // Without a callback URL the push fails; the sim keeps the ticket it made either way.
+        let _ = self.sim.push_ticket(component).await;
+        let ticket = self
+            .sim
+            .component(component)
+            .and_then(|c| c.latest_ticket)
+            .ok_or_else(|| anyhow::anyhow!("the sim made no ticket for {component}"))?;
+        let clock = self.sim.clock();
+        Credentials::new(self.store.clone())
+            .store_ticket(tenant, &ticket, clock.now_secs(), clock.now_ms())
+            .await?;
+        Ok(ticket)
+    }
+
+    /// A gRPC client of token-control (retried for up to 30 s until it accepts connections).
+    pub async fn token_client(&self) -> TokenControlClient<Channel> {
+        let url = format!("http://{}", self.token_control);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match TokenControlClient::connect(url.clone()).await {
+                Ok(client) => return client,
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "token-control does not accept connections: {e}"
+                ),
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Number of sim calls of `path` (optionally for one appid).
+    pub fn calls(&self, path: &str, appid: Option<&str>) -> usize {
+        self.sim
+            .calls(&CallFilter {
+                path: Some(path.into()),
+                appid: appid.map(Into::into),
+                errcode: None,
+            })
+            .len()
+    }
+
+    /// Polls `check` until it holds (at most 30 s).
+    pub async fn wait_for<F, Fut>(&self, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not reached within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::ensure!(ready, "the gateway did not become ready");
-        Ok(Self {
-            ns,
-            sim,
-            gateway_url,
-            token_control,
-            bus,
-            cancel,
-            tasks,
-            _dir: dir,
-        })
     }
 
     /// Stops the services (bounded), deletes the namespace's queues and keys, stops the sim.
     pub async fn stop(self) {
-        self.cancel.cancel();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        self.ns.cleanup(Some(&self.bus), &[]).await;
-        self.sim.shutdown().await;
+        let Self {
+            sim,
+            bus,
+            bus_guard,
+            services,
+            ns,
+            ..
+        } = self;
+        services.stop().await;
+        ns.cleanup(Some(&bus), &[]).await;
+        drop(bus_guard);
+        sim.shutdown().await;
     }
+}
+
+/// A request carrying `authorization: Bearer <key>`.
+pub fn req<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii key"),
+    );
+    r
+}
+
+/// The `href` of the element with `id` in a page, unescaped.
+pub fn href(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\" href=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} link in {html}"))
+        + marker.len();
+    let end = start + html[start..].find('"').expect("closing quote");
+    html[start..end].replace("&amp;", "&")
+}
+
+/// The query parameter `name` of `url`.
+pub fn param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        .1
+        .into_owned()
 }

@@ -1,3 +1,6 @@
 //! Cross-service scenarios on the whole stack (see `tests/lib.rs`).
 
+mod authorize;
+mod cleanup;
+mod pages;
 mod release_check;

@@ -4,8 +4,8 @@
 //!    callback — Redis dedupe claim, confirmed publish of a CallbackEvent-sized body to the same
 //!    topology (events exchange → alternate exchange → quorum queue), dedupe complete — with no
 //!    HTTP and no crypto. Reports confirmed publishes/s.
-//! 2. **Gateway at max**: the gateway in-process on port 0; wxhub-sim's load generator (signed,
-//!    encrypted, safe-mode callbacks; 80 % text, 20 % events) in closed loop at the same
+//! 2. **Gateway at max**: the gateway in-process on port 0; the load generator (wxhub-loadgen:
+//!    signed, encrypted, safe-mode callbacks; 80 % text, 20 % events) in closed loop at the same
 //!    concurrency. Every 200 must be in the queue: the queue is counted afterwards.
 //! 3. **Gateway at half that rate**: open loop; p50/p99 latency from the scheduled send time.
 //!
@@ -22,9 +22,9 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::{Bus, Outgoing};
 use wxhub_gateway::{CALLBACK_EVENT_TYPE, Gateway, GatewayConfig};
+use wxhub_loadgen::{LoadConfig, LoadReport};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_runtime::config::Source;
-use wxhub_sim::load::{LoadConfig, LoadReport};
 use wxhub_store::dedupe::{Claim, Dedupe};
 use wxhub_testkit::Namespace;
 
@@ -419,7 +419,7 @@ async fn run_load(bus: &Bus, queue: &str, cfg: LoadConfig, drain: bool) -> LoadR
             .enable_all()
             .build()
             .expect("client runtime")
-            .block_on(wxhub_sim::load::run(cfg))
+            .block_on(wxhub_loadgen::run(cfg))
     })
     .await
     .expect("load thread")
@@ -597,7 +597,7 @@ async fn bench() {
         "floor (claim + confirmed publish + complete, {concurrency} tasks, no HTTP/crypto): {floor_rate:.0} msg/s (median of {rounds})"
     ));
     out(&format!(
-        "gateway max (sim load, closed loop, {concurrency} connections, safe mode): {:.0} callbacks/s (median of {rounds}), all {} answered 200 and confirmed in the queue; p50 {:.2} ms, p99 {:.2} ms",
+        "gateway max (loadgen, closed loop, {concurrency} connections, safe mode): {:.0} callbacks/s (median of {rounds}), all {} answered 200 and confirmed in the queue; p50 {:.2} ms, p99 {:.2} ms",
         max.throughput,
         max.status.get("200").copied().unwrap_or(0),
         max.latency_ms.p50,

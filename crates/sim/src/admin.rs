@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::SimError;
+use crate::endpoint::Endpoint;
 use crate::faults::FaultSpec;
 use crate::records::{CallFilter, MessageFilter};
 use crate::release::ReleaseCheckConfig;
@@ -260,13 +261,15 @@ impl Sim {
                 "quota path must start with '/'".into(),
             ));
         }
+        let endpoint =
+            Endpoint::parse(path, "quota path", |_| true).map_err(SimError::BadRequest)?;
         let mut state = lock(&self.state);
         match limit {
             Some(l) => {
-                state.quota_limits.insert(path.to_owned(), l);
+                state.quota_limits.insert(endpoint, l);
             }
             None => {
-                state.quota_limits.remove(path);
+                state.quota_limits.remove(&endpoint);
             }
         }
         Ok(())
@@ -281,16 +284,12 @@ impl Sim {
         appid: Option<&str>,
         ttl: Option<Duration>,
     ) -> Result<(), SimError> {
-        if !crate::api::TOKEN_PATHS.contains(&path) {
-            return Err(SimError::BadRequest(format!(
-                "{path:?} issues no token; one of {}",
-                crate::api::TOKEN_PATHS.join(", ")
-            )));
-        }
+        let endpoint = Endpoint::parse(path, "token lifetime path", Endpoint::issues_token)
+            .map_err(SimError::BadRequest)?;
         if appid.is_some_and(str::is_empty) {
             return Err(SimError::BadRequest("appid must not be empty".into()));
         }
-        let key = (path.to_owned(), appid.map(str::to_owned));
+        let key = (endpoint, appid.map(str::to_owned));
         let mut state = lock(&self.state);
         match ttl {
             Some(ttl) => {

@@ -8,10 +8,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State as AxState};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodFilter, on};
 use serde_json::{Map, Value, json};
 
 use crate::codes::{ApiError, ApiResult};
+use crate::endpoint::Endpoint;
 use crate::records::SentMessage;
 use crate::seed::AccountKind;
 use crate::sim::{Sim, lock};
@@ -97,21 +98,21 @@ impl Body {
 type Outcome = (Option<String>, ApiResult<Value>);
 type Logic = fn(&Arc<Sim>, &Query, &[u8], &mut Option<String>) -> ApiResult<Value>;
 
-fn finish(sim: &Sim, path: &str, (appid, result): Outcome) -> Response {
+fn finish(sim: &Sim, endpoint: Endpoint, (appid, result): Outcome) -> Response {
     match result {
         Ok(v) => {
-            sim.record_call(path, appid.as_deref(), 0);
+            sim.record_call(endpoint, appid.as_deref(), 0);
             axum::Json(v).into_response()
         }
         Err(e) => {
-            sim.record_call(path, appid.as_deref(), e.code);
+            sim.record_call(endpoint, appid.as_deref(), e.code);
             e.into_response()
         }
     }
 }
 
 fn handler(
-    path: &'static str,
+    endpoint: Endpoint,
     logic: Logic,
 ) -> impl Fn(AxState<Arc<Sim>>, RawQuery, Bytes) -> std::future::Ready<Response>
 + Clone
@@ -122,63 +123,37 @@ fn handler(
         let query = Query::parse(raw.as_deref());
         let mut appid = None;
         let result = logic(&sim, &query, &body, &mut appid);
-        std::future::ready(finish(&sim, path, (appid, result)))
+        std::future::ready(finish(&sim, endpoint, (appid, result)))
     }
 }
 
-fn post_api(path: &'static str, logic: Logic) -> MethodRouter<Arc<Sim>> {
-    post(handler(path, logic))
-}
-
-fn get_api(path: &'static str, logic: Logic) -> MethodRouter<Arc<Sim>> {
-    get(handler(path, logic))
-}
-
-/// Every WeChat API path the sim serves.
-pub(crate) const PATHS: &[&str] = &[
-    "/cgi-bin/component/api_component_token",
-    "/cgi-bin/component/api_create_preauthcode",
-    "/cgi-bin/component/api_query_auth",
-    "/cgi-bin/component/api_authorizer_token",
-    "/cgi-bin/component/api_get_authorizer_info",
-    "/cgi-bin/component/api_get_authorizer_list",
-    "/cgi-bin/component/api_start_push_ticket",
-    "/cgi-bin/component/clear_quota/v2",
-    "/cgi-bin/token",
-    "/cgi-bin/stable_token",
-    "/cgi-bin/gettoken",
-    "/cgi-bin/ticket/getticket",
-    "/cgi-bin/clear_quota",
-    "/cgi-bin/message/custom/send",
-    "/cgi-bin/message/template/send",
-    "/cgi-bin/message/subscribe/bizsend",
-    "/cgi-bin/message/subscribe/send",
-];
-
-/// The paths that issue access tokens or JS-SDK tickets (their lifetime can be set).
-pub(crate) const TOKEN_PATHS: &[&str] = &[
-    PATHS[0], PATHS[2], PATHS[3], PATHS[8], PATHS[9], PATHS[10], PATHS[11],
-];
-
+/// The router: every [`Endpoint`] with its method and logic. The match is exhaustive, so an
+/// endpoint cannot be named without being served.
 pub(crate) fn router() -> Router<Arc<Sim>> {
-    Router::new()
-        .route(PATHS[0], post_api(PATHS[0], component_token))
-        .route(PATHS[1], post_api(PATHS[1], create_preauthcode))
-        .route(PATHS[2], post_api(PATHS[2], query_auth))
-        .route(PATHS[3], post_api(PATHS[3], authorizer_token))
-        .route(PATHS[4], post_api(PATHS[4], get_authorizer_info))
-        .route(PATHS[5], post_api(PATHS[5], get_authorizer_list))
-        .route(PATHS[6], post_api(PATHS[6], start_push_ticket))
-        .route(PATHS[7], post_api(PATHS[7], clear_quota_v2))
-        .route(PATHS[8], get_api(PATHS[8], oa_token))
-        .route(PATHS[9], post_api(PATHS[9], stable_token))
-        .route(PATHS[10], get_api(PATHS[10], wecom_token))
-        .route(PATHS[11], get_api(PATHS[11], get_ticket))
-        .route(PATHS[12], post_api(PATHS[12], clear_quota))
-        .route(PATHS[13], post_api(PATHS[13], custom_send))
-        .route(PATHS[14], post_api(PATHS[14], template_send))
-        .route(PATHS[15], post_api(PATHS[15], bizsend))
-        .route(PATHS[16], post_api(PATHS[16], subscribe_send))
+    Endpoint::ALL
+        .into_iter()
+        .fold(Router::new(), |router, endpoint| {
+            let (method, logic): (MethodFilter, Logic) = match endpoint {
+                Endpoint::ComponentToken => (MethodFilter::POST, component_token),
+                Endpoint::CreatePreAuthCode => (MethodFilter::POST, create_preauthcode),
+                Endpoint::QueryAuth => (MethodFilter::POST, query_auth),
+                Endpoint::AuthorizerToken => (MethodFilter::POST, authorizer_token),
+                Endpoint::AuthorizerInfo => (MethodFilter::POST, get_authorizer_info),
+                Endpoint::AuthorizerList => (MethodFilter::POST, get_authorizer_list),
+                Endpoint::StartPushTicket => (MethodFilter::POST, start_push_ticket),
+                Endpoint::ComponentClearQuota => (MethodFilter::POST, clear_quota_v2),
+                Endpoint::Token => (MethodFilter::GET, oa_token),
+                Endpoint::StableToken => (MethodFilter::POST, stable_token),
+                Endpoint::WecomToken => (MethodFilter::GET, wecom_token),
+                Endpoint::Ticket => (MethodFilter::GET, get_ticket),
+                Endpoint::ClearQuota => (MethodFilter::POST, clear_quota),
+                Endpoint::CustomSend => (MethodFilter::POST, custom_send),
+                Endpoint::TemplateSend => (MethodFilter::POST, template_send),
+                Endpoint::SubscribeBizSend => (MethodFilter::POST, bizsend),
+                Endpoint::SubscribeSend => (MethodFilter::POST, subscribe_send),
+            };
+            router.route(endpoint.path(), on(method, handler(endpoint, logic)))
+        })
 }
 
 /// Checks the component token and that the body's `component_appid` is its component.
@@ -247,9 +222,9 @@ fn component_token(
     if now - issued >= state.timing.ticket_validity_ms {
         return Err(ApiError::new(61005));
     }
-    state.charge(PATHS[0], component, day)?;
+    state.charge(Endpoint::ComponentToken, component, day)?;
     let timing = state.timing;
-    let ttl = state.token_ttl_ms(PATHS[0], component);
+    let ttl = state.token_ttl_ms(Endpoint::ComponentToken, component);
     let c = state
         .components
         .get_mut(component)
@@ -276,7 +251,7 @@ fn create_preauthcode(
     let day = sim.clock.cst_day();
     let mut state = lock(&sim.state);
     let component = component_auth(&state, q, &body, now, appid)?;
-    state.charge(PATHS[1], &component, day)?;
+    state.charge(Endpoint::CreatePreAuthCode, &component, day)?;
     let ttl = state.timing.pre_auth_ttl_ms;
     let c = state
         .components
@@ -308,7 +283,7 @@ fn query_auth(
     let mut guard = lock(&sim.state);
     let component = component_auth(&guard, q, &body, now, appid)?;
     let code = body.str("authorization_code", 61009)?;
-    guard.charge(PATHS[2], &component, day)?;
+    guard.charge(Endpoint::QueryAuth, &component, day)?;
     let state = &mut *guard;
     let timing = state.timing;
     let c = state
@@ -327,7 +302,7 @@ fn query_auth(
     let ttl = token_ttl_ms(
         &state.token_ttls,
         timing.token_ttl_ms,
-        PATHS[2],
+        Endpoint::QueryAuth,
         &authorizer,
     );
     let auth = c
@@ -370,10 +345,15 @@ fn authorizer_token(
     // The call acts for the authorizer: record it (tests count refreshes per authorizer).
     *appid = Some(authorizer.to_owned());
     let refresh = body.str("authorizer_refresh_token", 61023)?;
-    guard.charge(PATHS[3], &component, day)?;
+    guard.charge(Endpoint::AuthorizerToken, &component, day)?;
     let state = &mut *guard;
     let timing = state.timing;
-    let ttl = token_ttl_ms(&state.token_ttls, timing.token_ttl_ms, PATHS[3], authorizer);
+    let ttl = token_ttl_ms(
+        &state.token_ttls,
+        timing.token_ttl_ms,
+        Endpoint::AuthorizerToken,
+        authorizer,
+    );
     let c = state
         .components
         .get_mut(&component)
@@ -425,7 +405,7 @@ fn get_authorizer_info(
     let mut state = lock(&sim.state);
     let component = component_auth(&state, q, &body, now, appid)?;
     let authorizer = body.str("authorizer_appid", 41002)?;
-    state.charge(PATHS[4], &component, day)?;
+    state.charge(Endpoint::AuthorizerInfo, &component, day)?;
     let auth = state
         .components
         .get(&component)
@@ -488,7 +468,7 @@ fn get_authorizer_list(
     if count == 0 || count > 500 {
         return Err(ApiError::with(40097, "count must be within 1..=500"));
     }
-    state.charge(PATHS[5], &component, day)?;
+    state.charge(Endpoint::AuthorizerList, &component, day)?;
     let c = state
         .components
         .get(&component)
@@ -599,21 +579,21 @@ fn oa_token(
         q.get("secret").filter(|s| !s.is_empty()),
     )?
     .to_owned();
-    guard.charge(PATHS[8], &account, day)?;
-    rotate_account_token(&mut guard, PATHS[8], &account, |a| &mut a.token, now)
+    guard.charge(Endpoint::Token, &account, day)?;
+    rotate_account_token(&mut guard, Endpoint::Token, &account, |a| &mut a.token, now)
 }
 
 /// Issues a new token in the account's `slot` (`/cgi-bin/token` or `stable_token`, named by
-/// the issuing `path`).
+/// the issuing `endpoint`).
 fn rotate_account_token(
     state: &mut State,
-    path: &str,
+    endpoint: Endpoint,
     account: &str,
     slot: fn(&mut Account) -> &mut TokenSlot,
     now: i64,
 ) -> ApiResult<Value> {
     let timing = state.timing;
-    let ttl = state.token_ttl_ms(path, account);
+    let ttl = state.token_ttl_ms(endpoint, account);
     let a = state
         .accounts
         .get_mut(account)
@@ -646,7 +626,7 @@ fn stable_token(
     let mut guard = lock(&sim.state);
     let account =
         oa_credentials(&guard, body.opt_str("appid")?, body.opt_str("secret")?)?.to_owned();
-    guard.charge(PATHS[9], &account, day)?;
+    guard.charge(Endpoint::StableToken, &account, day)?;
     let state = &mut *guard;
     let current = state
         .accounts
@@ -661,7 +641,13 @@ fn stable_token(
     if force {
         state.charge_force_refresh(&account, day, now)?;
     }
-    rotate_account_token(state, PATHS[9], &account, |a| &mut a.stable_token, now)
+    rotate_account_token(
+        state,
+        Endpoint::StableToken,
+        &account,
+        |a| &mut a.stable_token,
+        now,
+    )
 }
 
 fn wecom_token(
@@ -685,10 +671,15 @@ fn wecom_token(
         .get("corpsecret")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::with(41004, "missing corpsecret"))?;
-    guard.charge(PATHS[10], corpid, day)?;
+    guard.charge(Endpoint::WecomToken, corpid, day)?;
     let state = &mut *guard;
     let timing = state.timing;
-    let ttl = token_ttl_ms(&state.token_ttls, timing.token_ttl_ms, PATHS[10], corpid);
+    let ttl = token_ttl_ms(
+        &state.token_ttls,
+        timing.token_ttl_ms,
+        Endpoint::WecomToken,
+        corpid,
+    );
     let corp = state.corps.get_mut(corpid).ok_or(ApiError::new(40013))?;
     let (agentid, agent) = corp
         .agents
@@ -787,8 +778,8 @@ fn get_ticket(
         Some(t @ ("jsapi" | "wx_card")) => t.to_owned(),
         _ => return Err(ApiError::with(40097, "type must be jsapi or wx_card")),
     };
-    state.charge(PATHS[11], &auth.appid, day)?;
-    let ttl = state.token_ttl_ms(PATHS[11], &auth.appid) / 1000;
+    state.charge(Endpoint::Ticket, &auth.appid, day)?;
+    let ttl = state.token_ttl_ms(Endpoint::Ticket, &auth.appid) / 1000;
     let account = state
         .accounts
         .get_mut(&auth.appid)
@@ -943,7 +934,7 @@ fn custom_send(
     let mut state = lock(&sim.state);
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
-    state.charge(PATHS[13], &auth.appid, day)?;
+    state.charge(Endpoint::CustomSend, &auth.appid, day)?;
     require_sets(&auth, &[1, 6, 19, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let account = state
@@ -964,7 +955,7 @@ fn custom_send(
     drop(state);
     sim.record_message(SentMessage {
         msgid,
-        path: PATHS[13].into(),
+        path: Endpoint::CustomSend.path().into(),
         appid: auth.appid,
         component_appid: auth.component,
         touser,
@@ -1012,7 +1003,7 @@ fn template_send(
     let mut state = lock(&sim.state);
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
-    state.charge(PATHS[14], &auth.appid, day)?;
+    state.charge(Endpoint::TemplateSend, &auth.appid, day)?;
     require_sets(&auth, &[7, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let template_id = body.str("template_id", 40037)?.to_owned();
@@ -1054,7 +1045,7 @@ fn template_send(
     drop(state);
     sim.record_message(SentMessage {
         msgid,
-        path: PATHS[14].into(),
+        path: Endpoint::TemplateSend.path().into(),
         appid: auth.appid,
         component_appid: auth.component,
         touser,
@@ -1072,7 +1063,7 @@ fn subscription(
     q: &Query,
     raw: &[u8],
     appid: &mut Option<String>,
-    path: &'static str,
+    endpoint: Endpoint,
     kind: AccountKind,
 ) -> ApiResult<Value> {
     let now = sim.clock.now_ms();
@@ -1080,7 +1071,7 @@ fn subscription(
     let mut state = lock(&sim.state);
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
-    state.charge(path, &auth.appid, day)?;
+    state.charge(endpoint, &auth.appid, day)?;
     if kind == AccountKind::OfficialAccount {
         require_sets(&auth, &[89])?;
     }
@@ -1119,7 +1110,7 @@ fn subscription(
     drop(state);
     sim.record_message(SentMessage {
         msgid,
-        path: path.into(),
+        path: endpoint.path().into(),
         appid: auth.appid,
         component_appid: auth.component,
         touser,
@@ -1133,7 +1124,14 @@ fn subscription(
 }
 
 fn bizsend(sim: &Arc<Sim>, q: &Query, raw: &[u8], appid: &mut Option<String>) -> ApiResult<Value> {
-    subscription(sim, q, raw, appid, PATHS[15], AccountKind::OfficialAccount)
+    subscription(
+        sim,
+        q,
+        raw,
+        appid,
+        Endpoint::SubscribeBizSend,
+        AccountKind::OfficialAccount,
+    )
 }
 
 fn subscribe_send(
@@ -1142,5 +1140,12 @@ fn subscribe_send(
     raw: &[u8],
     appid: &mut Option<String>,
 ) -> ApiResult<Value> {
-    subscription(sim, q, raw, appid, PATHS[16], AccountKind::MiniProgram)
+    subscription(
+        sim,
+        q,
+        raw,
+        appid,
+        Endpoint::SubscribeSend,
+        AccountKind::MiniProgram,
+    )
 }

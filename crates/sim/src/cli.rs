@@ -1,4 +1,4 @@
-//! The `wxhub-sim` command line: `serve`, `release-check` and `load`. `main.rs` only hands
+//! The `wxhub-sim` command line: `serve` and `release-check`. `main.rs` only hands
 //! over the process's arguments and streams, so tests run every command in-process.
 //!
 //! Exit status: 0 success (for `release-check`: every step passed), 1 the release check
@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::load::{LoadConfig, parse_mix};
 use crate::release::{ReleaseCheckConfig, ReleaseCheckReport};
-use crate::seed::{Encryption, Seed, SimConfig};
+use crate::seed::{Seed, SimConfig};
 
 /// wxhub-sim: a strict WeChat simulator.
 #[derive(Debug, Parser)]
@@ -31,8 +30,6 @@ enum Command {
     Serve(ServeArgs),
     /// Play the full-network release check (全网发布) through a running sim.
     ReleaseCheck(ReleaseArgs),
-    /// Post signed, encrypted callbacks to a gateway and report throughput and latency.
-    Load(LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,66 +95,6 @@ struct ReleaseArgs {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Mode {
-    Safe,
-    Compatible,
-    Plain,
-}
-
-#[derive(Debug, clap::Args)]
-struct LoadArgs {
-    /// Gateway base URL.
-    #[arg(long)]
-    gateway: String,
-    /// Tenant id.
-    #[arg(long)]
-    tenant: String,
-    /// Authorizer appid (path segment).
-    #[arg(long)]
-    appid: String,
-    /// Message token of the component.
-    #[arg(long, env = "WXHUB_SIM_LOAD_TOKEN")]
-    token: String,
-    /// EncodingAESKey of the component.
-    #[arg(long, env = "WXHUB_SIM_LOAD_AES_KEY")]
-    aes_key: String,
-    /// Component appid (receive-id inside the ciphertext).
-    #[arg(long)]
-    component_appid: String,
-    /// ToUserName (the authorizer's gh_ id).
-    #[arg(long, default_value = "gh_load_test")]
-    to_user_name: String,
-    /// Target rate per second (open loop).
-    #[arg(long, conflicts_with = "max")]
-    rate: Option<f64>,
-    /// As fast as possible (closed loop with --concurrency workers).
-    #[arg(long)]
-    max: bool,
-    /// --max: workers (one connection each); --rate: the most requests in flight (connections
-    /// are opened as needed), so a slow answer delays no other request.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Duration, seconds.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Mix of kinds, e.g. text=80,event=20 (text, image, voice, location, link, event).
-    #[arg(long, default_value = "text=80,event=20")]
-    mix: String,
-    /// Framing.
-    #[arg(long, value_enum, default_value = "safe")]
-    mode: Mode,
-    /// Per-request timeout, milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
-    /// Memory bound of the pre-generated pool, MiB.
-    #[arg(long, default_value_t = 256)]
-    pool_mib: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct CliError(String);
@@ -188,7 +125,6 @@ where
     let result = match cli.command {
         Command::Serve(args) => serve(args, stdout).await,
         Command::ReleaseCheck(args) => release_check(args, stdout).await,
-        Command::Load(args) => load(args, stdout).await,
     };
     let _ = stdout.flush();
     match result {
@@ -296,41 +232,4 @@ async fn release_check(args: ReleaseArgs, stdout: &mut dyn Write) -> Result<Exit
     } else {
         ExitCode::from(1)
     })
-}
-
-async fn load(args: LoadArgs, stdout: &mut dyn Write) -> Result<ExitCode, CliError> {
-    if args.rate.is_none() && !args.max {
-        return Err(err("give --rate R or --max"));
-    }
-    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0) {
-        return Err(err("--duration must be within (0, 86400] seconds"));
-    }
-    let mut cfg = LoadConfig::new(
-        &args.gateway,
-        &args.tenant,
-        &args.appid,
-        &args.token,
-        &args.aes_key,
-        &args.component_appid,
-    );
-    cfg.to_user_name = args.to_user_name;
-    cfg.rate = args.rate;
-    cfg.concurrency = args.concurrency;
-    cfg.duration = Duration::from_secs_f64(args.duration);
-    cfg.mix = parse_mix(&args.mix).map_err(err)?;
-    cfg.mode = match args.mode {
-        Mode::Safe => Encryption::Safe,
-        Mode::Compatible => Encryption::Compatible,
-        Mode::Plain => Encryption::Plain,
-    };
-    cfg.timeout = Duration::from_millis(args.timeout_ms);
-    cfg.pool_bytes = args.pool_mib.saturating_mul(1024 * 1024);
-    let report = crate::load::run(cfg).await.map_err(err)?;
-    let out = if args.json {
-        serde_json::to_string_pretty(&report).map_err(err)?
-    } else {
-        report.to_string()
-    };
-    let _ = writeln!(stdout, "{out}");
-    Ok(ExitCode::SUCCESS)
 }

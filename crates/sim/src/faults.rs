@@ -1,4 +1,4 @@
-//! Fault injection on the WeChat API paths: error codes, latency and dropped connections.
+//! Fault injection on the WeChat API endpoints: error codes, latency and dropped connections.
 
 use std::time::Duration;
 
@@ -7,8 +7,9 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::endpoint::Endpoint;
 
-/// One fault rule. It matches a path exactly (or every API path with `"*"`); each matching
+/// One fault rule. It matches an API path the sim serves (or every one with `"*"`); each matching
 /// call rolls `probability` (default 1) and, on a hit, gets the latency, then the error or the
 /// dropped connection. With `times`, the rule disappears after that many hits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,7 +75,8 @@ impl FaultSpec {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), SimError> {
+    /// Checks the rule; its target: `None` for every endpoint (`*`).
+    pub(crate) fn validate(&self) -> Result<Option<Endpoint>, SimError> {
         if self.path != "*" && !self.path.starts_with('/') {
             return Err(SimError::BadRequest(
                 "fault path must start with '/' or be '*'".into(),
@@ -105,7 +107,12 @@ impl FaultSpec {
                 "latency_ms must be at most 600000".into(),
             ));
         }
-        Ok(())
+        match self.path.as_str() {
+            "*" => Ok(None),
+            path => Endpoint::parse(path, "fault path", |_| true)
+                .map(Some)
+                .map_err(SimError::BadRequest),
+        }
     }
 }
 
@@ -131,8 +138,14 @@ pub(crate) struct Decision {
     pub drop: bool,
 }
 
+/// An installed fault with the endpoint it targets (`None`: every one), resolved once.
+struct Rule {
+    target: Option<Endpoint>,
+    fault: Fault,
+}
+
 pub(crate) struct Faults {
-    rules: Vec<Fault>,
+    rules: Vec<Rule>,
     next_id: u64,
     rng: StdRng,
 }
@@ -151,25 +164,28 @@ impl Faults {
     }
 
     pub(crate) fn add(&mut self, spec: FaultSpec) -> Result<u64, SimError> {
-        spec.validate()?;
+        let target = spec.validate()?;
         let id = self.next_id;
         self.next_id += 1;
-        self.rules.push(Fault {
-            id,
-            remaining: spec.times,
-            spec,
-            hits: 0,
+        self.rules.push(Rule {
+            target,
+            fault: Fault {
+                id,
+                remaining: spec.times,
+                spec,
+                hits: 0,
+            },
         });
         Ok(id)
     }
 
     pub(crate) fn list(&self) -> Vec<Fault> {
-        self.rules.clone()
+        self.rules.iter().map(|r| r.fault.clone()).collect()
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> bool {
         let before = self.rules.len();
-        self.rules.retain(|f| f.id != id);
+        self.rules.retain(|r| r.fault.id != id);
         before != self.rules.len()
     }
 
@@ -182,11 +198,11 @@ impl Faults {
         self.rules.is_empty()
     }
 
-    /// Rolls every rule matching `path`, in the order they were added.
-    pub(crate) fn decide(&mut self, path: &str) -> Decision {
+    /// Rolls every rule matching `endpoint`, in the order they were added.
+    pub(crate) fn decide(&mut self, endpoint: Endpoint) -> Decision {
         let mut decision = Decision::default();
-        for fault in &mut self.rules {
-            if fault.spec.path != "*" && fault.spec.path != path {
+        for Rule { target, fault } in &mut self.rules {
+            if target.is_some_and(|t| t != endpoint) {
                 continue;
             }
             let p = fault.spec.probability.unwrap_or(1.0);
@@ -209,7 +225,7 @@ impl Faults {
                 }
             }
         }
-        self.rules.retain(|f| f.remaining != Some(0));
+        self.rules.retain(|r| r.fault.remaining != Some(0));
         decision
     }
 }
@@ -218,14 +234,22 @@ impl Faults {
 mod tests {
     use super::*;
 
+    const A: &str = "/cgi-bin/token";
+
     #[test]
     fn times_limits_hits_and_seeded_probability_is_reproducible() {
         let mut faults = Faults::new(Some(7));
-        faults.add(FaultSpec::error("/a", 45009, Some(2))).unwrap();
-        assert_eq!(faults.decide("/a").error.map(|e| e.0), Some(45009));
-        assert!(faults.decide("/b").error.is_none());
-        assert_eq!(faults.decide("/a").error.map(|e| e.0), Some(45009));
-        assert!(faults.decide("/a").error.is_none());
+        faults.add(FaultSpec::error(A, 45009, Some(2))).unwrap();
+        assert_eq!(
+            faults.decide(Endpoint::Token).error.map(|e| e.0),
+            Some(45009)
+        );
+        assert!(faults.decide(Endpoint::StableToken).error.is_none());
+        assert_eq!(
+            faults.decide(Endpoint::Token).error.map(|e| e.0),
+            Some(45009)
+        );
+        assert!(faults.decide(Endpoint::Token).error.is_none());
         assert!(faults.is_empty());
 
         let run = |seed| {
@@ -233,7 +257,7 @@ mod tests {
             f.add(FaultSpec::error("*", -1, None).with_probability(0.5))
                 .unwrap();
             (0..64)
-                .map(|_| f.decide("/x").error.is_some())
+                .map(|_| f.decide(Endpoint::CustomSend).error.is_some())
                 .collect::<Vec<_>>()
         };
         let a = run(42);
@@ -245,14 +269,17 @@ mod tests {
     fn rejects_bad_rules() {
         let mut faults = Faults::new(None);
         assert!(faults.add(FaultSpec::error("nope", 1, None)).is_err());
+        // A path the sim does not serve would never match: refused, naming the path.
+        let unserved = faults.add(FaultSpec::error("/cgi-bin/tokne", 1, None));
+        assert!(unserved.unwrap_err().to_string().contains("/cgi-bin/tokne"));
         assert!(
             faults
-                .add(FaultSpec::error("/a", 1, None).with_probability(1.5))
+                .add(FaultSpec::error(A, 1, None).with_probability(1.5))
                 .is_err()
         );
-        let mut empty = FaultSpec::error("/a", 1, None);
+        let mut empty = FaultSpec::error(A, 1, None);
         empty.errcode = None;
         assert!(faults.add(empty).is_err());
-        assert!(faults.add(FaultSpec::error("/a", 1, Some(0))).is_err());
+        assert!(faults.add(FaultSpec::error(A, 1, Some(0))).is_err());
     }
 }

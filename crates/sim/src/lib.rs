@@ -1,9 +1,11 @@
 //! wxhub-sim: a strict WeChat stand-in for tests, demos and benchmarks. It serves WeChat's
 //! token, authorization and send APIs (with WeChat's error codes, token overlap, quotas and a
 //! virtual clock), stand-ins for the component login pages, a callback pusher that signs,
-//! encrypts and retries exactly like WeChat, the full-network release check and a load
-//! generator. It uses only the crypto and message crates of wxhub and must never depend on
-//! any other wxhub crate: it must not share client code with the system under test.
+//! encrypts and retries exactly like WeChat, and the full-network release check. It uses only
+//! the crypto and message crates of wxhub and must never depend on any other wxhub crate: it
+//! must not share client code with the system under test. (The HTTP load generator, a bench
+//! tool, is the `wxhub-loadgen` crate; it builds its callbacks with [`MessageSpec`] and
+//! [`message_body`].)
 //!
 //! Start it in-process with [`start`] (port 0 is fine) or run [`run`] with your own listener;
 //! the binary `wxhub-sim` wraps the same code ([`cli`]).
@@ -14,8 +16,8 @@ mod api;
 pub mod cli;
 mod clock;
 mod codes;
+mod endpoint;
 mod faults;
-pub mod load;
 mod login;
 mod push;
 mod records;
@@ -37,9 +39,9 @@ pub use admin::{
 };
 pub use clock::VirtualClock;
 pub use codes::errmsg;
+pub use endpoint::Endpoint;
 pub use faults::{Fault, FaultSpec};
-pub use load::{LoadConfig, LoadKind, LoadReport};
-pub use push::{Attempt, MessageSpec, PushReport, ReplyReport};
+pub use push::{Attempt, MessageSpec, PushReport, ReplyReport, message_body};
 pub use records::{CallFilter, CallRecord, MessageFilter, SentMessage};
 pub use release::{ReleaseCheckConfig, ReleaseCheckReport, StepReport, TEST_ACCOUNTS};
 pub use seed::{

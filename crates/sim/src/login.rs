@@ -16,14 +16,19 @@ use axum::routing::get;
 use crate::seed::AccountKind;
 use crate::sim::{Sim, lock};
 
+/// The PC authorization page (a QR code for the admin's phone on WeChat's side).
+const PC_PAGE: &str = "/cgi-bin/componentloginpage";
+/// The mobile authorization page (opened inside WeChat).
+const MOBILE_PAGE: &str = "/safe/bindcomponent";
+
 pub(crate) fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route(
-            "/cgi-bin/componentloginpage",
+            PC_PAGE,
             get(|s: AxState<Arc<Sim>>, q: RawQuery| page(s, q, false)),
         )
         .route(
-            "/safe/bindcomponent",
+            MOBILE_PAGE,
             get(|s: AxState<Arc<Sim>>, q: RawQuery| page(s, q, true)),
         )
 }
@@ -121,11 +126,7 @@ async fn page(AxState(sim): AxState<Arc<Sim>>, RawQuery(raw): RawQuery, mobile: 
             let mut html = String::from(
                 "<!doctype html><html><head><meta charset=\"utf-8\"><title>授权 (wxhub-sim)</title></head><body><h1>Choose an account to authorize</h1><ul>",
             );
-            let base = if mobile {
-                "/safe/bindcomponent"
-            } else {
-                "/cgi-bin/componentloginpage"
-            };
+            let base = if mobile { MOBILE_PAGE } else { PC_PAGE };
             for (appid, name, kind) in accounts {
                 let mut link = format!("{base}?{raw}");
                 link.push_str("&authorizer_appid=");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use wxhub_crypto::{Crypt, KeySlot, msg_signature, signature};
 use wxhub_message::{Limits, parse_envelope};
 
+use crate::SimError;
 use crate::clock::VirtualClock;
 use crate::seed::Encryption;
 use crate::state::Interaction;
@@ -405,19 +406,36 @@ pub(crate) fn frame(
             }
         }
     }
-    let body = match (&encrypt, encryption) {
+    let body = envelope_body(envelope, encryption, plaintext, encrypt.as_deref())?;
+    Ok(Outgoing {
+        url: url.into(),
+        body,
+        crypt: crypt.clone(),
+        encryption,
+        plaintext: plaintext.to_owned(),
+    })
+}
+
+/// The body WeChat posts for `plaintext`: as is when unencrypted; in compatible mode the
+/// plaintext fields with `<Encrypt>` beside them; otherwise (safe mode, and always for the
+/// component and WeCom envelopes) only the envelope's routing element(s) and `<Encrypt>`.
+fn envelope_body(
+    envelope: &Envelope,
+    encryption: Encryption,
+    plaintext: &str,
+    encrypt: Option<&str>,
+) -> Result<String, String> {
+    Ok(match (encrypt, encryption) {
         (None, _) => plaintext.to_owned(),
         (Some(encrypt), Encryption::Compatible) => {
             // Compatible mode: the plaintext fields and Encrypt side by side.
-            let mut body = plaintext.trim_end().to_owned();
-            let Some(stripped) = body.strip_suffix("</xml>") else {
+            let Some(stripped) = plaintext.trim_end().strip_suffix("</xml>") else {
                 return Err("compatible mode needs an <xml> document".into());
             };
             let mut out = stripped.to_owned();
             cdata_el(&mut out, "Encrypt", encrypt);
             out.push_str("</xml>");
-            body = out;
-            body
+            out
         }
         (Some(encrypt), _) => {
             let mut out = String::with_capacity(encrypt.len() + 128);
@@ -436,14 +454,25 @@ pub(crate) fn frame(
             out.push_str("</xml>");
             out
         }
-    };
-    Ok(Outgoing {
-        url: url.into(),
-        body,
-        crypt: crypt.clone(),
-        encryption,
-        plaintext: plaintext.to_owned(),
     })
+}
+
+/// The body WeChat posts to an account's message URL, framed as the sim's own pushes frame it,
+/// for callers that sign and post callbacks themselves (the load generator): `plaintext` as is
+/// when `encrypt` is `None`, else framed for `encryption` around `encrypt` (the Base64
+/// ciphertext of `plaintext`). Fails only in compatible mode when `plaintext` is not an
+/// `<xml>` document.
+pub fn message_body(
+    to_user_name: &str,
+    encryption: Encryption,
+    plaintext: &str,
+    encrypt: Option<&str>,
+) -> Result<String, SimError> {
+    let envelope = Envelope::Account {
+        to_user_name: to_user_name.to_owned(),
+        openid: String::new(),
+    };
+    envelope_body(&envelope, encryption, plaintext, encrypt).map_err(SimError::BadRequest)
 }
 
 /// WeChat's nonces are decimal numbers.

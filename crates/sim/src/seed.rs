@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::endpoint::Endpoint;
 
 /// A secret string (app secret, message token, key) that never shows in `Debug` output.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -81,7 +82,8 @@ pub struct Seed {
     /// WeCom corporations and their agents.
     #[serde(default)]
     pub wecom: Vec<CorpSeed>,
-    /// Daily quota per API path (e.g. `"/cgi-bin/token" = 2000`); overrides the defaults.
+    /// Daily quota per API path (e.g. `"/cgi-bin/token" = 2000`); overrides the defaults. A
+    /// path the sim does not serve is refused.
     #[serde(default)]
     pub quotas: BTreeMap<String, u64>,
 }
@@ -230,6 +232,19 @@ pub struct AuthorizationSeed {
     pub func_info: Option<Vec<u32>>,
 }
 
+impl AuthorizationSeed {
+    /// `authorizer_appid` authorized to `component_appid` with a random refresh token and the
+    /// account's own permission sets.
+    pub fn new(component_appid: &str, authorizer_appid: &str) -> Self {
+        Self {
+            component_appid: component_appid.to_owned(),
+            authorizer_appid: authorizer_appid.to_owned(),
+            refresh_token: None,
+            func_info: None,
+        }
+    }
+}
+
 /// A WeCom corporation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -330,18 +345,21 @@ impl Default for SimConfig {
 
 /// Default daily quotas: the documented Official Account limits, stable_token's own
 /// (getStableAccessToken: 500,000 a day) and the reported component limit
-/// (wechat-protocol.md §2.15). Paths not listed are unlimited unless seeded.
+/// (wechat-protocol.md §2.15). Endpoints not listed are unlimited unless seeded.
+pub(crate) const DEFAULT_QUOTAS: [(Endpoint, u64); 5] = [
+    (Endpoint::Token, 2000),
+    (Endpoint::StableToken, 500_000),
+    (Endpoint::ComponentToken, 10_000),
+    (Endpoint::CustomSend, 500_000),
+    (Endpoint::TemplateSend, 100_000),
+];
+
+/// The default daily quotas by path, as a seed's `quotas` names them.
 pub fn default_quotas() -> BTreeMap<String, u64> {
-    [
-        ("/cgi-bin/token", 2000),
-        ("/cgi-bin/stable_token", 500_000),
-        ("/cgi-bin/component/api_component_token", 10_000),
-        ("/cgi-bin/message/custom/send", 500_000),
-        ("/cgi-bin/message/template/send", 100_000),
-    ]
-    .into_iter()
-    .map(|(p, n)| (p.to_owned(), n))
-    .collect()
+    DEFAULT_QUOTAS
+        .into_iter()
+        .map(|(endpoint, n)| (endpoint.path().to_owned(), n))
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::SimError;
 use crate::codes::ApiError;
+use crate::endpoint::Endpoint;
 use crate::sim::{Sim, lock};
 
 /// A connection the fault layer can cut: once `killed`, every read and write fails, so hyper
@@ -128,8 +129,11 @@ async fn fault_layer(AxState(sim): AxState<Arc<Sim>>, req: Request, next: Next) 
     if !sim.faults_armed.load(Ordering::Relaxed) {
         return next.run(req).await;
     }
-    let path = req.uri().path().to_owned();
-    let decision = lock(&sim.faults).decide(&path);
+    // The layer wraps the API routes only, so the path is always an endpoint's.
+    let Some(endpoint) = Endpoint::from_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let decision = lock(&sim.faults).decide(endpoint);
     if let Some(latency) = decision.latency {
         tokio::time::sleep(latency).await;
     }
@@ -137,11 +141,11 @@ async fn fault_layer(AxState(sim): AxState<Arc<Sim>>, req: Request, next: Next) 
         if let Some(ConnectInfo(info)) = req.extensions().get::<ConnectInfo<ConnInfo>>() {
             info.killed.store(true, Ordering::Relaxed);
         }
-        sim.record_call(&path, None, -2);
+        sim.record_call(endpoint, None, -2);
         return StatusCode::OK.into_response();
     }
     if let Some((code, errmsg)) = decision.error {
-        sim.record_call(&path, None, code);
+        sim.record_call(endpoint, None, code);
         let errmsg = errmsg.unwrap_or_else(|| ApiError::new(code).message());
         return axum::Json(json!({"errcode": code, "errmsg": errmsg})).into_response();
     }

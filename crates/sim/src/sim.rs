@@ -11,10 +11,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::SimError;
 use crate::clock::VirtualClock;
+use crate::endpoint::Endpoint;
 use crate::faults::Faults;
 use crate::push::{Envelope, MessageSpec, Outgoing, PushReport, Pusher, frame};
 use crate::records::{CallFilter, CallRecord, MessageFilter, Ring, SentMessage};
-use crate::seed::{AccountKind, SimConfig, default_quotas};
+use crate::seed::{AccountKind, DEFAULT_QUOTAS, SimConfig};
 use crate::state::{Authorized, Interaction, State, Timing};
 
 pub(crate) struct Records {
@@ -141,7 +142,7 @@ impl Sim {
             force_refresh_per_day: config.force_refresh_per_day,
             force_refresh_interval_ms: ms(config.force_refresh_interval),
         };
-        let mut state = State::new(timing, default_quotas().into_iter().collect());
+        let mut state = State::new(timing, DEFAULT_QUOTAS.into_iter().collect());
         if let Some(seed) = &seed {
             state.apply_seed(seed, clock.now_ms())?;
         }
@@ -173,11 +174,11 @@ impl Sim {
 
     // ----- records -------------------------------------------------------------------------
 
-    pub(crate) fn record_call(&self, path: &str, appid: Option<&str>, errcode: i64) {
+    pub(crate) fn record_call(&self, endpoint: Endpoint, appid: Option<&str>, errcode: i64) {
         let seq = self.call_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let record = CallRecord {
             seq,
-            path: path.to_owned(),
+            path: endpoint.path().to_owned(),
             appid: appid.map(str::to_owned),
             errcode,
             sim_time_ms: self.clock.now_ms(),

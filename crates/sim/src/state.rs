@@ -10,6 +10,7 @@ use wxhub_crypto::{Crypt, random_nonce};
 
 use crate::SimError;
 use crate::codes::ApiError;
+use crate::endpoint::Endpoint;
 use crate::seed::{
     AccountKind, AccountSeed, AuthorizationSeed, ComponentSeed, CorpSeed, Encryption, Seed,
 };
@@ -213,13 +214,13 @@ pub(crate) struct State {
     pub accounts: HashMap<String, Account>,
     pub corps: HashMap<String, Corp>,
     pub tokens: HashMap<String, TokenEntry>,
-    pub quota_limits: HashMap<String, u64>,
-    /// path → appid → (CST day, calls used).
-    pub quota_used: HashMap<String, HashMap<String, (i64, u64)>>,
+    pub quota_limits: HashMap<Endpoint, u64>,
+    /// endpoint → appid → (CST day, calls used).
+    pub quota_used: HashMap<Endpoint, HashMap<String, (i64, u64)>>,
     /// appid → (CST month, clear_quota uses).
     pub clear_quota_uses: HashMap<String, (i64, u32)>,
-    /// Lifetimes set for tests: (issuing API path, owner appid or `None` for any) → ms.
-    pub token_ttls: HashMap<(String, Option<String>), i64>,
+    /// Lifetimes set for tests: (issuing endpoint, owner appid or `None` for any) → ms.
+    pub token_ttls: HashMap<(Endpoint, Option<String>), i64>,
     /// appid → stable_token `force_refresh` uses: (CST day, uses that day, last use ms).
     pub force_refreshes: HashMap<String, (i64, u32, i64)>,
     pub msg_seq: u64,
@@ -237,7 +238,7 @@ pub(crate) fn default_func_info(kind: AccountKind) -> Vec<u32> {
 }
 
 impl State {
-    pub(crate) fn new(timing: Timing, quota_limits: HashMap<String, u64>) -> Self {
+    pub(crate) fn new(timing: Timing, quota_limits: HashMap<Endpoint, u64>) -> Self {
         Self {
             timing,
             components: HashMap::new(),
@@ -297,12 +298,15 @@ impl State {
                 )));
             }
         }
-        for path in seed.quotas.keys() {
+        let mut quotas = Vec::with_capacity(seed.quotas.len());
+        for (path, limit) in &seed.quotas {
             if !path.starts_with('/') {
                 return Err(SimError::Seed(format!(
                     "quota path {path:?} must start with '/'"
                 )));
             }
+            let endpoint = Endpoint::parse(path, "quota path", |_| true).map_err(SimError::Seed)?;
+            quotas.push((endpoint, *limit));
         }
         for c in components {
             if let Some(old) = self.components.remove(&c.appid) {
@@ -331,9 +335,7 @@ impl State {
         for a in &seed.authorizations {
             self.seed_authorization(a, now_ms);
         }
-        for (path, limit) in &seed.quotas {
-            self.quota_limits.insert(path.clone(), *limit);
-        }
+        self.quota_limits.extend(quotas);
         Ok(())
     }
 
@@ -394,9 +396,9 @@ impl State {
 
     // ----- tokens --------------------------------------------------------------------------
 
-    /// The lifetime (ms) of a token that `path` issues to `owner` (see [`token_ttl_ms`]).
-    pub(crate) fn token_ttl_ms(&self, path: &str, owner: &str) -> i64 {
-        token_ttl_ms(&self.token_ttls, self.timing.token_ttl_ms, path, owner)
+    /// The lifetime (ms) of a token that `endpoint` issues to `owner` (see [`token_ttl_ms`]).
+    pub(crate) fn token_ttl_ms(&self, endpoint: Endpoint, owner: &str) -> i64 {
+        token_ttl_ms(&self.token_ttls, self.timing.token_ttl_ms, endpoint, owner)
     }
 
     /// Counts one stable_token `force_refresh` of `appid` at `now_ms` (CST `day`): 45009 when
@@ -501,15 +503,17 @@ impl State {
 
     // ----- quotas --------------------------------------------------------------------------
 
-    /// Counts one call of `path` for `appid`; 45009 when today's quota is spent.
-    pub(crate) fn charge(&mut self, path: &str, appid: &str, day: i64) -> Result<(), ApiError> {
-        let Some(&limit) = self.quota_limits.get(path) else {
+    /// Counts one call of `endpoint` for `appid`; 45009 when today's quota is spent.
+    pub(crate) fn charge(
+        &mut self,
+        endpoint: Endpoint,
+        appid: &str,
+        day: i64,
+    ) -> Result<(), ApiError> {
+        let Some(&limit) = self.quota_limits.get(&endpoint) else {
             return Ok(());
         };
-        let per_app = match self.quota_used.get_mut(path) {
-            Some(m) => m,
-            None => self.quota_used.entry(path.to_owned()).or_default(),
-        };
+        let per_app = self.quota_used.entry(endpoint).or_default();
         let used = match per_app.get_mut(appid) {
             Some(u) => u,
             None => per_app.entry(appid.to_owned()).or_insert((day, 0)),
@@ -711,19 +715,19 @@ fn apply_interaction(user: &mut User, what: Interaction, now_ms: i64) {
     user.window_left = count;
 }
 
-/// The lifetime (ms) of a token that `path` issues to `owner`: set for that appid, else for
-/// the path, else `default_ms` (the configured `token_ttl`). A free function so that callers
-/// holding a borrow of another part of the state can use it.
+/// The lifetime (ms) of a token that `endpoint` issues to `owner`: set for that appid, else
+/// for the endpoint, else `default_ms` (the configured `token_ttl`). A free function so that
+/// callers holding a borrow of another part of the state can use it.
 pub(crate) fn token_ttl_ms(
-    ttls: &HashMap<(String, Option<String>), i64>,
+    ttls: &HashMap<(Endpoint, Option<String>), i64>,
     default_ms: i64,
-    path: &str,
+    endpoint: Endpoint,
     owner: &str,
 ) -> i64 {
     if ttls.is_empty() {
         return default_ms;
     }
-    let key = |appid: Option<&str>| (path.to_owned(), appid.map(str::to_owned));
+    let key = |appid: Option<&str>| (endpoint, appid.map(str::to_owned));
     ttls.get(&key(Some(owner)))
         .or_else(|| ttls.get(&key(None)))
         .copied()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
-use wxhub_sim::{Seed, SimConfig};
+use wxhub_sim::{FaultSpec, Seed, SimConfig};
 
 use crate::common::*;
 
@@ -174,6 +174,48 @@ async fn bad_admin_input_is_400_with_a_reason() -> Result<()> {
         .await?;
     assert_eq!(resp.status(), 404);
     assert_eq!(errcode(&resp.json().await?), -1);
+    Ok(())
+}
+
+/// A quota, fault or token lifetime on a path the sim does not serve could never apply: a typo
+/// would leave the test it belongs to checking nothing. Each is refused, naming the path, and
+/// changes nothing.
+#[tokio::test]
+async fn settings_on_paths_the_sim_does_not_serve_are_refused() -> Result<()> {
+    const TYPO: &str = "/cgi-bin/tokne";
+    let sim = start(Seed::default()).await;
+    let refused = |r: Result<(), wxhub_sim::SimError>| {
+        let err = r.expect_err("refused").to_string();
+        assert!(err.contains(TYPO), "{err}");
+        assert!(
+            err.contains("/cgi-bin/token"),
+            "lists what is served: {err}"
+        );
+    };
+    refused(sim.set_quota(TYPO, Some(1)));
+    refused(sim.add_fault(FaultSpec::error(TYPO, 45009, None)).map(drop));
+    refused(sim.set_token_ttl(TYPO, None, Some(Duration::from_secs(60))));
+    let seed = Seed {
+        components: vec![component("wxcomp_typo", None, None)],
+        quotas: [(TYPO.to_owned(), 1)].into(),
+        ..Seed::default()
+    };
+    refused(sim.seed(&seed));
+    assert!(
+        sim.component("wxcomp_typo").is_none(),
+        "the seed applied nothing"
+    );
+    assert!(sim.faults().is_empty());
+
+    let api = Api::new(&sim);
+    let resp = api
+        .http
+        .post(format!("{}/sim/quotas", api.base))
+        .json(&json!({"path": TYPO, "limit": 1}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await?.contains(TYPO));
     Ok(())
 }
 

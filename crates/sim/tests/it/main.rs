@@ -5,7 +5,6 @@ mod auth_flow;
 mod common;
 mod component_api;
 mod faults;
-mod load;
 mod push;
 mod release;
 mod sends;

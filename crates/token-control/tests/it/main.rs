@@ -2,12 +2,9 @@
 //! replicas in-process. Each test uses its own namespace.
 
 mod api;
-mod authorize;
 mod events;
-mod gateway;
 #[allow(dead_code)]
 mod harness;
 mod lifetimes;
-mod pages;
 mod recovery;
 mod refresh;

@@ -10,8 +10,7 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::gateway::{Gateway, href, param};
-use crate::harness::*;
+use wxhub_tests::*;
 
 const PRE_AUTH: &str = "/cgi-bin/component/api_create_preauthcode";
 const QUERY_AUTH: &str = "/cgi-bin/component/api_query_auth";
@@ -37,8 +36,19 @@ const GENEROUS: [(&str, &str); 4] = [
     ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__BURST", "100000"),
 ];
 
-fn page_calls(env: &Env) -> usize {
-    PAGE_APIS.iter().map(|p| env.calls(p, None)).sum()
+/// A stack whose components have tickets and whose authorizers are imported; acme's callback
+/// URLs point at no gateway (a test that needs one sets them).
+async fn start(label: &str) -> Stack {
+    let setup = Setup {
+        tickets: true,
+        wire_callbacks: false,
+        ..Setup::new(label)
+    };
+    Stack::start_with(setup).await.unwrap()
+}
+
+fn page_calls(stack: &Stack) -> usize {
+    PAGE_APIS.iter().map(|p| stack.calls(p, None)).sum()
 }
 
 fn browser(follow_redirects: bool) -> reqwest::Client {
@@ -63,7 +73,7 @@ async fn pc_link(http: &reqwest::Client, gw: &Gateway, tenant: &str) -> String {
 
 async fn authorized_page(http: &reqwest::Client, gw: &Gateway, code: &str) -> (u16, String) {
     let res = http
-        .get(format!("{}/wx/{ACME}/authorized", gw.url))
+        .get(format!("{}/wx/{TENANT}/authorized", gw.url))
         .query(&[("auth_code", code)])
         .send()
         .await
@@ -74,27 +84,27 @@ async fn authorized_page(http: &reqwest::Client, gw: &Gateway, code: &str) -> (u
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn page_views_share_one_pre_auth_code_until_the_redirect_reports_it_used() {
     // No authorization-event URL: only the redirect can tell that the code was used.
-    let env = Env::start(Setup::new("tc-pages-share", 1)).await;
-    let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
+    let stack = start("tc-pages-share").await;
+    let gw = stack.gateway(GATEWAY_KEY, &GENEROUS).await.unwrap();
     let http = browser(true);
-    let (calls, mints) = (page_calls(&env), env.calls(PRE_AUTH, None));
+    let (calls, mints) = (page_calls(&stack), stack.calls(PRE_AUTH, None));
 
     // 200 views, 20 at a time: one pre-auth code, one WeChat call.
     let mut codes = HashSet::new();
     let mut link = String::new();
     for _ in 0..10 {
-        for pc in join_all((0..20).map(|_| pc_link(&http, &gw, ACME))).await {
+        for pc in join_all((0..20).map(|_| pc_link(&http, &gw, TENANT))).await {
             codes.insert(param(&pc, "pre_auth_code"));
             link = pc;
         }
     }
     assert_eq!(codes.len(), 1, "every view shares the code");
-    assert_eq!(env.calls(PRE_AUTH, None) - mints, 1);
-    let spent = page_calls(&env) - calls;
+    assert_eq!(stack.calls(PRE_AUTH, None) - mints, 1);
+    let spent = page_calls(&stack) - calls;
     assert!(spent <= 2, "200 page views cost {spent} WeChat calls");
     let redirect = param(&link, "redirect_uri");
     assert!(
-        redirect.starts_with(&format!("{}/wx/{ACME}/authorized?wxhub_pac=", gw.url)),
+        redirect.starts_with(&format!("{}/wx/{TENANT}/authorized?wxhub_pac=", gw.url)),
         "{redirect}"
     );
 
@@ -111,12 +121,12 @@ async fn page_views_share_one_pre_auth_code_until_the_redirect_reports_it_used()
     // The used code is not served again: the next view mints a new one, once.
     let used = codes.into_iter().next().unwrap();
     let mut fresh = HashSet::new();
-    for pc in join_all((0..50).map(|_| pc_link(&http, &gw, ACME))).await {
+    for pc in join_all((0..50).map(|_| pc_link(&http, &gw, TENANT))).await {
         fresh.insert(param(&pc, "pre_auth_code"));
     }
     assert_eq!(fresh.len(), 1);
     assert!(!fresh.contains(&used));
-    assert_eq!(env.calls(PRE_AUTH, None) - mints, 2);
+    assert_eq!(stack.calls(PRE_AUTH, None) - mints, 2);
     // WeChat (the sim) refuses the used code, as it would.
     let again = http
         .get(format!("{link}&authorizer_appid={AUTH1}"))
@@ -127,29 +137,30 @@ async fn page_views_share_one_pre_auth_code_until_the_redirect_reports_it_used()
     assert!(again.text().await.unwrap().contains("already used"));
 
     gw.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_authorized_notice_retires_the_pre_auth_code_it_used() {
-    let env = Env::start(Setup::new("tc-pages-notice", 1)).await;
-    let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
-    env.sim
+    let stack = start("tc-pages-notice").await;
+    let gw = stack.gateway(GATEWAY_KEY, &GENEROUS).await.unwrap();
+    stack
+        .sim
         .set_component_urls(
-            ACME_APPID,
-            Some(format!("{}/wx/{ACME}/component", gw.url)),
+            COMPONENT,
+            Some(format!("{}/wx/{TENANT}/component", gw.url)),
             None,
         )
         .unwrap();
     let http = browser(false);
-    let mints = env.calls(PRE_AUTH, None);
-    let link = pc_link(&http, &gw, ACME).await;
+    let mints = stack.calls(PRE_AUTH, None);
+    let link = pc_link(&http, &gw, TENANT).await;
     let used = param(&link, "pre_auth_code");
     assert_eq!(
-        param(&pc_link(&http, &gw, ACME).await, "pre_auth_code"),
+        param(&pc_link(&http, &gw, TENANT).await, "pre_auth_code"),
         used
     );
-    assert_eq!(env.calls(PRE_AUTH, None) - mints, 1);
+    assert_eq!(stack.calls(PRE_AUTH, None) - mints, 1);
 
     // The browser never comes back (the redirect is not followed): WeChat's `authorized`
     // notice, through the gateway and RabbitMQ, is what retires the code.
@@ -159,46 +170,53 @@ async fn the_authorized_notice_retires_the_pre_auth_code_it_used() {
         .await
         .unwrap();
     assert_eq!(res.status(), 302);
-    env.wait_for(|| async { param(&pc_link(&http, &gw, ACME).await, "pre_auth_code") != used })
+    stack
+        .wait_for(|| async { param(&pc_link(&http, &gw, TENANT).await, "pre_auth_code") != used })
         .await;
-    assert_eq!(env.calls(PRE_AUTH, None) - mints, 2);
-    env.wait_for(|| async { env.auths.get(ACME, FRESH).await.unwrap().is_some() })
+    assert_eq!(stack.calls(PRE_AUTH, None) - mints, 2);
+    stack
+        .wait_for(|| async { stack.auths.get(TENANT, FRESH).await.unwrap().is_some() })
         .await;
 
     gw.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_and_used_auth_codes_cost_one_wechat_call_each() {
-    let env = Env::start(Setup::new("tc-pages-codes", 1)).await;
-    let gw = Gateway::start(&env, KEY_ACME, &GENEROUS).await;
+    let stack = start("tc-pages-codes").await;
+    let gw = stack.gateway(GATEWAY_KEY, &GENEROUS).await.unwrap();
     let http = browser(true);
 
     // A code WeChat does not know: asked once, then answered from memory.
-    let start = env.calls(QUERY_AUTH, None);
+    let start = stack.calls(QUERY_AUTH, None);
     for _ in 0..3 {
         let (status, page) = authorized_page(&http, &gw, "queryauthcode@@@forged").await;
         assert_eq!(status, 409);
         assert!(page.contains("61009"), "{page}");
     }
-    assert_eq!(env.calls(QUERY_AUTH, None) - start, 1);
+    assert_eq!(stack.calls(QUERY_AUTH, None) - start, 1);
 
     // A code exchanged elsewhere (straight at WeChat): the same.
-    let elsewhere = env
+    let elsewhere = stack
         .sim
-        .authorize(ACME_APPID, FRESH, false)
+        .authorize(COMPONENT, FRESH, false)
         .await
         .unwrap()
         .authorized
         .auth_code;
-    let token = env.sim.component(ACME_APPID).unwrap().access_token.unwrap();
+    let token = stack
+        .sim
+        .component(COMPONENT)
+        .unwrap()
+        .access_token
+        .unwrap();
     let direct: serde_json::Value = http
         .post(format!(
             "{}{QUERY_AUTH}?component_access_token={token}",
-            env.sim.base_url()
+            stack.sim.base_url()
         ))
-        .json(&json!({"component_appid": ACME_APPID, "authorization_code": elsewhere}))
+        .json(&json!({"component_appid": COMPONENT, "authorization_code": elsewhere}))
         .send()
         .await
         .unwrap()
@@ -206,57 +224,58 @@ async fn refused_and_used_auth_codes_cost_one_wechat_call_each() {
         .await
         .unwrap();
     assert_eq!(direct["authorization_info"]["authorizer_appid"], FRESH);
-    let start = env.calls(QUERY_AUTH, None);
+    let start = stack.calls(QUERY_AUTH, None);
     for _ in 0..3 {
         assert_eq!(authorized_page(&http, &gw, &elsewhere).await.0, 409);
     }
-    assert_eq!(env.calls(QUERY_AUTH, None) - start, 1);
+    assert_eq!(stack.calls(QUERY_AUTH, None) - start, 1);
 
     // A code exchanged by the page: viewing it again asks WeChat nothing.
-    let code = env
+    let code = stack
         .sim
-        .authorize(ACME_APPID, AUTH2, false)
+        .authorize(COMPONENT, AUTH2, false)
         .await
         .unwrap()
         .authorized
         .auth_code;
     let (status, page) = authorized_page(&http, &gw, &code).await;
     assert_eq!(status, 200, "{page}");
-    let start = env.calls(QUERY_AUTH, None);
+    let start = stack.calls(QUERY_AUTH, None);
     for _ in 0..3 {
         let (status, page) = authorized_page(&http, &gw, &code).await;
         assert_eq!(status, 409);
         assert!(page.contains("already used"), "{page}");
     }
-    assert_eq!(env.calls(QUERY_AUTH, None), start);
+    assert_eq!(stack.calls(QUERY_AUTH, None), start);
 
     gw.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pages_are_rate_limited_per_address_and_per_tenant() {
-    let env = Env::start(Setup::new("tc-pages-limits", 1)).await;
-    let gw = Gateway::start(
-        &env,
-        KEY_OPS,
-        &[
-            ("WXHUB_GATEWAY__TRUSTED_PROXIES", "[127.0.0.1]"),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__COUNT", "1"),
-            (
-                "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__PERIOD_MS",
-                "3600000",
-            ),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "3"),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__COUNT", "1"),
-            (
-                "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__PERIOD_MS",
-                "3600000",
-            ),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__BURST", "8"),
-        ],
-    )
-    .await;
+    let stack = start("tc-pages-limits").await;
+    let gw = stack
+        .gateway(
+            OPS_KEY,
+            &[
+                ("WXHUB_GATEWAY__TRUSTED_PROXIES", "[127.0.0.1]"),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__COUNT", "1"),
+                (
+                    "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__PERIOD_MS",
+                    "3600000",
+                ),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "3"),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__COUNT", "1"),
+                (
+                    "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__PERIOD_MS",
+                    "3600000",
+                ),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_TENANT__BURST", "8"),
+            ],
+        )
+        .await
+        .unwrap();
     let http = browser(true);
     // A browser behind the trusted proxy (the test itself, on 127.0.0.1).
     let view = |tenant: &'static str, client: &'static str, page: &'static str| {
@@ -283,12 +302,12 @@ async fn the_pages_are_rate_limited_per_address_and_per_tenant() {
     };
 
     for _ in 0..3 {
-        assert_eq!(view(ACME, "198.51.100.1", "authorize").await.0, 200);
+        assert_eq!(view(TENANT, "198.51.100.1", "authorize").await.0, 200);
     }
-    let calls = page_calls(&env);
+    let calls = page_calls(&stack);
     // The fourth view from that address, on either page, gets the 429 page.
     for page in ["authorize", "authorized"] {
-        let (status, retry_after, body) = view(ACME, "198.51.100.1", page).await;
+        let (status, retry_after, body) = view(TENANT, "198.51.100.1", page).await;
         assert_eq!(status, 429, "{page}: {body}");
         let retry_after = retry_after.expect("Retry-After");
         assert!((3000..=3600).contains(&retry_after), "{retry_after}");
@@ -300,29 +319,29 @@ async fn the_pages_are_rate_limited_per_address_and_per_tenant() {
     }
     // Other addresses have their own budgets, until the tenant's is spent (3 + 3 + 2 = 8).
     for _ in 0..3 {
-        assert_eq!(view(ACME, "198.51.100.2", "authorize").await.0, 200);
+        assert_eq!(view(TENANT, "198.51.100.2", "authorize").await.0, 200);
     }
     for _ in 0..2 {
-        assert_eq!(view(ACME, "198.51.100.3", "authorize").await.0, 200);
+        assert_eq!(view(TENANT, "198.51.100.3", "authorize").await.0, 200);
     }
     for client in ["198.51.100.3", "198.51.100.4", "2001:db8::1"] {
-        let (status, retry_after, body) = view(ACME, client, "authorize").await;
+        let (status, retry_after, body) = view(TENANT, client, "authorize").await;
         assert_eq!(status, 429, "{client}");
         assert!(retry_after.is_some());
         assert!(body.contains("authorization pages are busy"), "{body}");
     }
     // The refusals asked token-control (and WeChat) nothing.
-    assert_eq!(page_calls(&env), calls);
+    assert_eq!(page_calls(&stack), calls);
     // Another tenant is not affected.
     assert_eq!(view(BETA, "198.51.100.4", "authorize").await.0, 200);
 
     gw.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_headers_do_not_change_the_redirect() {
-    let env = Env::start(Setup::new("tc-pages-forward", 1)).await;
+    let stack = start("tc-pages-forward").await;
     let forged = |req: reqwest::RequestBuilder, client: &str| {
         req.header("x-forwarded-host", "evil.example")
             .header("x-forwarded-proto", "https")
@@ -332,27 +351,28 @@ async fn forwarded_headers_do_not_change_the_redirect() {
 
     // No public base URL and no trusted proxy: the forwarded headers of a direct client are
     // ignored, for the redirect and for the address it is counted under.
-    let direct = Gateway::start(
-        &env,
-        KEY_ACME,
-        &[
-            ("WXHUB_GATEWAY__PUBLIC_BASE_URL", ""),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__COUNT", "1"),
-            (
-                "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__PERIOD_MS",
-                "3600000",
-            ),
-            ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "2"),
-        ],
-    )
-    .await;
-    let url = format!("{}/wx/{ACME}/authorize", direct.url);
+    let direct = stack
+        .gateway(
+            GATEWAY_KEY,
+            &[
+                ("WXHUB_GATEWAY__PUBLIC_BASE_URL", ""),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__COUNT", "1"),
+                (
+                    "WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__PERIOD_MS",
+                    "3600000",
+                ),
+                ("WXHUB_GATEWAY__AUTHORIZE_LIMIT_PER_ADDRESS__BURST", "2"),
+            ],
+        )
+        .await
+        .unwrap();
+    let url = format!("{}/wx/{TENANT}/authorize", direct.url);
     for client in ["198.51.100.1", "198.51.100.2"] {
         let res = forged(http.get(&url), client).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let redirect = param(&href(&res.text().await.unwrap(), "pc"), "redirect_uri");
         assert!(
-            redirect.starts_with(&format!("{}/wx/{ACME}/authorized?wxhub_pac=", direct.url)),
+            redirect.starts_with(&format!("{}/wx/{TENANT}/authorized?wxhub_pac=", direct.url)),
             "{redirect}"
         );
     }
@@ -360,20 +380,21 @@ async fn forwarded_headers_do_not_change_the_redirect() {
     assert_eq!(third.status(), 429, "every view counts under the peer");
 
     // A trusted proxy, and a public base URL: the base URL wins over what the proxy forwards.
-    let proxied = Gateway::start(
-        &env,
-        KEY_ACME,
-        &[
-            (
-                "WXHUB_GATEWAY__PUBLIC_BASE_URL",
-                "https://wx.example.com/hub/",
-            ),
-            ("WXHUB_GATEWAY__TRUSTED_PROXIES", "[127.0.0.1]"),
-        ],
-    )
-    .await;
+    let proxied = stack
+        .gateway(
+            GATEWAY_KEY,
+            &[
+                (
+                    "WXHUB_GATEWAY__PUBLIC_BASE_URL",
+                    "https://wx.example.com/hub/",
+                ),
+                ("WXHUB_GATEWAY__TRUSTED_PROXIES", "[127.0.0.1]"),
+            ],
+        )
+        .await
+        .unwrap();
     let res = forged(
-        http.get(format!("{}/wx/{ACME}/authorize", proxied.url)),
+        http.get(format!("{}/wx/{TENANT}/authorize", proxied.url)),
         "198.51.100.1",
     )
     .send()
@@ -383,12 +404,12 @@ async fn forwarded_headers_do_not_change_the_redirect() {
     let redirect = param(&href(&res.text().await.unwrap(), "pc"), "redirect_uri");
     assert!(
         redirect.starts_with(&format!(
-            "https://wx.example.com/hub/wx/{ACME}/authorized?wxhub_pac="
+            "https://wx.example.com/hub/wx/{TENANT}/authorized?wxhub_pac="
         )),
         "{redirect}"
     );
 
     direct.stop().await;
     proxied.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }

@@ -5,27 +5,28 @@
 
 use wxhub_proto::token::v1::GetAccessTokenRequest;
 
-use crate::gateway::{Gateway, href};
-use crate::harness::*;
+use wxhub_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authorize_page_to_token_served() {
-    let mut setup = Setup::new("tc-authflow", 1);
     // The ticket is pushed once the gateway is up (through it, like WeChat would).
-    setup.tickets = false;
-    setup.wait_reconcile = false;
-    let env = Env::start(setup).await;
-    let gateway = Gateway::start(&env, KEY_ACME, &[]).await;
+    let setup = Setup {
+        wire_callbacks: false,
+        ..Setup::new("tc-authflow")
+    };
+    let stack = Stack::start_with(setup).await.unwrap();
+    let gateway = stack.gateway(GATEWAY_KEY, &[]).await.unwrap();
     let gw = gateway.url.clone();
-    env.sim
-        .set_component_urls(ACME_APPID, Some(format!("{gw}/wx/{ACME}/component")), None)
+    stack
+        .sim
+        .set_component_urls(COMPONENT, Some(format!("{gw}/wx/{TENANT}/component")), None)
         .unwrap();
     let http = reqwest::Client::new();
-    let ticket = env.give_ticket(ACME_APPID, ACME).await;
+    let ticket = stack.give_ticket(COMPONENT, TENANT).await.unwrap();
     assert!(ticket.starts_with("ticket@@@"));
     // 1. The authorization start page, with both links.
     let res = http
-        .get(format!("{gw}/wx/{ACME}/authorize"))
+        .get(format!("{gw}/wx/{TENANT}/authorize"))
         .send()
         .await
         .unwrap();
@@ -36,13 +37,13 @@ async fn authorize_page_to_token_served() {
     assert!(
         pc.starts_with(&format!(
             "{}/cgi-bin/componentloginpage?",
-            env.sim.base_url()
+            stack.sim.base_url()
         )),
         "{pc}"
     );
-    assert!(pc.contains(&format!("component_appid={ACME_APPID}")));
+    assert!(pc.contains(&format!("component_appid={COMPONENT}")));
     let redirect =
-        url::form_urlencoded::byte_serialize(format!("{gw}/wx/{ACME}/authorized").as_bytes())
+        url::form_urlencoded::byte_serialize(format!("{gw}/wx/{TENANT}/authorized").as_bytes())
             .collect::<String>();
     assert!(pc.contains(&format!("redirect_uri={redirect}")), "{pc}");
     assert!(
@@ -62,7 +63,7 @@ async fn authorize_page_to_token_served() {
     // 3. WeChat authorizes, pushes `authorized` to the gateway, and redirects the browser
     //    to /authorized, which exchanges the code through token-control.
     let done = http
-        .get(format!("{}{pick}", env.sim.base_url()))
+        .get(format!("{}{pick}", stack.sim.base_url()))
         .send()
         .await
         .unwrap();
@@ -70,25 +71,25 @@ async fn authorize_page_to_token_served() {
     assert!(
         done.url()
             .path()
-            .ends_with(&format!("/wx/{ACME}/authorized"))
+            .ends_with(&format!("/wx/{TENANT}/authorized"))
     );
     let page = done.text().await.unwrap();
     assert!(page.contains("Fresh Bakery"), "{page}");
     assert!(page.contains(FRESH));
 
     // 4. Stored, with the refresh token WeChat issued, and a token is served.
-    let view = env.sim.authorizer(ACME_APPID, FRESH).unwrap();
-    let rec = env.auths.get(ACME, FRESH).await.unwrap().unwrap();
+    let view = stack.sim.authorizer(COMPONENT, FRESH).unwrap();
+    let rec = stack.auths.get(TENANT, FRESH).await.unwrap().unwrap();
     assert_eq!(rec.refresh_token.unwrap().expose(), view.refresh_token);
-    let mut c = env.client(0).await;
+    let mut c = stack.token_client().await;
     let token = c
         .get_access_token(req(
             GetAccessTokenRequest {
-                tenant: ACME.into(),
+                tenant: TENANT.into(),
                 appid: FRESH.into(),
                 min_remaining_secs: 0,
             },
-            KEY_ACME,
+            GATEWAY_KEY,
         ))
         .await
         .unwrap()
@@ -100,28 +101,32 @@ async fn authorize_page_to_token_served() {
 
     // 5. The pushed `authorized` notice reached token-control through the gateway and
     //    RabbitMQ; it did not exchange the (single-use) code a second time.
-    env.wait_for(|| async {
-        env.sim
-            .pushes()
-            .iter()
-            .any(|p| format!("{p:?}").contains("authorized"))
-    })
-    .await;
-    let marker = format!("{}consumed:", env.store.keys(ACME).prefix());
-    env.wait_for(|| async {
-        !env.store
-            .scan_keys(&format!("{marker}*"))
-            .await
-            .unwrap()
-            .is_empty()
-    })
-    .await;
-    assert_eq!(env.calls("/cgi-bin/component/api_query_auth", None), 1);
+    stack
+        .wait_for(|| async {
+            stack
+                .sim
+                .pushes()
+                .iter()
+                .any(|p| format!("{p:?}").contains("authorized"))
+        })
+        .await;
+    let marker = format!("{}consumed:", stack.store.keys(TENANT).prefix());
+    stack
+        .wait_for(|| async {
+            !stack
+                .store
+                .scan_keys(&format!("{marker}*"))
+                .await
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+    assert_eq!(stack.calls("/cgi-bin/component/api_query_auth", None), 1);
 
     // Error pages: a used code, no code, an unknown tenant.
     let used = http
         .get(format!(
-            "{gw}/wx/{ACME}/authorized?auth_code=queryauthcode@@@nope"
+            "{gw}/wx/{TENANT}/authorized?auth_code=queryauthcode@@@nope"
         ))
         .send()
         .await
@@ -129,7 +134,7 @@ async fn authorize_page_to_token_served() {
     assert_eq!(used.status(), 409);
     assert!(used.text().await.unwrap().contains("authorization code"));
     let none = http
-        .get(format!("{gw}/wx/{ACME}/authorized"))
+        .get(format!("{gw}/wx/{TENANT}/authorized"))
         .send()
         .await
         .unwrap();
@@ -142,5 +147,5 @@ async fn authorize_page_to_token_served() {
     assert_eq!(unknown.status(), 404);
 
     gateway.stop().await;
-    env.shutdown().await;
+    stack.stop().await;
 }

@@ -1,0 +1,99 @@
+//! The world every stack starts with: two component tenants and their accounts in the
+//! simulator, the tenants file the services read, and the API keys of their clients.
+
+use wxhub_runtime::tenants::api_key_sha256;
+use wxhub_sim::{AccountSeed, AuthorizationSeed, ComponentSeed, Seed, UserSeed};
+
+/// The component tenant of the stack (its callback URLs point at the stack's gateway).
+pub const TENANT: &str = "acme";
+pub const COMPONENT: &str = "wx0acme0component0";
+pub const SECRET: &str = "acme-component-secret";
+pub const TOKEN: &str = "acme-message-token";
+pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+/// An ordinary account that can authorize the component, with one user in the 48 h window.
+pub const SHOP: &str = "wx0acme0shop0oa";
+pub const SHOP_USER: &str = "o_acme_shop_alice";
+/// Accounts authorized to acme when the sim starts.
+pub const AUTH1: &str = "wxa1000000000000001";
+pub const AUTH2: &str = "wxa1000000000000002";
+/// An account that has authorized no one yet ("Fresh Bakery").
+pub const FRESH: &str = "wxa1000000000000009";
+/// A second component tenant, with one authorizer.
+pub const BETA: &str = "beta";
+pub const BETA_COMPONENT: &str = "wxc0000000000000b2";
+pub const BETA_AUTH: &str = "wxb1000000000000001";
+/// API keys: the gateway's pages (acme only), the worker and operators (every tenant).
+pub const GATEWAY_KEY: &str = "gateway-key";
+pub const WORKER_KEY: &str = "worker-key";
+pub const OPS_KEY: &str = "ops-key";
+
+/// The tenants file of every service.
+pub(crate) fn tenants_file() -> String {
+    let tenant = |id: &str, appid: &str, secret: &str, token: &str| {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\nkind = \"component\"\napp_id = \"{appid}\"\napp_secret = \"{secret}\"\ntoken = \"{token}\"\nencoding_aes_key = \"{AES_KEY}\"\n\n"
+        )
+    };
+    let client = |name: &str, key: &str, tenants: &str| {
+        format!(
+            "[[clients]]\nname = \"{name}\"\napi_key_sha256 = \"{}\"\ntenants = [{tenants}]\n\n",
+            api_key_sha256(key)
+        )
+    };
+    [
+        tenant(TENANT, COMPONENT, SECRET, TOKEN),
+        tenant(BETA, BETA_COMPONENT, "beta-secret", "beta-token"),
+        client("gateway", GATEWAY_KEY, &format!("\"{TENANT}\"")),
+        client("worker", WORKER_KEY, "\"*\""),
+        client("ops", OPS_KEY, "\"*\""),
+    ]
+    .concat()
+}
+
+/// The simulator's seed: both components (no callback URLs yet, no automatic ticket pushes),
+/// their accounts and authorizations.
+pub(crate) fn seed() -> Seed {
+    let component = |appid: &str, secret: &str, token: &str| ComponentSeed {
+        appid: appid.into(),
+        secret: secret.into(),
+        token: token.into(),
+        aes_key: AES_KEY.into(),
+        auth_event_url: None,
+        message_url_template: None,
+        encryption: Default::default(),
+        auto_ticket_push: false,
+    };
+    let account = |appid: &str, user_name: &str, nick_name: &str| AccountSeed {
+        appid: appid.into(),
+        user_name: user_name.into(),
+        nick_name: Some(nick_name.into()),
+        ..Default::default()
+    };
+    Seed {
+        components: vec![
+            component(COMPONENT, SECRET, TOKEN),
+            component(BETA_COMPONENT, "beta-secret", "beta-token"),
+        ],
+        accounts: vec![
+            AccountSeed {
+                users: vec![UserSeed {
+                    openid: SHOP_USER.into(),
+                    subscribed: true,
+                    last_interaction_ago_secs: Some(60),
+                    subscribe_allowance: Default::default(),
+                }],
+                ..account(SHOP, "gh_acme_shop", "Acme Shop")
+            },
+            account(AUTH1, "gh_000001", "Acme 咖啡"),
+            account(AUTH2, "gh_000002", "Acme Tea"),
+            account(FRESH, "gh_000009", "Fresh Bakery"),
+            account(BETA_AUTH, "gh_b00001", "Beta Shop"),
+        ],
+        authorizations: vec![
+            AuthorizationSeed::new(COMPONENT, AUTH1),
+            AuthorizationSeed::new(COMPONENT, AUTH2),
+            AuthorizationSeed::new(BETA_COMPONENT, BETA_AUTH),
+        ],
+        ..Default::default()
+    }
+}
