@@ -43,6 +43,7 @@ pub struct Namespace {
 #[derive(Debug)]
 struct Inner {
     name: String,
+    created: std::time::Instant,
     /// Queues declared by the test itself (deleted with the topology's).
     extra_queues: Mutex<Vec<String>>,
     cleaned: AtomicBool,
@@ -54,6 +55,7 @@ impl Drop for Inner {
             return;
         }
         let name = self.name.clone();
+        let created = self.created;
         let extra = std::mem::take(
             &mut *self
                 .extra_queues
@@ -71,6 +73,7 @@ impl Drop for Inner {
             };
             rt.block_on(async {
                 let cleanup = async {
+                    settle(created).await;
                     delete_broker_objects(&Topology::new(name.clone(), 5), &extra).await;
                     delete_keys(&name).await;
                 };
@@ -79,6 +82,20 @@ impl Drop for Inner {
         });
         let _ = worker.join();
     }
+}
+
+/// The youngest a namespace's queues may be when they are deleted.
+///
+/// RabbitMQ (3.10 to 4.2 at least: rabbitmq-server#16652, fix pending in #16672) starts a
+/// dead-letter worker for each quorum queue with at-least-once dead-lettering as soon as it has
+/// a leader; a queue deleted while that worker still registers with it crashes the worker, and
+/// two such crashes within seconds take down the broker-wide `rabbit_fifo_dlx_sup`, after which
+/// every new queue of that kind fails (`INTERNAL_ERROR`) until the broker is repaired. A test
+/// that declares its topology and fails a few milliseconds later would do exactly that.
+const MIN_QUEUE_AGE: Duration = Duration::from_secs(1);
+
+async fn settle(created: std::time::Instant) {
+    tokio::time::sleep(MIN_QUEUE_AGE.saturating_sub(created.elapsed())).await;
 }
 
 /// Deletes the topology's queues and exchanges (plus `extra`) over a connection of its own.
@@ -129,6 +146,7 @@ impl Namespace {
                 name: format!("t-{label}-{:08x}", rand::random::<u32>()),
                 extra_queues: Mutex::default(),
                 cleaned: AtomicBool::new(false),
+                created: std::time::Instant::now(),
             }),
         }
     }
@@ -215,6 +233,7 @@ impl Namespace {
     pub async fn cleanup(&self, bus: Option<&Bus>, extra_queues: &[String]) {
         self.inner.cleaned.store(true, Ordering::SeqCst);
         let queues = self.tracked_queues(extra_queues);
+        settle(self.inner.created).await;
         match bus {
             Some(bus) => {
                 // Best effort, and bounded: a broker that closed the channel mid-way must not
