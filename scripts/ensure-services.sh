@@ -47,4 +47,16 @@ if ! port_open 5672; then
   # The port opens before the broker finishes booting its applications.
   $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
 fi
+
+# A known broker fault (rabbitmq-server#16652): a burst of crashing dead-letter workers stops
+# rabbit_fifo_dlx_sup, after which every quorum queue with at-least-once dead-lettering (all of
+# wxhub's work queues) fails with INTERNAL_ERROR until the supervisor runs again. Restarting that
+# one crashed supervisor in place repairs it without stopping or reconfiguring the broker.
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  dlx=$($SUDO timeout 30 rabbitmqctl eval 'whereis(rabbit_fifo_dlx_sup).' 2>/dev/null | tail -n 1 || true)
+  if [ "$dlx" = "undefined" ]; then
+    log "rabbitmq's rabbit_fifo_dlx_sup is down (rabbitmq-server#16652); restarting it in place"
+    $SUDO timeout 30 rabbitmqctl eval 'supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).' >/dev/null 2>&1 || true
+  fi
+fi
 log "redis and rabbitmq are up"
