@@ -8,10 +8,14 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::Bus;
+use wxhub_gateway::Gateway;
 use wxhub_runtime::config::Source;
 use wxhub_runtime::tenants::api_key_sha256;
+use wxhub_runtime::{Listeners, Service};
 use wxhub_sim::{AccountSeed, ComponentSeed, Seed, SimConfig, SimHandle, UserSeed};
 use wxhub_testkit::Namespace;
+use wxhub_token_control::TokenControl;
+use wxhub_worker::Worker;
 
 /// The component tenant of the stack.
 pub const TENANT: &str = "acme";
@@ -144,13 +148,11 @@ impl Stack {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let tc_config = wxhub_token_control::Config::load(&env(&[(
-            "WXHUB_TOKEN_CONTROL__OPS_LISTEN",
-            "127.0.0.1:0".to_owned(),
-        )]))?;
-        tasks.push(tokio::spawn(wxhub_token_control::run(
-            tc_config,
-            token_listener,
+        let tc_config = wxhub_token_control::Config::load(&env(&[]))?;
+        let tc_ops = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let tc = TokenControl::build(tc_config, Default::default()).await?;
+        tasks.push(tokio::spawn(tc.serve(
+            Listeners::main_and_ops(token_listener, tc_ops),
             cancel.clone().cancelled_owned(),
         )));
         let gw_config = wxhub_gateway::GatewayConfig::load(&env(&[(
@@ -159,20 +161,23 @@ impl Stack {
         )]))?;
         // The sim's clock: its pushes carry virtual time in CreateTime.
         let sim_clock = sim.clock();
-        tasks.push(tokio::spawn(wxhub_gateway::run_with(
+        let gateway = Gateway::build(
             gw_config,
-            gateway_listener,
             wxhub_gateway::Options {
                 clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
                 ..wxhub_gateway::Options::default()
             },
+        )
+        .await?;
+        tasks.push(tokio::spawn(gateway.serve(
+            Listeners::main(gateway_listener),
             cancel.clone().cancelled_owned(),
         )));
         let worker_config =
             wxhub_worker::Config::load(&env(&[("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())]))?;
-        tasks.push(tokio::spawn(wxhub_worker::run(
-            worker_config,
-            worker_ops,
+        let worker = Worker::build(worker_config, ()).await?;
+        tasks.push(tokio::spawn(worker.serve(
+            Listeners::ops(worker_ops),
             cancel.clone().cancelled_owned(),
         )));
 

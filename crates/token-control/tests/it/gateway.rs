@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wxhub_runtime::Service as _;
 use wxhub_runtime::config::Source;
 
 use crate::harness::Env;
@@ -52,16 +53,20 @@ impl Gateway {
         .expect("gateway config");
         // The sim's clock: its pushes carry virtual time in CreateTime.
         let sim_clock = env.sim.clock();
-        let gateway = wxhub_gateway::Gateway::start_with(
+        let gateway = wxhub_gateway::Gateway::build(
             config,
             wxhub_gateway::Options {
                 tenants: Some(env.tenants.clone()),
                 clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
             },
         )
+        .await
         .unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(gateway.serve(listener, stop.clone().cancelled_owned()));
+        let task = tokio::spawn(gateway.serve(
+            wxhub_runtime::Listeners::main(listener),
+            stop.clone().cancelled_owned(),
+        ));
         let http = reqwest::Client::new();
         let ready = format!("{url}/readyz");
         env.wait_for(|| async {
