@@ -40,14 +40,14 @@ pub struct PeekArgs {
 
 /// What `events` reads: the namespace and `[amqp]`.
 #[derive(Debug, Deserialize)]
-struct EventsConfig {
-    namespace: String,
+pub(crate) struct EventsConfig {
+    pub(crate) namespace: String,
     #[serde(default)]
     amqp: AmqpConfig,
 }
 
 impl EventsConfig {
-    fn load(source: &Source) -> Result<Self, ConfigError> {
+    pub(crate) fn load(source: &Source) -> Result<Self, ConfigError> {
         let config: Self = wxhub_runtime::config::load("", source)?;
         validate_identifier("namespace", &config.namespace)?;
         config.amqp.validate()?;

@@ -316,3 +316,50 @@ pub fn run_auth_url(a: AuthUrlArgs) -> Result<String, CliError> {
         }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn source(file: &Path) -> Source {
+        Source {
+            file: Some(file.to_owned()),
+            env: vec![],
+        }
+    }
+
+    /// The CLI reads the file every binary shares (`make demo` points WXHUB_CONFIG at it).
+    #[test]
+    fn the_shared_demo_config_loads() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/demo/config.toml");
+        let config = CliConfig::load(&source(&demo)).unwrap();
+        assert_eq!(config.token_control.endpoint, "http://127.0.0.1:17051");
+        assert_eq!(config.cli.public_url, "http://127.0.0.1:17080");
+        let events = crate::events::EventsConfig::load(&source(&demo)).unwrap();
+        assert_eq!(events.namespace, "wxhub-demo");
+    }
+
+    #[test]
+    fn a_misspelt_key_in_a_section_it_reads_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, key) in [
+            ("[cli]\npublic_uri = \"https://x\"\n", "public_uri"),
+            ("[client]\napi_kye = \"k\"\n", "api_kye"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = CliConfig::load(&source(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // `[token_control]` is token-control's: the CLI reads only `endpoint`.
+        std::fs::write(&file, "[token_control]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        assert!(CliConfig::load(&source(&file)).is_ok());
+        std::fs::write(&file, "[amqp]\nprefech = 1\n").unwrap();
+        let err = crate::events::EventsConfig::load(&source(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefech"), "{err}");
+    }
+}
