@@ -8,8 +8,8 @@
 //! message carries a `message_id` so consumers can drop the rare duplicate.
 //!
 //! Depends on `wxhub-domain` only (for `SecretUrl` and `ConfigError`); knows nothing about
-//! WeChat. Feature `test-util` adds [`Bus::kill_connection`] for tests (dev-dependencies enable
-//! it; no production build has it).
+//! WeChat. Feature `test-util` adds the test hooks `Bus::kill_connection` and `Topology::delete`
+//! (dev-dependencies enable it; no production build has them).
 
 mod bus;
 mod consume;

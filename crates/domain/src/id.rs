@@ -145,7 +145,8 @@ impl<'de> Deserialize<'de> for AppId {
     }
 }
 
-fn truncate(s: &str) -> String {
+/// `s` cut to 40 characters, for error messages.
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wxhub_crypto::{AesKey, Crypt};
 
-use crate::{AppId, IdError, Secret, TenantId};
+use crate::id::{AppId, IdError, TenantId, truncate};
+use crate::secret::Secret;
 
 /// What kind of WeChat credential set a tenant is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -327,10 +328,6 @@ impl Tenants {
 /// SHA-256 of an API key, hex-encoded, as stored in `api_key_sha256`.
 pub fn api_key_sha256(api_key: &str) -> String {
     hex::encode(Sha256::digest(api_key.as_bytes()))
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 #[cfg(test)]
