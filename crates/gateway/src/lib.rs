@@ -180,7 +180,7 @@ impl Service for Gateway {
 
     /// `gateway.listen`, with the configured accept queue; `/healthz`, `/readyz` and `/metrics`
     /// are served there too.
-    async fn bind(config: &GatewayConfig) -> anyhow::Result<Listeners> {
+    async fn listen(config: &GatewayConfig) -> anyhow::Result<Listeners> {
         let addr = config.gateway.listen_addr()?;
         let listener = service::listener(addr, config.gateway.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot bind gateway.listen {addr}: {e}"))?;

@@ -40,7 +40,7 @@ pub trait Service: Sized + Send + 'static {
     fn telemetry(config: &Self::Config) -> &TelemetryConfig;
 
     /// Binds the listeners `config` names (the binary; tests bind port 0 themselves).
-    fn bind(config: &Self::Config) -> impl Future<Output = anyhow::Result<Listeners>> + Send;
+    fn listen(config: &Self::Config) -> impl Future<Output = anyhow::Result<Listeners>> + Send;
 
     /// Builds the service: connects (lazily) what it needs and loads what it serves, but
     /// serves nothing yet.
@@ -156,7 +156,7 @@ pub fn main<S: Service>() -> ExitCode {
         let telemetry = crate::telemetry::init(name, S::telemetry(&config))?;
         let shutdown = crate::shutdown::on_signal();
         let result = async {
-            let listeners = S::bind(&config).await?;
+            let listeners = S::listen(&config).await?;
             S::build(config, S::Options::default())
                 .await?
                 .serve(listeners, shutdown.cancelled_owned())

@@ -112,7 +112,7 @@ impl Service for TokenControl {
     }
 
     /// `token_control.listen` (gRPC) and `token_control.ops_listen`.
-    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    async fn listen(config: &Config) -> anyhow::Result<Listeners> {
         let tc = &config.token_control;
         Ok(Listeners::main_and_ops(
             bind(&tc.listen, "token_control.listen").await?,

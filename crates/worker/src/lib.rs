@@ -61,7 +61,7 @@ impl Service for Worker {
     }
 
     /// `worker.ops_listen`.
-    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    async fn listen(config: &Config) -> anyhow::Result<Listeners> {
         Ok(Listeners::ops(
             bind(&config.worker.ops_listen, "worker.ops_listen").await?,
         ))
