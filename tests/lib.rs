@@ -20,9 +20,12 @@ use tonic::transport::Channel;
 use wxhub_bus::Bus;
 use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::config::Source;
+use wxhub_runtime::{Listeners, Service};
 use wxhub_sim::{CallFilter, SimConfig, SimHandle};
 use wxhub_store::{Authorizers, Credentials, Store};
 use wxhub_testkit::Namespace;
+use wxhub_token_control::TokenControl;
+use wxhub_worker::Worker;
 
 pub use world::*;
 
@@ -231,19 +234,30 @@ impl Stack {
             &stack.source(&[("WXHUB_TOKEN_CONTROL__OPS_LISTEN", "127.0.0.1:0".to_owned())]),
         )?;
         let stop = stack.services.stop.clone();
-        stack
-            .services
-            .spawn(token_listener, &stop, move |listener, shutdown| {
-                wxhub_token_control::run(tc_config, listener, shutdown)
-            });
+        let (tc_ops, _) = bind()?;
+        stack.services.spawn(
+            token_listener,
+            &stop,
+            move |listener, shutdown| async move {
+                tc_ops.set_nonblocking(true)?;
+                let ops = tokio::net::TcpListener::from_std(tc_ops)?;
+                TokenControl::build(tc_config, Default::default())
+                    .await?
+                    .serve(Listeners::main_and_ops(listener, ops), shutdown)
+                    .await
+            },
+        );
         let worker_config = wxhub_worker::Config::load(
             &stack.source(&[("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())]),
         )?;
         let (worker_ops, _) = bind()?;
         stack
             .services
-            .spawn(worker_ops, &stop, move |listener, shutdown| {
-                wxhub_worker::run(worker_config, listener, shutdown)
+            .spawn(worker_ops, &stop, move |listener, shutdown| async move {
+                Worker::build(worker_config, ())
+                    .await?
+                    .serve(Listeners::ops(listener), shutdown)
+                    .await
             });
         if setup.tickets {
             let auths = &stack.auths;
@@ -315,16 +329,15 @@ impl Stack {
         let stop = self.services.stop.child_token();
         let task = self
             .services
-            .spawn(listener, &stop, move |listener, shutdown| {
-                wxhub_gateway::run_with(
-                    config,
-                    listener,
-                    wxhub_gateway::Options {
-                        clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
-                        ..wxhub_gateway::Options::default()
-                    },
-                    shutdown,
-                )
+            .spawn(listener, &stop, move |listener, shutdown| async move {
+                let options = wxhub_gateway::Options {
+                    clock: wxhub_runtime::FnClock::new(move || sim_clock.now_ms()),
+                    ..wxhub_gateway::Options::default()
+                };
+                wxhub_gateway::Gateway::build(config, options)
+                    .await?
+                    .serve(Listeners::main(listener), shutdown)
+                    .await
             });
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();

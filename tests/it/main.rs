@@ -2,5 +2,6 @@
 
 mod authorize;
 mod cleanup;
+mod config;
 mod pages;
 mod release_check;

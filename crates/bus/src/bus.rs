@@ -9,48 +9,44 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use wxhub_runtime::SecretUrl;
+use wxhub_domain::SecretUrl;
+use wxhub_domain::config::{ConfigError, at_least, within};
 
 use crate::Topology;
 
 /// How long [`Bus::close`] waits for the broker to acknowledge the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `[amqp]` config section.
+/// `[amqp]` config section (every key optional; a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:5672/vhost` (the password never prints).
+    /// `amqp://user:pass@host:5672/vhost` (the password never prints). Default
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: SecretUrl,
-    /// Unacked deliveries per consumer. RabbitMQ suggests 100–300 for throughput; work here is
-    /// slow (WeChat calls), so the default stays at the low end.
-    #[serde(default = "default_prefetch")]
+    /// Unacked deliveries per consumer (default 100). RabbitMQ suggests 100–300 for throughput;
+    /// work here is slow (WeChat calls), so the default stays at the low end. At least 1: 0
+    /// means "unlimited" in AMQP, which would push a whole backlog into one consumer.
     pub prefetch: u16,
-    /// Confirm-mode channels of the publisher, all opened when the connection is made.
-    /// Each carries one unconfirmed publish at a time (see [`Bus::publish`]), so this is also
-    /// the most publishes in flight per process; more wait for a free channel.
-    #[serde(default = "default_channels")]
+    /// Confirm-mode channels of the publisher, all opened when the connection is made
+    /// (default 16). Each carries one unconfirmed publish at a time (see [`Bus::publish`]), so
+    /// this is also the most publishes in flight per process; more wait for a free channel.
+    /// Enough for services that publish now and then (token-control, worker, CLI); the
+    /// gateway, which publishes every callback, defaults to 256. Within 1..=2000 (RabbitMQ
+    /// allows 2047 channels per connection; consumers need a few more).
     pub publisher_channels: usize,
-    /// Deliveries before the broker dead-letters a poison message (quorum `x-delivery-limit`).
-    #[serde(default = "default_delivery_limit")]
+    /// Deliveries before the broker dead-letters a poison message (quorum `x-delivery-limit`,
+    /// default 20). Every declarer of the topology must agree.
     pub delivery_limit: u32,
-    /// AMQP heartbeat, so a dead TCP connection is noticed in seconds, not minutes.
-    #[serde(default = "default_heartbeat")]
+    /// AMQP heartbeat, so a dead TCP connection is noticed in seconds, not minutes (default 10;
+    /// 0 disables it).
     pub heartbeat_secs: u16,
 }
 
-fn default_prefetch() -> u16 {
-    100
-}
-/// Enough for services that publish now and then (token-control, worker, CLI); the gateway,
-/// which publishes every callback, defaults to 256.
-fn default_channels() -> usize {
-    16
-}
-fn default_delivery_limit() -> u32 {
-    20
-}
-fn default_heartbeat() -> u16 {
-    10
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+    }
 }
 
 impl AmqpConfig {
@@ -58,11 +54,28 @@ impl AmqpConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: SecretUrl::new(url),
-            prefetch: default_prefetch(),
-            publisher_channels: default_channels(),
-            delivery_limit: default_delivery_limit(),
-            heartbeat_secs: default_heartbeat(),
+            prefetch: 100,
+            publisher_channels: 16,
+            delivery_limit: 20,
+            heartbeat_secs: 10,
         }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least(
+            "amqp.prefetch",
+            self.prefetch,
+            1,
+            "0 means unlimited in AMQP",
+        )?;
+        within(
+            "amqp.publisher_channels",
+            self.publisher_channels,
+            1..=2000,
+            "",
+        )?;
+        at_least("amqp.delivery_limit", self.delivery_limit, 1, "")
     }
 }
 
@@ -112,18 +125,18 @@ struct Live {
     free: std::sync::Mutex<Vec<usize>>,
 }
 
-/// Exclusive use of one pool channel for one publish. Dropped after the confirm, it gives the
-/// slot back. Dropped before (the caller's deadline cancelled the publish, or the channel
-/// failed), the channel may still receive that confirm, or a return, which the next publisher
-/// would take for its own: it is closed, and the slot opens a fresh one when next used.
-struct Lease {
+/// Exclusive use of one slot of the channel pool for one publish. Dropped after the confirm, it
+/// gives the slot back. Dropped before (the caller's deadline cancelled the publish, or the
+/// channel failed), the channel may still receive that confirm, or a return, which the next
+/// publisher would take for its own: it is closed, and the slot opens a fresh one when next used.
+struct Slot {
     live: Arc<Live>,
-    slot: usize,
+    index: usize,
     settled: bool,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Lease {
+impl Slot {
     /// Waits for a free slot of `live`.
     async fn take(live: Arc<Live>) -> Result<Self, BusError> {
         let permit = live
@@ -133,7 +146,7 @@ impl Lease {
             .await
             .map_err(|_| unavailable())?;
         // A permit guarantees a free index.
-        let slot = live
+        let index = live
             .free
             .lock()
             .expect("free list")
@@ -141,7 +154,7 @@ impl Lease {
             .ok_or_else(unavailable)?;
         Ok(Self {
             live,
-            slot,
+            index,
             settled: false,
             permit: Some(permit),
         })
@@ -149,24 +162,24 @@ impl Lease {
 
     /// The slot's channel, opened now if it has none.
     async fn channel(&self) -> Result<Arc<Channel>, lapin::Error> {
-        let slot = &self.live.channels[self.slot];
-        if let Some(ch) = slot.load_full() {
+        let pooled = &self.live.channels[self.index];
+        if let Some(ch) = pooled.load_full() {
             return Ok(ch);
         }
         let ch = Arc::new(confirm_channel(&self.live.connection).await?);
-        slot.store(Some(ch.clone()));
+        pooled.store(Some(ch.clone()));
         Ok(ch)
     }
 }
 
-impl Drop for Lease {
+impl Drop for Slot {
     fn drop(&mut self) {
         let abandoned = if self.settled {
             None
         } else {
-            self.live.channels[self.slot].swap(None)
+            self.live.channels[self.index].swap(None)
         };
-        self.live.free.lock().expect("free list").push(self.slot);
+        self.live.free.lock().expect("free list").push(self.index);
         // Only now may the next publisher take the slot.
         drop(self.permit.take());
         if let (Some(old), Ok(runtime)) = (abandoned, tokio::runtime::Handle::try_current()) {
@@ -330,8 +343,8 @@ impl Bus {
         // lapin hands it to whichever confirm of the next (possibly multiple) ack it completes
         // first. With several publishes in flight on one channel an unroutable message could be
         // reported as stored, and a stored one as unroutable.
-        let mut lease = before(send_by, Lease::take(live)).await??;
-        // A failed channel is replaced when its lease drops unsettled; a dead connection wakes
+        let mut slot = before(send_by, Slot::take(live)).await??;
+        // A failed channel is replaced when its slot drops unsettled; a dead connection wakes
         // the supervisor.
         let failed = |live: &Live, e: lapin::Error| {
             if !live.connection.status().connected() {
@@ -340,14 +353,14 @@ impl Bus {
             BusError::Unavailable(e.to_string())
         };
         // Cut short, an opening leaves nothing in the slot (it is stored only once open).
-        let channel = before(send_by, lease.channel())
+        let channel = before(send_by, slot.channel())
             .await?
-            .map_err(|e| failed(&lease.live, e))?;
+            .map_err(|e| failed(&slot.live, e))?;
         // The last point at which the message can still be abandoned unsent (a deadline that
         // passed while the future above was ready is only seen here). Nothing is outstanding on
         // the channel, so it goes back to the pool as it is.
         if send_by.is_some_and(|at| tokio::time::Instant::now() >= at) {
-            lease.settled = true;
+            slot.settled = true;
             return Err(BusError::Expired);
         }
         let mut headers = FieldTable::default();
@@ -382,11 +395,11 @@ impl Bus {
             .await
         {
             Ok(confirm) => confirm,
-            Err(e) => return Err(failed(&lease.live, e)),
+            Err(e) => return Err(failed(&slot.live, e)),
         };
-        let confirmation = confirm.await.map_err(|e| failed(&lease.live, e))?;
+        let confirmation = confirm.await.map_err(|e| failed(&slot.live, e))?;
         // Nothing of this publish is outstanding on the channel any more.
-        lease.settled = true;
+        slot.settled = true;
         let returned_elsewhere = |returned: &lapin::message::BasicReturnMessage| {
             returned
                 .properties
@@ -436,8 +449,9 @@ impl Bus {
         self.inner.connected.send_replace(false);
     }
 
-    /// Forces the current connection closed, as a broker restart would (tests use this to
-    /// exercise recovery); the supervisor reconnects.
+    /// Forces the current connection closed, as a broker restart would; the supervisor
+    /// reconnects. A test hook (feature `test-util`, enabled by dev-dependencies only).
+    #[cfg(feature = "test-util")]
     pub async fn kill_connection(&self) {
         if let Some(live) = self.inner.live.load_full() {
             let _ = live.connection.close(320, "killed by test".into()).await;
@@ -481,7 +495,7 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     let admin = connection.create_channel().await?;
     inner.topology.declare(&admin).await?;
     let _ = admin.close(200, "declared".into()).await;
-    let n = inner.config.publisher_channels.max(1);
+    let n = inner.config.publisher_channels;
     // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds at
     // once behind the backlog, and the gateway's tail at half rate grew to twice the floor's.
     let opened =

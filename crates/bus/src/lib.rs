@@ -7,7 +7,9 @@
 //! answers WeChat non-2xx so it retries), an ack on a dead channel means redelivery, and every
 //! message carries a `message_id` so consumers can drop the rare duplicate.
 //!
-//! Depends on `wxhub-runtime` only for config types; knows nothing about WeChat.
+//! Depends on `wxhub-domain` only (for `SecretUrl` and `ConfigError`); knows nothing about
+//! WeChat. Feature `test-util` adds the test hooks `Bus::kill_connection` and `Topology::delete`
+//! (dev-dependencies enable it; no production build has them).
 
 mod bus;
 mod consume;

@@ -16,10 +16,7 @@
 //! to `{ns}.dead` with the at-least-once strategy (which requires `x-overflow=reject-publish`).
 //! Supported brokers: RabbitMQ 3.10+ (quorum queues, at-least-once dead-lettering); tested on 3.10.
 
-use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -246,8 +243,12 @@ impl Topology {
         Ok(name)
     }
 
-    /// Deletes every queue and exchange of the namespace (tests clean up with this).
+    /// Deletes every queue and exchange of the namespace (tests clean up with this). A test
+    /// hook: feature `test-util`, enabled by dev-dependencies only, so no production build can
+    /// delete a namespace's queues.
+    #[cfg(feature = "test-util")]
     pub async fn delete(&self, ch: &Channel, extra_queues: &[String]) -> Result<(), lapin::Error> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         let queues = [
             self.token_control_queue(),
             self.release_check_queue(),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use wxhub_bus::{AmqpConfig, Bus, Topology};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_proto::jobs::v1::ReleaseCheckJob;
-use wxhub_runtime::config::Source;
+use wxhub_runtime::config::{ConfigError, Source, validate_identifier};
 
 use crate::CliError;
 
@@ -38,10 +38,21 @@ pub struct PeekArgs {
     config: Option<PathBuf>,
 }
 
+/// What `events` reads: the namespace and `[amqp]`.
 #[derive(Debug, Deserialize)]
-struct EventsConfig {
-    namespace: String,
+pub(crate) struct EventsConfig {
+    pub(crate) namespace: String,
+    #[serde(default)]
     amqp: AmqpConfig,
+}
+
+impl EventsConfig {
+    pub(crate) fn load(source: &Source) -> Result<Self, ConfigError> {
+        let config: Self = wxhub_runtime::config::load("", source)?;
+        validate_identifier("namespace", &config.namespace)?;
+        config.amqp.validate()?;
+        Ok(config)
+    }
 }
 
 pub fn run(cmd: EventsCommand) -> Result<String, CliError> {
@@ -51,9 +62,8 @@ pub fn run(cmd: EventsCommand) -> Result<String, CliError> {
 }
 
 async fn peek(args: PeekArgs) -> Result<String, CliError> {
-    let config: EventsConfig =
-        wxhub_runtime::config::load("", &Source::from_process(args.config.clone()))
-            .map_err(CliError::new)?;
+    let config =
+        EventsConfig::load(&Source::from_process(args.config.clone())).map_err(CliError::new)?;
     let topology = Topology::new(config.namespace.clone(), config.amqp.delivery_limit);
     let queue = if args.queue.contains('.') {
         args.queue.clone()

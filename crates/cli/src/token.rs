@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wxhub_runtime::config::{ClientConfig, Source};
-use wxhub_token_client::{TokenClient, pb};
+use wxhub_runtime::config::{ConfigError, Source, at_least};
+use wxhub_token_client::{ClientConfig, TokenClient, TokenControlEndpoint, pb};
 
 use crate::CliError;
 
@@ -26,22 +26,31 @@ public_url = ""
 timeout_ms = 30000
 "#;
 
+/// What the token commands read: `[cli]`, `[client]`, and `endpoint` of `[token_control]`.
 #[derive(Debug, Deserialize)]
 struct CliConfig {
-    token_control: TokenControlSection,
+    #[serde(default)]
+    token_control: TokenControlEndpoint,
+    #[serde(default)]
     client: ClientConfig,
     cli: CliSection,
 }
 
+/// `[cli]` (a key it does not know is refused).
 #[derive(Debug, Deserialize)]
-struct TokenControlSection {
-    endpoint: String,
-}
-
-#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CliSection {
     public_url: String,
     timeout_ms: u64,
+}
+
+impl CliConfig {
+    fn load(source: &Source) -> Result<Self, ConfigError> {
+        let config: Self = wxhub_runtime::config::load(DEFAULTS, source)?;
+        config.token_control.validate()?;
+        at_least("cli.timeout_ms", config.cli.timeout_ms, 1, "")?;
+        Ok(config)
+    }
 }
 
 /// Where the configuration comes from.
@@ -119,15 +128,14 @@ struct Conn {
 }
 
 fn connect(common: &Common) -> Result<Conn, CliError> {
-    let config: CliConfig =
-        wxhub_runtime::config::load(DEFAULTS, &Source::from_process(common.config.clone()))
-            .map_err(CliError::new)?;
+    let config =
+        CliConfig::load(&Source::from_process(common.config.clone())).map_err(CliError::new)?;
     if config.client.api_key.is_empty() {
         return Err(CliError::new(
             "client.api_key is not set (config file or WXHUB_CLIENT__API_KEY)",
         ));
     }
-    let timeout = Duration::from_millis(config.cli.timeout_ms.max(1));
+    let timeout = Duration::from_millis(config.cli.timeout_ms);
     let client = TokenClient::new(
         &config.token_control.endpoint,
         &config.client.api_key,
@@ -307,4 +315,51 @@ pub fn run_auth_url(a: AuthUrlArgs) -> Result<String, CliError> {
             "expires_at_ms": u.expires_at_ms,
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn source(file: &Path) -> Source {
+        Source {
+            file: Some(file.to_owned()),
+            env: vec![],
+        }
+    }
+
+    /// The CLI reads the file every binary shares (`make demo` points WXHUB_CONFIG at it).
+    #[test]
+    fn the_shared_demo_config_loads() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/demo/config.toml");
+        let config = CliConfig::load(&source(&demo)).unwrap();
+        assert_eq!(config.token_control.endpoint, "http://127.0.0.1:17051");
+        assert_eq!(config.cli.public_url, "http://127.0.0.1:17080");
+        let events = crate::events::EventsConfig::load(&source(&demo)).unwrap();
+        assert_eq!(events.namespace, "wxhub-demo");
+    }
+
+    #[test]
+    fn a_misspelt_key_in_a_section_it_reads_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, key) in [
+            ("[cli]\npublic_uri = \"https://x\"\n", "public_uri"),
+            ("[client]\napi_kye = \"k\"\n", "api_kye"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = CliConfig::load(&source(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // `[token_control]` is token-control's: the CLI reads only `endpoint`.
+        std::fs::write(&file, "[token_control]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        assert!(CliConfig::load(&source(&file)).is_ok());
+        std::fs::write(&file, "[amqp]\nprefech = 1\n").unwrap();
+        let err = crate::events::EventsConfig::load(&source(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefech"), "{err}");
+    }
 }

@@ -15,7 +15,11 @@ fn wxhub(args: &[&str], stdin: &str) -> Output {
     // A command that refuses its input may exit before reading all of it: a broken pipe here is
     // the child's answer, which the assertions on its output then check.
     if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
     }
     child.wait_with_output().unwrap()
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wxhub_runtime::config::Source;
 use wxhub_runtime::tenants::api_key_sha256;
-use wxhub_runtime::{Tenants, TenantsHandle};
+use wxhub_runtime::{Listeners, Service, Tenants, TenantsHandle};
 use wxhub_sim::{AccountSeed, AuthorizationSeed, ComponentSeed, Seed, SimConfig};
 use wxhub_store::{Authorizers, Credentials};
 use wxhub_testkit::Namespace;
-use wxhub_token_control::{Config, FnClock, Options};
+use wxhub_token_control::{Config, FnClock, Options, TokenControl};
 
 const COMPONENT: &str = "wxc00000000000c11";
 const AUTHORIZER: &str = "wxa00000000000c11";
@@ -114,15 +114,19 @@ async fn token_authorizers_and_auth_url_commands() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let server = tokio::spawn(wxhub_token_control::run_with(
+    let token_control = TokenControl::build(
         config,
-        listener,
         Options {
             clock: FnClock::new(move || clock.now_ms()),
             tenants: Some(tenants),
-            ops_listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
             ..Options::default()
         },
+    )
+    .await
+    .unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(token_control.serve(
+        Listeners::main_and_ops(listener, ops),
         stop.clone().cancelled_owned(),
     ));
     let auths = Authorizers::new(store.clone());

@@ -25,6 +25,7 @@ use wxhub_gateway::{CALLBACK_EVENT_TYPE, Gateway, GatewayConfig};
 use wxhub_loadgen::{LoadConfig, LoadReport};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_runtime::config::Source;
+use wxhub_runtime::{Listeners, Service};
 use wxhub_store::dedupe::{Claim, Dedupe};
 use wxhub_testkit::Namespace;
 
@@ -517,7 +518,9 @@ async fn bench() {
     })
     .expect("config");
     let backlog = config.gateway.listen_backlog;
-    let gateway = Gateway::start(config).expect("gateway");
+    let gateway = Gateway::build(config, Default::default())
+        .await
+        .expect("gateway");
     assert!(
         gateway
             .state()
@@ -530,7 +533,8 @@ async fn bench() {
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    let server = tokio::spawn(gateway.serve(listener, stop.clone().cancelled_owned()));
+    let server =
+        tokio::spawn(gateway.serve(Listeners::main(listener), stop.clone().cancelled_owned()));
 
     let _ = run_load(&bus, &queue, load(&base, concurrency, 2, None), false).await; // warm-up
 

@@ -31,7 +31,7 @@ use axum::routing::get;
 use tracing::Instrument;
 use wxhub_crypto::{Crypt, KeySlot, random_nonce};
 use wxhub_message::{Inbound, Message, Reply, encrypted_envelope, parse_envelope};
-use wxhub_runtime::{Tenant, TenantKind};
+use wxhub_runtime::{AppId, Tenant, TenantKind};
 use wxhub_store::nonces::Binding;
 
 use crate::delivery::{DedupeKey, Delivered, Publication, deliver};
@@ -280,25 +280,12 @@ fn lookup(
     Ok(tenant.clone())
 }
 
-/// An authorizer appid from the path: `wx` then 1–30 of `[A-Za-z0-9_-]`.
+/// An authorizer appid from the path, by the one appid rule ([`AppId`]).
 fn check_appid(appid: Option<&str>) -> Result<&str, Failure> {
     let appid = appid.unwrap_or_default();
-    let ok = appid.len() >= 3
-        && appid.len() <= 32
-        && appid.starts_with("wx")
-        && appid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(appid)
-    } else {
-        Err(Failure::bad(
-            "bad_appid",
-            format!(
-                "authorizer appid {:?} is not wx[A-Za-z0-9_-]{{1,30}}",
-                truncate(appid)
-            ),
-        ))
+    match AppId::parse(appid) {
+        Ok(_) => Ok(appid),
+        Err(e) => Err(Failure::bad("bad_appid", format!("authorizer {e}"))),
     }
 }
 
@@ -536,7 +523,7 @@ async fn post(
     let tenant = lookup(shared, req.route, &req.tenant)?;
     let appid: &str = match req.route {
         Route::Authorizer => check_appid(req.appid.as_deref())?,
-        Route::Component | Route::Direct => &tenant.app_id,
+        Route::Component | Route::Direct => tenant.app_id.as_str(),
     };
     let crypt = tenant.crypt();
 
@@ -626,7 +613,7 @@ async fn post(
         bind_plaintext(shared, &tenant, (timestamp, ts), nonce, &body, deadline).await?;
     }
     let reply = ReplyCrypto { crypt, slot };
-    let source = Source {
+    let publisher = Publisher {
         shared,
         tenant: &tenant,
         appid,
@@ -637,7 +624,7 @@ async fn post(
     };
     match (req.route, inbound) {
         (Route::Component, Inbound::Component(notice)) => {
-            let delivered = source
+            let delivered = publisher
                 .publish(notice.dedupe_key(), Kind::Event, |meta| {
                     event::notice_event(meta, &notice, xml)
                 })
@@ -649,10 +636,10 @@ async fn post(
             if req.route == Route::Authorizer
                 && release::is_test_account(appid, &message.header().to_user_name)
             {
-                return release_check(&source, &message, &reply).await;
+                return release_check(&publisher, &message, &reply).await;
             }
             // 8. Dedupe and publish.
-            let delivered = source
+            let delivered = publisher
                 .publish(message.dedupe_key(), Kind::Event, |meta| {
                     event::account_event(meta, &message, xml)
                 })
@@ -706,7 +693,7 @@ impl ReplyCrypto<'_> {
 }
 
 /// What every publication of one callback shares.
-struct Source<'a> {
+struct Publisher<'a> {
     shared: &'a Arc<Shared>,
     tenant: &'a Tenant,
     appid: &'a str,
@@ -723,7 +710,7 @@ enum Kind {
     Job,
 }
 
-impl Source<'_> {
+impl Publisher<'_> {
     /// Dedupes `dedupe_key` and publishes what `build` makes (body and routing key) with confirm.
     async fn publish(
         &self,
@@ -771,7 +758,7 @@ impl Source<'_> {
 }
 
 async fn release_check(
-    source: &Source<'_>,
+    publisher: &Publisher<'_>,
     message: &Message,
     reply: &ReplyCrypto<'_>,
 ) -> Result<(Answer, &'static str), Failure> {
@@ -784,7 +771,7 @@ async fn release_check(
         }
         Step::QueryAuthCode(auth_code) => {
             let open_id = &message.header().from_user_name;
-            source
+            publisher
                 .publish(message.dedupe_key(), Kind::Job, |meta| {
                     let job = event::release_check_job(meta, auth_code, open_id);
                     (job, wxhub_bus::topology::RELEASE_CHECK_KEY.to_owned())

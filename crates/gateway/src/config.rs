@@ -1,7 +1,9 @@
 //! The gateway's configuration: the shared sections plus `[gateway]`.
 //!
-//! Layers (later wins): `wxhub_runtime::config::COMMON_DEFAULTS` → [`DEFAULTS`] → the file named by
-//! `--config` / `WXHUB_CONFIG` → `WXHUB_<SECTION>__<KEY>` environment variables.
+//! Layers (later wins): each section's defaults → [`DEFAULTS`] → the file named by `--config` /
+//! `WXHUB_CONFIG` → `WXHUB_<SECTION>__<KEY>` environment variables. `[gateway]` refuses keys it
+//! does not know, like every section; of `[token_control]` (token-control's section) the gateway
+//! reads only `endpoint`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,11 +11,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use wxhub_bus::AmqpConfig;
 use wxhub_runtime::config::{
-    self, ClientConfig, ConfigError, ShutdownConfig, Source, validate_identifier,
+    self, ConfigError, ShutdownConfig, Source, at_least, validate_identifier, within,
 };
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::tenants::TenantsConfig;
 use wxhub_store::{Rate, RedisConfig};
+use wxhub_token_client::{ClientConfig, TokenControlEndpoint};
 
 /// The gateway's own defaults (the `[gateway]` section), layered over the common ones.
 pub const DEFAULTS: &str = r#"
@@ -70,12 +73,6 @@ authorize_limit_per_tenant = { count = 60, period_ms = 60000, burst = 30 }
 publisher_channels = 256
 "#;
 
-/// `[token_control]`: where token-control's gRPC API listens (used by the authorization pages).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenControlConfig {
-    pub endpoint: String,
-}
-
 /// What to do when Redis (dedupe) is unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +85,7 @@ pub enum RedisDown {
 
 /// `[gateway]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     pub listen: String,
     pub listen_backlog: u32,
@@ -122,10 +120,13 @@ impl GatewaySection {
             return Ok(None);
         }
         let invalid = || {
-            ConfigError::Invalid(format!(
-                "gateway.public_base_url {raw:?} must be an absolute http(s) URL without query, \
-                 fragment or credentials, like https://wx.example.com"
-            ))
+            ConfigError::value(
+                "gateway.public_base_url",
+                format!(
+                    "{raw:?} must be an absolute http(s) URL without query, fragment or \
+                     credentials, like https://wx.example.com"
+                ),
+            )
         };
         let url = url::Url::parse(raw).map_err(|_| invalid())?;
         if !matches!(url.scheme(), "http" | "https")
@@ -143,11 +144,101 @@ impl GatewaySection {
     /// The parsed listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "gateway.listen {:?} is not an address like 0.0.0.0:8080",
-                self.listen
-            ))
+            ConfigError::value(
+                "gateway.listen",
+                format!("{:?} is not an address like 0.0.0.0:8080", self.listen),
+            )
         })
+    }
+
+    /// Checks every value a typo could make dangerous.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        within(
+            "gateway.listen_backlog",
+            self.listen_backlog,
+            1..=65_535,
+            "",
+        )?;
+        within(
+            "gateway.deadline_ms",
+            self.deadline_ms,
+            100..=4900,
+            "WeChat waits 5 s",
+        )?;
+        within(
+            "gateway.timestamp_window_secs",
+            self.timestamp_window_secs,
+            1..=86_400,
+            "",
+        )?;
+        within(
+            "gateway.max_body_bytes",
+            self.max_body_bytes,
+            1024..=1024 * 1024,
+            "",
+        )?;
+        if self.dedupe_pending_ttl_ms < self.deadline_ms {
+            return Err(ConfigError::value(
+                "gateway.dedupe_pending_ttl_ms",
+                format!(
+                    "= {} must be at least gateway.deadline_ms = {}",
+                    self.dedupe_pending_ttl_ms, self.deadline_ms
+                ),
+            ));
+        }
+        at_least(
+            "gateway.dedupe_done_ttl_secs",
+            self.dedupe_done_ttl_secs,
+            30,
+            "WeChat retries for ~15 s",
+        )?;
+        // A request stays acceptable until timestamp + window and may first have arrived as
+        // early as timestamp - window: its done marker must live 2 x window, or a replay of a
+        // valid request is published again.
+        if self.dedupe_done_ttl_secs < 2 * self.timestamp_window_secs {
+            return Err(ConfigError::value(
+                "gateway.dedupe_done_ttl_secs",
+                format!(
+                    "= {} must be at least 2 x gateway.timestamp_window_secs = {}: a request \
+                     accepted at timestamp - window can be replayed until timestamp + window, \
+                     and a replay after its done marker expired would be published again",
+                    self.dedupe_done_ttl_secs,
+                    2 * self.timestamp_window_secs
+                ),
+            ));
+        }
+        within(
+            "gateway.max_future_skew_secs",
+            self.max_future_skew_secs,
+            1..=3600,
+            "",
+        )?;
+        if self.allow_plaintext.is_some() {
+            return Err(ConfigError::value(
+                "gateway.allow_plaintext",
+                "was removed: plaintext mode is now chosen per tenant. Set `plaintext = true` in \
+                 the tenants file on each Official Account that WeChat calls in plaintext mode, \
+                 and remove gateway.allow_plaintext (component and WeCom callbacks are always \
+                 encrypted)",
+            ));
+        }
+        if self.dedupe_timeout_ms == 0 || self.dedupe_timeout_ms >= self.deadline_ms {
+            return Err(ConfigError::value(
+                "gateway.dedupe_timeout_ms",
+                format!(
+                    "= {} must be positive and below gateway.deadline_ms",
+                    self.dedupe_timeout_ms
+                ),
+            ));
+        }
+        self.public_base()?;
+        crate::forwarded::Proxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::value("gateway.trusted_proxies", e))?;
+        self.authorize_limit_per_address
+            .validate("gateway.authorize_limit_per_address")?;
+        self.authorize_limit_per_tenant
+            .validate("gateway.authorize_limit_per_tenant")
     }
 }
 
@@ -156,13 +247,20 @@ impl GatewaySection {
 pub struct GatewayConfig {
     /// Prefix of every Redis key, exchange and queue.
     pub namespace: String,
+    #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
     pub amqp: AmqpConfig,
+    #[serde(default)]
     pub tenants: TenantsConfig,
+    #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
     pub client: ClientConfig,
-    pub token_control: TokenControlConfig,
+    #[serde(default)]
+    pub token_control: TokenControlEndpoint,
     pub gateway: GatewaySection,
 }
 
@@ -171,112 +269,21 @@ impl GatewayConfig {
     /// `tenants.file` is resolved against the config file's directory.
     pub fn load(source: &Source) -> Result<Self, ConfigError> {
         let mut config: Self = config::load(DEFAULTS, source)?;
-        config.tenants.file =
-            config::resolve_relative(source.file.as_deref(), &config.tenants.file);
+        config.tenants.resolve(source);
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks every value a typo could make dangerous.
+    /// Checks every value a typo could make dangerous, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         validate_identifier("namespace", &self.namespace)?;
-        let g = &self.gateway;
-        g.listen_addr()?;
-        if !(1..=65_535).contains(&g.listen_backlog) {
-            return invalid(format!(
-                "gateway.listen_backlog = {} must be within 1..=65535",
-                g.listen_backlog
-            ));
-        }
-        if !(100..=4900).contains(&g.deadline_ms) {
-            return invalid(format!(
-                "gateway.deadline_ms = {} must be within 100..=4900 (WeChat waits 5 s)",
-                g.deadline_ms
-            ));
-        }
-        if !(1..=86_400).contains(&g.timestamp_window_secs) {
-            return invalid(format!(
-                "gateway.timestamp_window_secs = {} must be within 1..=86400",
-                g.timestamp_window_secs
-            ));
-        }
-        if !(1024..=1024 * 1024).contains(&g.max_body_bytes) {
-            return invalid(format!(
-                "gateway.max_body_bytes = {} must be within 1024..=1048576",
-                g.max_body_bytes
-            ));
-        }
-        if g.dedupe_pending_ttl_ms < g.deadline_ms {
-            return invalid(format!(
-                "gateway.dedupe_pending_ttl_ms = {} must be at least gateway.deadline_ms = {}",
-                g.dedupe_pending_ttl_ms, g.deadline_ms
-            ));
-        }
-        if g.dedupe_done_ttl_secs < 30 {
-            return invalid(format!(
-                "gateway.dedupe_done_ttl_secs = {} must be at least 30 (WeChat retries for ~15 s)",
-                g.dedupe_done_ttl_secs
-            ));
-        }
-        // A request stays acceptable until timestamp + window and may first have arrived as
-        // early as timestamp - window: its done marker must live 2 x window, or a replay of a
-        // valid request is published again.
-        if g.dedupe_done_ttl_secs < 2 * g.timestamp_window_secs {
-            return invalid(format!(
-                "gateway.dedupe_done_ttl_secs = {} must be at least 2 x gateway.timestamp_window_secs \
-                 = {}: a request accepted at timestamp - window can be replayed until timestamp + \
-                 window, and a replay after its done marker expired would be published again",
-                g.dedupe_done_ttl_secs,
-                2 * g.timestamp_window_secs
-            ));
-        }
-        if !(1..=3600).contains(&g.max_future_skew_secs) {
-            return invalid(format!(
-                "gateway.max_future_skew_secs = {} must be within 1..=3600",
-                g.max_future_skew_secs
-            ));
-        }
-        if g.allow_plaintext.is_some() {
-            return invalid(
-                "gateway.allow_plaintext was removed: plaintext mode is now chosen per tenant. Set \
-                 `plaintext = true` in the tenants file on each Official Account that WeChat calls \
-                 in plaintext mode, and remove gateway.allow_plaintext (component and WeCom \
-                 callbacks are always encrypted)"
-                    .into(),
-            );
-        }
-        if g.dedupe_timeout_ms == 0 || g.dedupe_timeout_ms >= g.deadline_ms {
-            return invalid(format!(
-                "gateway.dedupe_timeout_ms = {} must be positive and below gateway.deadline_ms",
-                g.dedupe_timeout_ms
-            ));
-        }
-        g.public_base()?;
-        crate::forwarded::Proxies::parse(&g.trusted_proxies)
-            .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?;
-        for (what, rate) in [
-            (
-                "gateway.authorize_limit_per_address",
-                &g.authorize_limit_per_address,
-            ),
-            (
-                "gateway.authorize_limit_per_tenant",
-                &g.authorize_limit_per_tenant,
-            ),
-        ] {
-            rate.check(what).map_err(ConfigError::Invalid)?;
-        }
-        if self.tenants.reload_interval_ms == 0 {
-            return invalid("tenants.reload_interval_ms must be positive".into());
-        }
-        if self.shutdown.grace_ms == 0 {
-            return invalid("shutdown.grace_ms must be positive".into());
-        }
-        if self.amqp.publisher_channels == 0 {
-            return invalid("amqp.publisher_channels must be positive".into());
-        }
-        Ok(())
+        self.redis.validate()?;
+        self.amqp.validate()?;
+        self.tenants.validate()?;
+        self.telemetry.validate()?;
+        self.shutdown.validate()?;
+        self.token_control.validate()?;
+        self.gateway.validate()
     }
 }
 

@@ -6,9 +6,10 @@
 //! `wxhub.events.v1.CallbackEvent` to RabbitMQ — and answers 2xx only after the broker confirmed
 //! it (503 otherwise, so WeChat retries). `docs/gateway.md` is the operator's reference.
 //!
-//! Start it in-process with [`run`] (tests pass a port-0 listener), or build a [`Gateway`] to
-//! get at its [`AppState`] and [`Router`]. Other features of the gateway (the authorization
-//! pages) add routes to [`routes`].
+//! [`Gateway`] is a [`Service`]: [`Service::build`] it from its config (tests inject tenants and
+//! a clock through [`Options`], and reach its [`AppState`] before serving), then
+//! [`Service::serve`] it on a listener until a shutdown future resolves. Other features of the
+//! gateway (the authorization pages) add routes to [`routes`].
 //!
 //! Depends on the protocol crates (crypto, message), the service kit (runtime), bus, store and
 //! proto; never on another service.
@@ -29,19 +30,17 @@ mod state;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wxhub_bus::{Bus, Topology};
 use wxhub_message::Limits;
-use wxhub_runtime::ops::{self, Readiness, Status};
-use wxhub_runtime::shutdown::drain;
-use wxhub_runtime::{Clock, SystemClock, TenantsHandle};
-use wxhub_store::Store;
+use wxhub_runtime::config::{ConfigError, Source};
+use wxhub_runtime::ops::{self, Readiness, WhenDown};
+use wxhub_runtime::service::{self, Listeners, Service};
+use wxhub_runtime::telemetry::TelemetryConfig;
+use wxhub_runtime::{Clock, Infra, Server, SystemClock, TenantsHandle};
 use wxhub_store::dedupe::Dedupe;
 use wxhub_store::nonces::Nonces;
 use wxhub_token_client::TokenClient;
@@ -72,35 +71,23 @@ pub fn router(state: AppState) -> Router {
 /// dedupe; plaintext-mode ones get 503), and taking every replica out of the Service for it
 /// would turn that into WeChat's three tries failing.
 fn readiness(state: &AppState) -> Readiness {
-    let (redis, bus, tenants, serving) =
-        (state.clone(), state.clone(), state.clone(), state.clone());
+    let redis_down = match state.shared.redis_down {
+        RedisDown::Publish => WhenDown::Degraded(
+            "publishing without dedupe (redis_down = \"publish\"), plaintext-mode callbacks get \
+             503"
+            .into(),
+        ),
+        RedisDown::Reject => {
+            WhenDown::Unready("every callback gets 503 (redis_down = \"reject\")".into())
+        }
+    };
+    let (tenants, serving) = (state.clone(), state.clone());
     Readiness::new()
-        .with_status("redis", move || {
-            let store = redis.store().clone();
-            let mode = redis.shared.redis_down;
-            async move {
-                match (store.ping().await, mode) {
-                    (Ok(pong), _) => Status::Ready(pong),
-                    (Err(e), RedisDown::Publish) => Status::Degraded(format!(
-                        "{e}; publishing without dedupe (redis_down = \"publish\"), \
-                         plaintext-mode callbacks get 503"
-                    )),
-                    (Err(e), RedisDown::Reject) => Status::Unready(format!(
-                        "{e}; every callback gets 503 (redis_down = \"reject\")"
-                    )),
-                }
-            }
-        })
-        .with("rabbitmq", move || {
-            let connected = bus.bus().is_connected();
-            async move {
-                if connected {
-                    Ok("connected".to_owned())
-                } else {
-                    Err("not connected".to_owned())
-                }
-            }
-        })
+        .redis(state.store(), redis_down)
+        .rabbitmq(
+            state.bus(),
+            WhenDown::Unready("every callback gets 503".into()),
+        )
         .with("tenants", move || {
             let n = tenants.tenants().current().len();
             async move {
@@ -123,7 +110,7 @@ fn readiness(state: &AppState) -> Readiness {
         })
 }
 
-/// Injection points of [`Gateway::start_with`] and [`run_with`] (tests, the demo, embedding).
+/// Injection points of [`Service::build`] (tests, the demo, embedding).
 pub struct Options {
     /// Tenants to use instead of loading `tenants.file` (a file-backed handle is still watched
     /// for changes).
@@ -151,10 +138,10 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// A started gateway: Redis handle, RabbitMQ supervisor and tenants, ready to serve.
+/// A built gateway: Redis handle, RabbitMQ supervisor and tenants, ready to serve.
 pub struct Gateway {
     state: AppState,
-    cancel: CancellationToken,
+    infra: Infra,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -166,59 +153,66 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// The shared state (for merging more routes, or for tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The HTTP application ([`router`] with this gateway's state).
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+}
+
+impl Service for Gateway {
+    const NAME: &'static str = "wxhub-gateway";
+    const ABOUT: &'static str = "WeChat callback gateway of wxhub";
+    type Config = GatewayConfig;
+    type Options = Options;
+
+    fn load(source: &Source) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::load(source)
+    }
+
+    fn telemetry(config: &GatewayConfig) -> &TelemetryConfig {
+        &config.telemetry
+    }
+
+    /// `gateway.listen`, with the configured accept queue; `/healthz`, `/readyz` and `/metrics`
+    /// are served there too.
+    async fn listen(config: &GatewayConfig) -> anyhow::Result<Listeners> {
+        let addr = config.gateway.listen_addr()?;
+        let listener = service::listener(addr, config.gateway.listen_backlog)
+            .map_err(|e| anyhow::anyhow!("cannot bind gateway.listen {addr}: {e}"))?;
+        Ok(Listeners::main(listener))
+    }
+
     /// Validates `config`, loads the tenants file (and watches it), connects Redis lazily and
     /// starts the RabbitMQ supervisor (it connects in the background; until then callbacks get
-    /// 503 and `/readyz` says not ready). Must run inside a Tokio runtime.
-    pub fn start(config: GatewayConfig) -> anyhow::Result<Self> {
-        Self::start_with(config, Options::default())
-    }
-
-    /// Like [`Gateway::start`] with tenants the caller provides (a file-backed handle is still
-    /// watched for changes).
-    pub fn start_with_tenants(
-        config: GatewayConfig,
-        tenants: TenantsHandle,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(
-            config,
-            Options {
-                tenants: Some(tenants),
-                ..Options::default()
-            },
-        )
-    }
-
-    /// Like [`Gateway::start`] with injected dependencies.
-    pub fn start_with(config: GatewayConfig, options: Options) -> anyhow::Result<Self> {
+    /// 503 and `/readyz` says not ready).
+    async fn build(config: GatewayConfig, options: Options) -> anyhow::Result<Self> {
         config.validate()?;
-        let tenants = match options.tenants {
-            Some(tenants) => tenants,
-            None => TenantsHandle::load(&config.tenants.file).with_context(|| {
-                format!("loading tenants from {}", config.tenants.file.display())
-            })?,
-        };
-        let _ = ops::prometheus();
-        let cancel = CancellationToken::new();
-        tenants.spawn_reloader(
-            Duration::from_millis(config.tenants.reload_interval_ms),
-            cancel.child_token(),
-        );
-        let store = Store::connect(&config.redis, &config.namespace).context("redis.url")?;
+        let infra = Infra::start(
+            Self::NAME,
+            &config.namespace,
+            &config.redis,
+            Some(&config.amqp),
+            &config.shutdown,
+        )?;
+        let tenants = infra.tenants(&config.tenants, options.tenants)?;
+        let store = infra.store().clone();
+        let bus = infra
+            .bus()
+            .cloned()
+            .context("the gateway publishes to RabbitMQ")?;
         let g = &config.gateway;
         let dedupe = Dedupe::new(
             store.clone(),
             Duration::from_millis(g.dedupe_pending_ttl_ms),
             Duration::from_secs(g.dedupe_done_ttl_secs),
         );
-        let topology = Topology::new(config.namespace.clone(), config.amqp.delivery_limit);
-        let events_exchange: Arc<str> = topology.events_exchange().into();
-        let jobs_exchange: Arc<str> = topology.jobs_exchange().into();
-        let bus = Bus::start(
-            config.amqp.clone(),
-            topology,
-            "wxhub-gateway",
-            cancel.clone(),
-        );
+        let events_exchange: Arc<str> = bus.topology().events_exchange().into();
+        let jobs_exchange: Arc<str> = bus.topology().jobs_exchange().into();
         meter::budget(g.deadline());
         let shared = Shared {
             deadline: g.deadline(),
@@ -256,95 +250,44 @@ impl Gateway {
             state: AppState {
                 shared: Arc::new(shared),
             },
-            cancel,
+            infra,
         })
     }
 
-    /// The shared state (for merging more routes, or for tests).
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// The HTTP application ([`router`] with this gateway's state).
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
-    /// requests and publishes finish within `shutdown.grace_ms`, and closes the bus.
-    pub async fn serve(
+    /// Serves on `listeners.main` until `shutdown` resolves; then stops accepting, lets
+    /// in-flight requests and the publishes they started finish, flushes the dedupe markers
+    /// (all within `shutdown.grace_ms`), and closes the bus.
+    async fn serve(
         self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
+        mut listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = self.router();
-        self.serve_app(app, listener, shutdown).await
-    }
-
-    /// [`Gateway::serve`] with an application built from [`Gateway::state`] by the caller.
-    pub async fn serve_app(
-        self,
-        app: Router,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
-        let shared = self.state.shared.clone();
-        let addr = listener.local_addr().ok();
-        tracing::info!(addr = ?addr, namespace = %shared.config.namespace, "gateway listening");
-        let stop = CancellationToken::new();
-        let mut server = tokio::spawn(http1::serve(listener, app, stop.clone().cancelled_owned()));
-        let early = tokio::select! {
-            r = &mut server => Some(r),
-            () = shutdown => None,
-        };
-        if let Some(r) = early {
-            self.cancel.cancel();
-            shared.bus.close().await;
-            return r.map_err(|e| anyhow::Error::new(e).context("http server task failed"));
-        }
-
-        // Stop accepting, finish in-flight requests and the publishes they started, bounded.
-        let grace = Duration::from_millis(shared.config.shutdown.grace_ms);
-        let started = Instant::now();
-        shared.draining.store(true, Ordering::Relaxed);
-        stop.cancel();
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            "draining in-flight callbacks"
+        let listener = listeners.take_main(Self::NAME)?;
+        anyhow::ensure!(
+            listeners.ops.is_none(),
+            "the gateway serves /healthz, /readyz and /metrics on its main listener"
         );
-        if !drain("http requests", grace, &mut server).await {
-            server.abort();
-        }
-        shared.tasks.close();
-        let left = grace.saturating_sub(started.elapsed());
-        drain("publishes", left, shared.tasks.wait()).await;
-        let left = grace.saturating_sub(started.elapsed());
-        drain("dedupe markers", left, shared.completer.flush()).await;
-        self.cancel.cancel();
-        shared.bus.close().await;
-        tracing::info!("gateway stopped");
-        Ok(())
+        let shared = self.state.shared.clone();
+        tracing::info!(
+            addr = ?listener.local_addr().ok(),
+            namespace = %shared.config.namespace,
+            "gateway listening"
+        );
+        let app = self.router();
+        let http = Server::spawn("http server", move |stop| async move {
+            http1::serve(listener, app, stop.cancelled_owned()).await;
+            Ok(())
+        });
+        self.infra
+            .serve(http, None, shutdown, move |drain, http| async move {
+                // Stop accepting, finish in-flight requests and the publishes they started.
+                shared.draining.store(true, Ordering::Relaxed);
+                let served = http.stop(&drain).await;
+                shared.tasks.close();
+                drain.step("publishes", shared.tasks.wait()).await;
+                drain.step("dedupe markers", shared.completer.flush()).await;
+                served
+            })
+            .await
     }
-}
-
-/// Starts a gateway from `config` and serves on `listener` until `shutdown` resolves (see
-/// [`Gateway::start`] and [`Gateway::serve`]).
-pub async fn run(
-    config: GatewayConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    run_with(config, listener, Options::default(), shutdown).await
-}
-
-/// [`run`] with injected dependencies (see [`Options`]).
-pub async fn run_with(
-    config: GatewayConfig,
-    listener: TcpListener,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    Gateway::start_with(config, options)?
-        .serve(listener, shutdown)
-        .await
 }

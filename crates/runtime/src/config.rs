@@ -1,12 +1,26 @@
-//! Layered configuration shared by every binary.
+//! Layered configuration shared by every binary, and the rule every section follows.
 //!
-//! Order (later wins): the common defaults below → the service's embedded defaults → the file
-//! named by `--config` or `WXHUB_CONFIG` → environment variables `WXHUB_<SECTION>__<KEY>`
-//! (`WXHUB_REDIS__URL` sets `redis.url`, `WXHUB_NAMESPACE` sets `namespace`).
-//! Each service composes its own config struct from sections defined next to the client they
-//! configure; unknown keys are ignored so one file can serve every binary.
+//! Order (later wins): the defaults of each section's type (and of the service's own sections,
+//! an embedded TOML) → the file named by `--config` or `WXHUB_CONFIG` → environment variables
+//! `WXHUB_<SECTION>__<KEY>` (`WXHUB_REDIS__URL` sets `redis.url`, `WXHUB_NAMESPACE` sets
+//! `namespace`).
+//!
+//! One file serves every binary, so a binary ignores the sections it does not read. Inside a
+//! section it reads, every key must be one it knows: each section struct refuses unknown keys
+//! (`#[serde(deny_unknown_fields)]`), so `[redis] cluster_nodes = […]` is an error that names
+//! `cluster_nodes` instead of a setting with no effect. A section with a server part and a
+//! client part (`[token_control]`: `listen`… and `endpoint`) is owned by the server, whose
+//! struct lists every key; a client reads it through a view of its own keys only (see
+//! `wxhub_token_client::TokenControlEndpoint`). At the top level only `namespace` is a key;
+//! everything else in a file is a section.
+//!
+//! Sections live next to what they configure (`[redis]` in the store, `[amqp]` in the bus,
+//! `[wechat]` in the WeChat API client, `[client]` in the token-control client); this module
+//! has the sections of the service kit itself (`[shutdown]`; `[tenants]` and `[telemetry]` in
+//! their modules). Each checks its limits once, at load, with [`ConfigError`] naming the key.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -14,150 +28,43 @@ use figment::value::{Dict, Map, Value};
 use figment::{Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+pub use wxhub_domain::config::{ConfigError, at_least, http_url, within};
+pub use wxhub_domain::{Secret, SecretUrl};
 
-/// Keys every binary understands, with their defaults.
+/// The top-level keys (the only one: every other setting belongs to a section).
 pub const COMMON_DEFAULTS: &str = r#"
 # Prefix of every Redis key, exchange and queue.
 namespace = "wxhub"
-
-[redis]
-url = "redis://127.0.0.1:6379"
-
-[amqp]
-url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-
-[wechat]
-api_base = "https://api.weixin.qq.com"
-qyapi_base = "https://qyapi.weixin.qq.com"
-# Host of the component authorization pages (componentloginpage / bindcomponent).
-mp_base = "https://mp.weixin.qq.com"
-timeout_ms = 5000
-
-[tenants]
-file = "/etc/wxhub/tenants.toml"
-reload_interval_ms = 2000
-
-[telemetry]
-# "text" or "json"
-format = "text"
-# tracing EnvFilter directives; RUST_LOG overrides.
-filter = "info"
-# OTLP/gRPC collector endpoint; empty disables export.
-otlp_endpoint = ""
-
-[shutdown]
-# Bound on draining in-flight work after SIGTERM; keep below terminationGracePeriodSeconds.
-grace_ms = 10000
-
-[token_control]
-endpoint = "http://127.0.0.1:50051"
-
-[client]
-# API key this process presents to token-control (gateway, worker, CLI).
-api_key = ""
 "#;
 
 /// Environment-variable prefix.
 pub const ENV_PREFIX: &str = "WXHUB_";
 
-/// A secret string: prints, logs and serializes as `<redacted>`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is sent or used.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether no value is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
-    }
-}
-
-/// A URL that may carry a password (`amqp://user:pass@host`); prints with the password masked.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    /// Wraps a URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The full URL, password included.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with its password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
-            Err(_) => "<unparsable url>".to_owned(),
-        }
-    }
-}
-
-impl std::fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
-
-impl Serialize for SecretUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
-
-/// `[wechat]`: where the WeChat APIs live (the simulator in tests and the demo).
+/// `[shutdown]` (a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WechatConfig {
-    pub api_base: String,
-    pub qyapi_base: String,
-    pub mp_base: String,
-    pub timeout_ms: u64,
-}
-
-/// `[shutdown]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    /// Bound on draining in-flight work after SIGTERM, all steps together (default 10000);
+    /// keep it below the orchestrator's termination grace period.
     pub grace_ms: u64,
 }
 
-/// `[client]`: this process's identity towards token-control.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct ClientConfig {
-    pub api_key: Secret,
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_ms: 10_000 }
+    }
+}
+
+impl ShutdownConfig {
+    /// Checks what the type cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        within("shutdown.grace_ms", self.grace_ms, 1..=600_000, "")
+    }
+
+    /// The drain bound.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
 }
 
 /// Where configuration comes from, so tests inject values instead of mutating the process env.
@@ -182,15 +89,6 @@ impl Source {
     }
 }
 
-/// Why configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
 /// Loads `T` from the layers described in the module docs.
 pub fn load<T: DeserializeOwned>(
     service_defaults: &str,
@@ -200,21 +98,47 @@ pub fn load<T: DeserializeOwned>(
         .merge(Toml::string(COMMON_DEFAULTS))
         .merge(Toml::string(service_defaults));
     if let Some(path) = &source.file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        let file_error = |reason: String| ConfigError::File {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
         // Parse eagerly so a syntax error names the file rather than surfacing at extract.
-        toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        figment = figment.merge(Toml::string(&text));
+        let table = toml::from_str::<toml::Table>(&text).map_err(|e| file_error(e.to_string()))?;
+        // A top-level key other than `namespace` is a typo or a key outside its section; the
+        // loader of a binary that does not read it would otherwise never say so.
+        if let Some((key, _)) = table
+            .iter()
+            .find(|(key, value)| !value.is_table() && key.as_str() != "namespace")
+        {
+            return Err(file_error(format!(
+                "unknown top-level key `{key}`: the only one is `namespace`, every other \
+                 setting belongs to a [section]"
+            )));
+        }
+        // From the file (not the text read above), so errors name it.
+        figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(EnvVars(source.env.clone()));
-    figment
-        .extract()
-        .map_err(|e| ConfigError::Invalid(e.to_string().replace('\n', "; ")))
+    figment.extract().map_err(describe)
+}
+
+/// figment's errors as one line each: the key, what is wrong, and where the value came from.
+fn describe(errors: figment::Error) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let from = match e.metadata.as_ref() {
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                    _ => format!(" (from {})", m.name),
+                },
+                None => String::new(),
+            };
+            format!("{}: {}{from}", e.path.join("."), e.kind)
+        })
+        .collect();
+    ConfigError::Parse(lines.join("; "))
 }
 
 /// The effective configuration as TOML, secrets redacted (for `--dump-config`).
@@ -232,9 +156,10 @@ pub fn validate_identifier(what: &str, value: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::Invalid(format!(
-            "{what} {value:?} must match [a-z0-9-]{{1,32}}"
-        )))
+        Err(ConfigError::value(
+            what,
+            format!("{value:?} must match [a-z0-9-]{{1,32}}"),
+        ))
     }
 }
 
@@ -291,17 +216,26 @@ fn merge_dicts(mut base: Dict, other: Dict) -> Dict {
 
 #[cfg(test)]
 mod tests {
+    use wxhub_store::RedisConfig;
+    use wxhub_token_client::ClientConfig;
+    use wxhub_wechat_api::WechatConfig;
+
     use super::*;
 
     #[derive(Debug, Deserialize, Serialize)]
     struct Demo {
         namespace: String,
+        #[serde(default)]
         wechat: WechatConfig,
+        #[serde(default)]
         client: ClientConfig,
+        #[serde(default)]
+        redis: RedisConfig,
         svc: Svc,
     }
 
     #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
     struct Svc {
         listen: String,
         deadline_ms: u64,
@@ -382,5 +316,51 @@ mod tests {
         assert!(validate_identifier("namespace", "Upper").is_err());
         assert!(validate_identifier("namespace", &"a".repeat(33)).is_err());
         assert!(validate_identifier("namespace", "a.b").is_err());
+    }
+
+    fn file_source(text: &str) -> (tempfile::TempDir, Source) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        (
+            dir,
+            Source {
+                file: Some(file),
+                env: vec![],
+            },
+        )
+    }
+
+    /// A misspelt key inside a section the binary reads is refused, naming the key — in the
+    /// file and in the environment — instead of a setting that silently has no effect.
+    #[test]
+    fn a_misspelt_key_in_a_known_section_is_refused_naming_it() {
+        let (_dir, source) = file_source("[redis]\ncluster_nodes = [\"a:1\", \"b:2\"]\n");
+        let err = load::<Demo>(SVC, &source).unwrap_err().to_string();
+        assert!(err.contains("cluster_nodes"), "{err}");
+        let (_dir, source) = file_source("[svc]\ndeadline_sm = 5\n");
+        let err = load::<Demo>(SVC, &source).unwrap_err().to_string();
+        assert!(err.contains("deadline_sm"), "{err}");
+        let env = vec![("WXHUB_REDIS__RESPONSE_TIMEOUT".into(), "5".into())];
+        let err = load::<Demo>(SVC, &Source { file: None, env })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("response_timeout"), "{err}");
+    }
+
+    /// One file serves every binary: a section this binary does not read may be there, with
+    /// any keys; so may environment variables of other tools. A top-level key other than
+    /// `namespace` in a file is refused (it belongs to a section or is a typo).
+    #[test]
+    fn other_binaries_sections_are_left_alone_but_top_level_typos_are_not() {
+        let (_dir, mut source) =
+            file_source("namespace = \"n\"\n[worker]\nops_listen = \"x\"\nwhatever = 1\n");
+        source
+            .env
+            .push(("WXHUB_TEST_REDIS_URL".into(), "redis://x".into()));
+        assert_eq!(load::<Demo>(SVC, &source).unwrap().namespace, "n");
+        let (_dir, source) = file_source("namspace = \"n\"\n");
+        let err = load::<Demo>(SVC, &source).unwrap_err().to_string();
+        assert!(err.contains("`namspace`"), "{err}");
     }
 }

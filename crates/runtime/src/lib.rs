@@ -1,37 +1,40 @@
 //! The service kit every wxhub binary shares.
 //!
-//! - [`config`]: layered configuration (embedded defaults → `--config` file / `WXHUB_CONFIG` →
-//!   `WXHUB_<SECTION>__<KEY>` environment), secrets that never print, `--dump-config`.
-//! - [`tenants`]: the tenants-and-clients file (design §3), validated, hot-reloaded, with API-key
-//!   authentication of internal clients.
+//! - [`service`]: the one shape of every service ([`Service`]: build from config, then serve on
+//!   given [`Listeners`] until a shutdown future resolves) and the `main` around it.
+//! - [`infra`]: the start-up and shut-down every service shares: metrics recorder, Redis,
+//!   RabbitMQ with its topology, tenants with hot reload, the ops server, the ordered bounded
+//!   drain.
+//! - [`config`]: layered configuration (section defaults → `--config` file / `WXHUB_CONFIG` →
+//!   `WXHUB_<SECTION>__<KEY>` environment), strict sections, redacted `--dump-config`.
+//! - [`tenants`]: `[tenants]` and [`TenantsHandle`], the tenants file hot-reloaded (its format
+//!   is `wxhub_domain::tenants`).
 //! - [`telemetry`]: tracing subscriber (text or JSON), optional OTLP export, W3C trace-context
 //!   propagation helpers for HTTP and AMQP headers.
-//! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` (ready, degraded or unready per check).
-//! - [`clock`]: the injectable "now" of protocol times (the simulator's virtual clock in tests).
-//! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`, bounded drains.
-//! - [`service`]: the shared `main` of every binary (flags, config errors, telemetry, signals).
+//! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` (ready, degraded or unready per
+//!   check), with the checks of Redis and RabbitMQ.
+//! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`, drains bounded by one grace period.
 //! - [`ErrorCode`]: one table mapping error classes to HTTP statuses and gRPC codes.
 //!
-//! Depends on no other wxhub crate but `wxhub-crypto` (tenants carry parsed keys); service crates
-//! depend on this one, never the reverse.
+//! The domain types services need (ids, tenants, secrets, the clock) are re-exported from
+//! `wxhub-domain`. Depends on the domain, store and bus crates; service crates depend on this
+//! one, never the reverse.
 
-pub mod clock;
 pub mod config;
 mod error;
+pub mod infra;
 pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
 
-pub use clock::{Clock, FnClock, SystemClock};
-pub use config::{Secret, SecretUrl};
 pub use error::ErrorCode;
-pub use tenants::{Client, Tenant, TenantId, TenantKind, Tenants, TenantsHandle};
-
-/// Unix time in milliseconds from the system clock.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use infra::{Infra, Server};
+pub use service::{Listeners, Service};
+pub use tenants::TenantsHandle;
+pub use wxhub_domain::clock;
+pub use wxhub_domain::{
+    AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant, TenantId, TenantKind,
+    Tenants, unix_ms,
+};

@@ -1,4 +1,6 @@
-//! The operational HTTP surface: `/healthz`, `/readyz`, `/metrics`.
+//! The operational HTTP surface: `/healthz`, `/readyz`, `/metrics`, and the readiness checks
+//! of the dependencies every service shares ([`Readiness::redis`], [`Readiness::rabbitmq`]),
+//! each with the service's policy for when it is down ([`WhenDown`]).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -10,6 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use wxhub_bus::Bus;
+use wxhub_store::Store;
 
 /// The process-wide Prometheus recorder (installed on first use; shared by every service
 /// started in the same process, as tests do).
@@ -66,6 +70,25 @@ impl Status {
     }
 }
 
+/// What a service can still do without a dependency, as its readiness check reports it: the
+/// status, and the consequence shown after the error ("{error}; {consequence}").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhenDown {
+    /// The service cannot do its job: out of the Service.
+    Unready(String),
+    /// The service works around it: still ready, shown as degraded.
+    Degraded(String),
+}
+
+impl WhenDown {
+    fn status(&self, error: impl std::fmt::Display) -> Status {
+        match self {
+            WhenDown::Unready(consequence) => Status::Unready(format!("{error}; {consequence}")),
+            WhenDown::Degraded(consequence) => Status::Degraded(format!("{error}; {consequence}")),
+        }
+    }
+}
+
 /// One readiness check.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Status> + Send + Sync>;
 
@@ -117,6 +140,33 @@ impl Readiness {
         self.checks
             .push((name, Arc::new(move || Box::pin(check()))));
         self
+    }
+
+    /// Adds `redis`: `PING` answered (ready, with the answer), else `when_down`.
+    pub fn redis(self, store: &Store, when_down: WhenDown) -> Self {
+        let store = store.clone();
+        self.with_status("redis", move || {
+            let (store, when_down) = (store.clone(), when_down.clone());
+            async move {
+                match store.ping().await {
+                    Ok(pong) => Status::Ready(pong),
+                    Err(e) => when_down.status(e),
+                }
+            }
+        })
+    }
+
+    /// Adds `rabbitmq`: connected with the topology declared (ready), else `when_down`.
+    pub fn rabbitmq(self, bus: &Bus, when_down: WhenDown) -> Self {
+        let bus = bus.clone();
+        self.with_status("rabbitmq", move || {
+            let status = if bus.is_connected() {
+                Status::Ready("connected".to_owned())
+            } else {
+                when_down.status("not connected")
+            };
+            async move { status }
+        })
     }
 
     /// Runs every check (each bounded to 2 s, then unready) and sets

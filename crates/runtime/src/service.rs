@@ -1,6 +1,14 @@
-//! The `main` every service binary shares: `--config FILE` (else `WXHUB_CONFIG`),
-//! `--dump-config`, one-line startup errors with exit status 2, telemetry installed and flushed,
-//! SIGTERM/SIGINT turned into the shutdown future handed to the service.
+//! The one shape of every service — gateway, token-control, worker — and the `main` around it.
+//!
+//! A [`Service`] is built from its configuration with injectable options (the clock, the
+//! tenants, …: tests and the demo inject them, production takes the defaults), then serves on
+//! [`Listeners`] its caller bound until a shutdown future resolves. Building is separate from
+//! serving so a test reaches into the built service (its state, its engine) before it serves,
+//! and so start-up errors surface before anything is bound to traffic.
+//!
+//! [`main`] is the `main` of every binary: `--config FILE` (else `WXHUB_CONFIG`),
+//! `--dump-config`, one-line start-up errors with exit status 2, telemetry installed and flushed,
+//! the configured addresses bound, SIGTERM/SIGINT turned into the shutdown future.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,10 +18,95 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::Source;
+use crate::config::{ConfigError, Source};
 use crate::telemetry::TelemetryConfig;
+
+/// A wxhub service: built from its config, then served until shutdown.
+pub trait Service: Sized + Send + 'static {
+    /// The binary's name; also the telemetry service name and the broker connection name.
+    const NAME: &'static str;
+    /// The binary's `--help` line.
+    const ABOUT: &'static str;
+    /// The whole configuration of the binary.
+    type Config: Serialize + Send + 'static;
+    /// What tests, benchmarks and the demo inject; `Default` is production's.
+    type Options: Default + Send + 'static;
+
+    /// Loads and validates the configuration from `source`.
+    fn load(source: &Source) -> Result<Self::Config, ConfigError>;
+
+    /// The `[telemetry]` section of `config`.
+    fn telemetry(config: &Self::Config) -> &TelemetryConfig;
+
+    /// Binds the listeners `config` names (the binary; tests bind port 0 themselves).
+    fn listen(config: &Self::Config) -> impl Future<Output = anyhow::Result<Listeners>> + Send;
+
+    /// Builds the service: connects (lazily) what it needs and loads what it serves, but
+    /// serves nothing yet.
+    fn build(
+        config: Self::Config,
+        options: Self::Options,
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+
+    /// Serves on `listeners` until `shutdown` resolves, then drains within `shutdown.grace_ms`.
+    fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The sockets a service serves on, bound by its caller: the binary binds the configured
+/// addresses, a test binds port 0 and reads the address back.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The service's own protocol: the gateway's HTTP, token-control's gRPC. The worker has
+    /// none (it consumes).
+    pub main: Option<TcpListener>,
+    /// `/healthz`, `/readyz`, `/metrics`. The gateway serves them on `main` and takes none.
+    pub ops: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// A main listener with the ops endpoints on it (the gateway).
+    pub fn main(main: TcpListener) -> Self {
+        Self {
+            main: Some(main),
+            ops: None,
+        }
+    }
+
+    /// A main listener and an ops listener (token-control).
+    pub fn main_and_ops(main: TcpListener, ops: TcpListener) -> Self {
+        Self {
+            main: Some(main),
+            ops: Some(ops),
+        }
+    }
+
+    /// Only an ops listener (the worker).
+    pub fn ops(ops: TcpListener) -> Self {
+        Self {
+            main: None,
+            ops: Some(ops),
+        }
+    }
+
+    /// The main listener, or an error naming the service that needs one.
+    pub fn take_main(&mut self, service: &str) -> anyhow::Result<TcpListener> {
+        self.main
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{service} needs a main listener"))
+    }
+
+    /// The ops listener, or an error naming the service that needs one.
+    pub fn take_ops(&mut self, service: &str) -> anyhow::Result<TcpListener> {
+        self.ops
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{service} needs an ops listener"))
+    }
+}
 
 /// The flags of every service binary.
 #[derive(Debug, Parser)]
@@ -33,32 +126,19 @@ struct ServiceFlags {
     dump_config: bool,
 }
 
-/// Parses the flags, loads the config with `load` (errors: one line on stderr, exit 2), handles
-/// `--dump-config`, then runs `serve` on a multi-threaded runtime with telemetry (from the
-/// section `telemetry` picks) installed; `serve` runs until the token is cancelled by a signal.
-/// `name` is the binary's and the telemetry service's name, `about` its `--help` line.
-pub fn main<C, L, T, S, F>(
-    name: &'static str,
-    about: &'static str,
-    load: L,
-    telemetry: T,
-    serve: S,
-) -> ExitCode
-where
-    C: Serialize,
-    L: FnOnce(&Source) -> anyhow::Result<C>,
-    T: Fn(&C) -> &TelemetryConfig,
-    S: FnOnce(C, CancellationToken) -> F,
-    F: Future<Output = anyhow::Result<()>>,
-{
-    let command = ServiceArgs::command().name(name).about(about);
+/// The `main` of service `S`: parses the flags, loads the config (errors: one line on stderr,
+/// exit 2), handles `--dump-config`, then on a multi-threaded runtime with telemetry installed
+/// binds, builds and serves `S` until SIGTERM/SIGINT.
+pub fn main<S: Service>() -> ExitCode {
+    let name = S::NAME;
+    let command = ServiceArgs::command().name(name).about(S::ABOUT);
     let flags = match ServiceArgs::from_arg_matches(&command.get_matches()) {
         Ok(args) => args.flags,
         Err(e) => e.exit(),
     };
-    let config = match load(&Source::from_process(flags.config)) {
+    let config = match S::load(&Source::from_process(flags.config)) {
         Ok(c) => c,
-        Err(e) => return fail(name, &e, 2),
+        Err(e) => return fail(name, &e.into(), 2),
     };
     if flags.dump_config {
         use std::io::Write as _;
@@ -73,9 +153,16 @@ where
         Err(e) => return fail(name, &anyhow::anyhow!("cannot start the runtime: {e}"), 1),
     };
     let result = runtime.block_on(async {
-        let telemetry = crate::telemetry::init(name, telemetry(&config))?;
+        let telemetry = crate::telemetry::init(name, S::telemetry(&config))?;
         let shutdown = crate::shutdown::on_signal();
-        let result = serve(config, shutdown).await;
+        let result = async {
+            let listeners = S::listen(&config).await?;
+            S::build(config, S::Options::default())
+                .await?
+                .serve(listeners, shutdown.cancelled_owned())
+                .await
+        }
+        .await;
         telemetry.shutdown(Duration::from_secs(2));
         result
     });

@@ -18,24 +18,53 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// `[telemetry]` config section.
+use crate::config::{ConfigError, http_url};
+
+/// `[telemetry]` config section (a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// `text` or `json`.
-    pub format: String,
-    /// Default filter directives (`RUST_LOG` overrides).
+    /// Log output (default `text`).
+    pub format: LogFormat,
+    /// Default filter directives, `tracing` EnvFilter syntax (default `info`; `RUST_LOG`
+    /// overrides).
     pub filter: String,
-    /// OTLP/gRPC endpoint (e.g. `http://otel-collector:4317`); empty disables export.
+    /// OTLP/gRPC endpoint (e.g. `http://otel-collector:4317`); empty (the default) disables
+    /// export.
     pub otlp_endpoint: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the current span.
+    Json,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            format: "text".into(),
+            format: LogFormat::Text,
             filter: "info".into(),
             otlp_endpoint: String::new(),
         }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks what the types cannot: the filter parses, the endpoint (if any) is a URL.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        EnvFilter::try_new(&self.filter).map_err(|e| {
+            ConfigError::value("telemetry.filter", format!("{:?}: {e}", self.filter))
+        })?;
+        if !self.otlp_endpoint.is_empty() {
+            http_url("telemetry.otlp_endpoint", &self.otlp_endpoint)?;
+        }
+        Ok(())
     }
 }
 
@@ -72,13 +101,12 @@ pub fn init(service: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .map_err(|e| anyhow::anyhow!("telemetry.filter {:?}: {e}", config.filter))?;
-    let fmt = match config.format.as_str() {
-        "json" => tracing_subscriber::fmt::layer()
+    let fmt = match config.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .boxed(),
-        "text" => tracing_subscriber::fmt::layer().boxed(),
-        other => anyhow::bail!("telemetry.format must be \"text\" or \"json\", not {other:?}"),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
     let (otel, provider) = if config.otlp_endpoint.is_empty() {
         (None, None)

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::Script;
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 
 use crate::credentials::corrupt;
 use crate::{Store, StoreError};

@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 
 use crate::{Store, StoreError};
 

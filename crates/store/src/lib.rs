@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use wxhub_runtime::SecretUrl;
+use wxhub_domain::SecretUrl;
+use wxhub_domain::config::{ConfigError, at_least};
 
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
@@ -41,24 +42,23 @@ pub use recovery::{Epoch, Restored};
 /// (ms): ordering compares refuse later events and ignore stored times beyond it.
 pub const DEFAULT_CREATE_TIME_SKEW_MS: i64 = 60_000;
 
-/// `[redis]` config section.
+/// `[redis]` config section (every key optional; a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:6379[/db]` (the password never prints).
+    /// `redis://[:password@]host:6379[/db]` (the password never prints). Default
+    /// `redis://127.0.0.1:6379`.
     pub url: SecretUrl,
-    /// Per-command response timeout.
-    #[serde(default = "default_response_timeout")]
+    /// Per-command response timeout (default 1000).
     pub response_timeout_ms: u64,
-    /// Connect timeout.
-    #[serde(default = "default_connect_timeout")]
+    /// Connect timeout (default 1000).
     pub connection_timeout_ms: u64,
 }
 
-fn default_response_timeout() -> u64 {
-    1000
-}
-fn default_connect_timeout() -> u64 {
-    1000
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self::new("redis://127.0.0.1:6379")
+    }
 }
 
 impl RedisConfig {
@@ -66,9 +66,20 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: SecretUrl::new(url),
-            response_timeout_ms: default_response_timeout(),
-            connection_timeout_ms: default_connect_timeout(),
+            response_timeout_ms: 1000,
+            connection_timeout_ms: 1000,
         }
+    }
+
+    /// Checks what the types cannot: a zero timeout would fail every command at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("redis.response_timeout_ms", self.response_timeout_ms, 1, "")?;
+        at_least(
+            "redis.connection_timeout_ms",
+            self.connection_timeout_ms,
+            1,
+            "",
+        )
     }
 }
 

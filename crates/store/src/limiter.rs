@@ -23,11 +23,14 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wxhub_domain::ConfigError;
 
 use crate::{Store, StoreError};
 
-/// `count` units per `period_ms`, with up to `burst` units at once from a full bucket.
+/// `count` units per `period_ms`, with up to `burst` units at once from a full bucket (as a
+/// config value: a key it does not know is refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rate {
     pub count: u32,
     pub period_ms: u64,
@@ -46,22 +49,33 @@ impl Rate {
 
     /// Why this rate is unusable (`what` names it in the message), if it is.
     pub fn check(&self, what: &str) -> Result<(), String> {
+        match self.problem() {
+            Some(problem) => Err(format!("{what}: {problem}")),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Rate::check`] for the config key `key`.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        match self.problem() {
+            Some(problem) => Err(ConfigError::value(key, problem)),
+            None => Ok(()),
+        }
+    }
+
+    fn problem(&self) -> Option<&'static str> {
         if self.count == 0 || self.burst == 0 || self.period_ms == 0 {
-            return Err(format!(
-                "{what}: count, period_ms and burst must all be positive"
-            ));
+            return Some("count, period_ms and burst must all be positive");
         }
         // A day at most, an emission interval of at least 1 µs, and a bounded bucket (its
         // key's expiry is burst × interval).
         if self.period_ms > 86_400_000 || self.period_ms * 1000 < u64::from(self.count) {
-            return Err(format!(
-                "{what}: period_ms must be within 1..=86400000 and allow at most 1000 per ms"
-            ));
+            return Some("period_ms must be within 1..=86400000 and allow at most 1000 per ms");
         }
         if self.burst > 1_000_000 {
-            return Err(format!("{what}: burst must be at most 1000000"));
+            return Some("burst must be at most 1000000");
         }
-        Ok(())
+        None
     }
 
     /// The emission interval `T` in µs (at least 1).

@@ -13,7 +13,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 
 use crate::{Store, StoreError};
 

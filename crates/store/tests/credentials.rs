@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 use wxhub_store::{Decision, Limiter, PreAuthCodes, Rate, RedisConfig, SharedPreAuth, Store};
 
 fn redis_url() -> String {

@@ -5,14 +5,20 @@
 //! attaches the client's API key as `authorization: Bearer <key>`, and sets a per-request
 //! deadline with `Request::set_timeout` — tonic's `Endpoint::timeout` alone does not send
 //! `grpc-timeout`, so the server would not know when to give up.
+//!
+//! [`ClientConfig`] and [`TokenControlEndpoint`] are the config sections a client reads.
+//! Depends on `wxhub-domain` and the generated proto client only.
+
+mod config;
 
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use wxhub_domain::Secret;
 use wxhub_proto::token::v1::token_control_client::TokenControlClient;
-use wxhub_runtime::Secret;
 
+pub use config::{ClientConfig, TokenControlEndpoint};
 pub use wxhub_proto::token::v1 as pb;
 
 /// Why a client could not be built.

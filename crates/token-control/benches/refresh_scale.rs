@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wxhub_runtime::config::Source;
-use wxhub_runtime::{Tenants, TenantsHandle};
+use wxhub_runtime::{Listeners, Service, Tenants, TenantsHandle};
 use wxhub_sim::{AccountSeed, AuthorizationSeed, CallFilter, ComponentSeed, Seed, SimConfig};
 use wxhub_store::{Authorizers, Credentials, Store};
 use wxhub_testkit::Namespace;
-use wxhub_token_control::{Config, FnClock, Options};
+use wxhub_token_control::{Config, FnClock, Options, TokenControl};
 
 const COMPONENT: &str = "wxscale0000000001";
 const LIFETIME_S: i64 = 7200;
@@ -225,21 +225,25 @@ async fn run(n: usize) {
     let mut engines = Vec::new();
     for _ in 0..3 {
         let c = clock.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        servers.push(tokio::spawn(wxhub_token_control::run_with(
+        let replica = TokenControl::build(
             config.clone(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             Options {
                 clock: FnClock::new(move || c.now_ms()),
                 tenants: Some(tenants.clone()),
-                ops_listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
                 consume: false,
-                engine_tx: Some(tx),
                 ..Options::default()
             },
-            stop.clone().cancelled_owned(),
-        )));
-        engines.push(rx.await.unwrap());
+        )
+        .await
+        .unwrap();
+        engines.push(replica.engine().clone());
+        let listeners = Listeners::main_and_ops(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        servers.push(tokio::spawn(
+            replica.serve(listeners, stop.clone().cancelled_owned()),
+        ));
     }
     // The start-up reconcile imports every authorizer.
     let auths = Authorizers::new(store.clone());

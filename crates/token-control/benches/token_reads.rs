@@ -18,12 +18,12 @@ use wxhub_proto::token::v1::GetAccessTokenRequest;
 use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::config::Source;
 use wxhub_runtime::tenants::api_key_sha256;
-use wxhub_runtime::{Secret, Tenants, TenantsHandle};
+use wxhub_runtime::{Listeners, Secret, Service, Tenants, TenantsHandle};
 use wxhub_store::authorizers::Authorization;
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{Authorizers, Credentials};
 use wxhub_testkit::Namespace;
-use wxhub_token_control::{Config, Options};
+use wxhub_token_control::{Config, Options, TokenControl};
 
 const AUTHORIZERS: usize = 1000;
 const KEY: &str = "bench-key";
@@ -116,16 +116,20 @@ async fn run(label: &str, cache_ttl_ms: u64, secs: u64, concurrency: usize) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(wxhub_token_control::run_with(
+    let token_control = TokenControl::build(
         config,
-        listener,
         Options {
             tenants: Some(tenants),
-            ops_listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
             consume: false,
             background: false,
             ..Options::default()
         },
+    )
+    .await
+    .unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(token_control.serve(
+        Listeners::main_and_ops(listener, ops),
         stop.clone().cancelled_owned(),
     ));
     // A few HTTP/2 connections, many requests in flight on each.

@@ -1,19 +1,29 @@
 //! token-control's configuration: the common sections plus `[token_control]`.
+//!
+//! `[token_control]` is this service's section, and its struct lists every key of it — the
+//! client key `endpoint` too, which the gateway, worker and CLI read to reach this service — so
+//! a misspelt key anywhere in the section is refused here, by the binary that owns it.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use wxhub_bus::AmqpConfig;
-use wxhub_runtime::config::{ShutdownConfig, WechatConfig};
+use wxhub_runtime::config::{
+    ConfigError, ShutdownConfig, Source, at_least, validate_identifier, within,
+};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::tenants::TenantsConfig;
 use wxhub_store::RedisConfig;
+use wxhub_wechat_api::WechatConfig;
 
 /// Defaults of `[token_control]` (merged over the common defaults).
 pub const DEFAULTS: &str = r#"
 [token_control]
 # gRPC listener.
 listen = "0.0.0.0:50051"
+# Where the other binaries (gateway, worker, CLI) reach this service; token-control itself does
+# not read it.
+endpoint = "http://127.0.0.1:50051"
 # /healthz, /readyz, /metrics.
 ops_listen = "0.0.0.0:9091"
 # Deadline of a request without grpc-timeout, and the cap on any deadline.
@@ -70,10 +80,14 @@ oa_token_api = "stable_token"
 pre_auth_share_ms = 60000
 "#;
 
-/// `[token_control]`.
+/// `[token_control]` (a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenControlConfig {
     pub listen: String,
+    /// The client key of the section: read by the gateway, worker and CLI, listed here so this
+    /// section's owner checks every key of it.
+    pub endpoint: String,
     pub ops_listen: String,
     pub request_timeout_ms: u64,
     pub default_min_remaining_ms: u64,
@@ -96,42 +110,87 @@ pub struct TokenControlConfig {
     pub heal_ticket_grace_ms: u64,
     pub relist_interval_ms: u64,
     pub consumer_concurrency: usize,
-    pub oa_token_api: String,
+    pub oa_token_api: OaTokenApi,
     pub pre_auth_share_ms: u64,
+}
+
+/// Which WeChat API fetches an Official Account's own token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OaTokenApi {
+    /// `POST /cgi-bin/stable_token`: a second fetch within the validity returns the same
+    /// token, so a duplicate refresh is harmless.
+    StableToken,
+    /// `GET /cgi-bin/token`: every fetch invalidates the previous token after 5 minutes.
+    Token,
 }
 
 impl TokenControlConfig {
     pub(crate) fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms.max(1))
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     pub(crate) fn lock_ttl(&self) -> Duration {
-        Duration::from_millis(self.lock_ttl_ms.max(1))
+        Duration::from_millis(self.lock_ttl_ms)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        if !(0.1..=0.95).contains(&self.refresh_at) {
-            return Err("token_control.refresh_at must be within 0.1..=0.95".into());
+    /// Checks what the types cannot. Every duration a loop sleeps or a timer waits is at least
+    /// 1 ms here, so no use site clamps it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "token_control.";
+        let key = |name: &str| format!("{KEY}{name}");
+        for (name, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("lock_ttl_ms", self.lock_ttl_ms),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("claim_ms", self.claim_ms),
+            ("reconcile_interval_ms", self.reconcile_interval_ms),
+            ("reconcile_spread_ms", self.reconcile_spread_ms),
+            ("ticket_check_interval_ms", self.ticket_check_interval_ms),
+            ("push_ticket_interval_ms", self.push_ticket_interval_ms),
+            ("store_check_interval_ms", self.store_check_interval_ms),
+            ("relist_interval_ms", self.relist_interval_ms),
+        ] {
+            at_least(&key(name), value, 1, "")?;
         }
+        for (name, value) in [
+            ("poll_batch", self.poll_batch),
+            ("max_concurrent_refreshes", self.max_concurrent_refreshes),
+            ("consumer_concurrency", self.consumer_concurrency),
+        ] {
+            at_least(&key(name), value, 1, "")?;
+        }
+        within(&key("refresh_at"), self.refresh_at, 0.1..=0.95, "")?;
         if !(0.0..=0.2).contains(&self.refresh_jitter) || self.refresh_jitter >= self.refresh_at {
-            return Err("token_control.refresh_jitter must be within 0..=0.2".into());
+            return Err(ConfigError::value(
+                key("refresh_jitter"),
+                format!(
+                    "= {} must be within 0..=0.2 and below refresh_at",
+                    self.refresh_jitter
+                ),
+            ));
         }
-        if !matches!(self.oa_token_api.as_str(), "stable_token" | "token") {
-            return Err("token_control.oa_token_api must be \"stable_token\" or \"token\"".into());
-        }
-        if self.poll_batch == 0 || self.max_concurrent_refreshes == 0 {
-            return Err("token_control.poll_batch and max_concurrent_refreshes must be > 0".into());
-        }
-        if self.pre_auth_share_ms > 600_000 {
-            return Err("token_control.pre_auth_share_ms must be at most 600000".into());
-        }
-        if self.create_time_skew_ms > 600_000 {
-            return Err("token_control.create_time_skew_ms must be at most 600000: a forged CreateTime within it holds back real notices that long".into());
-        }
-        if self.store_check_interval_ms == 0
-            || self.heal_ticket_grace_ms <= self.store_check_interval_ms
-        {
-            return Err("token_control.store_check_interval_ms must be > 0 and below heal_ticket_grace_ms (the other replicas need a check to write their ticket back)".into());
+        within(
+            &key("pre_auth_share_ms"),
+            self.pre_auth_share_ms,
+            0..=600_000,
+            "",
+        )?;
+        within(
+            &key("create_time_skew_ms"),
+            self.create_time_skew_ms,
+            0..=600_000,
+            "a forged CreateTime within it holds back real notices that long",
+        )?;
+        if self.heal_ticket_grace_ms <= self.store_check_interval_ms {
+            return Err(ConfigError::value(
+                key("heal_ticket_grace_ms"),
+                format!(
+                    "= {} must be above store_check_interval_ms = {} (the other replicas need a \
+                     check to write their ticket back)",
+                    self.heal_ticket_grace_ms, self.store_check_interval_ms
+                ),
+            ));
         }
         Ok(())
     }
@@ -146,48 +205,47 @@ impl TokenControlConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub namespace: String,
+    #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
     pub amqp: AmqpConfig,
+    #[serde(default)]
     pub wechat: WechatConfig,
+    #[serde(default)]
     pub tenants: TenantsConfig,
+    #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     pub token_control: TokenControlConfig,
 }
 
 impl Config {
-    /// Loads the layers (defaults → file → `WXHUB_*` env) and validates.
-    pub fn load(source: &wxhub_runtime::config::Source) -> anyhow::Result<Self> {
-        let config: Config = wxhub_runtime::config::load(DEFAULTS, source)?;
+    /// Loads the layers (defaults → file → `WXHUB_*` env) and validates. A relative
+    /// `tenants.file` is resolved against the config file's directory.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let mut config: Config = wxhub_runtime::config::load(DEFAULTS, source)?;
+        config.tenants.resolve(source);
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks values the types cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        wxhub_runtime::config::validate_identifier("namespace", &self.namespace)?;
-        self.token_control
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        for (what, url) in [
-            ("wechat.api_base", &self.wechat.api_base),
-            ("wechat.qyapi_base", &self.wechat.qyapi_base),
-            ("wechat.mp_base", &self.wechat.mp_base),
-        ] {
-            let parsed = url::Url::parse(url)
-                .map_err(|e| anyhow::anyhow!("invalid configuration: {what}: {e}"))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                anyhow::bail!("invalid configuration: {what} must be an http(s) URL");
-            }
-        }
-        Ok(())
+    /// Checks values the types cannot, section by section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_identifier("namespace", &self.namespace)?;
+        self.redis.validate()?;
+        self.amqp.validate()?;
+        self.wechat.validate()?;
+        self.tenants.validate()?;
+        self.telemetry.validate()?;
+        self.shutdown.validate()?;
+        self.token_control.validate()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wxhub_runtime::config::Source;
 
     #[test]
     fn defaults_load_and_env_overrides() {
@@ -204,7 +262,6 @@ mod tests {
         assert_eq!(c.token_control.listen, "0.0.0.0:50051");
         assert!(wxhub_runtime::config::dump(&c).contains("[token_control]"));
     }
-
     #[test]
     fn invalid_values_are_rejected() {
         let bad = |k: &str, v: &str| {

@@ -810,7 +810,9 @@ impl Engine {
                 }
             }
             // /cgi-bin/token always issues a new token.
-            (Credential::App, TenantKind::OfficialAccount) if self.cfg.oa_token_api == "token" => {
+            (Credential::App, TenantKind::OfficialAccount)
+                if self.cfg.oa_token_api == crate::config::OaTokenApi::Token =>
+            {
                 api.oa_token(&tenant.app_id, &tenant.app_secret)
                     .await
                     .map(issued)
@@ -1077,7 +1079,7 @@ impl Engine {
             );
             return;
         }
-        let interval = Duration::from_millis(self.cfg.push_ticket_interval_ms.max(1));
+        let interval = Duration::from_millis(self.cfg.push_ticket_interval_ms);
         match self.creds.guard(tid, "push-ticket", interval).await {
             Ok(true) => {}
             Ok(false) => return,
@@ -1341,7 +1343,7 @@ impl Engine {
                 }
             };
             let now = self.now_ms();
-            let spread = i64::try_from(self.cfg.reconcile_spread_ms.max(1)).unwrap_or(1);
+            let spread = i64::try_from(self.cfg.reconcile_spread_ms).unwrap_or(1);
             let entries: Vec<Listed<'_>> = page
                 .list
                 .iter()
@@ -1631,8 +1633,7 @@ impl Engine {
         let this = Arc::clone(self);
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_millis(this.cfg.poll_interval_ms.max(1)));
+            let mut tick = tokio::time::interval(Duration::from_millis(this.cfg.poll_interval_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -1644,9 +1645,8 @@ impl Engine {
         let this = Arc::clone(self);
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(
-                this.cfg.ticket_check_interval_ms.max(1),
-            ));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(this.cfg.ticket_check_interval_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -1658,11 +1658,10 @@ impl Engine {
         let this = Arc::clone(self);
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(
-                this.cfg.store_check_interval_ms.max(1),
-            ));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(this.cfg.store_check_interval_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let prune_every = (60_000 / this.cfg.store_check_interval_ms.max(1)).max(1);
+            let prune_every = (60_000 / this.cfg.store_check_interval_ms).max(1);
             for pass in 0u64.. {
                 tokio::select! {
                     () = c.cancelled() => return,

@@ -7,8 +7,10 @@
 //!   deadlines), with standard health and reflection.
 //! - [`consumer`]: the `{ns}.token-control` queue (tickets and authorization notices).
 //! - [`pre_auth`]: the pre-auth code the authorization pages share, and its retirement.
-//! - [`run`] / [`run_with`]: the whole service on a given listener until a shutdown future
-//!   resolves; `main.rs` only parses flags. Tests start several replicas in-process.
+//! - [`TokenControl`]: the whole service, a [`Service`]: built from its config (tests inject a
+//!   clock and tenants through [`Options`] and take the [`Engine`] from the built service), then
+//!   served on a gRPC and an ops listener until a shutdown future resolves. `main.rs` is the
+//!   runtime's shared `main`. Tests start several replicas in-process.
 //!
 //! Depends on the runtime, store, bus, proto, message, crypto and wechat-api crates; never on
 //! another service.
@@ -26,17 +28,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use wxhub_bus::{Bus, Topology};
 use wxhub_proto::token::v1::token_control_server::TokenControlServer;
-use wxhub_runtime::TenantsHandle;
-use wxhub_runtime::ops::{Readiness, Status};
-use wxhub_store::Store;
+use wxhub_runtime::config::{ConfigError, Source};
+use wxhub_runtime::ops::{Readiness, Status, WhenDown};
+use wxhub_runtime::service::{Listeners, Service, bind};
+use wxhub_runtime::telemetry::TelemetryConfig;
+use wxhub_runtime::{Infra, Server, TenantsHandle};
 use wxhub_wechat_api::WechatApi;
 
 pub use clock::{Clock, FnClock, SystemClock};
-pub use config::{Config, TokenControlConfig};
+pub use config::{Config, OaTokenApi, TokenControlConfig};
 pub use engine::{Credential, Engine};
 pub use service::{AUTH_HEADER, TokenControlService};
 
@@ -44,16 +45,13 @@ pub use service::{AUTH_HEADER, TokenControlService};
 pub struct Options {
     /// "Now" for expiry and schedules (the simulator's virtual clock in tests).
     pub clock: Arc<dyn Clock>,
-    /// Tenants to use instead of loading `tenants.file`.
+    /// Tenants to use instead of loading `tenants.file` (a file-backed handle is still watched
+    /// for changes).
     pub tenants: Option<TenantsHandle>,
-    /// The ops listener (default: bind `token_control.ops_listen`).
-    pub ops_listener: Option<TcpListener>,
-    /// Consume `{ns}.token-control` (default true).
+    /// Consume `{ns}.token-control` (default true); without it no bus is started.
     pub consume: bool,
     /// Run the schedule poller, ticket watcher and periodic reconcile (default true).
     pub background: bool,
-    /// Receives the engine once it is built (tests and benchmarks inspect it).
-    pub engine_tx: Option<tokio::sync::oneshot::Sender<Arc<Engine>>>,
 }
 
 impl Default for Options {
@@ -61,10 +59,8 @@ impl Default for Options {
         Self {
             clock: Arc::new(SystemClock),
             tenants: None,
-            ops_listener: None,
             consume: true,
             background: true,
-            engine_tx: None,
         }
     }
 }
@@ -78,198 +74,205 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// Serves token-control on `listener` until `shutdown` resolves, then drains (bounded by
-/// `shutdown.grace_ms`).
-pub async fn run(
+/// A built token-control replica: its engine over Redis and WeChat, ready to serve.
+pub struct TokenControl {
     config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_with(config, listener, Options::default(), shutdown).await
+    infra: Infra,
+    engine: Arc<Engine>,
+    background: bool,
 }
 
-/// [`run`] with injected dependencies.
-pub async fn run_with(
-    config: Config,
-    listener: TcpListener,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    config.validate()?;
-    // Install the metrics recorder before anything can count (background tasks, the first
-    // RPCs): until then counters go nowhere.
-    let _ = wxhub_runtime::ops::prometheus();
-    let cancel = CancellationToken::new();
-    let grace = Duration::from_millis(config.shutdown.grace_ms.max(1));
-    let tenants = match options.tenants {
-        Some(t) => t,
-        None => {
-            let handle = TenantsHandle::load(&config.tenants.file)
-                .with_context(|| format!("loading {}", config.tenants.file.display()))?;
-            handle.spawn_reloader(
-                Duration::from_millis(config.tenants.reload_interval_ms.max(100)),
-                cancel.clone(),
-            );
-            handle
-        }
-    };
-    let store = Store::connect(&config.redis, &config.namespace)?;
-    let api = WechatApi::new(&config.wechat)?;
-    let engine = Engine::new(
-        store,
-        api,
-        &config.wechat.mp_base,
-        tenants,
-        options.clock,
-        config.token_control.clone(),
-    );
-    if let Some(tx) = options.engine_tx {
-        let _ = tx.send(Arc::clone(&engine));
+impl std::fmt::Debug for TokenControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenControl")
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenControl {
+    /// The engine (tests and benchmarks inspect it; it is shared with the running service).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+impl Service for TokenControl {
+    const NAME: &'static str = "wxhub-token-control";
+    const ABOUT: &'static str = "The WeChat credential authority (gRPC)";
+    type Config = Config;
+    type Options = Options;
+
+    fn load(source: &Source) -> Result<Config, ConfigError> {
+        Config::load(source)
     }
 
-    // RabbitMQ: the consumer of component notices.
-    let bus = options.consume.then(|| {
-        Bus::start(
-            config.amqp.clone(),
-            Topology::new(config.namespace.clone(), config.amqp.delivery_limit),
-            "wxhub-token-control",
-            cancel.clone(),
-        )
-    });
-    let consumer = bus.as_ref().map(|bus| {
-        let queue = bus.topology().token_control_queue();
-        let engine = Arc::clone(&engine);
-        let delivery_limit = config.amqp.delivery_limit;
-        tokio::spawn(wxhub_bus::consume(
-            bus.clone(),
-            queue,
-            config.token_control.consumer_concurrency,
-            grace,
-            move |msg| consumer::handle(Arc::clone(&engine), msg, delivery_limit),
-            cancel.clone(),
+    fn telemetry(config: &Config) -> &TelemetryConfig {
+        &config.telemetry
+    }
+
+    /// `token_control.listen` (gRPC) and `token_control.ops_listen`.
+    async fn listen(config: &Config) -> anyhow::Result<Listeners> {
+        let tc = &config.token_control;
+        Ok(Listeners::main_and_ops(
+            bind(&tc.listen, "token_control.listen").await?,
+            bind(&tc.ops_listen, "token_control.ops_listen").await?,
         ))
-    });
+    }
 
-    let background = if options.background {
-        engine.spawn_background(cancel.clone())
-    } else {
-        Vec::new()
-    };
+    /// Validates `config`, loads the tenants (and watches the file), creates the store (lazily
+    /// connected), starts the bus (unless `options.consume` is off) and builds the engine.
+    async fn build(config: Config, options: Options) -> anyhow::Result<Self> {
+        config.validate()?;
+        let infra = Infra::start(
+            Self::NAME,
+            &config.namespace,
+            &config.redis,
+            options.consume.then_some(&config.amqp),
+            &config.shutdown,
+        )?;
+        let tenants = infra.tenants(&config.tenants, options.tenants)?;
+        let api = WechatApi::new(&config.wechat)?;
+        let engine = Engine::new(
+            infra.store().clone(),
+            api,
+            &config.wechat.mp_base,
+            tenants,
+            options.clock,
+            config.token_control.clone(),
+        );
+        Ok(Self {
+            config,
+            infra,
+            engine,
+            background: options.background,
+        })
+    }
 
-    // Ops HTTP.
-    let ops_listener = match options.ops_listener {
-        Some(l) => l,
-        None => TcpListener::bind(&config.token_control.ops_listen)
-            .await
-            .with_context(|| format!("binding {}", config.token_control.ops_listen))?,
-    };
-    // Readiness means "can serve tokens". Every token lives in Redis: without it, unready. A
-    // missing or stale ticket stops only its own tenant's component tokens (and the engine
-    // already asks WeChat for a push), and every replica sees the same Redis: unready would take
-    // every replica — and every tenant — out of the Service for one tenant's problem, so it is
-    // degraded. RabbitMQ only feeds notices, which wait in their queue: degraded too.
-    let readiness = {
-        let (e1, e2) = (Arc::clone(&engine), Arc::clone(&engine));
-        let mut r = Readiness::new().with("redis", move || {
-            let e = Arc::clone(&e1);
-            async move { e.ping().await }
+    /// Serves gRPC on `listeners.main` and the ops endpoints on `listeners.ops` (consuming
+    /// notices and running the background loops meanwhile) until `shutdown` resolves; then
+    /// stops advertising, stops accepting, and lets in-flight requests, notices and loops
+    /// finish within `shutdown.grace_ms`.
+    async fn serve(
+        self,
+        mut listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let listener = listeners.take_main(Self::NAME)?;
+        let ops = listeners.take_ops(Self::NAME)?;
+        let Self {
+            config,
+            infra,
+            engine,
+            background,
+        } = self;
+        let tc = &config.token_control;
+        // Everything that works on the engine's behalf; cancelled first when draining.
+        let work = infra.background().child_token();
+        let consumer = infra.bus().map(|bus| {
+            let queue = bus.topology().token_control_queue();
+            let engine = Arc::clone(&engine);
+            let delivery_limit = config.amqp.delivery_limit;
+            tokio::spawn(wxhub_bus::consume(
+                bus.clone(),
+                queue,
+                tc.consumer_concurrency,
+                infra.grace(),
+                move |msg| consumer::handle(Arc::clone(&engine), msg, delivery_limit),
+                work.clone(),
+            ))
         });
-        if config.token_control.ready_requires_ticket {
-            r = r.with_status("tickets", move || {
-                let e = Arc::clone(&e2);
+        let loops = if background {
+            engine.spawn_background(work.clone())
+        } else {
+            Vec::new()
+        };
+
+        // Readiness means "can serve tokens". Every token lives in Redis: without it, unready. A
+        // missing or stale ticket stops only its own tenant's component tokens (and the engine
+        // already asks WeChat for a push), and every replica sees the same Redis: unready would
+        // take every replica — and every tenant — out of the Service for one tenant's problem,
+        // so it is degraded. RabbitMQ only feeds notices, which wait in their queue: degraded
+        // too.
+        let mut readiness = Readiness::new().redis(
+            infra.store(),
+            WhenDown::Unready("no token can be served".into()),
+        );
+        if tc.ready_requires_ticket {
+            let engine = Arc::clone(&engine);
+            readiness = readiness.with_status("tickets", move || {
+                let engine = Arc::clone(&engine);
                 async move {
-                    match e.ticket_readiness().await {
+                    match engine.ticket_readiness().await {
                         Ok(detail) => Status::Ready(detail),
                         Err(problems) => Status::Degraded(problems),
                     }
                 }
             });
         }
-        if let Some(bus) = bus.clone() {
-            r = r.with_status("amqp", move || {
-                let connected = bus.is_connected();
-                async move {
-                    if connected {
-                        Status::Ready("connected".to_owned())
-                    } else {
-                        Status::Degraded(
-                            "disconnected (tokens are served; notices wait in the queue)"
-                                .to_owned(),
-                        )
-                    }
-                }
-            });
+        if let Some(bus) = infra.bus() {
+            readiness = readiness.rabbitmq(
+                bus,
+                WhenDown::Degraded("tokens are served; notices wait in the queue".into()),
+            );
         }
-        r
-    };
-    let ops_cancel = cancel.clone();
-    let ops_router = wxhub_runtime::ops::router(readiness);
-    let ops = tokio::spawn(async move {
-        axum::serve(ops_listener, ops_router)
-            .with_graceful_shutdown(ops_cancel.cancelled_owned())
-            .await
-    });
 
-    // gRPC with health and reflection.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<TokenControlServer<TokenControlService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wxhub_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let service = TokenControlServer::new(TokenControlService::new(Arc::clone(&engine)));
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, namespace = %config.namespace, "token-control serving");
-    let server_cancel = cancel.clone();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .timeout(config.token_control.request_timeout() + Duration::from_secs(1))
+        // gRPC with health and reflection.
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<TokenControlServer<TokenControlService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wxhub_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let service = TokenControlServer::new(TokenControlService::new(Arc::clone(&engine)));
+        tracing::info!(
+            addr = ?listener.local_addr().ok(),
+            namespace = %config.namespace,
+            "token-control serving"
+        );
+        let router = tonic::transport::Server::builder()
+            .timeout(tc.request_timeout() + Duration::from_secs(1))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                // TCP_NODELAY: small responses must not wait on Nagle + delayed ACK (~40 ms).
-                tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
-                server_cancel.cancelled_owned(),
-            ),
-    );
+            .add_service(service);
+        let grpc = Server::spawn("grpc server", move |stop| async move {
+            router
+                .serve_with_incoming_shutdown(
+                    // TCP_NODELAY: small responses must not wait on Nagle + delayed ACK (~40 ms).
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .context("grpc server")
+        });
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        r = &mut server => Some(match r {
-            Ok(Ok(())) => anyhow::anyhow!("gRPC server stopped unexpectedly"),
-            Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e}"),
-            Err(e) => anyhow::anyhow!("gRPC server task failed: {e}"),
-        }),
-    };
-
-    // Drain: stop advertising, stop accepting, finish in-flight work — all bounded.
-    health_reporter
-        .set_not_serving::<TokenControlServer<TokenControlService>>()
-        .await;
-    cancel.cancel();
-    if failed.is_none() {
-        wxhub_runtime::shutdown::drain("grpc server", grace, &mut server).await;
-    }
-    if let Some(consumer) = consumer {
-        wxhub_runtime::shutdown::drain("token-control consumer", grace, consumer).await;
-    }
-    for task in background {
-        wxhub_runtime::shutdown::drain("background task", grace, task).await;
-    }
-    wxhub_runtime::shutdown::drain("ops server", grace, ops).await;
-    if let Some(bus) = bus {
-        wxhub_runtime::shutdown::drain("bus", grace, bus.close()).await;
-    }
-    server.abort();
-    tracing::info!("token-control stopped");
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
+        infra
+            .serve(
+                grpc,
+                Some((ops, readiness)),
+                shutdown,
+                move |drain, grpc| async move {
+                    // Stop advertising, stop the loops and the consumer from taking more, stop
+                    // accepting; then let what is in flight finish.
+                    health_reporter
+                        .set_not_serving::<TokenControlServer<TokenControlService>>()
+                        .await;
+                    work.cancel();
+                    let served = grpc.stop(&drain).await;
+                    if let Some(consumer) = consumer {
+                        drain.step("token-control consumer", consumer).await;
+                    }
+                    for task in loops {
+                        drain.step("background task", task).await;
+                    }
+                    served
+                },
+            )
+            .await
     }
 }

@@ -1,20 +1,9 @@
-//! `wxhub-token-control`: the shared service `main` around [`wxhub_token_control::run`].
+//! `wxhub-token-control`: the shared service `main` around [`TokenControl`].
 
 use std::process::ExitCode;
 
-use wxhub_runtime::service;
-use wxhub_token_control::Config;
+use wxhub_token_control::TokenControl;
 
 fn main() -> ExitCode {
-    service::main(
-        "wxhub-token-control",
-        "The WeChat credential authority (gRPC)",
-        Config::load,
-        |c: &Config| &c.telemetry,
-        |config: Config, shutdown| async move {
-            let listener =
-                service::bind(&config.token_control.listen, "token_control.listen").await?;
-            wxhub_token_control::run(config, listener, shutdown.cancelled_owned()).await
-        },
-    )
+    wxhub_runtime::service::main::<TokenControl>()
 }

@@ -33,12 +33,9 @@ impl TokenControlService {
     }
 }
 
-/// `[A-Za-z0-9_-]{1,64}`: WeChat appids and corpids.
+/// WeChat appids and corpids, by the one appid rule ([`wxhub_runtime::AppId`]).
 fn valid_appid(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    wxhub_runtime::AppId::is_valid(s)
 }
 
 /// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
@@ -158,7 +155,7 @@ impl TokenControlService {
             access_token: t.value.expose().to_owned(),
             expires_at_ms: t.expires_at_ms,
             appid: if appid.is_empty() {
-                tenant.app_id.clone()
+                tenant.app_id.to_string()
             } else {
                 appid.to_owned()
             },
@@ -521,7 +518,7 @@ impl TokenControlService {
         self.check_authorizer(tenant.id.as_str(), &cred).await?;
         let appid = match &cred {
             Credential::Jsapi(Some(a)) => a.clone(),
-            _ => tenant.app_id.clone(),
+            _ => tenant.app_id.to_string(),
         };
         Ok((cred, appid))
     }

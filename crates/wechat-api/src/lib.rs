@@ -11,6 +11,7 @@
 //! output, logs or error messages (transport errors are stripped of their URL, which carries
 //! `access_token`).
 
+mod config;
 mod error;
 pub mod paths;
 mod types;
@@ -20,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-pub use wxhub_runtime::Secret;
-use wxhub_runtime::config::WechatConfig;
+pub use wxhub_domain::Secret;
 
+pub use config::WechatConfig;
 pub use error::{ErrorClass, WechatError, classify};
 pub use types::{
     AccessToken, AuthorizationInfo, AuthorizerInfo, AuthorizerList, JsapiTicket, ListedAuthorizer,
@@ -70,7 +71,7 @@ impl WechatApi {
     pub fn new(config: &WechatConfig) -> Result<Self, BuildError> {
         // reqwest is built with `rustls-no-provider`: a process-wide provider must exist.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let timeout = Duration::from_millis(config.timeout_ms.max(1));
+        let timeout = Duration::from_millis(config.timeout_ms);
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_max_idle_per_host(64)

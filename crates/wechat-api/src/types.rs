@@ -2,7 +2,7 @@
 //! fields checked).
 
 use serde_json::Value;
-use wxhub_runtime::Secret;
+use wxhub_domain::Secret;
 
 use crate::{WechatError, paths};
 

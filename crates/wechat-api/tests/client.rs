@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use wxhub_runtime::config::WechatConfig;
+use wxhub_wechat_api::WechatConfig;
 use wxhub_wechat_api::{ErrorClass, Host, Secret, WechatApi, WechatError, paths};
 
 #[derive(Default)]

@@ -6,7 +6,8 @@
 //! template and subscribe sends with job status and rate limits) is a later issue and will
 //! live here too.
 //!
-//! [`run`] takes its ops listener and a shutdown future, so tests start it in-process.
+//! [`Worker`] is a [`Service`]: built from its config, then served on an ops listener (it has no
+//! main listener: it consumes) until a shutdown future resolves, so tests start it in-process.
 
 mod config;
 pub mod release_check;
@@ -16,96 +17,139 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use wxhub_bus::{Bus, Topology, consume};
-use wxhub_runtime::ops::{self, Readiness};
-use wxhub_store::{Credentials, Store};
+use wxhub_bus::consume;
+use wxhub_runtime::config::{ConfigError, Source};
+use wxhub_runtime::ops::{Readiness, WhenDown};
+use wxhub_runtime::service::{Listeners, Service, bind};
+use wxhub_runtime::telemetry::TelemetryConfig;
+use wxhub_runtime::{Infra, Server};
+use wxhub_store::Credentials;
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
-pub use config::{Config, DEFAULTS, TokenControlEndpoint, WorkerSection};
+pub use config::{Config, DEFAULTS, WorkerSection};
 pub use release_check::ReleaseCheck;
 
-/// Runs the worker until `shutdown` resolves: consumers stop taking deliveries, in-flight jobs
-/// finish (bounded by `shutdown.grace_ms`) and are acked, then the bus closes.
-pub async fn run(
+/// A built worker: the release-check handler over token-control, WeChat and Redis.
+pub struct Worker {
     config: Config,
-    ops_listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    config.validate()?;
-    let _ = ops::prometheus();
-    let cancel = CancellationToken::new();
-    let grace = Duration::from_millis(config.shutdown.grace_ms.max(1));
-    let store = Store::connect(&config.redis, &config.namespace).context("redis.url")?;
-    let topology = Topology::new(config.namespace.clone(), config.amqp.delivery_limit);
-    let queue = topology.release_check_queue();
-    let bus = Bus::start(
-        config.amqp.clone(),
-        topology,
-        "wxhub-worker",
-        cancel.clone(),
-    );
-    let tokens = TokenClient::new(
-        &config.token_control.endpoint,
-        &config.client.api_key,
-        Duration::from_millis(config.worker.token_timeout_ms.max(1)),
-    )?;
-    let wechat = WechatApi::new(&config.wechat).map_err(|e| anyhow::anyhow!("wechat: {e}"))?;
-    let handler = Arc::new(ReleaseCheck::new(
-        tokens,
-        wechat,
-        Credentials::new(store.clone()),
-        Duration::from_secs(config.worker.sent_ttl_secs.max(1)),
-    ));
+    infra: Infra,
+    handler: Arc<ReleaseCheck>,
+}
 
-    // Readiness means "can do its job", and both checks are hard: without RabbitMQ no job
-    // arrives, and without Redis no job can be checked against (or recorded in) the sent ledger,
-    // so every job is requeued. Both are unready. (No Service routes to the worker: unready only
-    // holds a rollout back and shows on dashboards.)
-    let readiness = {
-        let (store, bus) = (store.clone(), bus.clone());
-        Readiness::new()
-            .with("redis", move || {
-                let store = store.clone();
-                async move { store.ping().await.map_err(|e| e.to_string()) }
-            })
-            .with("rabbitmq", move || {
-                let connected = bus.is_connected();
-                async move {
-                    if connected {
-                        Ok("connected".into())
-                    } else {
-                        Err("not connected".into())
-                    }
-                }
-            })
-    };
-    let ops_server = axum::serve(ops_listener, ops::router(readiness))
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let ops_task = tokio::spawn(async move { ops_server.await });
-    let consumer = tokio::spawn(consume(
-        bus.clone(),
-        queue,
-        config.worker.release_check_concurrency,
-        grace,
-        move |received| {
-            let handler = handler.clone();
-            async move { handler.handle(received).await }
-        },
-        cancel.clone(),
-    ));
-    tracing::info!(namespace = config.namespace, "worker running");
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
 
-    shutdown.await;
-    tracing::info!("worker draining");
-    cancel.cancel();
-    wxhub_runtime::shutdown::drain("worker", grace, async {
-        let _ = consumer.await;
-        let _ = ops_task.await;
-    })
-    .await;
-    bus.close().await;
-    Ok(())
+impl Service for Worker {
+    const NAME: &'static str = "wxhub-worker";
+    const ABOUT: &'static str = "Consumes wxhub's jobs and calls WeChat";
+    type Config = Config;
+    /// Nothing to inject yet.
+    type Options = ();
+
+    fn load(source: &Source) -> Result<Config, ConfigError> {
+        Config::load(source)
+    }
+
+    fn telemetry(config: &Config) -> &TelemetryConfig {
+        &config.telemetry
+    }
+
+    /// `worker.ops_listen`.
+    async fn listen(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners::ops(
+            bind(&config.worker.ops_listen, "worker.ops_listen").await?,
+        ))
+    }
+
+    /// Validates `config`, creates the store (lazily connected), starts the bus, and builds
+    /// the handler with its token-control and WeChat clients.
+    async fn build(config: Config, (): ()) -> anyhow::Result<Self> {
+        config.validate()?;
+        let infra = Infra::start(
+            Self::NAME,
+            &config.namespace,
+            &config.redis,
+            Some(&config.amqp),
+            &config.shutdown,
+        )?;
+        let tokens = TokenClient::new(
+            &config.token_control.endpoint,
+            &config.client.api_key,
+            Duration::from_millis(config.worker.token_timeout_ms),
+        )?;
+        let wechat = WechatApi::new(&config.wechat).map_err(|e| anyhow::anyhow!("wechat: {e}"))?;
+        let handler = Arc::new(ReleaseCheck::new(
+            tokens,
+            wechat,
+            Credentials::new(infra.store().clone()),
+            Duration::from_secs(config.worker.sent_ttl_secs),
+        ));
+        Ok(Self {
+            config,
+            infra,
+            handler,
+        })
+    }
+
+    /// Consumes until `shutdown` resolves, with the ops endpoints on `listeners.ops`; then
+    /// stops taking deliveries, lets in-flight jobs finish and be acked (within
+    /// `shutdown.grace_ms`), and closes the bus.
+    async fn serve(
+        self,
+        mut listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let ops = listeners.take_ops(Self::NAME)?;
+        let Self {
+            config,
+            infra,
+            handler,
+        } = self;
+        let bus = infra
+            .bus()
+            .cloned()
+            .context("the worker consumes from RabbitMQ")?;
+        // Readiness means "can do its job", and both checks are hard: without RabbitMQ no job
+        // arrives, and without Redis no job can be checked against (or recorded in) the sent
+        // ledger, so every job is requeued. Both are unready. (No Service routes to the worker:
+        // unready only holds a rollout back and shows on dashboards.)
+        let readiness = Readiness::new()
+            .redis(
+                infra.store(),
+                WhenDown::Unready("every job is requeued".into()),
+            )
+            .rabbitmq(&bus, WhenDown::Unready("no job arrives".into()));
+        let queue = bus.topology().release_check_queue();
+        let (concurrency, grace) = (config.worker.release_check_concurrency, infra.grace());
+        let consumer = Server::spawn("release-check consumer", move |stop| async move {
+            consume(
+                bus,
+                queue,
+                concurrency,
+                grace,
+                move |received| {
+                    let handler = handler.clone();
+                    async move { handler.handle(received).await }
+                },
+                stop,
+            )
+            .await;
+            Ok(())
+        });
+        tracing::info!(namespace = config.namespace, "worker running");
+        infra
+            .serve(
+                consumer,
+                Some((ops, readiness)),
+                shutdown,
+                |drain, consumer| async move { consumer.stop(&drain).await },
+            )
+            .await
+    }
 }

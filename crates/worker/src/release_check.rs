@@ -40,19 +40,19 @@ const MAX_ATTEMPTS: u64 = 3;
 
 /// Why a job did not complete, and what the consumer does about it.
 #[derive(Debug)]
-enum Failure {
+enum JobError {
     Retry(String),
     Give(String),
 }
 
-impl From<Failure> for Outcome {
-    fn from(f: Failure) -> Self {
+impl From<JobError> for Outcome {
+    fn from(f: JobError) -> Self {
         match f {
-            Failure::Retry(reason) => {
+            JobError::Retry(reason) => {
                 tracing::warn!(reason, "release-check job will be retried");
                 Outcome::Requeue
             }
-            Failure::Give(reason) => Outcome::DeadLetter(reason),
+            JobError::Give(reason) => Outcome::DeadLetter(reason),
         }
     }
 }
@@ -90,9 +90,9 @@ impl ReleaseCheck {
         outcome
     }
 
-    async fn process(&self, received: &Received) -> Result<(), Failure> {
+    async fn process(&self, received: &Received) -> Result<(), JobError> {
         let job = ReleaseCheckJob::decode(received.body.as_slice())
-            .map_err(|e| Failure::Give(format!("undecodable ReleaseCheckJob: {e}")))?;
+            .map_err(|e| JobError::Give(format!("undecodable ReleaseCheckJob: {e}")))?;
         for (field, value) in [
             ("tenant", &job.tenant),
             ("authorizer_appid", &job.authorizer_appid),
@@ -100,7 +100,7 @@ impl ReleaseCheck {
             ("open_id", &job.open_id),
         ] {
             if value.is_empty() {
-                return Err(Failure::Give(format!("ReleaseCheckJob without {field}")));
+                return Err(JobError::Give(format!("ReleaseCheckJob without {field}")));
             }
         }
         let id = format!(
@@ -121,7 +121,7 @@ impl ReleaseCheck {
                 return Ok(());
             }
             Ok(false) => {}
-            Err(e) => return Err(Failure::Retry(format!("redis: {e}"))),
+            Err(e) => return Err(JobError::Retry(format!("redis: {e}"))),
         }
 
         // (a) api_query_auth with the code; the account it names is the one whose token sends
@@ -158,13 +158,13 @@ impl ReleaseCheck {
             // (no component_verify_ticket yet, WeChat was asked to push one), so a few
             // deliveries are retried before the job is given up with that reason.
             (Err(_), Some(s)) if received.delivery_count + 1 < self.max_attempts => {
-                return Err(Failure::Retry(format!(
+                return Err(JobError::Retry(format!(
                     "exchange the auth code: {}",
                     s.message()
                 )));
             }
             (Err(_), Some(s)) => {
-                return Err(Failure::Give(format!(
+                return Err(JobError::Give(format!(
                     "exchange the auth code: token-control {:?}: {}",
                     s.code(),
                     s.message()
@@ -220,24 +220,24 @@ impl ReleaseCheck {
     }
 }
 
-fn grpc_failure(what: &str, s: &tonic::Status) -> Failure {
+fn grpc_failure(what: &str, s: &tonic::Status) -> JobError {
     let reason = format!("{what}: token-control {:?}: {}", s.code(), s.message());
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unknown => {
-            Failure::Retry(reason)
+            JobError::Retry(reason)
         }
-        _ => Failure::Give(reason),
+        _ => JobError::Give(reason),
     }
 }
 
-fn wechat_failure(e: &WechatError) -> Failure {
+fn wechat_failure(e: &WechatError) -> JobError {
     if e.class().is_retryable() {
         if e.outcome_unknown() {
             // A timed-out send may have been delivered: the retry can duplicate it.
             tracing::warn!(error = %e, "custom/send outcome unknown; retrying may send it twice");
         }
-        Failure::Retry(e.to_string())
+        JobError::Retry(e.to_string())
     } else {
-        Failure::Give(format!("custom/send: {e}"))
+        JobError::Give(format!("custom/send: {e}"))
     }
 }

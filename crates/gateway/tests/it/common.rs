@@ -20,8 +20,8 @@ use wxhub_crypto::{AesKey, Crypt, KeySlot, msg_signature, random_nonce, signatur
 use wxhub_gateway::{AppState, Gateway, GatewayConfig};
 use wxhub_message::{Limits, Message, parse_envelope, parse_message};
 use wxhub_proto::events::v1::CallbackEvent;
-use wxhub_runtime::Clock;
 use wxhub_runtime::config::Source;
+use wxhub_runtime::{Clock, Listeners, Service};
 use wxhub_testkit::Namespace;
 
 pub const K_COMP: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -192,12 +192,12 @@ impl Harness {
         if let Some(clock) = opts.clock {
             options.clock = clock;
         }
-        let gateway = Gateway::start_with(config, options).unwrap();
+        let gateway = Gateway::build(config, options).await.unwrap();
         let state = gateway.state().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(listener, async {
+        let task = tokio::spawn(gateway.serve(Listeners::main(listener), async {
             let _ = stopped.await;
         }));
         Self {

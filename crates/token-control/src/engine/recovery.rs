@@ -529,7 +529,7 @@ impl Engine {
                 ));
             }
         } else {
-            let interval = Duration::from_millis(self.cfg.relist_interval_ms.max(1));
+            let interval = Duration::from_millis(self.cfg.relist_interval_ms);
             if self.creds.guard(tenant, "relist", interval).await? {
                 tracing::info!(
                     tenant,

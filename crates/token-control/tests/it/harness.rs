@@ -12,13 +12,13 @@ use wxhub_bus::{Bus, Outgoing};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_runtime::config::Source;
-use wxhub_runtime::{Tenants, TenantsHandle, tenants::api_key_sha256};
+use wxhub_runtime::{Listeners, Service, Tenants, TenantsHandle, tenants::api_key_sha256};
 use wxhub_sim::{
     AccountSeed, AgentSeed, AuthorizationSeed, ComponentSeed, CorpSeed, Seed, SimConfig, SimHandle,
 };
 use wxhub_store::{Authorizers, Credentials, Store};
 use wxhub_testkit::Namespace;
-use wxhub_token_control::{Config, Engine, FnClock, Options};
+use wxhub_token_control::{Config, Engine, FnClock, Options, TokenControl};
 
 pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 pub const ACME: &str = "acme";
@@ -366,13 +366,18 @@ impl Env {
                 let options = Options {
                     clock: FnClock::new(move || clock.now_ms()),
                     tenants: Some(tenants),
-                    ops_listener: Some(tokio::net::TcpListener::from_std(ops).unwrap()),
-                    engine_tx: Some(tx),
                     ..Options::default()
                 };
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let replica = TokenControl::build(config, options)
+                    .await
+                    .unwrap_or_else(|e| panic!("replica failed to build: {e:#}"));
+                let _ = tx.send(Arc::clone(replica.engine()));
+                let listeners = Listeners::main_and_ops(
+                    tokio::net::TcpListener::from_std(listener).unwrap(),
+                    tokio::net::TcpListener::from_std(ops).unwrap(),
+                );
                 tokio::select! {
-                    r = wxhub_token_control::run_with(config, listener, options, s.cancelled_owned()) => {
+                    r = replica.serve(listeners, s.cancelled_owned()) => {
                         if let Err(e) = r { panic!("replica failed: {e:#}"); }
                     }
                     () = k.cancelled() => {}

@@ -21,7 +21,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        crate::unix_ms()
+        unix_ms()
     }
 }
 
@@ -41,6 +41,13 @@ impl<F: Fn() -> i64 + Send + Sync + 'static> Clock for FnClock<F> {
     }
 }
 
+/// Unix time in milliseconds from the system clock.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +57,6 @@ mod tests {
         let clock: Arc<dyn Clock> = FnClock::new(|| 1_700_000_000_999);
         assert_eq!(clock.now_secs(), 1_700_000_000);
         assert_eq!(FnClock::new(|| -1).now_secs(), -1);
-        assert!((SystemClock.now_ms() - crate::unix_ms()).abs() < 1000);
+        assert!((SystemClock.now_ms() - unix_ms()).abs() < 1000);
     }
 }
