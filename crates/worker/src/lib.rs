@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::{Bus, Topology, consume};
 use wxhub_runtime::ops::{self, Readiness};
-use wxhub_store::{Credentials, Store};
+use wxhub_store::{Ledger, Store};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
@@ -56,7 +56,7 @@ pub async fn run(
     let handler = Arc::new(ReleaseCheck::new(
         tokens,
         wechat,
-        Credentials::new(store.clone()),
+        Ledger::new(store.clone()),
         Duration::from_secs(config.worker.sent_ttl_secs.max(1)),
     ));
 
