@@ -637,36 +637,6 @@ impl Credentials {
         let _: i64 = RELEASE.key(key).arg(value).invoke_async(&mut conn).await?;
         Ok(())
     }
-
-    /// Whether the bus event `message_id` was already applied.
-    pub async fn consumed(&self, tenant: &str, message_id: &str) -> Result<bool, StoreError> {
-        let key = self.store.keys(tenant).consumed(message_id);
-        let mut conn = self.store.conn();
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Records that the bus event `message_id` was applied (kept for `ttl`).
-    pub async fn mark_consumed(
-        &self,
-        tenant: &str,
-        message_id: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let key = self.store.keys(tenant).consumed(message_id);
-        let mut conn = self.store.conn();
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg("1")
-            .arg("PX")
-            .arg(px(ttl))
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
 }
 
 /// A failure whose command may or may not have run (the connection dropped or timed out).

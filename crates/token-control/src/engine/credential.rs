@@ -1,0 +1,89 @@
+//! The credentials of a tenant, by name, and the token handed to a caller.
+
+use wxhub_runtime::Secret;
+use wxhub_store::{TicketRecord, TokenRecord};
+
+/// Validity of a component_verify_ticket (WeChat: 12 hours).
+pub const TICKET_VALIDITY_MS: i64 = 12 * 3600 * 1000;
+
+/// Whether `ticket` is still valid at `now_ms`.
+pub fn ticket_valid(ticket: &TicketRecord, now_ms: i64) -> bool {
+    now_ms - ticket.received_at_ms < TICKET_VALIDITY_MS
+}
+
+/// Which credential of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// component_access_token.
+    Component,
+    /// The Official Account's or WeCom app's own access token.
+    App,
+    /// An authorizer_access_token.
+    Authorizer(String),
+    /// A JS-SDK ticket: of an authorizer, or (`None`) of the Official Account itself.
+    Jsapi(Option<String>),
+}
+
+impl Credential {
+    /// The name used in Redis keys and the schedule.
+    pub fn name(&self) -> String {
+        match self {
+            Credential::Component => "component".into(),
+            Credential::App => "app".into(),
+            Credential::Authorizer(a) => format!("authorizer:{a}"),
+            Credential::Jsapi(None) => "jsapi".into(),
+            Credential::Jsapi(Some(a)) => format!("jsapi:{a}"),
+        }
+    }
+
+    /// Parses a schedule member.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "component" => Some(Credential::Component),
+            "app" => Some(Credential::App),
+            "jsapi" => Some(Credential::Jsapi(None)),
+            _ => {
+                if let Some(a) = name.strip_prefix("authorizer:") {
+                    Some(Credential::Authorizer(a.to_owned()))
+                } else {
+                    name.strip_prefix("jsapi:")
+                        .map(|a| Credential::Jsapi(Some(a.to_owned())))
+                }
+            }
+        }
+    }
+
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Component => "component",
+            Credential::App => "app",
+            Credential::Authorizer(_) => "authorizer",
+            Credential::Jsapi(_) => "jsapi",
+        }
+    }
+
+    /// The authorizer it belongs to, if any.
+    pub fn authorizer(&self) -> Option<&str> {
+        match self {
+            Credential::Authorizer(a) | Credential::Jsapi(Some(a)) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// A token handed to a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub value: Secret,
+    pub expires_at_ms: i64,
+}
+
+impl From<&TokenRecord> for Token {
+    fn from(r: &TokenRecord) -> Self {
+        Self {
+            value: r.value.clone(),
+            expires_at_ms: r.expires_at_ms,
+        }
+    }
+}
