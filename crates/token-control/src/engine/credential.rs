@@ -1,7 +1,9 @@
-//! The credentials of a tenant, by name, and the token handed to a caller.
+//! The credentials of a tenant, by name; the token handed to a caller, and a token WeChat just
+//! issued.
 
 use wxhub_runtime::Secret;
 use wxhub_store::{TicketRecord, TokenRecord};
+use wxhub_wechat_api::AccessToken;
 
 /// Validity of a component_verify_ticket (WeChat: 12 hours).
 pub const TICKET_VALIDITY_MS: i64 = 12 * 3600 * 1000;
@@ -85,5 +87,35 @@ impl From<&TokenRecord> for Token {
             value: r.value.clone(),
             expires_at_ms: r.expires_at_ms,
         }
+    }
+}
+
+/// A token WeChat just issued.
+pub(crate) struct Issued {
+    pub(crate) token: Secret,
+    pub(crate) expires_in: u64,
+    /// The authorizer whose token it is (the write refuses it once the account is revoked).
+    pub(crate) authorizer: Option<String>,
+    /// `(used, returned)` refresh tokens of an authorizer refresh.
+    pub(crate) refresh: Option<(Secret, Secret)>,
+    /// Asking again before this token expires returns this token (stable_token's normal
+    /// mode).
+    pub(crate) idempotent: bool,
+}
+
+impl Issued {
+    /// A token of the tenant itself, or of `authorizer`.
+    pub(crate) fn new(token: Secret, expires_in: u64, authorizer: Option<String>) -> Self {
+        Self {
+            token,
+            expires_in,
+            authorizer,
+            refresh: None,
+            idempotent: false,
+        }
+    }
+
+    pub(crate) fn access(t: AccessToken) -> Self {
+        Self::new(t.token, t.expires_in, None)
     }
 }

@@ -25,8 +25,7 @@ use wxhub_wechat_api::ErrorClass;
 
 use super::authorizers::AuthorizerRecords;
 use super::component::with_component_token;
-use super::credential::Credential;
-use super::fetch::Issued;
+use super::credential::{Credential, Issued};
 use super::refresh::Tokens;
 use super::shared::Shared;
 use super::write::Writer;

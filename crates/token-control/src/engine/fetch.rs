@@ -13,48 +13,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wxhub_runtime::{Secret, Tenant, TenantKind};
+use wxhub_runtime::{Tenant, TenantKind};
 use wxhub_store::Lease;
 use wxhub_wechat_api::{AccessToken, ErrorClass};
 
 use super::authorizers::AuthorizerRecords;
 use super::component::{TokenSource, with_component_token, with_token};
-use super::credential::Credential;
+use super::credential::{Credential, Issued};
 use super::reconcile::Reconciler;
 use super::recovery::Recovery;
 use super::shared::Shared;
 use super::tickets::Tickets;
 use crate::error::{Error, note_failure};
-
-/// A token WeChat just issued.
-pub(crate) struct Issued {
-    pub(crate) token: Secret,
-    pub(crate) expires_in: u64,
-    /// The authorizer whose token it is (the write refuses it once the account is revoked).
-    pub(crate) authorizer: Option<String>,
-    /// `(used, returned)` refresh tokens of an authorizer refresh.
-    pub(crate) refresh: Option<(Secret, Secret)>,
-    /// Asking again before this token expires returns this token (stable_token's normal
-    /// mode).
-    pub(crate) idempotent: bool,
-}
-
-impl Issued {
-    /// A token of the tenant itself, or of `authorizer`.
-    pub(crate) fn new(token: Secret, expires_in: u64, authorizer: Option<String>) -> Self {
-        Self {
-            token,
-            expires_in,
-            authorizer,
-            refresh: None,
-            idempotent: false,
-        }
-    }
-
-    fn access(t: AccessToken) -> Self {
-        Self::new(t.token, t.expires_in, None)
-    }
-}
 
 /// Fetching from WeChat.
 pub(crate) struct Fetch {

@@ -19,8 +19,7 @@ use wxhub_runtime::Tenant;
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{Lease, TokenRecord, WriteOutcome};
 
-use super::credential::{Credential, Token};
-use super::fetch::Issued;
+use super::credential::{Credential, Issued, Token};
 use super::shared::Shared;
 use crate::error::Error;
 
