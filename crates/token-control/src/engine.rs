@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxhub_message::ComponentNotice;
 use wxhub_runtime::{Tenant, TenantsHandle};
-use wxhub_store::{AuthorizerRecord, Credentials, Store};
+use wxhub_store::{AuthorizerRecord, Credentials, Ledger, Store};
 use wxhub_wechat_api::WechatApi;
 
 pub use authorizers::AuthorizerPage;
@@ -169,16 +169,16 @@ impl Engine {
             Arc::clone(&authorizers),
         ));
         let pre_auth = Arc::new(PreAuth::new(s(), store.clone(), mp_base));
-        let notices = Notices::new(
-            s(),
-            store.clone(),
-            Arc::clone(&tokens),
-            Arc::clone(&tickets),
-            Arc::clone(&reconciler),
-            Arc::clone(&authorizers),
-            Arc::clone(&exchange),
-            Arc::clone(&pre_auth),
-        );
+        let notices = Notices {
+            s: s(),
+            ledger: Ledger::new(store.clone()),
+            tokens: Arc::clone(&tokens),
+            tickets: Arc::clone(&tickets),
+            reconciler: Arc::clone(&reconciler),
+            authorizers: Arc::clone(&authorizers),
+            exchange: Arc::clone(&exchange),
+            pre_auth: Arc::clone(&pre_auth),
+        };
         Arc::new(Self {
             store,
             shared,

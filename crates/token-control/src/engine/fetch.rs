@@ -63,20 +63,33 @@ impl Fetch {
         lease: &Lease,
         deadline: Instant,
     ) -> Result<Option<Issued>, Error> {
+        // The tenant's own credentials need no other token: the lease is checked right before
+        // the call. The others check it once they hold the token their call needs.
+        let own = matches!(
+            (cred, tenant.kind),
+            (Credential::Component, TenantKind::Component)
+                | (
+                    Credential::App,
+                    TenantKind::OfficialAccount | TenantKind::Wecom
+                )
+        );
+        if own && !self.holds(lease).await? {
+            return Ok(None);
+        }
         match (cred, tenant.kind) {
             (Credential::Component, TenantKind::Component) => {
-                self.component(tenant, lease, deadline).await
+                self.component(tenant, deadline).await
             }
             // /cgi-bin/token always issues a new token.
             (Credential::App, TenantKind::OfficialAccount)
                 if self.s.cfg.oa_token_api == "token" =>
             {
-                self.app(tenant, lease, deadline).await
+                self.app(tenant, deadline).await
             }
             (Credential::App, TenantKind::OfficialAccount) => {
-                self.stable(tenant, rejected, lease, deadline).await
+                self.stable(tenant, rejected, deadline).await
             }
-            (Credential::App, TenantKind::Wecom) => self.app(tenant, lease, deadline).await,
+            (Credential::App, TenantKind::Wecom) => self.app(tenant, deadline).await,
             (Credential::Authorizer(appid), TenantKind::Component) => {
                 self.authorizer(tokens, tenant, appid, lease, deadline)
                     .await
@@ -104,15 +117,7 @@ impl Fetch {
 
     /// component_access_token, from the stored ticket (WeChat is asked to push one when there
     /// is none or it refuses it).
-    async fn component(
-        &self,
-        tenant: &Tenant,
-        lease: &Lease,
-        deadline: Instant,
-    ) -> Result<Option<Issued>, Error> {
-        if !self.holds(lease).await? {
-            return Ok(None);
-        }
+    async fn component(&self, tenant: &Tenant, deadline: Instant) -> Result<Option<Issued>, Error> {
         let Some(ticket) = self.recovery.usable_ticket(tenant, deadline).await? else {
             self.tickets.request_push(tenant).await;
             return Err(Error::NoTicket {
@@ -139,15 +144,7 @@ impl Fetch {
 
     /// An Official Account's token from `/cgi-bin/token`, or a WeCom app's from `gettoken`:
     /// each call issues a new one.
-    async fn app(
-        &self,
-        tenant: &Tenant,
-        lease: &Lease,
-        deadline: Instant,
-    ) -> Result<Option<Issued>, Error> {
-        if !self.holds(lease).await? {
-            return Ok(None);
-        }
+    async fn app(&self, tenant: &Tenant, deadline: Instant) -> Result<Option<Issued>, Error> {
         let api = self.s.api.until(deadline);
         let (answer, what) = if tenant.kind == TenantKind::Wecom {
             let answer = api.wecom_token(&tenant.app_id, &tenant.app_secret).await;
@@ -174,12 +171,8 @@ impl Fetch {
         &self,
         tenant: &Tenant,
         rejected: Option<&str>,
-        lease: &Lease,
         deadline: Instant,
     ) -> Result<Option<Issued>, Error> {
-        if !self.holds(lease).await? {
-            return Ok(None);
-        }
         let api = self.s.api.until(deadline);
         let failed = |e| {
             note_failure(tenant.id.as_str(), &e);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use wxhub_message::{Authorization, ComponentNotice};
 use wxhub_runtime::{ErrorCode, Tenant};
-use wxhub_store::{AuthorizerStatus, Ledger, Store};
+use wxhub_store::{AuthorizerStatus, Ledger};
 
 use super::authorizers::AuthorizerRecords;
 use super::exchange::{Exchange, ExchangeBy};
@@ -46,16 +46,17 @@ pub enum Applied {
     FromTheFuture,
 }
 
-/// The rooms a notice changes.
+/// The rooms a notice changes (wired by the engine).
 pub(crate) struct Notices {
-    s: Arc<Shared>,
-    ledger: Ledger,
-    tokens: Arc<Tokens>,
-    tickets: Arc<Tickets>,
-    reconciler: Arc<Reconciler>,
-    authorizers: Arc<AuthorizerRecords>,
-    exchange: Arc<Exchange>,
-    pre_auth: Arc<PreAuth>,
+    pub(super) s: Arc<Shared>,
+    /// Applied message ids.
+    pub(super) ledger: Ledger,
+    pub(super) tokens: Arc<Tokens>,
+    pub(super) tickets: Arc<Tickets>,
+    pub(super) reconciler: Arc<Reconciler>,
+    pub(super) authorizers: Arc<AuthorizerRecords>,
+    pub(super) exchange: Arc<Exchange>,
+    pub(super) pre_auth: Arc<PreAuth>,
 }
 
 /// A fixed label for a notice type (never the attacker-chosen InfoType of an unknown notice).
@@ -70,29 +71,6 @@ fn kind_label(notice: &ComponentNotice) -> &'static str {
 }
 
 impl Notices {
-    #[allow(clippy::too_many_arguments)] // the rooms a notice reaches, wired once
-    pub(crate) fn new(
-        s: Arc<Shared>,
-        store: Store,
-        tokens: Arc<Tokens>,
-        tickets: Arc<Tickets>,
-        reconciler: Arc<Reconciler>,
-        authorizers: Arc<AuthorizerRecords>,
-        exchange: Arc<Exchange>,
-        pre_auth: Arc<PreAuth>,
-    ) -> Self {
-        Self {
-            s,
-            ledger: Ledger::new(store),
-            tokens,
-            tickets,
-            reconciler,
-            authorizers,
-            exchange,
-            pre_auth,
-        }
-    }
-
     /// Applies `notice` of the component `tenant`, delivered as message `message_id`.
     pub(crate) async fn apply(
         &self,
