@@ -4,7 +4,7 @@
 //!   (`CreateAuthorizationUrl`) for the authorization links and renders a page with the PC link
 //!   (`componentloginpage`, scan with WeChat) and the mobile link (`bindcomponent`, open inside
 //!   WeChat). token-control shares one pre-auth code between the views of a short window (see
-//!   `wxhub_token_control::pre_auth`), so views do not each cost a WeChat call.
+//!   docs/token-control.md, "Pre-auth code reuse"), so views do not each cost a WeChat call.
 //! - `GET /wx/{tenant}/authorized?wxhub_pac=...&auth_code=...&expires_in=...` exchanges the
 //!   code through token-control (`ExchangeAuthCode`, passing `wxhub_pac` so the used pre-auth
 //!   code is retired) and shows the authorized account, or a clear error page. A code already

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::Script;
 use wxhub_domain::Secret;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, px};
 
 /// A stored access token or JS-SDK ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +134,8 @@ return false
     )
 });
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Compare-and-delete: KEYS[1] is deleted if it still holds ARGV[1].
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -231,10 +232,6 @@ return due
     )
 });
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 fn parse_i64(key: &str, field: &str, v: Option<&String>) -> Result<i64, StoreError> {
     v.ok_or_else(|| corrupt(key, format!("missing {field}")))?
         .parse()
@@ -324,7 +321,7 @@ impl Credentials {
             .key(&lock)
             .key(keys.fence())
             .arg(&owner)
-            .arg(ms(ttl))
+            .arg(px(ttl))
             .invoke_async(&mut conn)
             .await;
         let fence = match result {
@@ -594,7 +591,7 @@ impl Credentials {
             .arg("1")
             .arg("NX")
             .arg("PX")
-            .arg(ms(ttl))
+            .arg(px(ttl))
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
@@ -613,7 +610,7 @@ impl Credentials {
         let key = self.store.keys(tenant).guard(what);
         let mut conn = self.store.conn();
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&key).arg(value).arg("PX").arg(ms(ttl));
+        cmd.arg(&key).arg(value).arg("PX").arg(px(ttl));
         if only_if_absent {
             cmd.arg("NX");
         }
@@ -638,36 +635,6 @@ impl Credentials {
         let key = self.store.keys(tenant).guard(what);
         let mut conn = self.store.conn();
         let _: i64 = RELEASE.key(key).arg(value).invoke_async(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Whether the bus event `message_id` was already applied.
-    pub async fn consumed(&self, tenant: &str, message_id: &str) -> Result<bool, StoreError> {
-        let key = self.store.keys(tenant).consumed(message_id);
-        let mut conn = self.store.conn();
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Records that the bus event `message_id` was applied (kept for `ttl`).
-    pub async fn mark_consumed(
-        &self,
-        tenant: &str,
-        message_id: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let key = self.store.keys(tenant).consumed(message_id);
-        let mut conn = self.store.conn();
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg("1")
-            .arg("PX")
-            .arg(ms(ttl))
-            .query_async(&mut conn)
-            .await?;
         Ok(())
     }
 }

@@ -91,6 +91,12 @@ impl Keys {
         format!("{}guard:{what}", self.prefix)
     }
 
+    /// `…:guard:authcode:{digest}` — string: the claim on an authorization code named by a
+    /// digest of it (`auth_codes`): `pending:{by}`, `done:{by}:{appid}` or `refused:{reason}`.
+    pub fn auth_code(&self, digest: &str) -> String {
+        self.guard(&format!("authcode:{digest}"))
+    }
+
     /// `…:limit:{subject}` — string: a rate-limit bucket's theoretical arrival time (µs,
     /// Redis time), PX until the bucket is full again (`limiter`).
     pub fn limit(&self, subject: &str) -> String {
@@ -126,6 +132,7 @@ mod tests {
             k.authorizers(),
             k.consumed("m"),
             k.guard("push-ticket"),
+            k.auth_code("0123abcd"),
             k.limit("page:addr:10.0.0.1"),
             k.pre_auth(),
             k.nonce("1700000000", "123456"),

@@ -10,15 +10,18 @@
 //!
 //! Modules: [`dedupe`] (callback retries), [`nonces`] (plaintext callbacks' (timestamp, nonce)
 //! bound to one body), [`credentials`] (tickets, tokens, refresh leases, fenced writes, the
-//! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`recovery`]
-//! (noticing a store that lost a tenant's state, and writing back what a replica holds),
-//! [`limiter`] (rate limits shared by every replica), [`pre_auth`] (the pre-auth code the
-//! authorization pages share).
+//! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`auth_codes`]
+//! (the fate of an authorization code across paths and replicas), [`ledger`] (ids of bus
+//! messages already applied), [`recovery`] (noticing a store that lost a tenant's state, and
+//! writing back what a replica holds), [`limiter`] (rate limits shared by every replica),
+//! [`pre_auth`] (the pre-auth code the authorization pages share).
 
+pub mod auth_codes;
 pub mod authorizers;
 pub mod credentials;
 pub mod dedupe;
 mod keys;
+pub mod ledger;
 pub mod limiter;
 pub mod nonces;
 pub mod pre_auth;
@@ -31,9 +34,11 @@ use serde::{Deserialize, Serialize};
 use wxhub_domain::SecretUrl;
 use wxhub_domain::config::{ConfigError, at_least};
 
+pub use auth_codes::{AuthCodes, CodeClaim};
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use keys::Keys;
+pub use ledger::Ledger;
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 pub use recovery::{Epoch, Restored};
@@ -90,6 +95,11 @@ fn connection_info(config: &RedisConfig) -> Result<redis::ConnectionInfo, StoreE
         redis::IntoConnectionInfo::into_connection_info(config.url.expose())?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
     )
+}
+
+/// A TTL as Redis `PX` milliseconds (at least 1: `PX 0` is an error).
+pub(crate) fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Redis failures. The message never contains a key's value.

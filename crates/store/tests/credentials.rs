@@ -7,8 +7,8 @@ use wxhub_domain::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{
-    AuthorizerStatus, Authorizers, Credentials, RedisConfig, Restored, Store, TokenRecord,
-    WriteOutcome, WriteReport,
+    AuthCodes, AuthorizerStatus, Authorizers, CodeClaim, Credentials, Ledger, RedisConfig,
+    Restored, Store, TokenRecord, WriteOutcome, WriteReport,
 };
 
 fn store(test: &str) -> Store {
@@ -248,12 +248,69 @@ async fn markers_and_guards() {
     );
     c.clear_marker("acme", "code:x", "pending:a").await.unwrap();
     assert!(c.marker("acme", "code:x").await.unwrap().is_none());
-    assert!(!c.consumed("acme", "m1").await.unwrap());
-    c.mark_consumed("acme", "m1", Duration::from_secs(10))
+    let ledger = Ledger::new(store.clone());
+    assert!(!ledger.applied("acme", "m1").await.unwrap());
+    ledger
+        .record("acme", "m1", Duration::from_secs(10))
         .await
         .unwrap();
-    assert!(c.consumed("acme", "m1").await.unwrap());
-    assert!(!c.consumed("other", "m1").await.unwrap());
+    assert!(ledger.applied("acme", "m1").await.unwrap());
+    assert!(!ledger.applied("other", "m1").await.unwrap());
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn an_auth_code_is_claimed_once_and_its_fate_remembered() {
+    let store = store("authcodes");
+    let codes = AuthCodes::new(
+        store.clone(),
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    let claim = |digest: &'static str, by: &'static str| {
+        let codes = codes.clone();
+        async move { codes.claim("acme", digest, by).await.unwrap() }
+    };
+    assert_eq!(claim("c1", "redirect").await, CodeClaim::Fresh);
+    assert_eq!(claim("c1", "event").await, CodeClaim::InFlight);
+    codes.release("acme", "c1", "event").await.unwrap();
+    assert_eq!(
+        claim("c1", "event").await,
+        CodeClaim::InFlight,
+        "only the holder releases"
+    );
+    codes
+        .complete("acme", "c1", "redirect", "wxfresh")
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("c1", "event").await,
+        CodeClaim::Done {
+            by: "redirect".into(),
+            appid: "wxfresh".into()
+        }
+    );
+    assert_eq!(claim("c2", "event").await, CodeClaim::Fresh);
+    codes.release("acme", "c2", "event").await.unwrap();
+    assert_eq!(claim("c2", "redirect").await, CodeClaim::Fresh, "released");
+    codes
+        .refuse("acme", "c2", "the code is invalid (errcode 61009)")
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("c2", "event").await,
+        CodeClaim::Refused {
+            reason: "the code is invalid (errcode 61009)".into()
+        }
+    );
+    // The markers keep the format earlier versions wrote (a rolling upgrade reads both ways).
+    let mut conn = store.conn();
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(store.keys("acme").guard("authcode:c1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(raw.as_deref(), Some("done:redirect:wxfresh"));
     cleanup(&store).await;
 }
 

@@ -1,12 +1,12 @@
 //! token-control: the one authority for every WeChat credential of every tenant, and the
 //! authorization flow.
 //!
-//! - [`engine`]: the refresh protocol (leases with fences, fenced writes, the schedule,
-//!   single-flight, invalidation by compare, reconcile, ticket watch).
+//! - [`engine`]: the one authority for every credential, a facade over rooms named for what
+//!   they hold (refresh, fetch, schedule, tickets, authorizers, exchange, reconcile, pre-auth
+//!   codes, recovery).
 //! - [`service`]: the gRPC service `wxhub.token.v1.TokenControl` (API-key auth, tenant scope,
 //!   deadlines), with standard health and reflection.
 //! - [`consumer`]: the `{ns}.token-control` queue (tickets and authorization notices).
-//! - [`pre_auth`]: the pre-auth code the authorization pages share, and its retirement.
 //! - [`TokenControl`]: the whole service, a [`Service`]: built from its config (tests inject a
 //!   clock and tenants through [`Options`] and take the [`Engine`] from the built service), then
 //!   served on a gRPC and an ops listener until a shutdown future resolves. `main.rs` is the
@@ -20,7 +20,6 @@ pub mod config;
 pub mod consumer;
 pub mod engine;
 pub mod error;
-pub mod pre_auth;
 pub mod service;
 
 use std::future::Future;

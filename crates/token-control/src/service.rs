@@ -4,6 +4,9 @@
 //! tenants file, the tenant id is validated and must be one of the client's tenants, and the
 //! deadline is `min(grpc-timeout, token_control.request_timeout_ms)`; WeChat calls made for the
 //! request are bounded by it. Errors carry a clear message and never a secret.
+//!
+//! This module only maps: a request to the engine's call (after validating its fields), the
+//! answer to the reply, an [`Error`] to its status. Everything else happens in the engine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +14,11 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use wxhub_proto::token::v1 as pb;
 use wxhub_proto::token::v1::token_control_server::TokenControl;
-use wxhub_runtime::{ErrorCode, Tenant, TenantKind};
-use wxhub_store::{AuthorizerRecord, AuthorizerStatus};
+use wxhub_runtime::{Tenant, TenantKind};
+use wxhub_store::AuthorizerRecord;
 
-use crate::engine::{Credential, Engine, ExchangeBy, Token};
+use crate::engine::{AuthType, Credential, Engine, Offer, Token, valid_marker};
 use crate::error::Error;
-use crate::pre_auth;
 
 /// Metadata key carrying `Bearer <api key>`.
 pub const AUTH_HEADER: &str = "authorization";
@@ -36,6 +38,30 @@ impl TokenControlService {
 /// WeChat appids and corpids, by the one appid rule ([`wxhub_runtime::AppId`]).
 fn valid_appid(s: &str) -> bool {
     wxhub_runtime::AppId::is_valid(s)
+}
+
+/// `value` of the field `field` if it is an appid.
+fn appid_arg<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if valid_appid(value) {
+        Ok(value)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field} must be wx or ww followed by 1 to 30 of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// `value` of the field `field` if it is an absolute http(s) URL of at most `max` bytes.
+fn http_url_arg(field: &str, value: &str, max: usize) -> Result<url::Url, Status> {
+    url::Url::parse(value)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .filter(|_| value.len() <= max)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{field} must be an absolute http(s) URL (≤ {max} bytes)"
+            ))
+        })
 }
 
 /// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
@@ -114,15 +140,11 @@ impl TokenControlService {
         match (tenant.kind, appid.is_empty()) {
             (TenantKind::Component, true) => Ok(Credential::Component),
             (TenantKind::Component, false) => {
-                if !valid_appid(appid) {
-                    return Err(Status::invalid_argument(
-                        "appid must match [A-Za-z0-9_-]{1,64}",
-                    ));
+                if appid_arg("appid", appid)? == tenant.app_id {
+                    Ok(Credential::Component)
+                } else {
+                    Ok(Credential::Authorizer(appid.to_owned()))
                 }
-                if appid == tenant.app_id {
-                    return Ok(Credential::Component);
-                }
-                Ok(Credential::Authorizer(appid.to_owned()))
             }
             (_, true) => Ok(Credential::App),
             (_, false) if appid == tenant.app_id => Ok(Credential::App),
@@ -134,20 +156,37 @@ impl TokenControlService {
         }
     }
 
-    /// For authorizer credentials: the authorizer must exist and be authorized (so unknown
-    /// appids are NotFound before any token call; the store may first re-list, see
-    /// `Engine::find_authorizer`).
-    async fn check_authorizer(&self, tenant: &str, cred: &Credential) -> Result<(), Status> {
-        let appid = match cred {
-            Credential::Authorizer(a) | Credential::Jsapi(Some(a)) => a,
-            _ => return Ok(()),
+    /// The JS-SDK ticket a request names, and the appid it is of.
+    fn jsapi_credential(tenant: &Tenant, appid: &str) -> Result<(Credential, String), Status> {
+        let cred = match (tenant.kind, appid.is_empty()) {
+            (TenantKind::Component, true) => {
+                return Err(Status::invalid_argument(
+                    "appid (the authorizer) is required for a component tenant",
+                ));
+            }
+            (TenantKind::Component, false) => {
+                Credential::Jsapi(Some(appid_arg("appid", appid)?.to_owned()))
+            }
+            (TenantKind::OfficialAccount, true) => Credential::Jsapi(None),
+            (TenantKind::OfficialAccount, false) if appid == tenant.app_id => {
+                Credential::Jsapi(None)
+            }
+            (TenantKind::OfficialAccount, false) => {
+                return Err(Status::invalid_argument(
+                    "an Official Account tenant has no authorizers: leave appid empty",
+                ));
+            }
+            (TenantKind::Wecom, _) => {
+                return Err(Status::failed_precondition(
+                    "JS-SDK tickets are served for component authorizers and Official Accounts",
+                ));
+            }
         };
-        match self.engine.find_authorizer(tenant, appid).await {
-            Ok(Some(r)) if r.status == AuthorizerStatus::Authorized => Ok(()),
-            Ok(Some(r)) => Err(Error::revoked(appid, r.revoked_reason.as_deref()).status()),
-            Ok(None) => Err(Status::not_found(format!("unknown authorizer {appid}"))),
-            Err(e) => Err(e.status()),
-        }
+        let appid = match &cred {
+            Credential::Jsapi(Some(a)) => a.clone(),
+            _ => tenant.app_id.to_string(),
+        };
+        Ok((cred, appid))
     }
 
     fn token_reply(tenant: &Tenant, appid: &str, t: Token) -> pb::AccessToken {
@@ -184,7 +223,7 @@ fn authorizer_reply(r: AuthorizerRecord) -> pb::Authorizer {
 fn outcome<T>(rpc: &'static str, result: Result<T, Error>) -> Result<Response<T>, Status> {
     let code = match &result {
         Ok(_) => "ok",
-        Err(e) => e.code.as_str(),
+        Err(e) => e.code().as_str(),
     };
     metrics::counter!("wxhub_token_rpc_total", "rpc" => rpc, "code" => code).increment(1);
     result.map(Response::new).map_err(|e| e.status())
@@ -194,11 +233,11 @@ fn component_only(tenant: &Tenant) -> Result<(), Status> {
     if tenant.kind == TenantKind::Component {
         Ok(())
     } else {
-        Err(Status::failed_precondition(format!(
-            "tenant {:?} is a {} tenant; this call is for components",
-            tenant.id.as_str(),
-            tenant.kind.as_str()
-        )))
+        Err(Error::NotComponent {
+            tenant: tenant.id.to_string(),
+            kind: tenant.kind,
+        }
+        .status())
     }
 }
 
@@ -217,17 +256,11 @@ impl TokenControl for TokenControlService {
             ));
         }
         let cred = Self::access_credential(&call.tenant, &req.appid)?;
-        let tid = call.tenant.id.as_str();
-        // Served from the cache/Redis without the authorizer lookup; the lookup only runs
-        // when a refresh is needed (below, through the engine's own checks).
         let min = self.engine.min_remaining_ms(req.min_remaining_secs);
-        let result = match self.engine.get_token(tid, &cred, min, call.deadline).await {
-            Err(e) if e.code == ErrorCode::NotFound => {
-                self.check_authorizer(tid, &cred).await?;
-                Err(e)
-            }
-            other => other,
-        };
+        let result = self
+            .engine
+            .token(&call.tenant, &cred, min, call.deadline)
+            .await;
         outcome(
             RPC,
             result.map(|t| Self::token_reply(&call.tenant, &req.appid, t)),
@@ -247,11 +280,9 @@ impl TokenControl for TokenControlService {
             ));
         }
         let cred = Self::access_credential(&call.tenant, &req.appid)?;
-        let tid = call.tenant.id.as_str();
-        self.check_authorizer(tid, &cred).await?;
         let result = self
             .engine
-            .invalidate(tid, &cred, &req.rejected_token, call.deadline)
+            .invalidate(&call.tenant, &cred, &req.rejected_token, call.deadline)
             .await;
         outcome(
             RPC,
@@ -267,36 +298,38 @@ impl TokenControl for TokenControlService {
         let call = self.begin(RPC, &request, &request.get_ref().tenant)?;
         let req = request.into_inner();
         component_only(&call.tenant)?;
-        let redirect = url::Url::parse(&req.redirect_uri)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .filter(|_| req.redirect_uri.len() <= 1024)
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "redirect_uri must be an absolute http(s) URL (≤ 1024 bytes)",
-                )
-            })?;
+        let redirect = http_url_arg("redirect_uri", &req.redirect_uri, 1024)?;
         let auth_type = match pb::AuthType::try_from(req.auth_type) {
             Ok(pb::AuthType::Unspecified) => None,
-            Ok(pb::AuthType::OfficialAccount) => Some("1"),
-            Ok(pb::AuthType::MiniProgram) => Some("2"),
-            Ok(pb::AuthType::Both) => Some("3"),
+            Ok(pb::AuthType::OfficialAccount) => Some(AuthType::OfficialAccounts),
+            Ok(pb::AuthType::MiniProgram) => Some(AuthType::MiniPrograms),
+            Ok(pb::AuthType::Both) => Some(AuthType::Both),
             Err(_) => return Err(Status::invalid_argument("unknown auth_type")),
         };
         let biz = (!req.biz_appid.is_empty()).then_some(req.biz_appid.as_str());
         if let Some(b) = biz {
-            if !valid_appid(b) {
-                return Err(Status::invalid_argument(
-                    "biz_appid must match [A-Za-z0-9_-]{1,64}",
-                ));
-            }
+            appid_arg("biz_appid", b)?;
             if auth_type.is_some() {
                 return Err(Status::invalid_argument(
                     "auth_type and biz_appid are mutually exclusive",
                 ));
             }
         }
-        let result = self.create_pre_auth(&call, &redirect, auth_type, biz).await;
+        let offer = match (biz, auth_type) {
+            (Some(b), _) => Offer::Account(b),
+            (None, Some(kind)) => Offer::Kind(kind),
+            (None, None) => Offer::Any,
+        };
+        let result = self
+            .engine
+            .authorization_url(&call.tenant, &redirect, offer, call.deadline)
+            .await
+            .map(|u| pb::AuthorizationUrl {
+                pc_url: u.pc_url,
+                mobile_url: u.mobile_url,
+                pre_auth_code: u.pre_auth_code.expose().to_owned(),
+                expires_at_ms: u.expires_at_ms,
+            });
         outcome(RPC, result)
     }
 
@@ -311,26 +344,16 @@ impl TokenControl for TokenControlService {
         if req.auth_code.is_empty() || req.auth_code.len() > 512 {
             return Err(Status::invalid_argument("auth_code must be 1..=512 bytes"));
         }
-        if !req.pre_auth_marker.is_empty() && !pre_auth::valid_marker(&req.pre_auth_marker) {
+        if !req.pre_auth_marker.is_empty() && !valid_marker(&req.pre_auth_marker) {
             return Err(Status::invalid_argument(
                 "pre_auth_marker must be the redirect's wxhub_pac value (16 hex digits)",
             ));
         }
-        let tid = call.tenant.id.as_str();
+        let marker = (!req.pre_auth_marker.is_empty()).then_some(req.pre_auth_marker.as_str());
         let result = self
             .engine
-            .exchange_auth_code(
-                tid,
-                &req.auth_code,
-                ExchangeBy::Redirect,
-                None,
-                call.deadline,
-            )
+            .exchange_auth_code(&call.tenant, &req.auth_code, marker, call.deadline)
             .await;
-        // A code WeChat accepted proves the pre-auth code of its link was used.
-        if result.is_ok() && !req.pre_auth_marker.is_empty() {
-            pre_auth::retire(&self.engine, tid, &req.pre_auth_marker, "redirect").await;
-        }
         outcome(RPC, result.map(authorizer_reply))
     }
 
@@ -342,25 +365,9 @@ impl TokenControl for TokenControlService {
         let call = self.begin(RPC, &request, &request.get_ref().tenant)?;
         let req = request.into_inner();
         component_only(&call.tenant)?;
-        if !valid_appid(&req.appid) {
-            return Err(Status::invalid_argument(
-                "appid must match [A-Za-z0-9_-]{1,64}",
-            ));
-        }
-        let result = match self
-            .engine
-            .authorizers()
-            .get(call.tenant.id.as_str(), &req.appid)
-            .await
-        {
-            Ok(Some(r)) => Ok(authorizer_reply(r)),
-            Ok(None) => Err(Error::not_found(format!(
-                "unknown authorizer {}",
-                req.appid
-            ))),
-            Err(e) => Err(e.into()),
-        };
-        outcome(RPC, result)
+        let appid = appid_arg("appid", &req.appid)?;
+        let result = self.engine.authorizer(&call.tenant, appid).await;
+        outcome(RPC, result.map(authorizer_reply))
     }
 
     async fn list_authorizers(
@@ -382,19 +389,16 @@ impl TokenControl for TokenControlService {
         } else {
             req.page_size as usize
         };
-        let tid = call.tenant.id.as_str();
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-        let auths = self.engine.authorizers();
-        let result = async {
-            let (records, next) = auths.list(tid, after, size).await?;
-            let total = auths.count(tid).await?;
-            Ok::<_, Error>(pb::ListAuthorizersResponse {
-                authorizers: records.into_iter().map(authorizer_reply).collect(),
-                next_page_token: next.unwrap_or_default(),
-                total,
-            })
-        }
-        .await;
+        let result = self
+            .engine
+            .list_authorizers(&call.tenant, after, size)
+            .await
+            .map(|page| pb::ListAuthorizersResponse {
+                authorizers: page.authorizers.into_iter().map(authorizer_reply).collect(),
+                next_page_token: page.next.unwrap_or_default(),
+                total: page.total,
+            });
         outcome(RPC, result)
     }
 
@@ -407,7 +411,7 @@ impl TokenControl for TokenControlService {
         component_only(&call.tenant)?;
         let result = self
             .engine
-            .reconcile(call.tenant.id.as_str(), call.deadline)
+            .sync_authorizers(&call.tenant, call.deadline)
             .await
             .map(|s| pb::SyncAuthorizersResponse {
                 listed: s.listed,
@@ -424,10 +428,10 @@ impl TokenControl for TokenControlService {
         const RPC: &str = "GetJsapiTicket";
         let call = self.begin(RPC, &request, &request.get_ref().tenant)?;
         let req = request.into_inner();
-        let (cred, _) = self.jsapi_credential(&call, &req.appid).await?;
+        let (cred, _) = Self::jsapi_credential(&call.tenant, &req.appid)?;
         let result = self
             .engine
-            .get_token(call.tenant.id.as_str(), &cred, 60_000, call.deadline)
+            .jsapi_ticket(&call.tenant, &cred, call.deadline)
             .await
             .map(|t| pb::JsapiTicket {
                 ticket: t.value.expose().to_owned(),
@@ -443,144 +447,20 @@ impl TokenControl for TokenControlService {
         const RPC: &str = "SignJsapiUrl";
         let call = self.begin(RPC, &request, &request.get_ref().tenant)?;
         let req = request.into_inner();
-        let page = url::Url::parse(&req.url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .filter(|_| req.url.len() <= 2048)
-            .ok_or_else(|| {
-                Status::invalid_argument("url must be an absolute http(s) URL (≤ 2048 bytes)")
-            })?;
-        let _ = page;
-        // Sign the URL exactly as the page will report it (minus the fragment).
-        let url = req.url.split('#').next().unwrap_or_default().to_owned();
-        let (cred, appid) = self.jsapi_credential(&call, &req.appid).await?;
+        http_url_arg("url", &req.url, 2048)?;
+        let (cred, appid) = Self::jsapi_credential(&call.tenant, &req.appid)?;
         let result = self
             .engine
-            .get_token(call.tenant.id.as_str(), &cred, 60_000, call.deadline)
+            .sign_jsapi_url(&call.tenant, &cred, appid, &req.url, call.deadline)
             .await
-            .map(|ticket| {
-                let nonce = wxhub_crypto::random_nonce(16);
-                let timestamp = self.engine.now_ms() / 1000;
-                let signature = wxhub_crypto::jssdk_signature(
-                    ticket.value.expose(),
-                    &nonce,
-                    &timestamp.to_string(),
-                    &url,
-                );
-                pb::JsapiSignature {
-                    appid,
-                    nonce_str: nonce,
-                    timestamp,
-                    signature,
-                    url,
-                }
+            .map(|s| pb::JsapiSignature {
+                appid: s.appid,
+                nonce_str: s.nonce_str,
+                timestamp: s.timestamp,
+                signature: s.signature,
+                url: s.url,
             });
         outcome(RPC, result)
-    }
-}
-
-impl TokenControlService {
-    async fn jsapi_credential(
-        &self,
-        call: &Call,
-        appid: &str,
-    ) -> Result<(Credential, String), Status> {
-        let tenant = &call.tenant;
-        let cred = match (tenant.kind, appid.is_empty()) {
-            (TenantKind::Component, true) => {
-                return Err(Status::invalid_argument(
-                    "appid (the authorizer) is required for a component tenant",
-                ));
-            }
-            (TenantKind::Component, false) => {
-                if !valid_appid(appid) {
-                    return Err(Status::invalid_argument(
-                        "appid must match [A-Za-z0-9_-]{1,64}",
-                    ));
-                }
-                Credential::Jsapi(Some(appid.to_owned()))
-            }
-            (TenantKind::OfficialAccount, true) => Credential::Jsapi(None),
-            (TenantKind::OfficialAccount, false) if appid == tenant.app_id => {
-                Credential::Jsapi(None)
-            }
-            (TenantKind::OfficialAccount, false) => {
-                return Err(Status::invalid_argument(
-                    "an Official Account tenant has no authorizers: leave appid empty",
-                ));
-            }
-            (TenantKind::Wecom, _) => {
-                return Err(Status::failed_precondition(
-                    "JS-SDK tickets are served for component authorizers and Official Accounts",
-                ));
-            }
-        };
-        self.check_authorizer(tenant.id.as_str(), &cred).await?;
-        let appid = match &cred {
-            Credential::Jsapi(Some(a)) => a.clone(),
-            _ => tenant.app_id.to_string(),
-        };
-        Ok((cred, appid))
-    }
-
-    async fn create_pre_auth(
-        &self,
-        call: &Call,
-        redirect: &url::Url,
-        auth_type: Option<&str>,
-        biz: Option<&str>,
-    ) -> Result<pb::AuthorizationUrl, Error> {
-        let tenant = &call.tenant;
-        let code = pre_auth::obtain(&self.engine, tenant, call.deadline).await?;
-        // The redirect names the code, so /authorized can retire it once it was used.
-        let mut redirect = redirect.clone();
-        let kept: Vec<(String, String)> = redirect
-            .query_pairs()
-            .filter(|(k, _)| k != pre_auth::REDIRECT_PARAM)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        redirect
-            .query_pairs_mut()
-            .clear()
-            .extend_pairs(kept)
-            .append_pair(pre_auth::REDIRECT_PARAM, &code.marker);
-        let redirect = redirect.as_str();
-        let mp = &self.engine.mp_base;
-        let mut params = url::form_urlencoded::Serializer::new(String::new());
-        params
-            .append_pair("component_appid", &tenant.app_id)
-            .append_pair("pre_auth_code", code.code.expose())
-            .append_pair("redirect_uri", redirect);
-        let mut mobile_params = url::form_urlencoded::Serializer::new(String::new());
-        mobile_params
-            .append_pair("action", "bindcomponent")
-            .append_pair("no_scan", "1")
-            .append_pair("component_appid", &tenant.app_id)
-            .append_pair("pre_auth_code", code.code.expose())
-            .append_pair("redirect_uri", redirect);
-        match (auth_type, biz) {
-            (_, Some(b)) => {
-                params.append_pair("biz_appid", b);
-                mobile_params.append_pair("biz_appid", b);
-            }
-            (Some(t), None) => {
-                params.append_pair("auth_type", t);
-                mobile_params.append_pair("auth_type", t);
-            }
-            // The mobile page requires auth_type: default to both kinds.
-            (None, None) => {
-                mobile_params.append_pair("auth_type", "3");
-            }
-        }
-        Ok(pb::AuthorizationUrl {
-            pc_url: format!("{mp}/cgi-bin/componentloginpage?{}", params.finish()),
-            mobile_url: format!(
-                "{mp}/safe/bindcomponent?{}#wechat_redirect",
-                mobile_params.finish()
-            ),
-            pre_auth_code: code.code.expose().to_owned(),
-            expires_at_ms: code.expires_at_ms,
-        })
     }
 }
 

@@ -23,7 +23,7 @@ use wxhub_runtime::ops::{Readiness, WhenDown};
 use wxhub_runtime::service::{Listeners, Service, bind};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::{Infra, Server};
-use wxhub_store::Credentials;
+use wxhub_store::Ledger;
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
@@ -87,7 +87,7 @@ impl Service for Worker {
         let handler = Arc::new(ReleaseCheck::new(
             tokens,
             wechat,
-            Credentials::new(infra.store().clone()),
+            Ledger::new(infra.store().clone()),
             Duration::from_secs(config.worker.sent_ttl_secs),
         ));
         Ok(Self {

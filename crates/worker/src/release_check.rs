@@ -18,7 +18,7 @@ use tonic::Code;
 use wxhub_bus::{Outcome, Received};
 use wxhub_proto::jobs::v1::ReleaseCheckJob;
 use wxhub_runtime::Secret;
-use wxhub_store::Credentials;
+use wxhub_store::Ledger;
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
@@ -30,7 +30,7 @@ pub const CUSTOM_SEND: &str = "/cgi-bin/message/custom/send";
 pub struct ReleaseCheck {
     tokens: TokenClient,
     wechat: WechatApi,
-    ledger: Credentials,
+    ledger: Ledger,
     sent_ttl: Duration,
     max_attempts: u64,
 }
@@ -60,12 +60,7 @@ impl From<JobError> for Outcome {
 impl ReleaseCheck {
     /// A handler using token-control for codes and tokens, WeChat for the send, and Redis to
     /// remember sent jobs for `sent_ttl`.
-    pub fn new(
-        tokens: TokenClient,
-        wechat: WechatApi,
-        ledger: Credentials,
-        sent_ttl: Duration,
-    ) -> Self {
+    pub fn new(tokens: TokenClient, wechat: WechatApi, ledger: Ledger, sent_ttl: Duration) -> Self {
         Self {
             tokens,
             wechat,
@@ -111,7 +106,7 @@ impl ReleaseCheck {
                 .filter(|m| !m.is_empty())
                 .unwrap_or(&job.dedupe_key)
         );
-        match self.ledger.consumed(&job.tenant, &id).await {
+        match self.ledger.applied(&job.tenant, &id).await {
             Ok(true) => {
                 tracing::info!(
                     tenant = job.tenant,
@@ -194,11 +189,7 @@ impl ReleaseCheck {
                 Err(e) => return Err(wechat_failure(&e)),
             }
         }
-        if let Err(e) = self
-            .ledger
-            .mark_consumed(&job.tenant, &id, self.sent_ttl)
-            .await
-        {
+        if let Err(e) = self.ledger.record(&job.tenant, &id, self.sent_ttl).await {
             // The message went out; only the memory of it failed. A redelivery would send it
             // again, which the release check tolerates.
             tracing::warn!(tenant = job.tenant, job = id, error = %e, "sent, but could not record it");

@@ -5,11 +5,11 @@
 //!
 //! How:
 //!
-//! - **Memory.** Every replica keeps the last ticket and every still-valid token it read or
-//!   wrote, per tenant, until they expire (the 1 s read cache is not enough: it is empty again a
+//! - **Memory** (`memory`). Every replica keeps the last ticket and every still-valid token it
+//!   read or wrote, per tenant, until they expire (the 1 s read cache is not enough: it is empty again a
 //!   second later). Tokens reported rejected and authorizers revoked are forgotten.
 //! - **Detection.** `…:epoch` (see `wxhub_store::recovery`) lives in the tenant's slot, so it is
-//!   lost with the rest. [`Engine::restore`] finds it missing (and creates a new one) or changed
+//!   lost with the rest. [`Recovery::restore`] finds it missing (and creates a new one) or changed
 //!   from the id this replica remembers: the store lost the tenant's state. It runs on every
 //!   tenant each `store_check_interval_ms` in every replica, and at once when a read finds no
 //!   token where this replica holds a valid one, when a component token is needed and no ticket
@@ -37,16 +37,17 @@
 //!   pending recovery (waiting for another replica's re-list), else re-lists at most once per
 //!   `relist_interval_ms` per tenant, and only then answers NotFound.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use wxhub_runtime::TenantKind;
+use wxhub_runtime::{Tenant, TenantKind};
 use wxhub_store::{AuthorizerRecord, Epoch, Restored, TicketRecord, TokenRecord};
 
-use super::{Credential, Engine, lock, ticket_valid};
+use super::component::TokenSource;
+use super::credential::{Credential, ticket_valid};
+use super::reconcile::Reconciler;
+use super::shared::Shared;
+use super::tickets::Tickets;
 use crate::error::Error;
 
 /// Pause before a failed re-list after a loss is tried again (by any replica).
@@ -58,236 +59,63 @@ const BACKING_OFF: &str = "retry";
 /// Poll period while waiting for another replica (its write-back or its re-list).
 const WAIT_STEP: Duration = Duration::from_millis(50);
 
-/// What this replica holds of one tenant.
-#[derive(Debug, Default)]
-struct Held {
-    /// The epoch this replica last saw (`None` before its first check).
-    epoch: Option<String>,
-    ticket: Option<TicketRecord>,
-    /// Credential name → the latest token read or written.
-    tokens: HashMap<String, TokenRecord>,
-    /// Authorizer tokens still to write back once the store knows the accounts again.
-    authorizers_pending: bool,
-    /// The highest fence this replica took or saw: the tenant's counter is raised to it after
-    /// a loss, so a holder paused across the loss cannot write over a later refresh.
-    fence: u64,
+/// Recovery after a store loss.
+pub(crate) struct Recovery {
+    s: Arc<Shared>,
+    tickets: Arc<Tickets>,
+    reconciler: Arc<Reconciler>,
 }
 
-/// Tickets and tokens this replica has seen, per tenant, kept until they expire.
-#[derive(Debug, Default)]
-pub(super) struct Memory {
-    tenants: RwLock<HashMap<String, Held>>,
-    /// One restore per tenant at a time in this replica (readers that find the store empty
-    /// together write back once).
-    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The authorizer a credential belongs to.
-fn authorizer_of(cred: &Credential) -> Option<&str> {
-    match cred {
-        Credential::Authorizer(a) | Credential::Jsapi(Some(a)) => Some(a),
-        _ => None,
-    }
-}
-
-impl Memory {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Held>> {
-        self.tenants
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Held>> {
-        self.tenants
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Remembers `record` as the current token of `cred` (a rejected one is forgotten).
-    pub(super) fn hold_token(&self, tenant: &str, cred: &str, record: &TokenRecord) {
-        // The common case (the same token read again) takes only the read lock.
-        let same = self
-            .read()
-            .get(tenant)
-            .and_then(|h| h.tokens.get(cred))
-            .is_some_and(|held| held == record);
-        if same {
-            return;
+impl Recovery {
+    pub(crate) fn new(s: Arc<Shared>, tickets: Arc<Tickets>, reconciler: Arc<Reconciler>) -> Self {
+        Self {
+            s,
+            tickets,
+            reconciler,
         }
-        let mut tenants = self.write();
-        let held = tenants.entry(tenant.to_owned()).or_default();
-        held.fence = held.fence.max(record.fence);
-        if record.rejected {
-            held.tokens.remove(cred);
-        } else {
-            held.tokens.insert(cred.to_owned(), record.clone());
-        }
-    }
-
-    /// Forgets the tokens of an authorizer (revoked, or authorized anew).
-    pub(super) fn forget_authorizer(&self, tenant: &str, appid: &str) {
-        if let Some(held) = self.write().get_mut(tenant) {
-            held.tokens
-                .remove(&Credential::Authorizer(appid.to_owned()).name());
-            held.tokens
-                .remove(&Credential::Jsapi(Some(appid.to_owned())).name());
-        }
-    }
-
-    /// Records a fence this replica took (a lease, a reconcile).
-    pub(super) fn saw_fence(&self, tenant: &str, fence: u64) {
-        let seen = self.read().get(tenant).is_some_and(|h| h.fence >= fence);
-        if !seen {
-            let mut tenants = self.write();
-            let held = tenants.entry(tenant.to_owned()).or_default();
-            held.fence = held.fence.max(fence);
-        }
-    }
-
-    fn fence(&self, tenant: &str) -> u64 {
-        self.read().get(tenant).map_or(0, |h| h.fence)
-    }
-
-    /// Forgets the token of `cred` (or only if it is `value`).
-    pub(super) fn forget(&self, tenant: &str, cred: &str, value: Option<&str>) {
-        let mut tenants = self.write();
-        if let Some(held) = tenants.get_mut(tenant)
-            && held
-                .tokens
-                .get(cred)
-                .is_some_and(|t| value.is_none_or(|v| t.value.expose() == v))
-        {
-            held.tokens.remove(cred);
-        }
-    }
-
-    /// Whether a token of `cred` with life left is held.
-    fn holds_valid(&self, tenant: &str, cred: &str, now_ms: i64) -> bool {
-        self.read()
-            .get(tenant)
-            .and_then(|h| h.tokens.get(cred))
-            .is_some_and(|t| t.remaining_ms(now_ms) > 0)
-    }
-
-    /// Remembers `ticket` unless a newer one is held.
-    pub(super) fn hold_ticket(&self, tenant: &str, ticket: &TicketRecord) {
-        let mut tenants = self.write();
-        let held = tenants.entry(tenant.to_owned()).or_default();
-        if held
-            .ticket
-            .as_ref()
-            .is_none_or(|t| t.create_time <= ticket.create_time)
-        {
-            held.ticket = Some(ticket.clone());
-        }
-    }
-
-    fn epoch(&self, tenant: &str) -> Option<String> {
-        self.read().get(tenant).and_then(|h| h.epoch.clone())
-    }
-
-    fn adopt_epoch(&self, tenant: &str, id: &str) {
-        let mut tenants = self.write();
-        let held = tenants.entry(tenant.to_owned()).or_default();
-        held.epoch = Some(id.to_owned());
-        held.authorizers_pending = true;
-    }
-
-    fn set_authorizers_pending(&self, tenant: &str, pending: bool) -> bool {
-        let mut tenants = self.write();
-        let held = tenants.entry(tenant.to_owned()).or_default();
-        std::mem::replace(&mut held.authorizers_pending, pending)
-    }
-
-    /// The held ticket and the held tokens still valid at `now_ms` (authorizer tokens or the
-    /// tenant's own); expired ones are dropped.
-    fn snapshot(
-        &self,
-        tenant: &str,
-        authorizers: bool,
-        now_ms: i64,
-    ) -> (Option<TicketRecord>, Vec<(String, TokenRecord)>) {
-        let mut tenants = self.write();
-        let Some(held) = tenants.get_mut(tenant) else {
-            return (None, Vec::new());
-        };
-        held.tokens.retain(|_, t| t.remaining_ms(now_ms) > 0);
-        let tokens = held
-            .tokens
-            .iter()
-            .filter(|(name, _)| {
-                Credential::parse(name).is_some_and(|c| authorizer_of(&c).is_some() == authorizers)
-            })
-            .map(|(name, t)| (name.clone(), t.clone()))
-            .collect();
-        let ticket = held.ticket.clone().filter(|t| ticket_valid(t, now_ms));
-        (ticket, tokens)
-    }
-
-    /// Drops every expired token (called about once a minute).
-    fn prune(&self, now_ms: i64) {
-        for held in self.write().values_mut() {
-            held.tokens.retain(|_, t| t.remaining_ms(now_ms) > 0);
-        }
-    }
-
-    fn gate(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(lock(&self.gates).entry(tenant.to_owned()).or_default())
-    }
-}
-
-impl Engine {
-    /// Remembers a ticket this replica stored or read (for a write-back after a loss).
-    pub fn hold_ticket(&self, tenant: &str, ticket: &TicketRecord) {
-        self.memory.hold_ticket(tenant, ticket);
-    }
-
-    fn is_component(&self, tenant: &str) -> bool {
-        self.tenant(tenant)
-            .is_ok_and(|t| t.kind == TenantKind::Component)
-    }
-
-    fn heal_grace_ms(&self) -> i64 {
-        i64::try_from(self.cfg.heal_ticket_grace_ms).unwrap_or(i64::MAX)
     }
 
     /// Checks the tenant's epoch; when it is new to this replica (the store lost the tenant's
     /// state, or this is the replica's first look), writes back the held ticket and tenant
     /// tokens, and once the epoch is healed the held authorizer tokens. Only Redis calls, never
     /// WeChat, so it can run anywhere (inside a refresh, under a lease).
-    pub(super) async fn restore(&self, tenant: &str) -> Result<Epoch, Error> {
-        let gate = self.memory.gate(tenant);
+    pub(crate) async fn restore(&self, tenant: &Tenant) -> Result<Epoch, Error> {
+        let memory = &self.s.memory;
+        let gate = memory.gate(tenant.id.as_str());
         let _one = gate.lock().await;
-        let now = self.now_ms();
-        let mut epoch = self.creds.epoch(tenant, now).await?;
-        let known = self.memory.epoch(tenant);
+        let now = self.s.now_ms();
+        let mut epoch = self.s.creds.epoch(tenant.id.as_str(), now).await?;
+        let known = memory.epoch(tenant.id.as_str());
         if known.as_deref() != Some(epoch.id.as_str()) {
             if known.is_some() {
-                metrics::counter!("wxhub_store_losses_total", "tenant" => tenant.to_owned())
+                metrics::counter!("wxhub_store_losses_total", "tenant" => tenant.id.to_string())
                     .increment(1);
                 tracing::warn!(
-                    tenant,
+                    tenant = %tenant.id,
                     "the store lost this tenant's state; writing back what this replica holds"
                 );
             } else if epoch.created {
                 tracing::info!(
-                    tenant,
+                    tenant = %tenant.id,
                     "no store epoch: a new store, or one that lost its state; starting a new one"
                 );
             }
-            self.write_back(tenant, false).await?;
-            self.memory.adopt_epoch(tenant, &epoch.id);
+            self.write_back(tenant.id.as_str(), false).await?;
+            memory.adopt_epoch(tenant.id.as_str(), &epoch.id);
         }
-        if epoch.healed_at_ms.is_none() && !self.is_component(tenant) {
+        if epoch.healed_at_ms.is_none() && tenant.kind != TenantKind::Component {
             // Nothing to re-list: the tenant's own tokens are all there is.
-            self.creds.mark_healed(tenant, &epoch.id, now).await?;
+            self.s
+                .creds
+                .mark_healed(tenant.id.as_str(), &epoch.id, now)
+                .await?;
             epoch.healed_at_ms = Some(now);
         }
         if epoch.healed_at_ms.is_some()
-            && self.memory.set_authorizers_pending(tenant, false)
-            && let Err(e) = self.write_back(tenant, true).await
+            && memory.set_authorizers_pending(tenant.id.as_str(), false)
+            && let Err(e) = self.write_back(tenant.id.as_str(), true).await
         {
-            self.memory.set_authorizers_pending(tenant, true);
+            memory.set_authorizers_pending(tenant.id.as_str(), true);
             return Err(e);
         }
         Ok(epoch)
@@ -295,28 +123,26 @@ impl Engine {
 
     /// Writes back the held ticket and tenant tokens, or the held authorizer tokens.
     async fn write_back(&self, tenant: &str, authorizers: bool) -> Result<(), Error> {
-        let now = self.now_ms();
+        let (creds, memory) = (&self.s.creds, &self.s.memory);
+        let now = self.s.now_ms();
         if !authorizers {
-            self.creds
-                .raise_fence(tenant, self.memory.fence(tenant))
-                .await?;
+            creds.raise_fence(tenant, memory.fence(tenant)).await?;
         }
-        let (ticket, tokens) = self.memory.snapshot(tenant, authorizers, now);
+        let (ticket, tokens) = memory.snapshot(tenant, authorizers, now);
         let mut written = 0u64;
         if let Some(t) = ticket.filter(|_| !authorizers)
-            && self.creds.restore_ticket(tenant, &t, now).await?
+            && creds.restore_ticket(tenant, &t, now).await?
         {
             metrics::counter!("wxhub_store_restored_total", "what" => "ticket").increment(1);
             written += 1;
         }
         for (name, record) in tokens {
             let cred = Credential::parse(&name);
-            let appid = cred.as_ref().and_then(authorizer_of);
+            let appid = cred.as_ref().and_then(Credential::authorizer);
             // The refresh window the token was issued with (stable_token's differs from the
             // others'), or now if it has passed.
             let due = record.due_ms.max(now);
-            match self
-                .creds
+            match creds
                 .restore_token(tenant, &name, &record, due, appid)
                 .await?
             {
@@ -326,7 +152,7 @@ impl Engine {
                 }
                 Restored::Kept => {}
                 // Not (or no longer) authorized: never bring it back.
-                Restored::NotAuthorized => self.memory.forget(tenant, &name, None),
+                Restored::NotAuthorized => memory.forget(tenant, &name, None),
             }
         }
         if written > 0 {
@@ -340,32 +166,37 @@ impl Engine {
         Ok(())
     }
 
-    /// A read of `cred` that finds nothing stored while this replica holds a valid token:
-    /// restores (for an authorizer token after the re-list, which it waits for) and reads again.
-    /// Otherwise the plain read.
-    pub(super) async fn read_or_restore(
-        self: &Arc<Self>,
-        tenant: &str,
+    /// The stored token of `cred`. When there is none while this replica holds a valid one,
+    /// restores first (for an authorizer token after the re-list, which it waits for) and reads
+    /// again.
+    pub(crate) async fn read_or_restore(
+        &self,
+        tokens: &dyn TokenSource,
+        tenant: &Arc<Tenant>,
         cred: &Credential,
         deadline: Instant,
     ) -> Result<Option<TokenRecord>, Error> {
-        let name = cred.name();
-        let stored = self.read(tenant, &name).await?;
-        if stored.is_some() || !self.memory.holds_valid(tenant, &name, self.now_ms()) {
+        let stored = self.s.read_token(tenant.id.as_str(), cred).await?;
+        if stored.is_some() {
             return Ok(stored);
+        }
+        let name = cred.name();
+        let memory = &self.s.memory;
+        if !memory.holds_valid(tenant.id.as_str(), &name, self.s.now_ms()) {
+            return Ok(None);
         }
         let epoch = self.restore(tenant).await?;
         let mut healed = epoch.healed_at_ms.is_some();
-        if !healed
-            && authorizer_of(cred).is_some()
-            && (epoch.has_ticket || epoch.has_component_token)
+        if !healed && cred.authorizer().is_some() && (epoch.has_ticket || epoch.has_component_token)
         {
-            healed = self.relist_after_loss(tenant, deadline, true).await?;
+            healed = self
+                .relist_after_loss(tokens, tenant, deadline, true)
+                .await?;
         }
-        let again = self.read(tenant, &name).await?;
+        let again = self.s.read_token(tenant.id.as_str(), cred).await?;
         if again.is_none() && healed {
             // Gone for a reason (revoked, dropped): stop holding it.
-            self.memory.forget(tenant, &name, None);
+            memory.forget(tenant.id.as_str(), &name, None);
         }
         Ok(again)
     }
@@ -373,43 +204,31 @@ impl Engine {
     /// The stored ticket if still valid. When there is none, restores (this replica's ticket, if
     /// it holds one) and, while the store was only just found empty, waits for another replica
     /// to write its ticket back — until the grace ends, `deadline`, or half a lease.
-    pub(super) async fn usable_ticket(
+    pub(crate) async fn usable_ticket(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         deadline: Instant,
     ) -> Result<Option<TicketRecord>, Error> {
-        if let Some(t) = self.creds.ticket(tenant).await? {
-            self.memory.hold_ticket(tenant, &t);
-            if ticket_valid(&t, self.now_ms()) {
+        let (creds, memory) = (&self.s.creds, &self.s.memory);
+        if let Some(t) = creds.ticket(tenant.id.as_str()).await? {
+            memory.hold_ticket(tenant.id.as_str(), &t);
+            if ticket_valid(&t, self.s.now_ms()) {
                 return Ok(Some(t));
             }
         }
         let epoch = self.restore(tenant).await?;
-        let until = deadline.min(Instant::now() + self.cfg.lock_ttl() / 2);
+        let until = deadline.min(Instant::now() + self.s.cfg.lock_ttl() / 2);
         loop {
-            if let Some(t) = self.creds.ticket(tenant).await?
-                && ticket_valid(&t, self.now_ms())
+            if let Some(t) = creds.ticket(tenant.id.as_str()).await?
+                && ticket_valid(&t, self.s.now_ms())
             {
-                self.memory.hold_ticket(tenant, &t);
+                memory.hold_ticket(tenant.id.as_str(), &t);
                 return Ok(Some(t));
             }
-            let in_grace = epoch.healed_at_ms.is_none()
-                && self.now_ms() < epoch.created_at_ms + self.heal_grace_ms();
-            if !in_grace || Instant::now() + WAIT_STEP >= until {
+            if !self.tickets.in_grace(&epoch) || Instant::now() + WAIT_STEP >= until {
                 return Ok(None);
             }
             tokio::time::sleep(WAIT_STEP).await;
-        }
-    }
-
-    /// Whether a ticket push must wait: the store was just found without its state and
-    /// another replica may still write its ticket back.
-    pub(super) async fn ticket_push_deferred(&self, tenant: &str) -> bool {
-        match self.creds.epoch(tenant, self.now_ms()).await {
-            Ok(e) => {
-                e.healed_at_ms.is_none() && self.now_ms() < e.created_at_ms + self.heal_grace_ms()
-            }
-            Err(_) => false,
         }
     }
 
@@ -417,20 +236,21 @@ impl Engine {
     /// guard). With `wait`, a replica that does not get the guard waits for the other's re-list
     /// (until `deadline`); returns whether the epoch is healed now (and then has written back the
     /// held authorizer tokens).
-    pub(super) async fn relist_after_loss(
-        self: &Arc<Self>,
-        tenant: &str,
+    pub(crate) async fn relist_after_loss(
+        &self,
+        tokens: &dyn TokenSource,
+        tenant: &Arc<Tenant>,
         deadline: Instant,
         wait: bool,
     ) -> Result<bool, Error> {
+        let creds = &self.s.creds;
         loop {
-            if self
-                .creds
-                .guard(tenant, "reconcile", self.reconcile_guard_ttl())
+            if creds
+                .guard(tenant.id.as_str(), "reconcile", self.reconciler.guard_ttl())
                 .await?
             {
-                tracing::info!(tenant, "re-listing the authorizers the store lost");
-                match self.reconcile_boxed(tenant, deadline).await {
+                tracing::info!(tenant = %tenant.id, "re-listing the authorizers the store lost");
+                match self.reconciler.reconcile(tokens, tenant, deadline).await {
                     Ok(_) => {
                         if self.is_healed(tenant).await? {
                             self.restore(tenant).await?;
@@ -438,21 +258,32 @@ impl Engine {
                         }
                         // This replica's reconcile was already running when the store lost
                         // its state (the call joined it): free the guard and run another.
-                        self.creds.clear_marker(tenant, "reconcile", "1").await?;
+                        creds
+                            .clear_marker(tenant.id.as_str(), "reconcile", "1")
+                            .await?;
                     }
                     Err(e) => {
                         // Back off instead of clearing: a tenant WeChat refuses must not be
                         // re-listed every check.
-                        let _ = self
-                            .creds
-                            .mark(tenant, "reconcile", BACKING_OFF, HEAL_RETRY, false)
+                        let _ = creds
+                            .mark(
+                                tenant.id.as_str(),
+                                "reconcile",
+                                BACKING_OFF,
+                                HEAL_RETRY,
+                                false,
+                            )
                             .await;
                         return Err(e);
                     }
                 }
             } else {
                 if !wait
-                    || self.creds.marker(tenant, "reconcile").await?.as_deref() == Some(BACKING_OFF)
+                    || creds
+                        .marker(tenant.id.as_str(), "reconcile")
+                        .await?
+                        .as_deref()
+                        == Some(BACKING_OFF)
                 {
                     return Ok(false);
                 }
@@ -468,40 +299,13 @@ impl Engine {
         }
     }
 
-    async fn is_healed(&self, tenant: &str) -> Result<bool, Error> {
-        let epoch = self.creds.epoch(tenant, self.now_ms()).await?;
+    async fn is_healed(&self, tenant: &Tenant) -> Result<bool, Error> {
+        let epoch = self
+            .s
+            .creds
+            .epoch(tenant.id.as_str(), self.s.now_ms())
+            .await?;
         Ok(epoch.healed_at_ms.is_some())
-    }
-
-    /// [`Engine::reconcile`] as a boxed future: a re-list can start from a token read that a
-    /// reconcile itself makes, and the box lets the compiler see that cycle is `Send`.
-    fn reconcile_boxed(
-        self: &Arc<Self>,
-        tenant: &str,
-        deadline: Instant,
-    ) -> BoxFuture<'static, Result<super::ReconcileSummary, Error>> {
-        let (this, tenant) = (Arc::clone(self), tenant.to_owned());
-        async move { this.reconcile(&tenant, deadline).await }.boxed()
-    }
-
-    /// [`Engine::reconcile_now`] that marks the epoch seen before it started healed when it
-    /// succeeds: a complete list stored after the loss is what healing needs.
-    pub(super) async fn reconcile_marking_healed(
-        self: &Arc<Self>,
-        tenant: &str,
-        deadline: Instant,
-    ) -> Result<super::ReconcileSummary, Error> {
-        let epoch = self.creds.epoch(tenant, self.now_ms()).await?;
-        let summary = self.reconcile_now(tenant, deadline).await?;
-        if epoch.healed_at_ms.is_none()
-            && self
-                .creds
-                .mark_healed(tenant, &epoch.id, self.now_ms())
-                .await?
-        {
-            tracing::info!(tenant, "store healed: the authorizers are listed again");
-        }
-        Ok(summary)
     }
 
     /// The stored record of `appid`. When there is none, the account may only be one the store
@@ -509,56 +313,66 @@ impl Engine {
     /// else the authorizers are re-listed at most once per `relist_interval_ms` per tenant;
     /// then the record is read again.
     pub(crate) async fn find_authorizer(
-        self: &Arc<Self>,
-        tenant: &str,
+        &self,
+        tokens: &dyn TokenSource,
+        tenant: &Arc<Tenant>,
         appid: &str,
     ) -> Result<Option<AuthorizerRecord>, Error> {
-        if let Some(r) = self.auths.get(tenant, appid).await? {
+        let auths = &self.s.auths;
+        if let Some(r) = auths.get(tenant.id.as_str(), appid).await? {
             return Ok(Some(r));
         }
-        if !self.is_component(tenant) {
+        if tenant.kind != TenantKind::Component {
             return Ok(None);
         }
-        let deadline = Instant::now() + self.cfg.request_timeout();
+        let deadline = Instant::now() + self.s.cfg.request_timeout();
         let epoch = self.restore(tenant).await?;
         if epoch.healed_at_ms.is_none() {
             let healed = epoch.has_ticket || epoch.has_component_token;
-            if !(healed && self.relist_after_loss(tenant, deadline, true).await?) {
-                return Err(Error::unavailable(
+            if !(healed
+                && self
+                    .relist_after_loss(tokens, tenant, deadline, true)
+                    .await?)
+            {
+                return Err(Error::Unavailable(
                     "the credential store lost this tenant's state and is being restored; retry shortly",
                 ));
             }
         } else {
-            let interval = Duration::from_millis(self.cfg.relist_interval_ms);
-            if self.creds.guard(tenant, "relist", interval).await? {
+            let interval = Duration::from_millis(self.s.cfg.relist_interval_ms);
+            if self
+                .s
+                .creds
+                .guard(tenant.id.as_str(), "relist", interval)
+                .await?
+            {
                 tracing::info!(
-                    tenant,
+                    tenant = %tenant.id,
                     appid,
                     "unknown authorizer: re-listing the authorizers"
                 );
-                if let Err(e) = self.reconcile_boxed(tenant, deadline).await {
-                    tracing::warn!(tenant, error = %e, "re-list for an unknown authorizer failed");
+                if let Err(e) = self.reconciler.reconcile(tokens, tenant, deadline).await {
+                    tracing::warn!(tenant = %tenant.id, error = %e, "re-list for an unknown authorizer failed");
                 }
             }
         }
-        Ok(self.auths.get(tenant, appid).await?)
+        Ok(auths.get(tenant.id.as_str(), appid).await?)
     }
 
     /// One pass of the store watch: every tenant's epoch is checked (and what this replica
     /// holds written back after a loss); a component tenant whose epoch is not healed is
     /// re-listed in the background once a ticket or component token is stored, or asked for a
     /// ticket push once the grace has passed without one. `prune` also drops expired tokens.
-    pub(super) async fn watch_store(self: &Arc<Self>, prune: bool) {
+    pub(crate) async fn watch_store(self: &Arc<Self>, tokens: &dyn TokenSource, prune: bool) {
         if prune {
-            self.memory.prune(self.now_ms());
+            self.s.memory.prune(self.s.now_ms());
         }
-        let tenants = self.tenants.current();
+        let tenants = self.s.tenants.current();
         for tenant in tenants.iter() {
-            let tid = tenant.id.as_str();
-            let epoch = match self.restore(tid).await {
+            let epoch = match self.restore(tenant).await {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::debug!(tenant = tid, error = %e, "store check failed");
+                    tracing::debug!(tenant = %tenant.id, error = %e, "store check failed");
                     continue;
                 }
             };
@@ -567,16 +381,18 @@ impl Engine {
             }
             if epoch.has_ticket || epoch.has_component_token {
                 // In its own task: a slow re-list must not hold up the other tenants' checks.
-                let this = Arc::clone(self);
-                let tid = tid.to_owned();
+                let (this, tokens, tenant) = (Arc::clone(self), tokens.owned(), Arc::clone(tenant));
                 tokio::spawn(async move {
-                    let deadline = Instant::now() + this.cfg.request_timeout();
-                    if let Err(e) = this.relist_after_loss(&tid, deadline, false).await {
-                        tracing::warn!(tenant = %tid, error = %e, "re-list after a loss failed; retrying");
+                    let deadline = Instant::now() + this.s.cfg.request_timeout();
+                    if let Err(e) = this
+                        .relist_after_loss(&*tokens, &tenant, deadline, false)
+                        .await
+                    {
+                        tracing::warn!(tenant = %tenant.id, error = %e, "re-list after a loss failed; retrying");
                     }
                 });
-            } else if self.now_ms() >= epoch.created_at_ms + self.heal_grace_ms() {
-                self.request_ticket_push(tenant).await;
+            } else if !self.tickets.in_grace(&epoch) {
+                self.tickets.request_push(tenant).await;
             }
         }
     }

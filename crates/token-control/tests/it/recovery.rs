@@ -447,3 +447,43 @@ async fn an_unknown_authorizer_is_relisted_before_not_found_at_most_once_per_int
     assert_eq!(env.calls(LIST, Some(ACME_APPID)), 1, "rate-limited");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_token_that_came_with_an_authorization_code_is_written_back_after_a_loss() {
+    let env = Env::start(Setup::new("tc-wipe-exchanged", 1)).await;
+    let mut c = env.client(0).await;
+    let fresh = env.sim.authorize(ACME_APPID, FRESH, false).await.unwrap();
+    c.exchange_auth_code(req(
+        wxhub_proto::token::v1::ExchangeAuthCodeRequest {
+            tenant: ACME.into(),
+            auth_code: fresh.authorized.auth_code.clone(),
+            ..Default::default()
+        },
+        KEY_ACME,
+    ))
+    .await
+    .unwrap();
+    // The token stored by the exchange itself: nothing has read it since.
+    let exchanged = env
+        .creds
+        .token(ACME, &format!("authorizer:{FRESH}"))
+        .await
+        .unwrap()
+        .expect("the exchange stored the token that came with the code");
+    env.sim.clear_calls();
+    env.wipe_redis().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        match c.get_access_token(get(FRESH)).await {
+            Ok(r) => break r.into_inner().access_token,
+            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (served.as_str(), env.calls(AUTHORIZER_TOKEN, Some(FRESH))),
+        (exchanged.value.expose(), 0),
+        "the exchanged token was written back, not fetched again"
+    );
+    env.shutdown().await;
+}
