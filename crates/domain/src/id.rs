@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub enum IdError {
     #[error("tenant id {0:?} must match [a-z0-9-]{{1,32}}")]
     Tenant(String),
-    #[error("appid {0:?} must be wx or ww followed by 1 to 30 of [A-Za-z0-9_-]")]
+    #[error(
+        "appid {0:?} must match (wx|ww)[A-Za-z0-9_-]{{1,30}}: wx or ww, then 1 to 30 letters, digits, _ or -"
+    )]
     App(String),
 }
 

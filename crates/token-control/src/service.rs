@@ -46,7 +46,7 @@ fn appid_arg<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
         Ok(value)
     } else {
         Err(Status::invalid_argument(format!(
-            "{field} must be wx or ww followed by 1 to 30 of [A-Za-z0-9_-]"
+            "{field} must match (wx|ww)[A-Za-z0-9_-]{{1,30}}"
         )))
     }
 }
