@@ -30,7 +30,7 @@
 //! in a page is HTML-escaped.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -39,11 +39,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use wxhub_runtime::{TenantId, TenantKind};
-use wxhub_store::{Decision, Limiter, Rate, Store};
 use wxhub_token_client::pb;
 
-use crate::config::GatewaySection;
-use crate::forwarded::{self, Proxies};
+use crate::page_policy::Admission;
 use crate::state::AppState;
 
 /// Budget of one call to token-control from a page.
@@ -57,81 +55,16 @@ const PRE_AUTH_MARKER_PARAM: &str = "wxhub_pac";
 /// server: then every client counts as one address, `unknown`).
 type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 
-/// What the pages need besides token-control: their rate limits, the public base URL and the
-/// trusted proxies.
-#[derive(Debug)]
-pub(crate) struct Pages {
-    limiter: Limiter,
-    per_address: Rate,
-    per_tenant: Rate,
-    public_base: Option<String>,
-    proxies: Proxies,
-}
-
-impl Pages {
-    /// From a validated `[gateway]` section.
-    pub(crate) fn new(g: &GatewaySection, store: Store) -> anyhow::Result<Self> {
-        Ok(Self {
-            limiter: Limiter::new(store),
-            per_address: g.authorize_limit_per_address,
-            per_tenant: g.authorize_limit_per_tenant,
-            public_base: g.public_base()?,
-            proxies: Proxies::parse(&g.trusted_proxies).map_err(anyhow::Error::msg)?,
-        })
-    }
-
-    /// Takes one request of the client from both buckets, or answers why not (429, or 503
-    /// when the limiter cannot be asked).
-    async fn admit(
-        &self,
-        tenant: &str,
-        page: &'static str,
-        peer: Option<IpAddr>,
-        headers: &HeaderMap,
-    ) -> Option<Response> {
-        let client = self.proxies.client(peer, headers);
-        let address = format!(
-            "pages:addr:{}",
-            client.map_or_else(|| "unknown".to_owned(), forwarded::subject)
-        );
-        let buckets = [
-            (address.as_str(), self.per_address),
-            ("pages:tenant", self.per_tenant),
-        ];
-        match self.limiter.acquire(tenant, &buckets, 1).await {
-            Ok(Decision::Allowed { .. }) => None,
-            Ok(Decision::Limited {
-                bucket,
-                retry_after,
-            }) => {
-                let by = if bucket == 0 { "address" } else { "tenant" };
-                // Debug, not info: under a flood one line per refusal would be the next drain.
-                tracing::debug!(tenant, page, by, client = ?client, retry_after_ms = retry_after.as_millis() as u64, "authorization page rate-limited");
-                metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => page, "result" => "limited")
-                    .increment(1);
-                metrics::counter!("wxhub_gateway_authorize_limited_total", "page" => page, "by" => by)
-                    .increment(1);
-                Some(too_many(retry_after, by))
-            }
-            Err(e) => {
-                tracing::warn!(tenant, page, error = %e, "authorization page limiter unavailable; refusing");
-                metrics::counter!("wxhub_gateway_authorize_pages_total", "page" => page, "result" => "unavailable")
-                    .increment(1);
-                Some(error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "暂时无法完成 / Temporarily unavailable",
-                    "the service cannot check its request limits right now; retry in a minute",
-                ))
-            }
-        }
-    }
-
-    /// The base URL links back to this gateway start with (see the module docs).
-    fn base(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
-        match &self.public_base {
-            Some(base) => Some(base.clone()),
-            None => self.proxies.origin(peer, headers),
-        }
+/// The page answering a refused [`Admission`], if it was refused.
+fn refused(admission: Admission) -> Option<Response> {
+    match admission {
+        Admission::Allowed => None,
+        Admission::Limited { retry_after, by } => Some(too_many(retry_after, by)),
+        Admission::Unavailable => Some(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "暂时无法完成 / Temporarily unavailable",
+            "the service cannot check its request limits right now; retry in a minute",
+        )),
     }
 }
 
@@ -299,7 +232,7 @@ async fn authorize(
         );
     };
     let redirect_uri = format!("{base}/wx/{tenant}/authorized");
-    if let Some(r) = pages.admit(&tenant, "authorize", peer, &headers).await {
+    if let Some(r) = refused(pages.admit(&tenant, "authorize", peer, &headers).await) {
         return r;
     }
     let c = match state.token_client() {
@@ -367,11 +300,12 @@ async fn authorized(
         );
     }
     let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
-    if let Some(r) = state
-        .pages()
-        .admit(&tenant, "authorized", peer, &headers)
-        .await
-    {
+    if let Some(r) = refused(
+        state
+            .pages()
+            .admit(&tenant, "authorized", peer, &headers)
+            .await,
+    ) {
         return r;
     }
     let c = match state.token_client() {

@@ -23,6 +23,7 @@ mod failure;
 mod forwarded;
 mod http1;
 mod meter;
+mod page_policy;
 mod params;
 pub mod release;
 mod state;
@@ -234,7 +235,7 @@ impl Service for Gateway {
                 authorize::CALL_TIMEOUT,
             )
             .map_err(|e| e.to_string()),
-            pages: authorize::Pages::new(g, store.clone())?,
+            pages: page_policy::Pages::new(g, store.clone())?,
             tenants,
             bus,
             store,

@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     /// token-control, for the authorization pages (an error when unconfigured).
     pub token_client: Result<TokenClient, String>,
     /// Rate limits, base URL and trusted proxies of the authorization pages.
-    pub pages: crate::authorize::Pages,
+    pub pages: crate::page_policy::Pages,
 }
 
 /// What handlers see: configuration, tenants, Redis and RabbitMQ. Cheap to clone.
@@ -98,7 +98,7 @@ impl AppState {
     }
 
     /// What the authorization pages need besides token-control.
-    pub(crate) fn pages(&self) -> &crate::authorize::Pages {
+    pub(crate) fn pages(&self) -> &crate::page_policy::Pages {
         &self.shared.pages
     }
 }
