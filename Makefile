@@ -22,13 +22,17 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: services lint deploy-check ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
+test: services browser lint deploy-check ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --profile ci; \
 	else \
 		$(CARGO) test --workspace --locked; \
 	fi
 	$(CARGO) test --workspace --locked --doc
+
+.PHONY: browser
+browser: ## Install (apt) Chromium, ChromeDriver and a CJK font for the browser test when missing
+	@./scripts/ensure-browser.sh
 
 .PHONY: deploy-check
 deploy-check: ## Render and validate the Kubernetes overlays, the compose file, the Dockerfile and the Helm chart

@@ -116,10 +116,11 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<link rel=\"icon\" href=\"data:,\">\
 <title>{}</title>\
 <style>body{{font-family:system-ui,-apple-system,'PingFang SC',sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}\
 a.button{{display:inline-block;margin:.5rem 1rem .5rem 0;padding:.8rem 1.4rem;border-radius:6px;background:#07c160;color:#fff;text-decoration:none}}\
-a.button.secondary{{background:#576b95}}dl{{display:grid;grid-template-columns:max-content auto;gap:.3rem 1rem}}dt{{color:#666}}\
+a.button.secondary{{background:#576b95}}dl{{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.3rem 1rem}}dt{{color:#666}}dd{{margin:0;overflow-wrap:anywhere}}\
 .error{{border-left:4px solid #fa5151;padding:.5rem 1rem;background:#fff5f5}}</style></head>\
 <body>{body}</body></html>\n",
         escape(title)
