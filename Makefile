@@ -29,6 +29,17 @@ test: services browser lint deploy-check ## fmt check, clippy -D warnings, then 
 		$(CARGO) test --workspace --locked; \
 	fi
 	$(CARGO) test --workspace --locked --doc
+	@$(MAKE) --no-print-directory test-rabbitmq-cluster
+
+# The suites whose behaviour depends on the broker, again against a local three-node RabbitMQ
+# cluster (quorum queues replicated on every node; each service knows every node). The cluster
+# runs beside the machine's broker and is stopped afterwards, even when a test fails.
+.PHONY: test-rabbitmq-cluster
+test-rabbitmq-cluster: ## bus, gateway, token-control and cross-service tests against a local 3-node RabbitMQ cluster
+	@./scripts/rabbitmq-cluster.sh start >/dev/null
+	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
+	WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-bus -p wxhub-gateway -p wxhub-token-control -p wxhub-tests
 
 .PHONY: browser
 browser: ## Install (apt) Chromium, ChromeDriver and a CJK font for the browser test when missing

@@ -308,6 +308,8 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        // Every node, when the suite runs against a RabbitMQ cluster.
+        env.extend(wxhub_testkit::amqp_env().into_iter().skip(1));
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         Source { file: None, env }
     }

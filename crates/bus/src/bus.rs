@@ -24,6 +24,11 @@ pub struct AmqpConfig {
     /// `amqp://user:pass@host:5672/vhost` (the password never prints). Default
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: SecretUrl,
+    /// The nodes of a RabbitMQ cluster (non-empty: used instead of `url`). The bus connects to
+    /// the first that answers and, after losing a connection, tries the next one first, so a
+    /// dead node is left behind at once rather than retried. Quorum queues are replicated
+    /// across the cluster's nodes, so any node serves every queue.
+    pub urls: Vec<SecretUrl>,
     /// Unacked deliveries per consumer (default 100). RabbitMQ suggests 100–300 for throughput;
     /// work here is slow (WeChat calls), so the default stays at the low end. At least 1: 0
     /// means "unlimited" in AMQP, which would push a whole backlog into one consumer.
@@ -54,6 +59,7 @@ impl AmqpConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: SecretUrl::new(url),
+            urls: Vec::new(),
             prefetch: 100,
             publisher_channels: 16,
             delivery_limit: 20,
@@ -61,8 +67,31 @@ impl AmqpConfig {
         }
     }
 
+    /// The nodes to connect to, in order: `urls`, else `url`.
+    pub fn nodes(&self) -> Vec<&SecretUrl> {
+        if self.urls.is_empty() {
+            vec![&self.url]
+        } else {
+            self.urls.iter().collect()
+        }
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, url) in self.nodes().into_iter().enumerate() {
+            let scheme = url.expose().split("://").next().unwrap_or_default();
+            if !matches!(scheme, "amqp" | "amqps") || !url.expose().contains("://") {
+                let key = if self.urls.is_empty() {
+                    "amqp.url".to_owned()
+                } else {
+                    format!("amqp.urls[{i}]")
+                };
+                return Err(ConfigError::value(
+                    key,
+                    format!("= {:?} must be an amqp:// or amqps:// URL", url.redacted()),
+                ));
+            }
+        }
         at_least(
             "amqp.prefetch",
             self.prefetch,
@@ -200,6 +229,8 @@ struct Inner {
     wake: Notify,
     connected: watch::Sender<bool>,
     cancel: CancellationToken,
+    /// The node (index into `config.nodes()`) to try first on the next connect.
+    next_node: std::sync::atomic::AtomicUsize,
 }
 
 /// A supervised connection to RabbitMQ with a pool of confirm-mode channels.
@@ -215,7 +246,7 @@ pub struct Bus {
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bus")
-            .field("url", &self.inner.config.url)
+            .field("nodes", &self.inner.config.nodes())
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
     }
@@ -240,6 +271,7 @@ impl Bus {
             connected,
             // A child: closing the bus must not cancel the caller's other work.
             cancel: cancel.child_token(),
+            next_node: std::sync::atomic::AtomicUsize::new(0),
         });
         tokio::spawn(supervise(inner.clone()));
         Self { inner }
@@ -484,14 +516,41 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Erro
 }
 
 async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
-    let mut url = inner.config.url.expose().to_owned();
-    if !url.contains("heartbeat=") {
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str(&format!("heartbeat={}", inner.config.heartbeat_secs));
+    use std::sync::atomic::Ordering;
+    let nodes = inner.config.nodes();
+    let first = inner.next_node.load(Ordering::Relaxed) % nodes.len();
+    let mut last_error = None;
+    let mut connection = None;
+    // From the node after the one that failed last, round the list once.
+    for i in (0..nodes.len()).map(|k| (first + k) % nodes.len()) {
+        let mut url = nodes[i].expose().to_owned();
+        if !url.contains("heartbeat=") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("heartbeat={}", inner.config.heartbeat_secs));
+        }
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(inner.name.as_str()));
+        match Connection::connect(&url, properties).await {
+            Ok(c) => {
+                // Next time (this connection lost), start with the following node.
+                inner.next_node.store(i + 1, Ordering::Relaxed);
+                if nodes.len() > 1 {
+                    tracing::info!(node = %nodes[i].redacted(), "connected to a cluster node");
+                }
+                connection = Some(c);
+                break;
+            }
+            Err(e) => {
+                if nodes.len() > 1 {
+                    tracing::warn!(node = %nodes[i].redacted(), error = %e, "cluster node unreachable; trying the next");
+                }
+                last_error = Some(e);
+            }
+        }
     }
-    let properties =
-        ConnectionProperties::default().with_connection_name(LongString::from(inner.name.as_str()));
-    let connection = Connection::connect(&url, properties).await?;
+    let Some(connection) = connection else {
+        return Err(last_error.expect("at least one node was tried"));
+    };
     let admin = connection.create_channel().await?;
     inner.topology.declare(&admin).await?;
     let _ = admin.close(200, "declared".into()).await;

@@ -12,18 +12,32 @@ use wxhub_bus::{AmqpConfig, Bus, BusError, Outcome, Outgoing, Topology, consume}
 
 fn amqp_url() -> String {
     std::env::var("WXHUB_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+        .ok()
+        .or_else(|| {
+            std::env::var("WXHUB_TEST_AMQP_URLS")
+                .ok()
+                .and_then(|v| v.split(',').next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The test broker: the local one, or every node of `WXHUB_TEST_AMQP_URLS` (a cluster).
+fn config() -> AmqpConfig {
+    let mut config = AmqpConfig::new(amqp_url());
+    if let Ok(nodes) = std::env::var("WXHUB_TEST_AMQP_URLS") {
+        config.urls = nodes
+            .split(',')
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| wxhub_domain::SecretUrl::new(u.trim()))
+            .collect();
+    }
+    config
 }
 
 async fn bus(test: &str) -> (Bus, CancellationToken) {
     let ns = format!("t-{test}-{:08x}", rand::random::<u32>());
     let cancel = CancellationToken::new();
-    let bus = Bus::start(
-        AmqpConfig::new(amqp_url()),
-        Topology::new(ns, 3),
-        "bus-test",
-        cancel.clone(),
-    );
+    let bus = Bus::start(config(), Topology::new(ns, 3), "bus-test", cancel.clone());
     assert!(
         bus.wait_connected(Duration::from_secs(20)).await,
         "RabbitMQ at {} is not reachable",
@@ -380,4 +394,72 @@ async fn consumer_acks_requeues_and_dead_letters_with_a_reason() {
         "everything was settled"
     );
     cleanup(&bus, &[]).await;
+}
+
+/// With several nodes (a cluster), a node that refuses connections is passed over, and after a
+/// lost connection the bus tries the following node first.
+#[tokio::test]
+async fn the_first_reachable_node_is_used_and_a_lost_connection_moves_on() {
+    let ns = format!("t-nodes-{:08x}", rand::random::<u32>());
+    let cancel = CancellationToken::new();
+    let mut config = config();
+    let live = config
+        .nodes()
+        .into_iter()
+        .map(|u| u.expose().to_owned())
+        .collect::<Vec<_>>();
+    // A node that refuses every connection, first in the list and again between the live ones.
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned();
+    let mut nodes = vec![dead.clone()];
+    for url in live {
+        nodes.push(url);
+        nodes.push(dead.clone());
+    }
+    config.urls = nodes
+        .into_iter()
+        .map(wxhub_domain::SecretUrl::new)
+        .collect();
+    let bus = Bus::start(config, Topology::new(ns, 3), "bus-test", cancel.clone());
+    assert!(
+        bus.wait_connected(Duration::from_secs(20)).await,
+        "connected past the dead node"
+    );
+    let exchange = bus.topology().events_exchange();
+    let publish = |id: &'static str| Outgoing {
+        exchange: &exchange,
+        routing_key: "acme.wx1.text",
+        body: b"x",
+        message_id: id,
+        message_type: "test",
+        headers: &[],
+    };
+    bus.publish(&publish("m1")).await.expect("stored");
+    // Lost: the next attempt starts with the node after the one in use (a dead one), and moves
+    // on to a live one.
+    bus.kill_connection().await;
+    let mut reconnected = false;
+    for _ in 0..200 {
+        if bus.is_connected() && bus.publish(&publish("m2")).await.is_ok() {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reconnected, "reconnected to a live node");
+    let stored = get_all(&bus, &bus.topology().unrouted_queue()).await;
+    assert_eq!(stored.len(), 2, "both publishes stored");
+    cleanup(&bus, &[]).await;
+    cancel.cancel();
+}
+
+#[test]
+fn every_node_must_be_an_amqp_url() {
+    let mut config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+    config.urls = vec![
+        wxhub_domain::SecretUrl::new("amqp://u:secret@a:5672/%2f"),
+        wxhub_domain::SecretUrl::new("http://b:5672"),
+    ];
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("amqp.urls[1]"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
 }

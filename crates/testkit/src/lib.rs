@@ -27,10 +27,52 @@ pub fn redis_url() -> String {
     std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// The RabbitMQ URL tests use.
+/// The RabbitMQ URL tests use: `WXHUB_TEST_AMQP_URL`, else the first node of
+/// `WXHUB_TEST_AMQP_URLS`, else the local broker.
 pub fn amqp_url() -> String {
     std::env::var("WXHUB_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+        .ok()
+        .or_else(|| cluster_urls().into_iter().next())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The nodes of a RabbitMQ cluster to test against (`WXHUB_TEST_AMQP_URLS`, comma-separated;
+/// `scripts/rabbitmq-cluster.sh urls` prints them), or none.
+pub fn cluster_urls() -> Vec<String> {
+    std::env::var("WXHUB_TEST_AMQP_URLS")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `[amqp]` section tests connect with: every cluster node when testing against a cluster.
+pub fn amqp_config() -> AmqpConfig {
+    let mut config = AmqpConfig::new(amqp_url());
+    config.urls = cluster_urls()
+        .into_iter()
+        .map(wxhub_domain::SecretUrl::new)
+        .collect();
+    config
+}
+
+/// The same as `WXHUB_*` settings for services started from a config source.
+pub fn amqp_env() -> Vec<(String, String)> {
+    let mut env = vec![("WXHUB_AMQP__URL".to_owned(), amqp_url())];
+    let urls = cluster_urls();
+    if !urls.is_empty() {
+        let list = urls
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        env.push(("WXHUB_AMQP__URLS".to_owned(), format!("[{list}]")));
+    }
+    env
 }
 
 /// A unique namespace for one test (`t-<label>-<random>`, at most 32 characters). Clones share
@@ -189,7 +231,7 @@ impl Namespace {
 
     /// A connected bus (topology declared) on the test broker.
     pub async fn bus(&self, cancel: &CancellationToken) -> Bus {
-        self.bus_with(AmqpConfig::new(amqp_url()), cancel).await
+        self.bus_with(amqp_config(), cancel).await
     }
 
     /// [`Namespace::bus`] with `config` (its URL should be [`amqp_url`]).

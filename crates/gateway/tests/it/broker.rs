@@ -28,7 +28,7 @@ async fn wait_ready(h: &Harness, want: bool) {
 
 #[tokio::test]
 async fn with_the_broker_down_the_answer_is_503_and_the_retry_gets_through_after_recovery() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&broker_addr()).await;
     let h = Harness::start_with(
         "gw-down",
         Options {
@@ -148,7 +148,7 @@ async fn a_gateway_without_a_broker_refuses_everything_and_is_not_ready() {
 
 #[tokio::test]
 async fn a_broker_that_never_confirms_gets_503_at_the_deadline_and_no_duplicate_later() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&broker_addr()).await;
     let h = Harness::start_with(
         "gw-deadline",
         Options {
@@ -271,7 +271,7 @@ async fn with_redis_down_the_reject_policy_answers_503() {
 /// stores the callback, once.
 #[tokio::test]
 async fn a_callback_answered_503_while_waiting_for_a_channel_is_not_published_later() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&broker_addr()).await;
     let mut h = Harness::start_with(
         "gw-stall-dup",
         Options {
@@ -355,7 +355,7 @@ async fn a_callback_answered_503_while_waiting_for_a_channel_is_not_published_la
 
 #[tokio::test]
 async fn shutdown_stops_accepting_and_finishes_in_flight_callbacks() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&broker_addr()).await;
     let mut h = Harness::start_with(
         "gw-drain",
         Options {

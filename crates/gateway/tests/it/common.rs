@@ -169,7 +169,9 @@ impl Harness {
             ),
             (
                 "WXHUB_AMQP__URL".into(),
-                opts.amqp_url.unwrap_or_else(wxhub_testkit::amqp_url),
+                opts.amqp_url
+                    .clone()
+                    .unwrap_or_else(wxhub_testkit::amqp_url),
             ),
             (
                 "WXHUB_TENANTS__FILE".into(),
@@ -184,6 +186,10 @@ impl Harness {
             // by dozens of parallel tests only slow the shared broker down.
             ("WXHUB_AMQP__PUBLISHER_CHANNELS".into(), "8".into()),
         ];
+        if opts.amqp_url.is_none() {
+            // Every node, when the suite runs against a RabbitMQ cluster (not behind a proxy).
+            env.extend(wxhub_testkit::amqp_env().into_iter().skip(1));
+        }
         env.extend(opts.env.into_iter().map(|(k, v)| (k.to_owned(), v)));
         let config = GatewayConfig::load(&Source { file: None, env }).unwrap();
         let reader_cancel = CancellationToken::new();
@@ -518,6 +524,16 @@ pub enum ProxyMode {
     Down,
     /// Keep connections open but hold every byte (the broker hangs).
     Stalled,
+}
+
+/// `host:port` of the test broker (the first node when testing against a cluster).
+pub fn broker_addr() -> String {
+    let url = url::Url::parse(&wxhub_testkit::amqp_url()).expect("the test AMQP URL");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672)
+    )
 }
 
 /// A TCP proxy in front of RabbitMQ.

@@ -124,7 +124,7 @@ async fn after_the_sims_clock_advanced_its_pushes_need_a_gateway_on_that_clock()
 
 #[tokio::test]
 async fn the_sims_pusher_delivers_through_the_gateway() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&broker_addr()).await;
     let h = Harness::start_with(
         "gw-sim-push",
         Options {
