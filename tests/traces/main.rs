@@ -6,6 +6,8 @@
 //! Its own test binary: the exporter is installed as the process's global subscriber, which no
 //! other test of the `it` binary may share.
 
+#![allow(clippy::print_stdout)] // the figures of a run are its output
+
 use std::collections::HashMap;
 use std::time::Duration;
 

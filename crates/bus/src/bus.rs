@@ -521,6 +521,15 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Erro
     Ok(ch)
 }
 
+/// How long one node gets to accept a connection (TCP and the AMQP handshake).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connected node gets to declare the topology and open the publisher channels.
+const NODE_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out(what: &str) -> lapin::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")).into()
+}
+
 async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     use std::sync::atomic::Ordering;
     let nodes = inner.config.nodes();
@@ -536,7 +545,13 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(inner.name.as_str()));
-        match Connection::connect(&url, properties).await {
+        // Bounded: a node that accepts TCP but never answers (paused, overloaded, starting)
+        // must not hold the supervisor; the next node is tried instead.
+        let attempt =
+            tokio::time::timeout(NODE_CONNECT_TIMEOUT, Connection::connect(&url, properties))
+                .await
+                .unwrap_or_else(|_| Err(timed_out("connecting")));
+        match attempt {
             Ok(c) => {
                 // Next time (this connection lost), start with the following node.
                 inner.next_node.store(i + 1, Ordering::Relaxed);
@@ -557,14 +572,31 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     let Some(connection) = connection else {
         return Err(last_error.expect("at least one node was tried"));
     };
-    let admin = connection.create_channel().await?;
-    inner.topology.declare(&admin).await?;
-    let _ = admin.close(200, "declared".into()).await;
     let n = inner.config.publisher_channels;
-    // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds at
-    // once behind the backlog, and the gateway's tail at half rate grew to twice the floor's.
-    let opened =
-        futures::future::try_join_all((0..n).map(|_| confirm_channel(&connection))).await?;
+    // Bounded too: a node cut off from the cluster's majority accepts the connection but never
+    // completes a quorum queue's declaration. The connection is dropped, the next attempt starts
+    // at the following node.
+    let setup = async {
+        let admin = connection.create_channel().await?;
+        inner.topology.declare(&admin).await?;
+        let _ = admin.close(200, "declared".into()).await;
+        // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds
+        // at once behind the backlog, and the gateway's tail at half rate grew to twice the
+        // floor's.
+        futures::future::try_join_all((0..n).map(|_| confirm_channel(&connection))).await
+    };
+    let opened = match tokio::time::timeout(NODE_SETUP_TIMEOUT, setup).await {
+        Ok(opened) => opened?,
+        Err(_) => {
+            tracing::warn!("the node did not declare the topology in time; trying the next");
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                connection.close(200, "setup timed out".into()),
+            )
+            .await;
+            return Err(timed_out("declaring the topology"));
+        }
+    };
     let channels: Vec<ArcSwapOption<Channel>> = opened
         .into_iter()
         .map(ArcSwapOption::from_pointee)
