@@ -67,6 +67,14 @@ deploy-check: ## Render and validate the Kubernetes overlays, the compose file, 
 demo: services ## Run the whole stack with the simulator, end to end
 	@./scripts/demo.sh
 
+.PHONY: up
+up: services ## Start the demo stack and leave it running; prints every address
+	@./scripts/demo.sh up
+
+.PHONY: down
+down: ## Stop the stack `make up` started
+	@./scripts/demo.sh down
+
 .PHONY: bench
 bench: services ## Run the benchmarks and print their figures
 	@./scripts/bench.sh

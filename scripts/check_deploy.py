@@ -264,6 +264,66 @@ def helm_env(text, values):
     return env, unknown
 
 
+def metric_labels():
+    """Every metric the code records, with the label names of its `metrics::` macro calls."""
+    found = {}
+    call = re.compile(r'metrics::(?:counter|gauge|histogram)!\(\s*"(wxhub_[a-z0-9_]+)"(.*?)\)\s*\.', re.S)
+    for path in (ROOT / "crates").rglob("*.rs"):
+        text = path.read_text(encoding="utf-8")
+        for name, rest in call.findall(text):
+            found.setdefault(name, set()).update(re.findall(r'"([a-z_]+)"\s*=>', rest))
+    return found
+
+
+def check_dashboard(recorded=None):
+    """The Grafana dashboard's queries name metrics and labels the code records."""
+    recorded = recorded if recorded is not None else metric_labels()
+    dashboard = json.loads((DEPLOY / "grafana" / "wxhub.json").read_text(encoding="utf-8"))
+    problems, queries = [], 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr, queries = target["expr"], queries + 1
+            for metric in re.findall(r"\b(wxhub_[a-z0-9_]+)", expr):
+                base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                if base not in recorded:
+                    problems.append(f"dashboard panel {panel['title']!r}: {metric} is recorded nowhere in crates/")
+                    continue
+                for group in re.findall(r"\bby \(([^)]*)\)", expr):
+                    for label in (l.strip() for l in group.split(",")):
+                        if label and label != "le" and label not in recorded[base]:
+                            problems.append(
+                                f"dashboard panel {panel['title']!r}: {base} has no label {label!r} "
+                                f"(it has {sorted(recorded[base])})"
+                            )
+    if queries == 0:
+        problems.append("dashboard: no queries")
+    return problems, queries
+
+
+def check_metrics_reference(recorded):
+    """README's metrics table names every metric the code records."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(wxhub_[a-z0-9_]+)`", readme, re.M))
+    missing = sorted(m for m in recorded if m not in listed and not m.startswith("wxhub_test_"))
+    gone = sorted(m for m in listed if m not in recorded)
+    problems = [f"README metrics table lacks {m}" for m in missing]
+    for name, labels in re.findall(r"^\| `(wxhub_[a-z0-9_]+)` \| ([^|]*) \|", readme, re.M):
+        said = {l.strip() for l in labels.split(",") if l.strip() not in ("", "—")}
+        if name in recorded and said != recorded[name]:
+            problems.append(f"README metrics table: {name} labels {sorted(said)}, the code {sorted(recorded[name])}")
+    problems += [f"README metrics table lists {m}, which nothing records" for m in gone]
+    return problems
+
+
+def dashboard_self_test(recorded):
+    """The dashboard check must refuse a query naming a metric or label the code does not record."""
+    fake = dict(recorded)
+    fake.pop("wxhub_gateway_requests_total", None)
+    problems, _ = check_dashboard(fake)
+    if not any("wxhub_gateway_requests_total" in p for p in problems):
+        fail("the dashboard check accepted a metric that is recorded nowhere")
+
+
 def self_test(kv, docs):
     """The schema check must refuse a broken manifest (a misspelt field)."""
     broken = copy.deepcopy(docs)
@@ -297,6 +357,13 @@ def main():
         problems += check_overlay_configs(bindir, docs, f"overlay {overlay}")
     problems += check_compose(compose, bindir)
     problems += helm_checks(bindir)
+    recorded = metric_labels()
+    dashboard_self_test(recorded)
+    dash_problems, queries = check_dashboard(recorded)
+    problems += dash_problems
+    problems += check_metrics_reference(recorded)
+    if not dash_problems:
+        log(f"Grafana dashboard: {queries} queries name {len(recorded)} recorded metrics' names and labels correctly")
     if problems:
         fail("\n  " + "\n  ".join(problems))
     log("deployments, compose file, Dockerfile and Helm chart: OK")

@@ -8,12 +8,40 @@
 #   5. WeChat's full-network release check (全网发布), all five test groups
 #   6. metrics, then a graceful shutdown
 # Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker ops 17092.
+#
+# `scripts/demo.sh up` (`make up`) starts the same stack, gives it a ticket, prints every address
+# and leaves it running; `scripts/demo.sh down` (`make down`) stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 demo="$root/deploy/demo"
-logs=$(mktemp -d /tmp/wxhub-demo.XXXXXX)
+mode=${1:-demo}
+state=${TMPDIR:-/tmp}/wxhub-up
 ns=wxhub-demo
+
+case "$mode" in
+  demo|up) ;;
+  down)
+    if [ ! -f "$state/pids" ]; then echo "[down] no stack started by 'make up' is running"; exit 0; fi
+    while read -r pid name; do
+      if kill "$pid" 2>/dev/null; then echo "[down] stopped $name (pid $pid)"; fi
+    done <"$state/pids"
+    # Graceful: each service drains on SIGTERM; wait until they are gone (bounded).
+    for _ in $(seq 1 100); do
+      alive=0
+      while read -r pid _; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done <"$state/pids"
+      [ "$alive" = 0 ] && break
+      sleep 0.1
+    done
+    rm -f "$state/pids"
+    echo "[down] logs kept in $(cat "$state/logs" 2>/dev/null || echo "$state")"
+    exit 0 ;;
+  *) echo "usage: $0 [demo|up|down]" >&2; exit 2 ;;
+esac
+if [ "$mode" = up ] && [ -f "$state/pids" ]; then
+  echo "[up] a stack is already running (make down stops it)" >&2; exit 1
+fi
+logs=$(mktemp -d /tmp/wxhub-demo.XXXXXX)
 
 say() { printf '\n\033[1;36m== %s\033[0m\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
@@ -50,7 +78,13 @@ export WXHUB_TENANTS__FILE="$demo/tenants.toml"
 export WXHUB_NAMESPACE="$ns"
 start() { # name, api key, command...
   local name=$1 key=$2; shift 2
-  WXHUB_CLIENT__API_KEY=$key "$@" >"$logs/$name.log" 2>&1 &
+  if [ "$mode" = up ]; then
+    # Its own session: it outlives this script and make, until `make down`.
+    WXHUB_CLIENT__API_KEY=$key setsid "$@" >"$logs/$name.log" 2>&1 < /dev/null &
+    mkdir -p "$state" && echo "$! $name" >>"$state/pids" && echo "$logs" >"$state/logs"
+  else
+    WXHUB_CLIENT__API_KEY=$key "$@" >"$logs/$name.log" 2>&1 &
+  fi
   pids+=($!)
   note "$name started (pid $!, log $logs/$name.log)"
 }
@@ -90,6 +124,26 @@ done
 [ -n "${ticket_stored:-}" ] || fail "token-control did not store the ticket"
 note "token-control has the ticket; the component_access_token:"
 wxhub token get acme | jq -c '{access_token: (.access_token[0:16] + "…"), expires_at}'
+
+if [ "$mode" = up ]; then
+  trap - EXIT
+  say "the stack is up (make down stops it)"
+  cat <<ADDRESSES
+   wxhub-sim (WeChat)      http://127.0.0.1:17000   (/sim/health, /sim/push/*, /sim/messages)
+   gateway                 http://127.0.0.1:17080   (/readyz, /metrics, callbacks under /wx/{tenant}/...)
+   authorization page      http://127.0.0.1:17080/wx/acme/authorize
+   token-control gRPC      127.0.0.1:17051          (grpcurl -plaintext -H 'authorization: Bearer demo-ops-key' 127.0.0.1:17051 list)
+   token-control ops       http://127.0.0.1:17091   (/healthz, /readyz, /metrics)
+   worker ops              http://127.0.0.1:17092   (/healthz, /readyz, /metrics)
+   Redis                   redis://127.0.0.1:6379   (keys under $ns:*)
+   RabbitMQ                amqp://127.0.0.1:5672    (queues $ns.*)
+   CLI                     export WXHUB_CONFIG=$demo/config.toml WXHUB_TENANTS__FILE=$demo/tenants.toml
+                           export WXHUB_NAMESPACE=$ns WXHUB_CLIENT__API_KEY=demo-ops-key
+                           $bin/wxhub authorizers list acme
+   logs                    $logs
+ADDRESSES
+  exit 0
+fi
 
 say "2. a merchant authorizes the platform"
 note "the authorization start page: http://127.0.0.1:17080/wx/acme/authorize"

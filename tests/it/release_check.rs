@@ -88,7 +88,9 @@ async fn a_redelivered_job_is_sent_once_and_an_impossible_one_is_dead_lettered()
         dedupe_key: "acme:wx0acme0shop0oa:msg:1".into(),
         received_at_ms: 0,
     };
-    // The same job twice (the broker's redelivery after a lost ack looks like this).
+    // The same job twice at once (a duplicate handled concurrently with the first), then once
+    // more after it was sent (the broker's redelivery after a lost ack looks like this).
+    publish_job(&stack, &job, "job-1").await;
     publish_job(&stack, &job, "job-1").await;
     let filter = MessageFilter {
         touser: Some(SHOP_USER.into()),

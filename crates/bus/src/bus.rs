@@ -402,6 +402,12 @@ impl Bus {
                 AMQPValue::LongString(LongString::from(v.as_str())),
             );
         }
+        // The publisher's trace goes with the message unless the caller set one itself.
+        if !msg.headers.iter().any(|(k, _)| k == "traceparent") {
+            for (k, v) in wxhub_domain::trace::inject_current() {
+                headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

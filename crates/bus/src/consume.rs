@@ -11,6 +11,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{Bus, Outgoing};
 
@@ -142,7 +143,17 @@ where
     F: Fn(Received) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let outcome = handler(to_received(&delivery)).await;
+    let received = to_received(&delivery);
+    // One span per delivery, a child of the publisher's (its `traceparent` header): a callback
+    // or a job stays one trace across the broker.
+    let span = tracing::info_span!(
+        "consume",
+        queue,
+        routing_key = received.routing_key.as_str(),
+        message_id = received.message_id.as_deref().unwrap_or(""),
+    );
+    wxhub_domain::trace::set_parent_from(&span, &received.headers);
+    let outcome = handler(received).instrument(span).await;
     let requeue = BasicNackOptions {
         requeue: true,
         ..Default::default()

@@ -7,9 +7,11 @@
 //! - [`secret`]: [`Secret`] and [`SecretUrl`], which never print their value.
 //! - [`config`]: [`ConfigError`], the one error of configuration, and the checks sections share.
 //! - [`clock`]: the injectable "now" of protocol times.
+//! - [`trace`]: W3C trace context in and out of headers, so a callback or a job is one trace.
 //!
 //! Depends on no wxhub crate but `wxhub-crypto` (a tenant carries its parsed keys), and on no
-//! I/O runtime (no tokio, axum, tonic, redis, lapin, figment): the crates of the bus, the store
+//! I/O runtime (no tokio, axum, tonic, redis, lapin, figment; only OpenTelemetry's API for the trace
+//! context): the crates of the bus, the store
 //! and the WeChat API build on it without pulling in the service kit.
 
 pub mod clock;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod id;
 pub mod secret;
 pub mod tenants;
+pub mod trace;
 
 pub use clock::{Clock, FnClock, SystemClock, unix_ms};
 pub use config::ConfigError;

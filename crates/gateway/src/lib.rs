@@ -228,7 +228,8 @@ impl Service for Gateway {
             clock: options.clock,
             max_future_skew_secs: g.max_future_skew_secs as i64,
             nonces: Nonces::new(store.clone()),
-            export_spans: !config.telemetry.otlp_endpoint.is_empty(),
+            export_spans: !config.telemetry.otlp_endpoint.is_empty()
+                || wxhub_runtime::telemetry::exporting(),
             token_client: TokenClient::new(
                 &config.token_control.endpoint,
                 &config.client.api_key,

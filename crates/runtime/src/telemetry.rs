@@ -3,22 +3,22 @@
 //! `init` installs: an `EnvFilter` (config default, `RUST_LOG` overrides), text or JSON output,
 //! the W3C `traceparent` propagator, and — only when an OTLP endpoint is configured — an OTLP/gRPC
 //! span exporter. Services instrument with `tracing`; [`inject_current`] / [`set_parent_from`]
-//! carry the trace across HTTP and AMQP headers.
+//! (from `wxhub_domain::trace`, where the bus, the WeChat client and the token client reach
+//! them too) carry the trace across HTTP, AMQP and gRPC headers.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{ConfigError, http_url};
+
+pub use wxhub_domain::trace::{exporting, inject_current, set_parent_from};
 
 /// `[telemetry]` config section (a key it does not know is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +126,7 @@ pub fn init(service: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry
             .build();
         let tracer = provider.tracer(service.to_owned());
         opentelemetry::global::set_tracer_provider(provider.clone());
+        wxhub_domain::trace::set_exporting();
         (
             Some(tracing_opentelemetry::layer().with_tracer(tracer)),
             Some(provider),
@@ -151,38 +152,17 @@ pub fn init_for_tests() {
         .try_init();
 }
 
-struct MapCarrier<'a>(&'a mut HashMap<String, String>);
-
-impl Injector for MapCarrier<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-}
-
-struct MapExtractor<'a>(&'a HashMap<String, String>);
-
-impl Extractor for MapExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
-
-/// The current span's W3C context as headers (`traceparent`, and `tracestate` if any). Empty when
-/// there is no sampled trace.
-pub fn inject_current() -> HashMap<String, String> {
-    let mut headers = HashMap::new();
-    let context = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut MapCarrier(&mut headers));
-    headers
-}
-
-/// Makes `span` a child of the trace described by `headers` (e.g. AMQP headers or HTTP headers
-/// copied into a map). Malformed headers are ignored.
-pub fn set_parent_from(span: &tracing::Span, headers: &HashMap<String, String>) {
-    let context = TraceContextPropagator::new().extract(&MapExtractor(headers));
-    let _ = span.set_parent(context);
+/// The span of one gRPC call, a child of the caller's trace (its `traceparent` metadata). For
+/// `tonic::transport::Server::builder().trace_fn(rpc_span)`.
+pub fn rpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("rpc", path = request.uri().path());
+    let headers: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    set_parent_from(&span, &headers);
+    span
 }

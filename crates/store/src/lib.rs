@@ -44,7 +44,7 @@ pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use keys::Keys;
-pub use ledger::Ledger;
+pub use ledger::{Claim, Ledger};
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 pub use recovery::{Epoch, Restored};

@@ -291,6 +291,11 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         .await
         .unwrap();
     ledger.applied(tenant, "m1").await.unwrap();
+    ledger
+        .claim(tenant, "m2", "h1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    ledger.abandon(tenant, "m2", "h1").await.unwrap();
     Limiter::new(store.clone())
         .acquire(
             tenant,

@@ -9,8 +9,8 @@ use wxhub_domain::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{
-    AuthCodes, AuthorizerStatus, Authorizers, CodeClaim, Credentials, Ledger, Restored, Store,
-    TokenRecord, WriteOutcome, WriteReport,
+    AuthCodes, AuthorizerStatus, Authorizers, Claim, CodeClaim, Credentials, Ledger, Restored,
+    Store, TokenRecord, WriteOutcome, WriteReport,
 };
 
 fn store(test: &str) -> Store {
@@ -256,6 +256,53 @@ async fn markers_and_guards() {
         .unwrap();
     assert!(ledger.applied("acme", "m1").await.unwrap());
     assert!(!ledger.applied("other", "m1").await.unwrap());
+    let lease = Duration::from_secs(10);
+    assert_eq!(
+        ledger.claim("acme", "m1", "h1", lease).await.unwrap(),
+        Claim::Applied
+    );
+    assert_eq!(
+        ledger.claim("acme", "m2", "h1", lease).await.unwrap(),
+        Claim::Mine
+    );
+    assert!(
+        !ledger.applied("acme", "m2").await.unwrap(),
+        "claimed is not applied"
+    );
+    assert_eq!(
+        ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
+        Claim::Busy
+    );
+    ledger.abandon("acme", "m2", "h2").await.unwrap();
+    assert_eq!(
+        ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
+        Claim::Busy,
+        "only the holder gives it up"
+    );
+    ledger.abandon("acme", "m2", "h1").await.unwrap();
+    assert_eq!(
+        ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
+        Claim::Mine
+    );
+    ledger.record("acme", "m2", lease).await.unwrap();
+    assert!(ledger.applied("acme", "m2").await.unwrap());
+    assert_eq!(
+        ledger
+            .claim("acme", "m2", "h3", Duration::from_millis(50))
+            .await
+            .unwrap(),
+        Claim::Applied
+    );
+    // A holder that died stops blocking when its lease ends.
+    ledger
+        .claim("acme", "m3", "dead", Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        ledger.claim("acme", "m3", "h1", lease).await.unwrap(),
+        Claim::Mine
+    );
     cleanup(&store).await;
 }
 

@@ -80,6 +80,15 @@ impl TokenClient {
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
+        // The caller's trace continues in token-control.
+        for (name, value) in wxhub_domain::trace::inject_current() {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
         request
     }
 

@@ -232,6 +232,7 @@ impl Service for TokenControl {
             "token-control serving"
         );
         let router = tonic::transport::Server::builder()
+            .trace_fn(wxhub_runtime::telemetry::rpc_span)
             .timeout(tc.request_timeout() + Duration::from_secs(1))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tracing::Instrument;
 pub use wxhub_domain::Secret;
 
 pub use config::WechatConfig;
@@ -373,8 +374,17 @@ impl WechatApi {
         if let Some((name, value)) = secret_query {
             request = request.query(&[(name, value.expose())]);
         }
+        // A span per call, its context passed on in `traceparent` (WeChat ignores it; the
+        // simulator and any proxy in between can correlate).
+        let span = tracing::info_span!("wechat", api = path);
+        for (name, value) in wxhub_domain::trace::inject(&span) {
+            request = request.header(name, value);
+        }
         let started = Instant::now();
-        let result = self.exchange(path, request.timeout(self.timeout)).await;
+        let result = self
+            .exchange(path, request.timeout(self.timeout))
+            .instrument(span)
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.class().as_str(),

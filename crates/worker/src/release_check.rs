@@ -5,7 +5,8 @@
 //! customer-service API and the authorizer token that exchange produced — the token of the
 //! account the exchange names, not of the callback path's appid, which need not be the same.
 //!
-//! Outcomes: sent → ack (and remembered, so a redelivery is not sent twice); token rejected →
+//! Outcomes: sent → ack (and remembered, so a redelivery is not sent twice; a duplicate that
+//! arrives while the first is in flight waits for it); token rejected →
 //! invalidate through token-control and retry once at once; transient WeChat, token-control or
 //! Redis trouble → requeue (bounded by the queue's delivery limit, after which the broker
 //! dead-letters it); anything permanent → dead letter with the reason.
@@ -18,7 +19,7 @@ use tonic::Code;
 use wxhub_bus::{Outcome, Received};
 use wxhub_proto::jobs::v1::ReleaseCheckJob;
 use wxhub_runtime::Secret;
-use wxhub_store::Ledger;
+use wxhub_store::{Claim, Ledger};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
@@ -37,6 +38,12 @@ pub struct ReleaseCheck {
 
 /// Deliveries of a job whose code token-control refuses before it is given up.
 const MAX_ATTEMPTS: u64 = 3;
+
+/// How long one delivery may hold a job (longer than the exchange, token and send deadlines
+/// together); a holder that died blocks its duplicates at most this long.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// How often a duplicate looks again whether the holder finished.
+const CLAIM_POLL: Duration = Duration::from_millis(50);
 
 /// Why a job did not complete, and what the consumer does about it.
 #[derive(Debug)]
@@ -106,19 +113,51 @@ impl ReleaseCheck {
                 .filter(|m| !m.is_empty())
                 .unwrap_or(&job.dedupe_key)
         );
-        match self.ledger.applied(&job.tenant, &id).await {
-            Ok(true) => {
-                tracing::info!(
-                    tenant = job.tenant,
-                    job = id,
-                    "release-check job already sent; acking the redelivery"
-                );
-                return Ok(());
+        // One holder per job at a time: a duplicate delivered while the first is still being
+        // sent or recorded waits for its outcome instead of sending a second message.
+        let holder = format!("{:016x}", rand::random::<u64>());
+        let waited = tokio::time::Instant::now();
+        loop {
+            match self
+                .ledger
+                .claim(&job.tenant, &id, &holder, CLAIM_LEASE)
+                .await
+            {
+                Ok(Claim::Mine) => break,
+                Ok(Claim::Applied) => {
+                    tracing::info!(
+                        tenant = job.tenant,
+                        job = id,
+                        "release-check job already sent; acking the redelivery"
+                    );
+                    return Ok(());
+                }
+                // Bounded by the lease: a holder that died stops blocking when it ends.
+                Ok(Claim::Busy) if waited.elapsed() < CLAIM_LEASE + CLAIM_POLL => {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+                Ok(Claim::Busy) => {
+                    return Err(JobError::Retry("another delivery holds the job".into()));
+                }
+                Err(e) => return Err(JobError::Retry(format!("redis: {e}"))),
             }
-            Ok(false) => {}
-            Err(e) => return Err(JobError::Retry(format!("redis: {e}"))),
         }
+        let result = self.carry_out(&job, received, &id).await;
+        if result.is_err()
+            && let Err(e) = self.ledger.abandon(&job.tenant, &id, &holder).await
+        {
+            // The claim then ends with its lease.
+            tracing::warn!(tenant = job.tenant, job = id, error = %e, "could not give up the claim");
+        }
+        result
+    }
 
+    async fn carry_out(
+        &self,
+        job: &ReleaseCheckJob,
+        received: &Received,
+        id: &str,
+    ) -> Result<(), JobError> {
         // (a) api_query_auth with the code; the account it names is the one whose token sends
         // the answer. A redelivered job finds the code already exchanged by this path; the
         // callback's appid is then all it has, and the token stored by the first exchange is
@@ -189,7 +228,7 @@ impl ReleaseCheck {
                 Err(e) => return Err(wechat_failure(&e)),
             }
         }
-        if let Err(e) = self.ledger.record(&job.tenant, &id, self.sent_ttl).await {
+        if let Err(e) = self.ledger.record(&job.tenant, id, self.sent_ttl).await {
             // The message went out; only the memory of it failed. A redelivery would send it
             // again, which the release check tolerates.
             tracing::warn!(tenant = job.tenant, job = id, error = %e, "sent, but could not record it");
