@@ -30,6 +30,7 @@ test: services browser lint deploy-check ## fmt check, clippy -D warnings, then 
 	fi
 	$(CARGO) test --workspace --locked --doc
 	@$(MAKE) --no-print-directory test-rabbitmq-cluster
+	@$(MAKE) --no-print-directory test-redis-cluster
 
 # The suites whose behaviour depends on the broker, again against a local three-node RabbitMQ
 # cluster (quorum queues replicated on every node; each service knows every node). The cluster
@@ -51,6 +52,19 @@ chaos: services ## Fault injection: broker nodes killed and paused under load (f
 	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) WXHUB_CHAOS_FULL=1; \
 	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
 	$(CARGO) nextest run --locked -p wxhub-tests --test chaos --run-ignored all --no-capture --test-threads 1
+
+# The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster
+# (three primaries, three replicas; every store and every service the harnesses start in cluster
+# mode), then, alone, the fault test that SIGKILLs the primary serving a tenant during token
+# refreshes and prints the failover's figures. The cluster runs beside the machine's Redis on
+# free ports and is stopped afterwards, even when a test fails or the cluster does not come up.
+.PHONY: test-redis-cluster
+test-redis-cluster: ## store, gateway, token-control and cross-service tests against a local 6-node Redis Cluster, then a primary killed
+	@trap './scripts/redis-cluster.sh stop' EXIT; \
+	./scripts/redis-cluster.sh start >/dev/null && \
+	export WXHUB_TEST_REDIS_CLUSTER=$$(./scripts/redis-cluster.sh urls) && \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-gateway -p wxhub-token-control -p wxhub-tests && \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-token-control --run-ignored only --no-capture -E 'test(a_primary_killed_during_refreshes)'
 
 .PHONY: browser
 browser: ## Install (apt) Chromium, ChromeDriver and a CJK font for the browser test when missing

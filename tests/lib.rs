@@ -308,8 +308,10 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        // Every node, when the suite runs against a RabbitMQ cluster.
+        // Every node, when the suite runs against a RabbitMQ cluster; cluster mode against a
+        // Redis Cluster.
         env.extend(wxhub_testkit::amqp_env().into_iter().skip(1));
+        env.extend(wxhub_testkit::redis_env().into_iter().skip(1));
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         Source { file: None, env }
     }

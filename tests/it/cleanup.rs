@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use wxhub_bus::Topology;
-use wxhub_store::{RedisConfig, Store};
+use wxhub_store::Store;
 use wxhub_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +34,7 @@ async fn a_failed_test_leaves_no_keys_and_no_queues() {
 
     // Give a service still running (the fault this test guards against) time to write again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let store = Store::connect(&RedisConfig::new(wxhub_testkit::redis_url()), &name).unwrap();
+    let store = Store::connect(&wxhub_testkit::redis_config(), &name).unwrap();
     let keys = store.scan_keys(&format!("{name}:*")).await.unwrap();
     let conn = lapin::Connection::connect(
         &wxhub_testkit::amqp_url(),

@@ -103,11 +103,11 @@ async fn token_authorizers_and_auth_url_commands() {
             ("WXHUB_WECHAT__API_BASE", base.as_str()),
             ("WXHUB_WECHAT__MP_BASE", base.as_str()),
             ("WXHUB_AMQP__DELIVERY_LIMIT", "5"),
-            ("WXHUB_REDIS__URL", &wxhub_testkit::redis_url()),
             ("WXHUB_AMQP__URL", &wxhub_testkit::amqp_url()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(wxhub_testkit::redis_env())
         .collect(),
     })
     .unwrap();

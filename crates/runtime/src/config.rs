@@ -7,8 +7,8 @@
 //!
 //! One file serves every binary, so a binary ignores the sections it does not read. Inside a
 //! section it reads, every key must be one it knows: each section struct refuses unknown keys
-//! (`#[serde(deny_unknown_fields)]`), so `[redis] cluster_nodes = […]` is an error that names
-//! `cluster_nodes` instead of a setting with no effect. A section with a server part and a
+//! (`#[serde(deny_unknown_fields)]`), so `[redis] clustr_nodes = […]` is an error that names
+//! `clustr_nodes` instead of a setting with no effect. A section with a server part and a
 //! client part (`[token_control]`: `listen`… and `endpoint`) is owned by the server, whose
 //! struct lists every key; a client reads it through a view of its own keys only (see
 //! `wxhub_token_client::TokenControlEndpoint`). At the top level only `namespace` is a key;
@@ -335,9 +335,9 @@ mod tests {
     /// file and in the environment — instead of a setting that silently has no effect.
     #[test]
     fn a_misspelt_key_in_a_known_section_is_refused_naming_it() {
-        let (_dir, source) = file_source("[redis]\ncluster_nodes = [\"a:1\", \"b:2\"]\n");
+        let (_dir, source) = file_source("[redis]\nclustr_nodes = [\"a:1\", \"b:2\"]\n");
         let err = load::<Demo>(SVC, &source).unwrap_err().to_string();
-        assert!(err.contains("cluster_nodes"), "{err}");
+        assert!(err.contains("clustr_nodes"), "{err}");
         let (_dir, source) = file_source("[svc]\ndeadline_sm = 5\n");
         let err = load::<Demo>(SVC, &source).unwrap_err().to_string();
         assert!(err.contains("deadline_sm"), "{err}");

@@ -57,7 +57,7 @@ impl Infra {
         // is installed, counters go nowhere.
         let _ = ops::prometheus();
         let background = CancellationToken::new();
-        let store = Store::connect(redis, namespace).context("redis.url")?;
+        let store = Store::connect(redis, namespace).context("[redis]")?;
         let bus = amqp.map(|amqp| {
             let topology = Topology::new(namespace.to_owned(), amqp.delivery_limit);
             Bus::start(amqp.clone(), topology, name, background.clone())

@@ -1,21 +1,21 @@
 //! Credential and authorizer scripts against the real Redis on 127.0.0.1:6379, each test in its
 //! own namespace (deleted at the end).
 
+mod common;
+
 use std::time::Duration;
 
 use wxhub_domain::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{
-    AuthCodes, AuthorizerStatus, Authorizers, Claim, CodeClaim, Credentials, Ledger, RedisConfig,
-    Restored, Store, TokenRecord, WriteOutcome, WriteReport,
+    AuthCodes, AuthorizerStatus, Authorizers, Claim, CodeClaim, Credentials, Ledger, Restored,
+    Store, TokenRecord, WriteOutcome, WriteReport,
 };
 
 fn store(test: &str) -> Store {
-    let url =
-        std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     Store::connect(
-        &RedisConfig::new(url),
+        &common::config(),
         &format!("t-{test}-{:08x}", rand::random::<u32>()),
     )
     .unwrap()
@@ -878,7 +878,7 @@ async fn far_future_event_times_are_refused_and_never_lock_out_real_ones() {
     );
     // A status poisoned with a far-future time (before this rule): a real revoke, a real
     // authorization and a reconcile all still apply.
-    let poison = |conn: &mut redis::aio::ConnectionManager| {
+    let poison = |conn: &mut wxhub_store::StoreConn| {
         let key = keys.authorizer("wxa");
         let mut conn = conn.clone();
         async move {
@@ -1023,7 +1023,7 @@ async fn restored_tokens_never_replace_newer_state() {
     let now = 1_700_000_000_000;
     let mut conn = store.conn();
     let fence_key = store.keys("acme").fence();
-    let counter = |conn: &redis::aio::ConnectionManager| {
+    let counter = |conn: &wxhub_store::StoreConn| {
         let (mut conn, key) = (conn.clone(), fence_key.clone());
         async move {
             let v: Option<u64> = redis::cmd("GET")

@@ -1,15 +1,15 @@
 //! Dedupe against the real Redis on 127.0.0.1:6379, each test in its own namespace.
 
+mod common;
+
 use std::time::Duration;
 
+use wxhub_store::Store;
 use wxhub_store::dedupe::{Claim, Dedupe};
-use wxhub_store::{RedisConfig, Store};
 
 fn store(test: &str) -> Store {
-    let url =
-        std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     Store::connect(
-        &RedisConfig::new(url),
+        &common::config(),
         &format!("t-{test}-{:08x}", rand::random::<u32>()),
     )
     .unwrap()

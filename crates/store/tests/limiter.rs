@@ -1,14 +1,12 @@
 //! The limiter and the shared pre-auth code against the real Redis on 127.0.0.1:6379, each test
 //! in its own namespace (deleted on drop, also when the test fails).
 
+mod common;
+
 use std::time::Duration;
 
 use wxhub_domain::Secret;
-use wxhub_store::{Decision, Limiter, PreAuthCodes, Rate, RedisConfig, SharedPreAuth, Store};
-
-fn redis_url() -> String {
-    std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use wxhub_store::{Decision, Limiter, PreAuthCodes, Rate, SharedPreAuth, Store};
 
 /// A namespace whose keys are deleted when it is dropped.
 struct Ns(Store);
@@ -16,30 +14,42 @@ struct Ns(Store);
 impl Ns {
     fn new(test: &str) -> Self {
         let ns = format!("t-{test}-{:08x}", rand::random::<u32>());
-        Self(Store::connect(&RedisConfig::new(redis_url()), &ns).unwrap())
+        Self(Store::connect(&common::config(), &ns).unwrap())
     }
 }
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        // Synchronous on purpose: it also runs while a failed test unwinds.
-        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
-            return;
-        };
-        let pattern = format!("{}:*", self.0.namespace());
-        let keys: Vec<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .clone()
-            .iter(&mut conn)
-            .map(|it| it.filter_map(Result::ok).collect())
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
+        // It also runs while a failed test unwinds, maybe inside the test's runtime: clean up
+        // on a thread of its own with a runtime of its own (bounded).
+        let namespace = self.0.namespace().to_owned();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(store) = Store::connect(&common::config(), &namespace) else {
+                    return;
+                };
+                let delete = async {
+                    let keys = store
+                        .scan_keys(&format!("{namespace}:*"))
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<i64, _> = redis::cmd("DEL")
+                            .arg(&keys)
+                            .query_async(&mut store.conn())
+                            .await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -54,7 +64,7 @@ async fn a_bucket_admits_its_burst_across_replicas_then_says_when() {
     let ns = Ns::new("limit-burst");
     // Two handles, as two replicas would have.
     let a = Limiter::new(ns.0.clone());
-    let b = Limiter::new(Store::connect(&RedisConfig::new(redis_url()), ns.0.namespace()).unwrap());
+    let b = Limiter::new(Store::connect(&common::config(), ns.0.namespace()).unwrap());
     let mut remaining = Vec::new();
     for i in 0..5 {
         let limiter = if i % 2 == 0 { &a } else { &b };

@@ -2,16 +2,16 @@
 //! its own namespace. Every key written here expires within seconds, so nothing outlives a
 //! failed test.
 
+mod common;
+
 use std::time::Duration;
 
+use wxhub_store::Store;
 use wxhub_store::nonces::{Binding, Nonces};
-use wxhub_store::{RedisConfig, Store};
 
 fn store(test: &str) -> Store {
-    let url =
-        std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     Store::connect(
-        &RedisConfig::new(url),
+        &common::config(),
         &format!("t-{test}-{:08x}", rand::random::<u32>()),
     )
     .unwrap()

@@ -11,7 +11,10 @@
 //! registered with [`Namespace::track_queue`] so that this path finds them too.
 //!
 //! Endpoints: `WXHUB_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
-//! `WXHUB_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! `WXHUB_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Clusters:
+//! `WXHUB_TEST_REDIS_CLUSTER` (Redis Cluster nodes, comma-separated; `scripts/redis-cluster.sh
+//! urls`) makes every store of every test, and every service a harness starts, run in cluster
+//! mode; `WXHUB_TEST_AMQP_URLS` does the same for a RabbitMQ cluster.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,56 @@ pub fn redis_url() -> String {
     std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The nodes of a Redis Cluster to test against (`WXHUB_TEST_REDIS_CLUSTER`, comma-separated;
+/// `scripts/redis-cluster.sh urls` prints them), or none.
+pub fn redis_cluster_nodes() -> Vec<String> {
+    list_var("WXHUB_TEST_REDIS_CLUSTER")
+}
+
+/// The `[redis]` section tests connect with: cluster mode over [`redis_cluster_nodes`] when
+/// there are some, else [`redis_url`].
+pub fn redis_config() -> RedisConfig {
+    let nodes = redis_cluster_nodes();
+    if nodes.is_empty() {
+        RedisConfig::new(redis_url())
+    } else {
+        RedisConfig::cluster(nodes)
+    }
+}
+
+/// The same as `WXHUB_*` settings for services started from a config source:
+/// `WXHUB_REDIS__URL`, then (against a cluster) `WXHUB_REDIS__CLUSTER_NODES`. A harness that
+/// points a service at another Redis (a dead port) skips the cluster entry.
+pub fn redis_env() -> Vec<(String, String)> {
+    let mut env = vec![("WXHUB_REDIS__URL".to_owned(), redis_url())];
+    let nodes = redis_cluster_nodes();
+    if !nodes.is_empty() {
+        env.push(("WXHUB_REDIS__CLUSTER_NODES".to_owned(), toml_list(&nodes)));
+    }
+    env
+}
+
+fn list_var(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let list = items
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("[{list}]")
+}
+
 /// The RabbitMQ URL tests use: `WXHUB_TEST_AMQP_URL`, else the first node of
 /// `WXHUB_TEST_AMQP_URLS`, else the local broker.
 pub fn amqp_url() -> String {
@@ -39,15 +92,7 @@ pub fn amqp_url() -> String {
 /// The nodes of a RabbitMQ cluster to test against (`WXHUB_TEST_AMQP_URLS`, comma-separated;
 /// `scripts/rabbitmq-cluster.sh urls` prints them), or none.
 pub fn cluster_urls() -> Vec<String> {
-    std::env::var("WXHUB_TEST_AMQP_URLS")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    list_var("WXHUB_TEST_AMQP_URLS")
 }
 
 /// The `[amqp]` section tests connect with: every cluster node when testing against a cluster.
@@ -65,12 +110,7 @@ pub fn amqp_env() -> Vec<(String, String)> {
     let mut env = vec![("WXHUB_AMQP__URL".to_owned(), amqp_url())];
     let urls = cluster_urls();
     if !urls.is_empty() {
-        let list = urls
-            .iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(",");
-        env.push(("WXHUB_AMQP__URLS".to_owned(), format!("[{list}]")));
+        env.push(("WXHUB_AMQP__URLS".to_owned(), toml_list(&urls)));
     }
     env
 }
@@ -156,7 +196,7 @@ async fn delete_broker_objects(topology: &Topology, extra: &[String]) {
 /// Removes every Redis key of the namespace (found with SCAN, never KEYS: KEYS blocks Redis for
 /// the whole keyspace, stalling every other test meanwhile).
 async fn delete_keys(namespace: &str) {
-    let Ok(store) = Store::connect(&RedisConfig::new(redis_url()), namespace) else {
+    let Ok(store) = Store::connect(&redis_config(), namespace) else {
         return;
     };
     let mut conn = store.conn();
@@ -224,9 +264,9 @@ impl Namespace {
         Topology::new(self.name().to_owned(), 5)
     }
 
-    /// A store on the test Redis.
+    /// A store on the test Redis (the test cluster, with `WXHUB_TEST_REDIS_CLUSTER`).
     pub fn store(&self) -> Store {
-        Store::connect(&RedisConfig::new(redis_url()), self.name()).expect("redis url")
+        Store::connect(&redis_config(), self.name()).expect("redis config")
     }
 
     /// A connected bus (topology declared) on the test broker.

@@ -67,7 +67,7 @@ fn serves_and_stops_on_sigterm_within_its_grace() {
             format!("127.0.0.1:{ops}"),
         )
         .env("WXHUB_SHUTDOWN__GRACE_MS", "3000")
-        .env("WXHUB_REDIS__URL", wxhub_testkit::redis_url())
+        .envs(wxhub_testkit::redis_env())
         .env("WXHUB_AMQP__URL", wxhub_testkit::amqp_url())
         .env("WXHUB_AMQP__DELIVERY_LIMIT", "5")
         .stdout(Stdio::null())

@@ -67,7 +67,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     };
     let mut child = Command::new(BIN)
         .env("WXHUB_NAMESPACE", ns.name())
-        .env("WXHUB_REDIS__URL", wxhub_testkit::redis_url())
+        .envs(wxhub_testkit::redis_env())
         .env("WXHUB_AMQP__URL", wxhub_testkit::amqp_url())
         .env("WXHUB_AMQP__DELIVERY_LIMIT", "5")
         .env("WXHUB_TENANTS__FILE", &tenants)

@@ -161,6 +161,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let tenants_file = dir.path().join("tenants.toml");
         std::fs::write(&tenants_file, opts.tenants.unwrap_or_else(tenants_toml)).unwrap();
+        let own_redis = opts.redis_url.is_some();
         let mut env: Vec<(String, String)> = vec![
             ("WXHUB_NAMESPACE".into(), ns.name().to_owned()),
             (
@@ -189,6 +190,10 @@ impl Harness {
         if opts.amqp_url.is_none() {
             // Every node, when the suite runs against a RabbitMQ cluster (not behind a proxy).
             env.extend(wxhub_testkit::amqp_env().into_iter().skip(1));
+        }
+        if !own_redis {
+            // Cluster mode, when the suite runs against a Redis Cluster (not a dead port).
+            env.extend(wxhub_testkit::redis_env().into_iter().skip(1));
         }
         env.extend(opts.env.into_iter().map(|(k, v)| (k.to_owned(), v)));
         let config = GatewayConfig::load(&Source { file: None, env }).unwrap();

@@ -335,8 +335,10 @@ impl Env {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        // Every node, when the suite runs against a RabbitMQ cluster.
+        // Every node, when the suite runs against a RabbitMQ cluster; cluster mode against a
+        // Redis Cluster.
         vars.extend(wxhub_testkit::amqp_env().into_iter().skip(1));
+        vars.extend(wxhub_testkit::redis_env().into_iter().skip(1));
         vars.extend(self.setup_env.iter().cloned());
         Config::load(&Source {
             file: None,

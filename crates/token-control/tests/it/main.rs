@@ -3,6 +3,7 @@
 
 mod api;
 mod events;
+mod failover;
 #[allow(dead_code)]
 mod harness;
 mod lifetimes;

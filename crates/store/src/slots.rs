@@ -1,0 +1,477 @@
+//! Every key a tenant's commands touch is in the tenant's Redis Cluster slot.
+//!
+//! On a cluster a script or a transaction whose keys span slots is refused (`CROSSSLOT`), and a
+//! script touching a key it did not declare in `KEYS` is refused when that key lives elsewhere
+//! (and breaks atomicity guarantees when the slot later moves). WxJava's pipelined `SET NX` +
+//! `GET` broke exactly this way on Redis Cluster (#3378). This test drives every store method
+//! for one tenant through a recording connection on the test Redis (a cluster when
+//! `WXHUB_TEST_REDIS_CLUSTER` names one) and asserts, with the CRC16 slots Redis computes:
+//!
+//! - every key every command touched (script `KEYS`, plain commands, pipelines) carries the
+//!   tenant's hash tag and so hashes to one slot, the tenant's;
+//! - every script of the crate ran at least once (counted against `Script::new(` in the
+//!   sources, so a new script without coverage here fails the test);
+//! - no Lua script touches a key it was not given: every `redis.call` names `KEYS[…]` or a local
+//!   bound to one.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::cluster_routing::Slot;
+use wxhub_domain::Secret;
+
+use crate::authorizers::{Authorization, Listed, Profile};
+use crate::connection::Sent;
+use crate::credentials::TokenWrite;
+use crate::dedupe::Dedupe;
+use crate::nonces::Nonces;
+use crate::{
+    AuthCodes, Authorizers, Credentials, Ledger, Limiter, PreAuthCodes, Rate, RedisConfig,
+    SharedPreAuth, Store, TicketRecord, TokenRecord,
+};
+
+/// The store's sources, for the script count and the Lua check.
+const SOURCES: &[(&str, &str)] = &[
+    ("auth_codes.rs", include_str!("auth_codes.rs")),
+    ("authorizers.rs", include_str!("authorizers.rs")),
+    ("credentials.rs", include_str!("credentials.rs")),
+    ("dedupe.rs", include_str!("dedupe.rs")),
+    ("ledger.rs", include_str!("ledger.rs")),
+    ("limiter.rs", include_str!("limiter.rs")),
+    ("nonces.rs", include_str!("nonces.rs")),
+    ("pre_auth.rs", include_str!("pre_auth.rs")),
+    ("recovery.rs", include_str!("recovery.rs")),
+    ("lib.rs", include_str!("lib.rs")),
+];
+
+/// The test Redis: the rule of `wxhub_testkit::redis_config` (which depends on this crate).
+fn config() -> RedisConfig {
+    let nodes: Vec<String> = std::env::var("WXHUB_TEST_REDIS_CLUSTER")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if nodes.is_empty() {
+        RedisConfig::new(
+            std::env::var("WXHUB_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        )
+    } else {
+        RedisConfig::cluster(nodes)
+    }
+}
+
+/// The keys a command names, by the command's key positions (the commands the store sends).
+fn keys_of(args: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let Some(name) = args.first().map(|n| n.to_ascii_uppercase()) else {
+        return Vec::new();
+    };
+    match name.as_slice() {
+        b"EVAL" | b"EVALSHA" => {
+            let n: usize = std::str::from_utf8(&args[2]).unwrap().parse().unwrap();
+            args[3..3 + n].to_vec()
+        }
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"MGET" => args[1..].to_vec(),
+        b"SCRIPT" | b"PING" | b"SCAN" | b"TIME" | b"MULTI" | b"EXEC" => Vec::new(),
+        _ => args.get(1).cloned().into_iter().collect(),
+    }
+}
+
+/// The script's hash: EVALSHA names it, EVAL carries the source.
+fn script_of(args: &[Vec<u8>]) -> Option<String> {
+    match args.first()?.to_ascii_uppercase().as_slice() {
+        b"EVALSHA" => Some(String::from_utf8_lossy(&args[1]).into_owned()),
+        b"EVAL" => Some(
+            redis::Script::new(std::str::from_utf8(&args[1]).ok()?)
+                .get_hash()
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
+    let tenant = "acme";
+    let namespace = format!("t-slots-{:08x}", rand::random::<u32>());
+    let base = Store::connect(&config(), &namespace).unwrap();
+    let log: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let store = base.recording(log.clone());
+
+    let now = 1_700_000_000_000i64;
+    let rt_old = Secret::new("rt-1");
+    let rt_new = Secret::new("rt-2");
+    let token = Secret::new("tok-1");
+    let creds = Credentials::new(store.clone());
+    let authorizers = Authorizers::new(store.clone());
+
+    // Authorizers: the record, the index, the reconcile, the profile.
+    authorizers
+        .authorize(
+            tenant,
+            &Authorization {
+                appid: "wxa1",
+                event_ms: now,
+                now_ms: now,
+                fence: 1,
+                refresh_token: Some(&rt_old),
+                func_info: &[1, 2],
+            },
+        )
+        .await
+        .unwrap();
+    authorizers
+        .reconcile(
+            tenant,
+            now,
+            now,
+            2,
+            &[
+                Listed {
+                    appid: "wxa1",
+                    refresh_token: Some(&rt_old),
+                    due_ms: now,
+                },
+                Listed {
+                    appid: "wxa2",
+                    refresh_token: Some(&rt_old),
+                    due_ms: now,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    authorizers
+        .set_profile(
+            tenant,
+            "wxa1",
+            &Profile {
+                nick_name: "n".into(),
+                ..Profile::default()
+            },
+        )
+        .await
+        .unwrap();
+    authorizers.get(tenant, "wxa1").await.unwrap();
+    authorizers.list(tenant, None, 10).await.unwrap();
+    authorizers.count(tenant).await.unwrap();
+
+    // Credentials: lease, fenced write, invalidation, ticket, schedule, guards, markers.
+    let lease = creds
+        .acquire(tenant, "authorizer:wxa1", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a fresh lease");
+    creds.holds(&lease).await.unwrap();
+    creds
+        .write_token(
+            &lease,
+            &TokenWrite {
+                value: &token,
+                expires_at_ms: now + 7_200_000,
+                lifetime_ms: 7_200_000,
+                now_ms: now,
+                due_ms: now + 5_760_000,
+                authorizer: Some("wxa1"),
+                refresh_token: Some((&rt_old, &rt_new)),
+            },
+        )
+        .await
+        .unwrap();
+    creds.release(&lease).await.unwrap();
+    creds.token(tenant, "authorizer:wxa1").await.unwrap();
+    creds
+        .invalidate(tenant, "authorizer:wxa1", "tok-1", now)
+        .await
+        .unwrap();
+    creds
+        .store_ticket(tenant, "ticket", now / 1000, now)
+        .await
+        .unwrap();
+    creds.ticket(tenant).await.unwrap();
+    creds
+        .schedule(tenant, "component", now, false)
+        .await
+        .unwrap();
+    creds.due(tenant, "component").await.unwrap();
+    creds.claim_due(tenant, now, now + 1000, 10).await.unwrap();
+    creds.due_count(tenant, now).await.unwrap();
+    creds.next_fence(tenant).await.unwrap();
+    creds
+        .guard(tenant, "push-ticket", Duration::from_secs(5))
+        .await
+        .unwrap();
+    creds
+        .mark(tenant, "m", "v", Duration::from_secs(5), true)
+        .await
+        .unwrap();
+    creds.marker(tenant, "m").await.unwrap();
+    creds.clear_marker(tenant, "m", "v").await.unwrap();
+    creds.drop_tokens(tenant, &["jsapi", "app"]).await.unwrap();
+
+    // Recovery: the epoch, the write-back of a token and a ticket, the fence.
+    let epoch = creds.epoch(tenant, now).await.unwrap();
+    creds.mark_healed(tenant, &epoch.id, now).await.unwrap();
+    let record = TokenRecord {
+        value: Secret::new("tok-2"),
+        expires_at_ms: now + 7_200_000,
+        lifetime_ms: 7_200_000,
+        refreshed_at_ms: now,
+        fence: 10,
+        rejected: false,
+        due_ms: now + 5_760_000,
+    };
+    creds
+        .restore_token(
+            tenant,
+            "authorizer:wxa2",
+            &record,
+            now + 5_760_000,
+            Some("wxa2"),
+        )
+        .await
+        .unwrap();
+    creds
+        .restore_token(tenant, "component", &record, now + 5_760_000, None)
+        .await
+        .unwrap();
+    creds.raise_fence(tenant, 20).await.unwrap();
+    creds
+        .restore_ticket(
+            tenant,
+            &TicketRecord {
+                value: Secret::new("ticket-2"),
+                create_time: now / 1000 + 1,
+                received_at_ms: now,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    authorizers
+        .revoke(tenant, "wxa2", now + 1000, now + 1000, "test")
+        .await
+        .unwrap();
+
+    // Dedupe: a claim completed directly, one through the completer, one released.
+    let dedupe = Dedupe::new(
+        store.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    dedupe.claim(tenant, "wxa1", "msg:1", "o1").await.unwrap();
+    dedupe
+        .complete(tenant, "wxa1", "msg:1", "o1")
+        .await
+        .unwrap();
+    dedupe.claim(tenant, "wxa1", "msg:2", "o2").await.unwrap();
+    dedupe.release(tenant, "wxa1", "msg:2", "o2").await.unwrap();
+    dedupe.claim(tenant, "wxa1", "msg:3", "o3").await.unwrap();
+    let completer = dedupe.spawn_completer();
+    completer.complete(tenant, "wxa1", "msg:3", "o3");
+    completer.flush().await;
+
+    // Authorization codes, the ledger, the limiter, nonces, the shared pre-auth code.
+    let codes = AuthCodes::new(
+        store.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    codes.claim(tenant, "d1", "me").await.unwrap();
+    codes.complete(tenant, "d1", "me", "wxa1").await.unwrap();
+    codes.claim(tenant, "d2", "me").await.unwrap();
+    codes.release(tenant, "d2", "me").await.unwrap();
+    codes.refuse(tenant, "d3", "61010").await.unwrap();
+    let ledger = Ledger::new(store.clone());
+    ledger
+        .record(tenant, "m1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    ledger.applied(tenant, "m1").await.unwrap();
+    ledger
+        .claim(tenant, "m2", "h1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    ledger.abandon(tenant, "m2", "h1").await.unwrap();
+    Limiter::new(store.clone())
+        .acquire(
+            tenant,
+            &[
+                ("page:addr:10.0.0.1", Rate::per_minute(10, 5)),
+                ("page:tenant", Rate::per_minute(100, 50)),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+    Nonces::new(store.clone())
+        .bind(
+            tenant,
+            "1700000000",
+            "n1",
+            "digest",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let pre_auth = PreAuthCodes::new(store.clone());
+    pre_auth
+        .share(
+            tenant,
+            &SharedPreAuth {
+                code: Secret::new("pac"),
+                marker: "mk".into(),
+                expires_at_ms: now + 600_000,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    pre_auth.shared(tenant).await.unwrap();
+    pre_auth.retire(tenant, "mk").await.unwrap();
+
+    let sent = log.lock().unwrap().clone();
+    // Clean up before asserting (a failed assertion must not leave keys behind).
+    let leftover = base.scan_keys(&format!("{namespace}:*")).await.unwrap();
+    if !leftover.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&leftover)
+            .query_async(&mut base.conn())
+            .await
+            .unwrap();
+    }
+
+    let tenant_slot = Slot::for_key(tenant);
+    let mut keyed = 0;
+    for s in &sent {
+        let name = String::from_utf8_lossy(&s.args[0]).to_uppercase();
+        for key in keys_of(&s.args) {
+            let key_text = String::from_utf8_lossy(&key);
+            assert!(
+                key_text.starts_with(&format!("{namespace}:{{{tenant}}}:")),
+                "{name} touched {key_text}, outside the tenant's hash tag"
+            );
+            assert_eq!(
+                Slot::for_key(&key),
+                tenant_slot,
+                "{name} touched {key_text}, outside the tenant's slot"
+            );
+            keyed += 1;
+        }
+    }
+    assert!(keyed > 50, "the scenario touched only {keyed} keys");
+
+    let ran: BTreeSet<String> = sent.iter().filter_map(|s| script_of(&s.args)).collect();
+    let defined = lua_sources();
+    assert_eq!(
+        defined.len(),
+        SOURCES
+            .iter()
+            .map(|(_, src)| src.matches("Script::new(").count())
+            .sum::<usize>(),
+        "every script's source is a raw string literal in one of SOURCES"
+    );
+    let missing: Vec<String> = defined
+        .iter()
+        .filter(|(_, lua)| !ran.contains(redis::Script::new(lua).get_hash()))
+        .map(|(file, lua)| format!("{file}: {}", lua.trim().lines().next().unwrap_or_default()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "scripts that never ran in this scenario (add them): {missing:?}"
+    );
+}
+
+/// Every Lua script of the crate (a raw string literal calling Redis), with its file.
+fn lua_sources() -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    for (file, src) in SOURCES {
+        for lua in src.split("r\"").skip(1).filter_map(|s| s.split('"').next()) {
+            if lua.contains("redis.call") {
+                out.push((*file, lua));
+            }
+        }
+    }
+    out
+}
+
+/// The Lua source of every script (the raw strings passed to `Script::new` or kept in a
+/// `const` that is), and every `redis.call`'s key argument in them.
+#[test]
+fn scripts_touch_only_the_keys_they_are_given() {
+    let mut checked = 0;
+    for (file, lua) in lua_sources() {
+        {
+            // Names bound to a key: `local k = KEYS[i]`, `for i, key in ipairs(KEYS) do`.
+            let locals: Vec<&str> = lua
+                .lines()
+                .filter_map(|l| {
+                    let l = l.trim();
+                    if let Some(head) = l
+                        .strip_prefix("for ")
+                        .and_then(|l| l.strip_suffix(" in ipairs(KEYS) do"))
+                    {
+                        return head.split(',').nth(1).map(str::trim);
+                    }
+                    let (name, value) = l.strip_prefix("local ")?.split_once('=')?;
+                    value.trim().starts_with("KEYS[").then_some(name.trim())
+                })
+                .collect();
+            for call in lua.split("redis.call(").skip(1) {
+                let args: Vec<&str> = call.splitn(3, ',').map(str::trim).collect();
+                let command = args[0]
+                    .split(')')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(|c| c == '\'' || c == '"');
+                if matches!(command.to_ascii_uppercase().as_str(), "TIME" | "PING") {
+                    continue;
+                }
+                let key = args.get(1).copied().unwrap_or_default();
+                let key = key.split(')').next().unwrap_or_default();
+                assert!(
+                    key.starts_with("KEYS[") || locals.contains(&key),
+                    "{file}: redis.call('{command}', {key}…) names a key not given in KEYS"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} redis.call sites found");
+}
+
+/// Every key builder puts the tenant, and only the tenant, in the hash tag.
+#[test]
+fn every_key_builder_hashes_to_the_tenants_slot() {
+    for tenant in ["acme", "t-1", "a", &"z".repeat(32)] {
+        let k = crate::Keys::new("wxhub", tenant);
+        let slot = Slot::for_key(tenant);
+        for key in [
+            k.dedupe("wx1", "msg:{42}"),
+            k.nonce("1700000000", "1"),
+            k.ticket(),
+            k.token("authorizer:wx1"),
+            k.lock("component"),
+            k.fence(),
+            k.schedule(),
+            k.authorizer("wx1"),
+            k.authorizers(),
+            k.consumed("m"),
+            k.epoch(),
+            k.guard("push-ticket"),
+            k.auth_code("0123"),
+            k.limit("page:addr:10.0.0.1"),
+            k.pre_auth(),
+        ] {
+            assert_eq!(Slot::for_key(&key), slot, "{key}");
+        }
+    }
+    // Tenants spread over the slots (they are not all pinned to one node).
+    let slots: BTreeSet<_> = (0..64)
+        .map(|i| format!("{:?}", Slot::for_key(format!("tenant-{i}"))))
+        .collect();
+    assert!(slots.len() > 60);
+}
