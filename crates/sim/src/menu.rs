@@ -69,6 +69,7 @@ fn types(flavour: Flavour) -> &'static [&'static str] {
             "pic_weixin",
             "location_select",
             "media_id",
+            "view_limited",
             "article_id",
             "article_view_limited",
             "miniprogram",
