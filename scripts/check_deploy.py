@@ -39,7 +39,7 @@ OVERLAYS = ["dev", "prod"]
 CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"]}
 # The image's binaries and the config sections only they own (a section the gateway reads is
 # also a key of the gateway's dump).
-BINARIES = ["wxhub-gateway", "wxhub-token-control", "wxhub-worker"]
+BINARIES = ["wxhub-gateway", "wxhub-token-control", "wxhub-worker", "wxhub-relay"]
 
 
 def log(msg):

@@ -99,6 +99,16 @@ impl Drop for Gateway {
     }
 }
 
+/// A relay in front of the stack's token-control; stopped on drop.
+pub struct RelayHandle {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Its state (held bytes).
+    pub shared: std::sync::Arc<wxhub_relay::Shared>,
+    /// Stops it on drop (the same stop-and-wait as a gateway's).
+    _gateway: Gateway,
+}
+
 /// The services' runtime, on a thread of its own: cancelling `stop` ends every service
 /// (bounded by 10 s), then the runtime; dropping it waits for that.
 struct Services {
@@ -357,6 +367,45 @@ impl Stack {
             url,
             stop,
             task: Some(task),
+        })
+    }
+
+    /// Starts a relay calling token-control with [`RELAY_KEY`]; `extra` are more `WXHUB_*`
+    /// settings (they win). Returns once it answers `/readyz`.
+    pub async fn relay(&self, extra: &[(&str, &str)]) -> anyhow::Result<RelayHandle> {
+        let (listener, addr) = bind()?;
+        let url = format!("http://{addr}");
+        let mut settings = vec![
+            ("WXHUB_CLIENT__API_KEY", RELAY_KEY.to_owned()),
+            ("WXHUB_RELAY__ENDPOINT", url.clone()),
+        ];
+        settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let config = wxhub_relay::Config::load(&self.source(&settings))?;
+        let relay = wxhub_relay::Relay::build(config, Default::default()).await?;
+        let shared = relay.shared();
+        let stop = self.services.stop.child_token();
+        let task = self
+            .services
+            .spawn(listener, &stop, move |listener, shutdown| async move {
+                relay.serve(Listeners::main(listener), shutdown).await
+            });
+        let http = reqwest::Client::new();
+        let ready = format!("{url}/readyz");
+        self.wait_for(|| async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Ok(RelayHandle {
+            url,
+            shared,
+            _gateway: Gateway {
+                url: String::new(),
+                stop,
+                task: Some(task),
+            },
         })
     }
 

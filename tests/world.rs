@@ -2,7 +2,9 @@
 //! simulator, the tenants file the services read, and the API keys of their clients.
 
 use wxhub_runtime::tenants::api_key_sha256;
-use wxhub_sim::{AccountSeed, AuthorizationSeed, ComponentSeed, Seed, UserSeed};
+use wxhub_sim::{
+    AccountSeed, AgentSeed, AuthorizationSeed, ComponentSeed, CorpSeed, Seed, UserSeed,
+};
 
 /// The component tenant of the stack (its callback URLs point at the stack's gateway).
 pub const TENANT: &str = "acme";
@@ -26,6 +28,23 @@ pub const BETA_AUTH: &str = "wxb1000000000000001";
 pub const GATEWAY_KEY: &str = "gateway-key";
 pub const WORKER_KEY: &str = "worker-key";
 pub const OPS_KEY: &str = "ops-key";
+/// A directly configured Official Account tenant, with one follower.
+pub const OA_TENANT: &str = "oa";
+pub const OA_APPID: &str = "wx0direct0oa0";
+pub const OA_SECRET: &str = "oa-app-secret";
+pub const OA_USER: &str = "o_direct_oa_bob";
+/// A WeCom tenant (one self-built app).
+pub const CORP_TENANT: &str = "corp";
+pub const CORPID: &str = "ww0corp0000001";
+pub const CORP_SECRET: &str = "corp-app-secret";
+pub const AGENT_ID: u64 = 1000002;
+/// The relay's own key to token-control (every tenant).
+pub const RELAY_KEY: &str = "relay-key";
+/// Business systems calling the relay: acme, the OA and the WeCom app; beta only; acme's
+/// menus only (`relay_paths`).
+pub const CRM_KEY: &str = "crm-key";
+pub const BETA_KEY: &str = "beta-key";
+pub const MENUS_KEY: &str = "menus-key";
 
 /// The tenants file of every service.
 pub(crate) fn tenants_file() -> String {
@@ -43,9 +62,26 @@ pub(crate) fn tenants_file() -> String {
     [
         tenant(TENANT, COMPONENT, SECRET, TOKEN),
         tenant(BETA, BETA_COMPONENT, "beta-secret", "beta-token"),
+        format!(
+            "[[tenants]]\nid = \"{OA_TENANT}\"\nkind = \"official_account\"\napp_id = \"{OA_APPID}\"\napp_secret = \"{OA_SECRET}\"\ntoken = \"oa-token\"\nencoding_aes_key = \"{AES_KEY}\"\n\n"
+        ),
+        format!(
+            "[[tenants]]\nid = \"{CORP_TENANT}\"\nkind = \"wecom\"\napp_id = \"{CORPID}\"\napp_secret = \"{CORP_SECRET}\"\ntoken = \"corp-token\"\nencoding_aes_key = \"{AES_KEY}\"\nagent_id = {AGENT_ID}\n\n"
+        ),
         client("gateway", GATEWAY_KEY, &format!("\"{TENANT}\"")),
         client("worker", WORKER_KEY, "\"*\""),
         client("ops", OPS_KEY, "\"*\""),
+        client("relay", RELAY_KEY, "\"*\""),
+        client(
+            "crm",
+            CRM_KEY,
+            &format!("\"{TENANT}\", \"{OA_TENANT}\", \"{CORP_TENANT}\""),
+        ),
+        client("beta-crm", BETA_KEY, &format!("\"{BETA}\"")),
+        format!(
+            "{}relay_paths = [\"/cgi-bin/menu/\"]\n\n",
+            client("menus", MENUS_KEY, &format!("\"{TENANT}\""))
+        ),
     ]
     .concat()
 }
@@ -88,7 +124,27 @@ pub(crate) fn seed() -> Seed {
             account(AUTH2, "gh_000002", "Acme Tea"),
             account(FRESH, "gh_000009", "Fresh Bakery"),
             account(BETA_AUTH, "gh_b00001", "Beta Shop"),
+            AccountSeed {
+                secret: Some(OA_SECRET.into()),
+                users: vec![UserSeed {
+                    openid: OA_USER.into(),
+                    subscribed: true,
+                    last_interaction_ago_secs: None,
+                    subscribe_allowance: Default::default(),
+                }],
+                ..account(OA_APPID, "gh_direct_oa", "Direct OA")
+            },
         ],
+        wecom: vec![CorpSeed {
+            corpid: CORPID.into(),
+            agents: vec![AgentSeed {
+                agentid: AGENT_ID,
+                secret: CORP_SECRET.into(),
+                token: None,
+                aes_key: None,
+                callback_url: None,
+            }],
+        }],
         authorizations: vec![
             AuthorizationSeed::new(COMPONENT, AUTH1),
             AuthorizationSeed::new(COMPONENT, AUTH2),

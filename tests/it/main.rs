@@ -5,4 +5,5 @@ mod browser;
 mod cleanup;
 mod config;
 mod pages;
+mod relay;
 mod release_check;

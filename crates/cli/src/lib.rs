@@ -6,6 +6,7 @@
 
 mod crypto;
 mod events;
+mod relay;
 mod token;
 
 use std::ffi::OsString;
@@ -38,6 +39,12 @@ enum Command {
     Authorizers(token::AuthorizersCommand),
     /// Create a pre-auth code and print the authorization URL.
     AuthUrl(token::AuthUrlArgs),
+    /// Custom menus of an authorizer, an Official Account or a WeCom app (through the relay).
+    #[command(subcommand)]
+    Menu(relay::MenuCommand),
+    /// Temporary media (through the relay): `media get ... > file`, `media upload`.
+    #[command(subcommand)]
+    Media(relay::MediaCommand),
 }
 
 /// An error reported as one line on stderr with exit status 2.
@@ -82,6 +89,8 @@ where
         Command::Token(cmd) => token::run_token(cmd),
         Command::Authorizers(cmd) => token::run_authorizers(cmd),
         Command::AuthUrl(args) => token::run_auth_url(args),
+        Command::Menu(cmd) => relay::run_menu(cmd, stdin),
+        Command::Media(cmd) => relay::run_media(cmd, stdout),
     };
     match result {
         Ok(output) => {

@@ -35,6 +35,6 @@ pub use service::{Listeners, Service};
 pub use tenants::TenantsHandle;
 pub use wxhub_domain::clock;
 pub use wxhub_domain::{
-    AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant, TenantId, TenantKind,
-    Tenants, unix_ms,
+    AccessError, Admitted, AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant,
+    TenantId, TenantKind, Tenants, unix_ms,
 };

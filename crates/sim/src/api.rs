@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{RawQuery, State as AxState};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
+use axum::routing::{MethodFilter, get, on, post};
 use serde_json::{Map, Value, json};
 
 use crate::codes::{ApiError, ApiResult};
@@ -19,12 +20,13 @@ use crate::sim::{Sim, lock};
 use crate::state::{
     Account, Owner, PreAuthCode, State, TokenSlot, new_refresh_token, token_ttl_ms,
 };
+use crate::{media, menu, web_oauth};
 
 /// Query parameters, decoded leniently (a malformed query never fails the request).
 pub(crate) struct Query(HashMap<String, String>);
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         Self(
             url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
                 .into_owned()
@@ -32,7 +34,7 @@ impl Query {
         )
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
 
@@ -151,9 +153,28 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
                 Endpoint::TemplateSend => (MethodFilter::POST, template_send),
                 Endpoint::SubscribeBizSend => (MethodFilter::POST, bizsend),
                 Endpoint::SubscribeSend => (MethodFilter::POST, subscribe_send),
+                Endpoint::MenuCreate => (MethodFilter::POST, menu::create),
+                Endpoint::MenuGet => (MethodFilter::GET, menu::get),
+                Endpoint::MenuDelete => (MethodFilter::GET, menu::delete),
+                Endpoint::MenuAddConditional => (MethodFilter::POST, menu::add_conditional),
+                Endpoint::MenuDelConditional => (MethodFilter::POST, menu::del_conditional),
+                Endpoint::MenuTryMatch => (MethodFilter::POST, menu::try_match),
+                Endpoint::SnsComponentToken => {
+                    (MethodFilter::GET, web_oauth::component_access_token)
+                }
+                Endpoint::SnsUserInfo => (MethodFilter::GET, web_oauth::userinfo),
+                // Multipart in, bytes out: handlers of their own.
+                Endpoint::MediaUpload => {
+                    return router.route(
+                        endpoint.path(),
+                        post(media::upload).layer(DefaultBodyLimit::max(media::MAX_UPLOAD)),
+                    );
+                }
+                Endpoint::MediaGet => return router.route(endpoint.path(), get(media::get)),
             };
             router.route(endpoint.path(), on(method, handler(endpoint, logic)))
         })
+        .route(web_oauth::AUTHORIZE_PAGE, get(web_oauth::authorize))
 }
 
 /// Checks the component token and that the body's `component_appid` is its component.
@@ -701,13 +722,13 @@ fn wecom_token(
 }
 
 /// An account token's owner: the account, and the component when it is an authorizer token.
-struct AccountAuth {
-    appid: String,
+pub(crate) struct AccountAuth {
+    pub(crate) appid: String,
     component: Option<String>,
     func_info: Option<Vec<u32>>,
 }
 
-fn account_auth(
+pub(crate) fn account_auth(
     state: &State,
     q: &Query,
     now: i64,

@@ -65,6 +65,23 @@ impl AsyncWrite for ConnStream {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    /// Vectored, so hyper queues a large body's chunks instead of copying them into its
+    /// write buffer (a 10 MB media download would otherwise be copied once more).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.killed.load(Ordering::Relaxed) {
             return Poll::Ready(Err(aborted()));

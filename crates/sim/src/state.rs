@@ -224,6 +224,13 @@ pub(crate) struct State {
     /// appid → stable_token `force_refresh` uses: (CST day, uses that day, last use ms).
     pub force_refreshes: HashMap<String, (i64, u32, i64)>,
     pub msg_seq: u64,
+    /// Menus by appid, or `corpid:agentid` for a WeCom app.
+    pub menus: HashMap<String, crate::menu::Menus>,
+    /// Temporary media by media_id.
+    pub media: HashMap<String, crate::media::Media>,
+    /// Web-OAuth codes and users' OAuth tokens.
+    pub oauth_codes: HashMap<String, crate::web_oauth::OAuthCode>,
+    pub sns_tokens: HashMap<String, crate::web_oauth::SnsToken>,
 }
 
 fn token_string() -> String {
@@ -251,6 +258,10 @@ impl State {
             token_ttls: HashMap::new(),
             force_refreshes: HashMap::new(),
             msg_seq: 6_054_768_590_064_713_728,
+            menus: HashMap::new(),
+            media: HashMap::new(),
+            oauth_codes: HashMap::new(),
+            sns_tokens: HashMap::new(),
         }
     }
 

@@ -108,6 +108,12 @@ impl Keys {
     pub fn pre_auth(&self) -> String {
         format!("{}pre-auth", self.prefix)
     }
+
+    /// `…:oauth-state:{state}` — string: what a web-OAuth `state` the relay issued was for
+    /// (JSON), EX its validity; taken with GETDEL, so a state is used once.
+    pub fn oauth_state(&self, state: &str) -> String {
+        format!("{}oauth-state:{state}", self.prefix)
+    }
 }
 
 #[cfg(test)]

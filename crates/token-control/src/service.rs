@@ -100,37 +100,27 @@ impl TokenControlService {
     }
 
     fn check<T>(&self, req: &Request<T>, tenant: &str) -> Result<Call, Status> {
-        let key = req
+        let authorization = req
             .metadata()
             .get(AUTH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("missing API key: send `authorization: Bearer <api key>`")
+            .and_then(|v| v.to_str().ok());
+        let admitted = self
+            .engine
+            .tenants()
+            .current()
+            .admit(authorization, tenant)
+            .map_err(|e| {
+                use wxhub_runtime::AccessError as A;
+                let message = e.to_string();
+                match e {
+                    A::MissingKey | A::UnknownKey => Status::unauthenticated(message),
+                    A::BadTenant => Status::invalid_argument(message),
+                    A::Forbidden { .. } => Status::permission_denied(message),
+                    A::UnknownTenant(_) => Status::not_found(message),
+                }
             })?;
-        let tenants = self.engine.tenants().current();
-        let client = tenants
-            .authenticate(key)
-            .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
-        if wxhub_runtime::TenantId::parse(tenant).is_err() {
-            return Err(Status::invalid_argument(
-                "tenant must match [a-z0-9-]{1,32}",
-            ));
-        }
-        if !client.may_access(tenant) {
-            return Err(Status::permission_denied(format!(
-                "client {:?} may not access tenant {tenant:?}",
-                client.name
-            )));
-        }
-        let tenant = tenants
-            .get(tenant)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant:?}")))?;
         Ok(Call {
-            tenant,
+            tenant: admitted.tenant,
             deadline: self.engine.deadline_for(grpc_timeout(req)),
         })
     }
@@ -193,6 +183,7 @@ impl TokenControlService {
         pb::AccessToken {
             access_token: t.value.expose().to_owned(),
             expires_at_ms: t.expires_at_ms,
+            issued_at_ms: t.issued_at_ms,
             appid: if appid.is_empty() {
                 tenant.app_id.to_string()
             } else {
