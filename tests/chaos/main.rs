@@ -212,12 +212,26 @@ async fn scenario(fault: Fault, secs: u64, rate: f64) {
     let fault_secs = injected.elapsed().as_secs_f64();
     drop(gateway);
 
-    // What the broker holds: every message of the run, by message_id.
+    // What the broker holds: every message of the run, by message_id, read through the nodes
+    // the fault spared (a resumed node may still be catching up).
     let cancel = CancellationToken::new();
-    let bus = ns.bus(&cancel).await;
-    let messages = ns
-        .drain_queue(&bus, &unrouted, Duration::from_secs(30))
-        .await;
+    let mut spared = wxhub_testkit::amqp_config();
+    let victim_index: usize = victim.parse().expect("node number");
+    spared.urls = spared
+        .urls
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != victim_index)
+        .map(|(_, u)| u)
+        .collect();
+    spared.url = spared.urls[0].clone();
+    let bus = ns.bus_with(spared, &cancel).await;
+    let messages = tokio::time::timeout(
+        Duration::from_secs(120),
+        ns.drain_queue(&bus, &unrouted, Duration::from_secs(30)),
+    )
+    .await
+    .expect("the surviving nodes answer within 2 minutes");
     let mut ids: HashMap<String, u32> = HashMap::new();
     for m in &messages {
         let id = m
