@@ -266,10 +266,12 @@ return 'ok'
 ";
 
 // KEYS: job, then the state lists (2..10). ARGV: id, now, recent.
-// Dead or unknown → queued (attempts kept; the count restarts).
+// Dead or unknown → queued (attempts kept; the count restarts); queued stays queued (its
+// announcement may have been lost).
 const REPLAY: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
+if state == 'queued' then return 'ok' end
 if state ~= 'dead' and state ~= 'unknown' then return 'state:' .. state end
 local index = {unknown = 9, dead = 10}
 redis.call('ZREM', KEYS[index[state]], ARGV[1])
@@ -507,7 +509,8 @@ impl Jobs {
         })
     }
 
-    /// Queues a dead or unknown job again. `Ok(None)` if it is replayed, else the state that
+    /// Queues a dead or unknown job again (a queued one stays queued, to be announced again).
+    /// `Ok(None)` if it is replayed, else the state that
     /// refused it (`None` inside: no such job).
     pub async fn replay(
         &self,

@@ -171,13 +171,16 @@ async fn an_expired_lease_is_stale_and_dead_jobs_replay() {
         1
     );
     assert_eq!(jobs.replay(T, &id, 3000).await.unwrap(), None);
-    assert_eq!(
-        jobs.replay(T, &id, 3000).await.unwrap(),
-        Some(Some(JobState::Queued))
-    );
-    assert_eq!(jobs.replay(T, "acme.00", 3000).await.unwrap(), Some(None));
     let job = jobs.get(T, &id).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempts_made), (JobState::Queued, 0));
+    // Queued stays queued (announced again).
+    assert_eq!(jobs.replay(T, &id, 3000).await.unwrap(), None);
+    jobs.claim(T, &id, "w3", 3000, 9000).await.unwrap();
+    assert_eq!(
+        jobs.replay(T, &id, 3000).await.unwrap(),
+        Some(Some(JobState::Sending))
+    );
+    assert_eq!(jobs.replay(T, "acme.00", 3000).await.unwrap(), Some(None));
 }
 
 #[tokio::test]
