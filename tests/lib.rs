@@ -64,6 +64,8 @@ pub struct Stack {
     pub token_control: SocketAddr,
     /// The messaging service of the worker started with the stack.
     pub worker: SocketAddr,
+    /// Stops the worker started with the stack (its SIGTERM).
+    pub worker_stop: CancellationToken,
     /// A bus on the stack's namespace, for tests that publish or read queues themselves.
     pub bus: Bus,
     pub store: Store,
@@ -209,6 +211,9 @@ impl Stack {
         let sim = wxhub_sim::start(SimConfig {
             seed: Some(seed()),
             auto_ticket_push: false,
+            // Template and subscribe sends are reported back, as WeChat does (messaging).
+            delivery_report_delay: Some(Duration::from_millis(100)),
+            failed_delivery_openids: vec![user(BLOCKED_USER)],
             ..SimConfig::default()
         })
         .await?;
@@ -221,6 +226,7 @@ impl Stack {
             gateway_url: String::new(),
             token_control,
             worker: token_control,
+            worker_stop: CancellationToken::new(),
             bus: ns.bus(&cancel).await,
             bus_guard: cancel.drop_guard(),
             auths: Authorizers::new(store.clone()),
@@ -258,7 +264,7 @@ impl Stack {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        stack.worker = stack.start_worker(&worker_env)?.0;
+        (stack.worker, stack.worker_stop) = stack.start_worker(&worker_env)?;
         if setup.tickets {
             let auths = &stack.auths;
             stack

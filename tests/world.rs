@@ -24,6 +24,8 @@ pub const SUBSCRIBE_TEMPLATE: &str = "sub_tpl_reminder";
 /// Users of AUTH1 and AUTH_MP: `user(0)` … `user(USERS - 1)`, following, in the 48 h window,
 /// with 5 subscribe credits each.
 pub const USERS: usize = 60;
+/// The user whose delivery reports say the send failed (`failed:user block`).
+pub const BLOCKED_USER: usize = 59;
 
 /// The openid of test user `i` (of AUTH1 and AUTH_MP).
 pub fn user(i: usize) -> String {

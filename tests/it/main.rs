@@ -4,5 +4,6 @@ mod authorize;
 mod browser;
 mod cleanup;
 mod config;
+mod messaging;
 mod pages;
 mod release_check;
