@@ -242,17 +242,30 @@ redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[
 return {answer, n}
 ";
 
-// KEYS: job, attempts, msgid index (or the job key), then the state lists (4..12).
+// KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
+// state lists (5..13).
 // ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
 // errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
+// A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
 const SETTLE: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if h[1] ~= 'sending' or h[2] ~= ARGV[3] then return 'lost' end
-redis.call('ZREM', KEYS[5], ARGV[1])
-local list = KEYS[3 + tonumber(ARGV[5])]
+local state, index = ARGV[4], tonumber(ARGV[5])
+local delivery = nil
+if state == 'sent' and ARGV[9] ~= '0' then
+  local held = redis.call('GET', KEYS[4])
+  if held and KEYS[4] ~= KEYS[1] then
+    redis.call('DEL', KEYS[4])
+    if string.sub(held, 1, 1) == '1' then state, index = 'delivered', 5 else state, index = 'delivery_failed', 6 end
+    delivery = string.sub(held, 3)
+  end
+end
+redis.call('ZREM', KEYS[6], ARGV[1])
+local list = KEYS[4 + index]
 redis.call('ZADD', list, ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', list, 0, -(tonumber(ARGV[13]) + 1))
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0)
+redis.call('HSET', KEYS[1], 'state', state, 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0)
+if delivery then redis.call('HSET', KEYS[1], 'delivery', delivery) end
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'n', 1) end
 if ARGV[9] ~= '0' then
   redis.call('HSET', KEYS[1], 'msgid', ARGV[9])
@@ -471,10 +484,10 @@ impl Jobs {
             .position(|st| *st == s.state)
             .unwrap_or(0)
             + 1;
-        let msgid_key = if s.msgid != 0 {
-            keys.msgid(appid, s.msgid)
+        let (msgid_key, report_key) = if s.msgid != 0 {
+            (keys.msgid(appid, s.msgid), keys.report(appid, s.msgid))
         } else {
-            keys.job(id)
+            (keys.job(id), keys.job(id))
         };
         let attempt = match &s.attempt {
             Some(a) => serde_json::to_string(a).unwrap_or_default(),
@@ -483,7 +496,8 @@ impl Jobs {
         let mut inv = SETTLE_SCRIPT.prepare_invoke();
         inv.key(keys.job(id))
             .key(keys.job_attempts(id))
-            .key(msgid_key);
+            .key(msgid_key)
+            .key(report_key);
         for list in self.lists(tenant) {
             inv.key(list);
         }
@@ -576,6 +590,29 @@ impl Jobs {
         let mut conn = self.store.conn();
         let answer: String = inv.invoke_async(&mut conn).await?;
         Ok(answer == "ok")
+    }
+
+    /// Keeps a delivery report whose msgid no job holds yet (its send is still being recorded,
+    /// or was resent after an unknown outcome) for `ttl`: the job takes it when it is
+    /// recorded sent.
+    pub async fn hold_report(
+        &self,
+        tenant: &str,
+        appid: &str,
+        msgid: i64,
+        ok: bool,
+        status: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.conn();
+        let _: () = redis::cmd("SET")
+            .arg(self.store.keys(tenant).report(appid, msgid))
+            .arg(format!("{}:{status}", if ok { 1 } else { 0 }))
+            .arg("PX")
+            .arg(px(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// One job with its attempts.

@@ -132,6 +132,13 @@ impl Keys {
         format!("{}msgid:{appid}:{msgid}", self.prefix)
     }
 
+    /// `…:report:{appid}:{msgid}` — string `{1|0}:{status}`: a delivery report that arrived
+    /// before its job was recorded sent (a resend after an unknown outcome); applied by the
+    /// record.
+    pub fn report(&self, appid: &str, msgid: i64) -> String {
+        format!("{}report:{appid}:{msgid}", self.prefix)
+    }
+
     /// `…:park:{appid}:{api}` — string, PX: the (account, API) pair is parked after WeChat
     /// said its daily quota is spent (45009); nothing is sent to it until the key expires.
     pub fn park(&self, appid: &str, api: &str) -> String {
@@ -177,6 +184,7 @@ mod tests {
             k.jobs("sent"),
             k.idempotency("ab"),
             k.msgid("wx1", 7),
+            k.report("wx1", 7),
             k.park("wx1", "/cgi-bin/message/template/send"),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");

@@ -224,3 +224,39 @@ async fn a_parked_pair_reports_its_remaining_time() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_report_that_came_before_the_record_is_taken_by_it() {
+    let ns = Ns::new("jobs-held");
+    let jobs = jobs(&ns);
+    let id = new_id(T, 1000);
+    jobs.create(T, &new_job(&id, None)).await.unwrap();
+    jobs.claim(T, &id, "w1", 1500, 60_000).await.unwrap();
+    assert_eq!(jobs.by_msgid(T, "wx1", 9).await.unwrap(), None);
+    jobs.hold_report(
+        T,
+        "wx1",
+        9,
+        false,
+        "failed:user block",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        jobs.settle(T, &id, "wx1", "w1", &sent(9)).await.unwrap(),
+        Settled::Ok
+    );
+    let job = jobs.get(T, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.delivery.as_str()),
+        (JobState::DeliveryFailed, "failed:user block")
+    );
+    assert_eq!(
+        jobs.list(T, Some(JobState::DeliveryFailed), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -4,9 +4,11 @@
 //! `{ns}.send-status` (bound to the events exchange) and matched by the msgid the send
 //! returned (`Jobs::by_msgid`, per account).
 //!
-//! A report for a msgid no job knows yet is requeued (the send's record may still be on its
-//! way; the queue's delivery limit bounds it), then dropped into the dead letters. A report
-//! for a job not in `sent` (already reported, replayed) changes nothing.
+//! A report for a msgid no job holds yet is kept (`Jobs::hold_report`, a day): the send's
+//! record may still be on its way, or the report belongs to a send that timed out and was
+//! resent with the same `client_msg_id` (WeChat reports the one message once); the job takes
+//! it when it is recorded sent. A report for a job not in `sent` (already reported,
+//! replayed) changes nothing.
 
 use prost::Message as _;
 use wxhub_bus::{Outcome, Received};
@@ -14,8 +16,8 @@ use wxhub_message::{EventKind, Inbound, Message};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_store::Jobs;
 
-/// Deliveries of a report whose msgid no job knows before it is given up.
-const UNMATCHED_TRIES: u64 = 3;
+/// How long a report waits for its job.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// The consumer of delivery reports.
 #[derive(Debug, Clone)]
@@ -61,12 +63,20 @@ impl DeliveryReports {
         let Ok(event) = CallbackEvent::decode(received.body.as_slice()) else {
             return Outcome::DeadLetter("undecodable CallbackEvent".into());
         };
-        let mut unmatched = false;
         for (msgid, ok, status) in reports(&event.xml) {
             let job = match self.jobs.by_msgid(&event.tenant, &event.appid, msgid).await {
                 Ok(Some(job)) => job,
                 Ok(None) => {
-                    unmatched = true;
+                    if let Err(e) = self
+                        .jobs
+                        .hold_report(&event.tenant, &event.appid, msgid, ok, &status, HOLD)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot keep a delivery report; requeueing");
+                        return Outcome::Requeue;
+                    }
+                    metrics::counter!("wxhub_worker_delivery_reports_total", "outcome" => "held")
+                        .increment(1);
                     continue;
                 }
                 Err(e) => {
@@ -96,14 +106,6 @@ impl DeliveryReports {
                     return Outcome::Requeue;
                 }
             }
-        }
-        if unmatched {
-            if received.delivery_count + 1 < UNMATCHED_TRIES {
-                return Outcome::Requeue;
-            }
-            metrics::counter!("wxhub_worker_delivery_reports_total", "outcome" => "unmatched")
-                .increment(1);
-            return Outcome::DeadLetter("delivery report for a msgid no job knows".into());
         }
         Outcome::Ack
     }
