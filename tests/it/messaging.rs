@@ -164,7 +164,10 @@ async fn messages_are_sent_reported_and_deduplicated_by_key() {
         }
     });
     let j = send(&mut c, enqueue(AUTH1, "", custom)).await;
-    assert_eq!(j.state_name, "queued");
+    assert!(
+        matches!(j.state_name.as_str(), "queued" | "sending" | "sent"),
+        "{j:?}"
+    );
     let j = wait_job(&mut c, &j.id, is("sent")).await;
     assert_eq!((j.attempts_made, j.attempts.len()), (1, 1));
     assert_eq!(messages(&stack, CUSTOM, &user(0)), 1);
@@ -784,5 +787,133 @@ async fn sigterm_drains_an_in_flight_send_and_records_it() {
         )
         .await;
     assert!(left.is_empty(), "{left:?}");
+    stack.stop().await;
+}
+
+/// Runs the `wxhub` CLI in-process (its own runtime, off this one) with `args`, the config
+/// file pointing at the stack's worker; returns (exit code, stdout JSON or stderr).
+async fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut argv: Vec<String> = vec!["wxhub".into()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv.extend(["--config".into(), config.display().to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = wxhub_cli::main_with(argv, &mut std::io::empty(), &mut out, &mut err);
+        let ok = code == std::process::ExitCode::SUCCESS;
+        let text = if ok { out } else { err };
+        (ok, String::from_utf8_lossy(&text).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_waits_lists_and_replays() {
+    let stack = stack("msg-cli", &[]).await;
+    client(stack.worker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
+            stack.worker
+        ),
+    )
+    .unwrap();
+    let to = user(0);
+    let (ok, out) = cli(
+        &config,
+        &[
+            "send",
+            "custom",
+            TENANT,
+            AUTH1,
+            "--to",
+            &to,
+            "--text",
+            "hi",
+            "--idempotency-key",
+            "k1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = sent["job_id"].as_str().unwrap().to_owned();
+    // The job as stored when the publish was confirmed (the worker may already have it).
+    assert!(
+        matches!(sent["state"].as_str(), Some("queued" | "sending" | "sent")),
+        "{sent}"
+    );
+    let (ok, out) = cli(&config, &["job", &id, "--wait", "20"]).await;
+    assert!(ok, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["state"], "sent");
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 1);
+
+    let tpl = dir.path().join("t.json");
+    std::fs::write(
+        &tpl,
+        serde_json::json!({"touser": user(1), "template_id": TEMPLATE, "data": {"keyword1": {"value": "x"}}}).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &[
+            "send",
+            "template",
+            TENANT,
+            AUTH1,
+            "--json",
+            tpl.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let id: String = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .into();
+    let (_, out) = cli(&config, &["job", &id, "--wait", "20"]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"],
+        "delivered"
+    );
+
+    let (ok, out) = cli(&config, &["jobs", TENANT, "--state", "sent"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (ok, out) = cli(&config, &["dead", "list", TENANT]).await;
+    assert!(ok && out.contains("\"jobs\": []"), "{out}");
+    // Failures: one line on stderr, non-zero exit.
+    let (ok, err) = cli(
+        &config,
+        &[
+            "send",
+            "custom",
+            TENANT,
+            AUTH1,
+            "--to",
+            "bad openid",
+            "--text",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("custom.touser"),
+        "{err}"
+    );
+    let (ok, err) = cli(&config, &["dead", "replay", &id]).await;
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
     stack.stop().await;
 }
