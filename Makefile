@@ -51,7 +51,7 @@ chaos: services ## Fault injection: broker nodes killed and paused under load (f
 	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
 	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) WXHUB_CHAOS_FULL=1; \
 	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
-	$(CARGO) nextest run --locked -p wxhub-tests --test chaos --run-ignored all --no-capture --test-threads 1
+	$(CARGO) nextest run --locked --profile chaos -p wxhub-tests --test chaos --run-ignored all --no-capture
 
 # The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster
 # (three primaries, three replicas; every store and every service the harnesses start in cluster

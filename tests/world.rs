@@ -18,6 +18,22 @@ pub const SHOP_USER: &str = "o_acme_shop_alice";
 /// Accounts authorized to acme when the sim starts.
 pub const AUTH1: &str = "wxa1000000000000001";
 pub const AUTH2: &str = "wxa1000000000000002";
+/// A mini program authorized to acme (subscribe messages).
+pub const AUTH_MP: &str = "wxa1000000000000007";
+/// Template ids of AUTH1 (template messages) and of AUTH1 / AUTH_MP (subscribe messages).
+pub const TEMPLATE: &str = "tpl_order_shipped";
+pub const SUBSCRIBE_TEMPLATE: &str = "sub_tpl_reminder";
+/// Users of AUTH1 and AUTH_MP: `user(0)` … `user(USERS - 1)`, following, in the 48 h window,
+/// with 5 subscribe credits each.
+pub const USERS: usize = 60;
+/// The user whose delivery reports say the send failed (`failed:user block`).
+pub const BLOCKED_USER: usize = 59;
+
+/// The openid of test user `i` (of AUTH1 and AUTH_MP).
+pub fn user(i: usize) -> String {
+    format!("o_acme_user_{i:03}")
+}
+
 /// An account that has authorized no one yet ("Fresh Bakery").
 pub const FRESH: &str = "wxa1000000000000009";
 /// A second component tenant, with one authorizer.
@@ -120,7 +136,18 @@ pub(crate) fn seed() -> Seed {
                 }],
                 ..account(SHOP, "gh_acme_shop", "Acme Shop")
             },
-            account(AUTH1, "gh_000001", "Acme 咖啡"),
+            AccountSeed {
+                templates: vec![TEMPLATE.into()],
+                subscribe_templates: vec![SUBSCRIBE_TEMPLATE.into()],
+                users: users(),
+                ..account(AUTH1, "gh_000001", "Acme 咖啡")
+            },
+            AccountSeed {
+                kind: wxhub_sim::AccountKind::MiniProgram,
+                subscribe_templates: vec![SUBSCRIBE_TEMPLATE.into()],
+                users: users(),
+                ..account(AUTH_MP, "gh_000007", "Acme Mini")
+            },
             account(AUTH2, "gh_000002", "Acme Tea"),
             account(FRESH, "gh_000009", "Fresh Bakery"),
             account(BETA_AUTH, "gh_b00001", "Beta Shop"),
@@ -148,8 +175,20 @@ pub(crate) fn seed() -> Seed {
         authorizations: vec![
             AuthorizationSeed::new(COMPONENT, AUTH1),
             AuthorizationSeed::new(COMPONENT, AUTH2),
+            AuthorizationSeed::new(COMPONENT, AUTH_MP),
             AuthorizationSeed::new(BETA_COMPONENT, BETA_AUTH),
         ],
         ..Default::default()
     }
+}
+
+fn users() -> Vec<UserSeed> {
+    (0..USERS)
+        .map(|i| UserSeed {
+            openid: user(i),
+            subscribed: true,
+            last_interaction_ago_secs: Some(60),
+            subscribe_allowance: [(SUBSCRIBE_TEMPLATE.to_owned(), 5)].into(),
+        })
+        .collect()
 }

@@ -326,7 +326,19 @@ impl Bus {
     /// Each publish has a channel of the pool to itself until its confirm (waiting for one when
     /// `publisher_channels` are busy), so a return is always reported to its own publisher.
     pub async fn publish(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
-        self.publish_with(msg, None).await
+        self.publish_with(msg, None, None).await
+    }
+
+    /// [`Bus::publish`] with a per-message TTL (AMQP `expiration`): in a delay queue
+    /// (`Topology::declare_retry_tier`) the message leaves after `min(ttl, the queue's TTL)`,
+    /// which is how a retry gets its jitter. RabbitMQ expires messages at the head of a queue
+    /// only, so keep the TTLs of one queue close together.
+    pub async fn publish_expiring(
+        &self,
+        msg: &Outgoing<'_>,
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        self.publish_with(msg, None, Some(ttl)).await
     }
 
     /// [`Bus::publish`], but a message that cannot be handed to the broker by `send_by` is
@@ -343,16 +355,17 @@ impl Bus {
         msg: &Outgoing<'_>,
         send_by: tokio::time::Instant,
     ) -> Result<(), BusError> {
-        self.publish_with(msg, Some(send_by)).await
+        self.publish_with(msg, Some(send_by), None).await
     }
 
     async fn publish_with(
         &self,
         msg: &Outgoing<'_>,
         send_by: Option<tokio::time::Instant>,
+        ttl: Option<Duration>,
     ) -> Result<(), BusError> {
         let started = Instant::now();
-        let result = self.publish_inner(msg, send_by).await;
+        let result = self.publish_inner(msg, send_by, ttl).await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(BusError::Unavailable(_)) => "unavailable",
@@ -369,6 +382,7 @@ impl Bus {
         &self,
         msg: &Outgoing<'_>,
         send_by: Option<tokio::time::Instant>,
+        ttl: Option<Duration>,
     ) -> Result<(), BusError> {
         let live = self.inner.live.load_full().ok_or_else(unavailable)?;
         // One publish per channel at a time: a `basic.return` carries no delivery tag, and
@@ -411,7 +425,11 @@ impl Bus {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default();
+        if let Some(ttl) = ttl {
+            properties = properties.with_expiration(ttl.as_millis().max(1).to_string().into());
+        }
+        let properties = properties
             .with_delivery_mode(2)
             .with_content_type(crate::PROTOBUF.into())
             .with_message_id(msg.message_id.into())

@@ -956,6 +956,7 @@ fn custom_send(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(Endpoint::CustomSend, &auth.appid, day)?;
+    state.charge_minute(Endpoint::CustomSend, &auth.appid, now)?;
     require_sets(&auth, &[1, 6, 19, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let account = state
@@ -1025,6 +1026,7 @@ fn template_send(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(Endpoint::TemplateSend, &auth.appid, day)?;
+    state.charge_minute(Endpoint::TemplateSend, &auth.appid, now)?;
     require_sets(&auth, &[7, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let template_id = body.str("template_id", 40037)?.to_owned();
@@ -1064,6 +1066,14 @@ fn template_send(
             .insert((touser.clone(), id), (msgid, now));
     }
     drop(state);
+    sim.schedule_delivery_report(
+        auth.component.as_deref(),
+        &auth.appid,
+        &touser,
+        &template_id,
+        msgid,
+        false,
+    );
     sim.record_message(SentMessage {
         msgid,
         path: Endpoint::TemplateSend.path().into(),
@@ -1093,6 +1103,7 @@ fn subscription(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(endpoint, &auth.appid, day)?;
+    state.charge_minute(endpoint, &auth.appid, now)?;
     if kind == AccountKind::OfficialAccount {
         require_sets(&auth, &[89])?;
     }
@@ -1129,6 +1140,14 @@ fn subscription(
     }
     let msgid = state.next_msgid();
     drop(state);
+    sim.schedule_delivery_report(
+        auth.component.as_deref(),
+        &auth.appid,
+        &touser,
+        &template_id,
+        msgid,
+        true,
+    );
     sim.record_message(SentMessage {
         msgid,
         path: endpoint.path().into(),

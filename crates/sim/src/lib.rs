@@ -187,6 +187,12 @@ impl SimHandle {
         self.sim.check_token(token)
     }
 
+    /// Makes every access token issued to `appid` unknown: its next use gets 40001, as when
+    /// WeChat invalidated it behind the holder's back. Returns how many there were.
+    pub fn invalidate_tokens(&self, appid: &str) -> usize {
+        self.sim.invalidate_tokens(appid)
+    }
+
     /// The API calls recorded so far, oldest first.
     pub fn calls(&self, filter: &CallFilter) -> Vec<CallRecord> {
         self.sim.calls(filter)

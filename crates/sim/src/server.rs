@@ -166,7 +166,11 @@ async fn fault_layer(AxState(sim): AxState<Arc<Sim>>, req: Request, next: Next) 
         let errmsg = errmsg.unwrap_or_else(|| ApiError::new(code).message());
         return axum::Json(json!({"errcode": code, "errmsg": errmsg})).into_response();
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    if let Some(delay) = decision.respond_after {
+        tokio::time::sleep(delay).await;
+    }
+    response
 }
 
 async fn unknown_path(req: Request) -> Response {
