@@ -6,8 +6,12 @@
 #   3. tokens and authorizers from token-control (the `wxhub` CLI)
 #   4. users message the accounts                 → gateway → RabbitMQ (deduplicated retries)
 #   5. WeChat's full-network release check (全网发布), all five test groups
-#   6. metrics, then a graceful shutdown
-# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker ops 17092.
+#   6. messages sent through the messaging service (worker): customer-service and template sends,
+#      a rejected token (40001) healed, a permanent failure, WeChat's delivery report
+#   7. a custom menu created through the relay, without holding a token
+#   8. metrics, then a graceful shutdown
+# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker 17052 (ops 17092),
+# relay 17090.
 #
 # `scripts/demo.sh up` (`make up`) starts the same stack, gives it a ticket, prints every address
 # and leaves it running; `scripts/demo.sh down` (`make down`) stops it.
@@ -52,12 +56,12 @@ if ! command -v jq >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq jq >/dev/null
 fi
-for port in 17000 17080 17051 17091 17092; do
+for port in 17000 17080 17051 17052 17090 17091 17092; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port is in use"; fi
 done
 
 say "building the binaries"
-cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-cli
+cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-relay -p wxhub-cli
 bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 
 # A clean slate for the demo namespace: its Redis keys and queued messages from earlier runs.
@@ -105,8 +109,10 @@ start gateway demo-gateway-key "$bin/wxhub-gateway"
 wait_http http://127.0.0.1:17080/readyz "the gateway"
 start token-control "" "$bin/wxhub-token-control"
 start worker demo-worker-key "$bin/wxhub-worker"
+start relay demo-relay-key "$bin/wxhub-relay"
 wait_http http://127.0.0.1:17092/readyz "the worker"
 wait_http http://127.0.0.1:17091/healthz "token-control"
+wait_http http://127.0.0.1:17090/readyz "the relay"
 export WXHUB_CLIENT__API_KEY=demo-ops-key
 wxhub() { "$bin/wxhub" "$@"; }
 
@@ -134,7 +140,9 @@ if [ "$mode" = up ]; then
    authorization page      http://127.0.0.1:17080/wx/acme/authorize
    token-control gRPC      127.0.0.1:17051          (grpcurl -plaintext -H 'authorization: Bearer demo-ops-key' 127.0.0.1:17051 list)
    token-control ops       http://127.0.0.1:17091   (/healthz, /readyz, /metrics)
+   worker (messaging gRPC) 127.0.0.1:17052          (wxhub send custom acme wx0acme0shop0oa --to o_acme_alice --text hi)
    worker ops              http://127.0.0.1:17092   (/healthz, /readyz, /metrics)
+   relay                   http://127.0.0.1:17090   (/v1/{tenant}/{appid}/{wechat path}, Bearer demo-ops-key)
    Redis                   redis://127.0.0.1:6379   (keys under $ns:*)
    RabbitMQ                amqp://127.0.0.1:5672    (queues $ns.*)
    CLI                     export WXHUB_CONFIG=$demo/config.toml WXHUB_TENANTS__FILE=$demo/tenants.toml
@@ -181,9 +189,43 @@ say "5. WeChat's full-network release check (全网发布)"
 "$bin/wxhub-sim" release-check --sim http://127.0.0.1:17000 --component wx0acme0component \
   --gateway http://127.0.0.1:17080 --tenant acme || fail "the release check failed"
 
-say "6. metrics (excerpt) and a graceful shutdown"
+say "6. messages through the messaging service (wxhub send → worker → WeChat)"
+shop=wx0acme0shop0oa
+job_line() { # job JSON → one line
+  jq -r '"   job \(.job_id[0:12])… \(.kind) to \(.touser): \(.state)\(if .errcode != 0 then " (errcode \(.errcode): \(.reason))" else "" end); attempts \(.attempts | length)\(if .delivery_status != "" then "; delivery report: \(.delivery_status)" else "" end)"'
+}
+settle() { # job id, expected state
+  local j
+  j=$(wxhub job "$1" --wait 30) || fail "wxhub job $1"
+  job_line <<<"$j"
+  [ "$(jq -r .state <<<"$j")" = "$2" ] || fail "job $1 ended $(jq -r .state <<<"$j"), expected $2"
+}
+id=$(wxhub send custom acme "$shop" --to o_acme_alice --text "Your order has shipped 📦" | jq -r .job_id)
+settle "$id" sent
+# WeChat rejects the next token once (40001): the worker reports it to token-control, gets a
+# fresh one and sends again at once.
+curl -fsS http://127.0.0.1:17000/sim/faults -H 'content-type: application/json' \
+  -d '{"path":"/cgi-bin/message/custom/send","errcode":40001,"times":1}' >/dev/null
+id=$(wxhub send custom acme "$shop" --to o_acme_alice --text "A second message, after a token rejection" | jq -r .job_id)
+settle "$id" sent
+# Bob never wrote to the account: outside the 48-hour window WeChat refuses (45015), a
+# permanent failure that is not retried.
+id=$(wxhub send custom acme "$shop" --to o_acme_bob --text "Hello Bob" | jq -r .job_id)
+settle "$id" failed
+# A template message; WeChat later pushes TEMPLATESENDJOBFINISH, which the worker matches by msgid.
+printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"https://shop.example/orders/42","data":{"order":{"value":"#42"},"status":{"value":"shipped"}}}' >"$logs/template.json"
+id=$(wxhub send template acme "$shop" --json "$logs/template.json" | jq -r .job_id)
+settle "$id" delivered
+
+say "7. a custom menu through the relay (no token leaves token-control)"
+printf '%s' '{"button":[{"type":"click","name":"今日歌曲","key":"V1001_TODAY_MUSIC"},{"name":"菜单","sub_button":[{"type":"view","name":"搜索","url":"https://www.soso.com/"},{"type":"click","name":"赞一下我们","key":"V1001_GOOD"}]}]}' >"$logs/menu.json"
+wxhub menu create acme "$shop" --json "$logs/menu.json" | jq -c . | sed 's/^/   create: /'
+wxhub menu get acme "$shop" | jq -c '[.menu.button[].name]' | sed 's/^/   the menu WeChat now has: /'
+
+say "8. metrics (excerpt) and a graceful shutdown"
 curl -fsS http://127.0.0.1:17080/metrics | grep -E '^wxhub_gateway_(requests_total|dedupe_total)' | sed 's/^/   /' | head -12
 curl -fsS http://127.0.0.1:17091/metrics | grep -E '^wxhub_token_refresh_total' | sed 's/^/   /' | head -6
+curl -fsS http://127.0.0.1:17092/metrics | grep -E '^wxhub_messaging_' | sed 's/^/   /' | head -8
 cleanup
 trap - EXIT
 note "all services stopped on SIGTERM; logs in $logs"

@@ -6,8 +6,8 @@
 
 mod crypto;
 mod events;
-mod relay;
 mod messaging;
+mod relay;
 mod token;
 
 use std::ffi::OsString;

@@ -47,7 +47,7 @@ pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use jobs::{AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, Settle, Settled};
 pub use keys::Keys;
-pub use ledger::{Claim, Ledger};
+pub use ledger::{Ledger, LedgerClaim};
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 pub use recovery::{Epoch, Restored};

@@ -266,6 +266,7 @@ impl Service for Worker {
             .build_v1()
             .context("building gRPC reflection")?;
         let router = tonic::transport::Server::builder()
+            .trace_fn(wxhub_runtime::telemetry::rpc_span)
             .timeout(Duration::from_millis(w.request_timeout_ms) + Duration::from_secs(1))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
