@@ -116,9 +116,11 @@ wait_http http://127.0.0.1:17090/readyz "the relay"
 export WXHUB_CLIENT__API_KEY=demo-ops-key
 wxhub() { "$bin/wxhub" "$@"; }
 
-say "1. WeChat pushes a component_verify_ticket"
-push=$(curl -fsS http://127.0.0.1:17000/sim/push/ticket -H 'content-type: application/json' -d '{"component_appid":"wx0acme0component"}')
-note "gateway answered: $(jq -r '.attempts[-1].status' <<<"$push") $(jq -r '.attempts[-1].body' <<<"$push")"
+say "1. WeChat pushes a component_verify_ticket to each of the two platforms"
+for component in wx0acme0component wx0globex0component; do
+  push=$(curl -fsS http://127.0.0.1:17000/sim/push/ticket -H 'content-type: application/json' -d "{\"component_appid\":\"$component\"}")
+  note "$component: gateway answered $(jq -r '.attempts[-1].status' <<<"$push") $(jq -r '.attempts[-1].body' <<<"$push")"
+done
 # /readyz is 200 without a ticket too (only that tenant is affected: "degraded"); wait until
 # its ticket check turns ready.
 for _ in $(seq 1 150); do
@@ -153,20 +155,27 @@ ADDRESSES
   exit 0
 fi
 
-say "2. a merchant authorizes the platform"
+say "2. merchants authorize the platforms (three accounts, through the pages)"
+authorize() { # tenant, authorizer appid
+  local page pc_url result
+  page=$(curl -fsS "http://127.0.0.1:17080/wx/$1/authorize")
+  pc_url=$(grep -o 'id="pc" href="[^"]*"' <<<"$page" | sed -e 's/.*href="//' -e 's/"$//' -e 's/&amp;/\&/g')
+  [ -n "$pc_url" ] || fail "no PC authorization link on /wx/$1/authorize"
+  # The merchant's admin picks the account on WeChat's login page (the sim's stand-in), which
+  # pushes `authorized` and redirects the browser to the gateway's /authorized page.
+  result=$(curl -fsSL "$pc_url&authorizer_appid=$2")
+  grep -q '授权成功' <<<"$result" || fail "authorizing $2 for $1: the page did not show success"
+  note "/wx/$1/authorize → WeChat's login page → /wx/$1/authorized: $(grep -o 'id="account">[^<]*' <<<"$result" | sed 's/.*>//') ($(grep -o 'id="appid">[^<]*' <<<"$result" | sed 's/.*>//'))"
+}
 note "the authorization start page: http://127.0.0.1:17080/wx/acme/authorize"
-page=$(curl -fsS http://127.0.0.1:17080/wx/acme/authorize)
-pc_url=$(grep -o 'id="pc" href="[^"]*"' <<<"$page" | sed -e 's/.*href="//' -e 's/"$//' -e 's/&amp;/\&/g')
-[ -n "$pc_url" ] || fail "no PC authorization link on the page"
-note "PC link: ${pc_url:0:100}…"
-# The merchant's admin picks the account on WeChat's login page (the sim's stand-in), which
-# pushes `authorized` and redirects the browser to the gateway's /authorized page.
-result=$(curl -fsSL "$pc_url&authorizer_appid=wx0demo0bakery")
-grep -q '授权成功' <<<"$result" || fail "authorization page did not show success"
-note "redirected to /wx/acme/authorized: $(grep -o 'id="account">[^<]*' <<<"$result" | sed 's/.*>//') authorized ($(grep -o 'id="appid">[^<]*' <<<"$result" | sed 's/.*>//'))"
+authorize acme wx0demo0bakery
+authorize acme wx0demo0cafe
+authorize globex wx0globex0store
 
 say "3. tokens and authorizers (wxhub CLI → token-control)"
-wxhub authorizers list acme | jq -r '.authorizers[] | "   \(.appid)  \(.status)  \(.nick_name)  refresh token held: \(.has_refresh_token)"'
+for t in acme globex; do
+  wxhub authorizers list "$t" | jq -r --arg t "$t" '.authorizers[] | "   \($t)  \(.appid)  \(.status)  \(.nick_name)  refresh token held: \(.has_refresh_token)"'
+done
 wxhub token get acme wx0demo0bakery | jq -c '{authorizer: .appid, access_token: (.access_token[0:16] + "…"), expires_at}'
 
 say "4. users message the accounts (gateway → RabbitMQ)"
@@ -177,13 +186,28 @@ for body in \
   r=$(curl -fsS http://127.0.0.1:17000/sim/push/message -H 'content-type: application/json' -d "$body")
   note "$(jq -r '.what' <<<"$r") → $(jq -r '.attempts[-1].status' <<<"$r") $(jq -r '.attempts[-1].body' <<<"$r")"
 done
+# One of every other kind a user can send, and the usual events.
+for m in \
+  '{"msgtype":"image"}' '{"msgtype":"voice","recognition":"你好"}' '{"msgtype":"video"}' '{"msgtype":"shortvideo"}' \
+  '{"msgtype":"location","location_x":23.134521,"location_y":113.358803,"label":"广州"}' \
+  '{"msgtype":"link","title":"wxhub","url":"https://example.com/wxhub"}' \
+  '{"msgtype":"event","event":"unsubscribe"}' '{"msgtype":"event","event":"CLICK","event_key":"V1001_TODAY"}' \
+  '{"msgtype":"event","event":"VIEW","event_key":"https://example.com/"}' '{"msgtype":"event","event":"SCAN","event_key":"123"}' \
+  '{"msgtype":"event","event":"LOCATION","fields":{"Latitude":"23.137466","Longitude":"113.352425","Precision":"119.385040"}}'; do
+  r=$(curl -fsS http://127.0.0.1:17000/sim/push/message -H 'content-type: application/json' \
+    -d "{\"component_appid\":\"wx0acme0component\",\"appid\":\"wx0acme0shop0oa\",\"openid\":\"o_acme_bob\",\"message\":$m}")
+  [ "$(jq -r '.attempts[-1].status' <<<"$r")" = 200 ] || fail "push of $m: $(jq -c '.attempts[-1]' <<<"$r")"
+done
+note "11 more kinds pushed (image, voice, video, shortvideo, location, link and six events), each answered 200"
 # WeChat's retry of the same callback is answered but not published twice.
 retry=$(jq -r '.url' <<<"$r"); retry_body=$(jq -r '.body' <<<"$r")
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$retry" --data-binary "$retry_body")
 note "the same callback again (a WeChat retry) → $status, not published again"
 note "in RabbitMQ (no business queue is bound in the demo, so they wait in $ns.unrouted;"
 note "\`wxhub events peek\` reads them without consuming):"
-wxhub events peek unrouted | jq -r '"     \(.routing_key)  message_id=\(.message_id)  \(.body.msg_type) \(.body.event)"'
+note "messages per routing key:"
+wxhub events peek unrouted --count 100 | jq -rs 'group_by(.routing_key)[] | "     \(length)  \(.[0].routing_key)"'
+[ "$(wxhub events peek unrouted --count 100 | jq -s 'length')" -ge 14 ] || fail "not every callback is in RabbitMQ"
 
 say "5. WeChat's full-network release check (全网发布)"
 "$bin/wxhub-sim" release-check --sim http://127.0.0.1:17000 --component wx0acme0component \

@@ -92,7 +92,7 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ),
         (
             "[tenants]\nreload_interval = 100",
-            &["gateway", "token-control", "relay"],
+            &["gateway", "token-control", "worker", "relay"],
         ),
         (
             "[wechat]\napi_bse = \"http://127.0.0.1:1\"",
