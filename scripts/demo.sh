@@ -101,7 +101,7 @@ wait_http() { # url, what
 }
 
 say "starting the stack"
-start wxhub-sim "" "$bin/wxhub-sim" serve --listen 127.0.0.1:17000 --seed "$demo/seed.toml"
+start wxhub-sim "" "$bin/wxhub-sim" serve --listen 127.0.0.1:17000 --seed "$demo/seed.toml" --delivery-report-ms 500
 wait_http http://127.0.0.1:17000/sim/health "wxhub-sim"
 # The gateway first: token-control asks WeChat for a ticket push at start, and the push should
 # find a gateway that is connected to the broker (otherwise it answers 503 and WeChat retries).
@@ -232,9 +232,12 @@ curl -fsS http://127.0.0.1:17000/sim/faults -H 'content-type: application/json' 
   -d '{"path":"/cgi-bin/message/custom/send","errcode":40001,"times":1}' >/dev/null
 id=$(wxhub send custom acme "$shop" --to o_acme_alice --text "A second message, after a token rejection" | jq -r .job_id)
 settle "$id" sent
-# Bob never wrote to the account: outside the 48-hour window WeChat refuses (45015), a
+healed=$(curl -fsS http://127.0.0.1:17092/metrics | awk '/^wxhub_worker_token_invalidations_total/ {print $2}')
+[ "${healed:-0}" != 0 ] || fail "the worker did not report the rejected token"
+note "WeChat answered 40001 once; the worker reported the token (wxhub_worker_token_invalidations_total $healed) and sent with the fresh one"
+# Frank never wrote to the account: outside the 48-hour window WeChat refuses (45015), a
 # permanent failure that is not retried.
-id=$(wxhub send custom acme "$shop" --to o_acme_bob --text "Hello Bob" | jq -r .job_id)
+id=$(wxhub send custom acme "$shop" --to o_acme_frank --text "Hello Frank" | jq -r .job_id)
 settle "$id" failed
 # A template message; WeChat later pushes TEMPLATESENDJOBFINISH, which the worker matches by msgid.
 printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"https://shop.example/orders/42","data":{"order":{"value":"#42"},"status":{"value":"shipped"}}}' >"$logs/template.json"

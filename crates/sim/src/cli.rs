@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Return a new refresh token on every api_authorizer_token.
     #[arg(long)]
     rotate_refresh_tokens: bool,
+    /// Push each template or subscribe send's delivery report (TEMPLATESENDJOBFINISH,
+    /// subscribe_msg_sent_event) this many milliseconds after the send (default: none).
+    #[arg(long)]
+    delivery_report_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +176,7 @@ async fn serve(args: ServeArgs, stdout: &mut dyn Write) -> Result<ExitCode, CliE
         push_timeout: Duration::from_millis(args.push_timeout_ms),
         fault_seed: args.fault_seed,
         rotate_refresh_tokens: args.rotate_refresh_tokens,
+        delivery_report_delay: args.delivery_report_ms.map(Duration::from_millis),
         seed,
         ..SimConfig::default()
     };
