@@ -24,9 +24,9 @@ lint: ## rustfmt check and clippy with warnings denied
 .PHONY: test
 test: services browser lint deploy-check ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --locked --profile ci; \
+		$(CARGO) nextest run --workspace --locked --profile ci -E 'not binary_id(wxhub-tests::chaos)'; \
 	else \
-		$(CARGO) test --workspace --locked; \
+		$(CARGO) test --workspace --locked -- --skip the_node_holding; \
 	fi
 	$(CARGO) test --workspace --locked --doc
 	@$(MAKE) --no-print-directory test-rabbitmq-cluster
@@ -39,8 +39,19 @@ test: services browser lint deploy-check ## fmt check, clippy -D warnings, then 
 test-rabbitmq-cluster: ## bus, gateway, token-control and cross-service tests against a local 3-node RabbitMQ cluster
 	@./scripts/rabbitmq-cluster.sh start >/dev/null
 	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
-	WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-bus -p wxhub-gateway -p wxhub-token-control -p wxhub-tests
+	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls); \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-bus -p wxhub-gateway -p wxhub-token-control -p wxhub-tests -E 'not binary_id(wxhub-tests::chaos)' && \
+	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-tests --test chaos --no-capture
+
+# Every fault-injection scenario against the local RabbitMQ cluster, with longer load.
+.PHONY: chaos
+chaos: services ## Fault injection: broker nodes killed and paused under load (figures per scenario)
+	@./scripts/rabbitmq-cluster.sh start >/dev/null
+	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
+	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) WXHUB_CHAOS_FULL=1; \
+	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
+	$(CARGO) nextest run --locked --profile chaos -p wxhub-tests --test chaos --run-ignored all --no-capture
 
 # The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster
 # (three primaries, three replicas; every store and every service the harnesses start in cluster
@@ -53,7 +64,7 @@ test-redis-cluster: ## store, gateway, token-control and cross-service tests aga
 	@trap './scripts/redis-cluster.sh stop' EXIT; \
 	./scripts/redis-cluster.sh start >/dev/null && \
 	export WXHUB_TEST_REDIS_CLUSTER=$$(./scripts/redis-cluster.sh urls) && \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-gateway -p wxhub-token-control -p wxhub-tests && \
+	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-gateway -p wxhub-token-control -p wxhub-tests -E 'not binary_id(wxhub-tests::chaos)' && \
 	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-token-control --run-ignored only --no-capture --test-threads 1 \
 		-E 'test(ask_and_moved_redirects_are_followed) | test(a_primary_killed_during_refreshes)'
 

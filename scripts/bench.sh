@@ -12,3 +12,6 @@ cargo bench --locked -p wxhub-gateway --bench gateway 2>/dev/null | grep -E '^(r
 echo "== token-control: gRPC token reads from a warm store (cache on / off), and 100,000 authorizers over a token lifetime on 3 replicas (virtual time)"
 cargo bench --locked -p wxhub-token-control --bench token_reads 2>/dev/null | grep -E '^token_reads/'
 cargo bench --locked -p wxhub-token-control --bench refresh_scale 2>/dev/null | grep -E '^refresh_scale:'
+
+echo "== messaging: template sends/s enqueue → RabbitMQ → worker → sim vs the sim's bare accept rate (same run), latency at half rate"
+cargo bench --locked -p wxhub-tests --bench messaging 2>/dev/null | grep -E '^messaging:'

@@ -39,7 +39,7 @@ OVERLAYS = ["dev", "prod"]
 CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"]}
 # The image's binaries and the config sections only they own (a section the gateway reads is
 # also a key of the gateway's dump).
-BINARIES = ["wxhub-gateway", "wxhub-token-control", "wxhub-worker"]
+BINARIES = ["wxhub-gateway", "wxhub-token-control", "wxhub-worker", "wxhub-relay"]
 
 
 def log(msg):
@@ -324,6 +324,44 @@ def dashboard_self_test(recorded):
         fail("the dashboard check accepted a metric that is recorded nowhere")
 
 
+def check_config_reference(bindir):
+    """Every key a binary's --dump-config shows is documented: in README's configuration table,
+    or (tuning keys) in the commented example file `deploy/config/<section>.toml`."""
+    import tomllib
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    problems, keys = [], set()
+    for binary in ("wxhub-gateway", "wxhub-token-control", "wxhub-worker", "wxhub-relay"):
+        path = bindir / binary
+        if not path.exists():
+            problems.append(f"config reference: {binary} is not built")
+            continue
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WXHUB_")}
+        clean["WXHUB_CLIENT__API_KEY"] = "reference-check"
+        r = run([str(path), "--dump-config"], env=clean)
+        if r.returncode != 0:
+            problems.append(f"config reference: {binary} --dump-config failed: {r.stderr.strip()[:300]}")
+            continue
+        def walk(prefix, table):
+            for k, v in table.items():
+                name = f"{prefix}{k}"
+                if isinstance(v, dict) and v and not all(x in ("count", "period_ms", "burst") for x in v):
+                    walk(name + ".", v)
+                else:
+                    keys.add(name)
+        walk("", tomllib.loads(r.stdout))
+    for key in sorted(keys):
+        short = key.rsplit(".", 1)[-1]
+        head = key.rsplit(".", 1)[0] if "." in key else ""
+        # `section.key` literally, or `section.a`, `section.b` rows listing the key with its section.
+        example = ROOT / "deploy" / "config" / f"{head.replace('_', '-')}.toml"
+        if head and example.exists() and re.search(rf"^#?\s*{re.escape(short)}\s*=", example.read_text(encoding="utf-8"), re.M):
+            continue
+        if f"`{key}`" not in section and not (head and re.search(rf"`{re.escape(head)}\.[^`]*`[^|]*`{re.escape(head)}\.{re.escape(short)}`", section)):
+            problems.append(f"README configuration table lacks `{key}`")
+    return problems, len(keys)
+
+
 def self_test(kv, docs):
     """The schema check must refuse a broken manifest (a misspelt field)."""
     broken = copy.deepcopy(docs)
@@ -362,6 +400,10 @@ def main():
     dash_problems, queries = check_dashboard(recorded)
     problems += dash_problems
     problems += check_metrics_reference(recorded)
+    config_problems, config_keys = check_config_reference(bindir)
+    problems += config_problems
+    if not config_problems:
+        log(f"README configuration table: all {config_keys} keys of the four services documented")
     if not dash_problems:
         log(f"Grafana dashboard: {queries} queries name {len(recorded)} recorded metrics' names and labels correctly")
     if problems:

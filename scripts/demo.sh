@@ -6,8 +6,12 @@
 #   3. tokens and authorizers from token-control (the `wxhub` CLI)
 #   4. users message the accounts                 → gateway → RabbitMQ (deduplicated retries)
 #   5. WeChat's full-network release check (全网发布), all five test groups
-#   6. metrics, then a graceful shutdown
-# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker ops 17092.
+#   6. messages sent through the messaging service (worker): customer-service and template sends,
+#      a rejected token (40001) healed, a permanent failure, WeChat's delivery report
+#   7. a custom menu created through the relay, without holding a token
+#   8. metrics, then a graceful shutdown
+# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker 17052 (ops 17092),
+# relay 17090.
 #
 # `scripts/demo.sh up` (`make up`) starts the same stack, gives it a ticket, prints every address
 # and leaves it running; `scripts/demo.sh down` (`make down`) stops it.
@@ -52,12 +56,12 @@ if ! command -v jq >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq jq >/dev/null
 fi
-for port in 17000 17080 17051 17091 17092; do
+for port in 17000 17080 17051 17052 17090 17091 17092; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port is in use"; fi
 done
 
 say "building the binaries"
-cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-cli
+cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-relay -p wxhub-cli
 bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 
 # A clean slate for the demo namespace: its Redis keys and queued messages from earlier runs.
@@ -105,14 +109,18 @@ start gateway demo-gateway-key "$bin/wxhub-gateway"
 wait_http http://127.0.0.1:17080/readyz "the gateway"
 start token-control "" "$bin/wxhub-token-control"
 start worker demo-worker-key "$bin/wxhub-worker"
+start relay demo-relay-key "$bin/wxhub-relay"
 wait_http http://127.0.0.1:17092/readyz "the worker"
 wait_http http://127.0.0.1:17091/healthz "token-control"
+wait_http http://127.0.0.1:17090/readyz "the relay"
 export WXHUB_CLIENT__API_KEY=demo-ops-key
 wxhub() { "$bin/wxhub" "$@"; }
 
-say "1. WeChat pushes a component_verify_ticket"
-push=$(curl -fsS http://127.0.0.1:17000/sim/push/ticket -H 'content-type: application/json' -d '{"component_appid":"wx0acme0component"}')
-note "gateway answered: $(jq -r '.attempts[-1].status' <<<"$push") $(jq -r '.attempts[-1].body' <<<"$push")"
+say "1. WeChat pushes a component_verify_ticket to each of the two platforms"
+for component in wx0acme0component wx0globex0component; do
+  push=$(curl -fsS http://127.0.0.1:17000/sim/push/ticket -H 'content-type: application/json' -d "{\"component_appid\":\"$component\"}")
+  note "$component: gateway answered $(jq -r '.attempts[-1].status' <<<"$push") $(jq -r '.attempts[-1].body' <<<"$push")"
+done
 # /readyz is 200 without a ticket too (only that tenant is affected: "degraded"); wait until
 # its ticket check turns ready.
 for _ in $(seq 1 150); do
@@ -134,7 +142,9 @@ if [ "$mode" = up ]; then
    authorization page      http://127.0.0.1:17080/wx/acme/authorize
    token-control gRPC      127.0.0.1:17051          (grpcurl -plaintext -H 'authorization: Bearer demo-ops-key' 127.0.0.1:17051 list)
    token-control ops       http://127.0.0.1:17091   (/healthz, /readyz, /metrics)
+   worker (messaging gRPC) 127.0.0.1:17052          (wxhub send custom acme wx0acme0shop0oa --to o_acme_alice --text hi)
    worker ops              http://127.0.0.1:17092   (/healthz, /readyz, /metrics)
+   relay                   http://127.0.0.1:17090   (/v1/{tenant}/{appid}/{wechat path}, Bearer demo-ops-key)
    Redis                   redis://127.0.0.1:6379   (keys under $ns:*)
    RabbitMQ                amqp://127.0.0.1:5672    (queues $ns.*)
    CLI                     export WXHUB_CONFIG=$demo/config.toml WXHUB_TENANTS__FILE=$demo/tenants.toml
@@ -145,20 +155,27 @@ ADDRESSES
   exit 0
 fi
 
-say "2. a merchant authorizes the platform"
+say "2. merchants authorize the platforms (three accounts, through the pages)"
+authorize() { # tenant, authorizer appid
+  local page pc_url result
+  page=$(curl -fsS "http://127.0.0.1:17080/wx/$1/authorize")
+  pc_url=$(grep -o 'id="pc" href="[^"]*"' <<<"$page" | sed -e 's/.*href="//' -e 's/"$//' -e 's/&amp;/\&/g')
+  [ -n "$pc_url" ] || fail "no PC authorization link on /wx/$1/authorize"
+  # The merchant's admin picks the account on WeChat's login page (the sim's stand-in), which
+  # pushes `authorized` and redirects the browser to the gateway's /authorized page.
+  result=$(curl -fsSL "$pc_url&authorizer_appid=$2")
+  grep -q '授权成功' <<<"$result" || fail "authorizing $2 for $1: the page did not show success"
+  note "/wx/$1/authorize → WeChat's login page → /wx/$1/authorized: $(grep -o 'id="account">[^<]*' <<<"$result" | sed 's/.*>//') ($(grep -o 'id="appid">[^<]*' <<<"$result" | sed 's/.*>//'))"
+}
 note "the authorization start page: http://127.0.0.1:17080/wx/acme/authorize"
-page=$(curl -fsS http://127.0.0.1:17080/wx/acme/authorize)
-pc_url=$(grep -o 'id="pc" href="[^"]*"' <<<"$page" | sed -e 's/.*href="//' -e 's/"$//' -e 's/&amp;/\&/g')
-[ -n "$pc_url" ] || fail "no PC authorization link on the page"
-note "PC link: ${pc_url:0:100}…"
-# The merchant's admin picks the account on WeChat's login page (the sim's stand-in), which
-# pushes `authorized` and redirects the browser to the gateway's /authorized page.
-result=$(curl -fsSL "$pc_url&authorizer_appid=wx0demo0bakery")
-grep -q '授权成功' <<<"$result" || fail "authorization page did not show success"
-note "redirected to /wx/acme/authorized: $(grep -o 'id="account">[^<]*' <<<"$result" | sed 's/.*>//') authorized ($(grep -o 'id="appid">[^<]*' <<<"$result" | sed 's/.*>//'))"
+authorize acme wx0demo0bakery
+authorize acme wx0demo0cafe
+authorize globex wx0globex0store
 
 say "3. tokens and authorizers (wxhub CLI → token-control)"
-wxhub authorizers list acme | jq -r '.authorizers[] | "   \(.appid)  \(.status)  \(.nick_name)  refresh token held: \(.has_refresh_token)"'
+for t in acme globex; do
+  wxhub authorizers list "$t" | jq -r --arg t "$t" '.authorizers[] | "   \($t)  \(.appid)  \(.status)  \(.nick_name)  refresh token held: \(.has_refresh_token)"'
+done
 wxhub token get acme wx0demo0bakery | jq -c '{authorizer: .appid, access_token: (.access_token[0:16] + "…"), expires_at}'
 
 say "4. users message the accounts (gateway → RabbitMQ)"
@@ -169,21 +186,70 @@ for body in \
   r=$(curl -fsS http://127.0.0.1:17000/sim/push/message -H 'content-type: application/json' -d "$body")
   note "$(jq -r '.what' <<<"$r") → $(jq -r '.attempts[-1].status' <<<"$r") $(jq -r '.attempts[-1].body' <<<"$r")"
 done
+# One of every other kind a user can send, and the usual events.
+for m in \
+  '{"msgtype":"image"}' '{"msgtype":"voice","recognition":"你好"}' '{"msgtype":"video"}' '{"msgtype":"shortvideo"}' \
+  '{"msgtype":"location","location_x":23.134521,"location_y":113.358803,"label":"广州"}' \
+  '{"msgtype":"link","title":"wxhub","url":"https://example.com/wxhub"}' \
+  '{"msgtype":"event","event":"unsubscribe"}' '{"msgtype":"event","event":"CLICK","event_key":"V1001_TODAY"}' \
+  '{"msgtype":"event","event":"VIEW","event_key":"https://example.com/"}' '{"msgtype":"event","event":"SCAN","event_key":"123"}' \
+  '{"msgtype":"event","event":"LOCATION","fields":{"Latitude":"23.137466","Longitude":"113.352425","Precision":"119.385040"}}'; do
+  r=$(curl -fsS http://127.0.0.1:17000/sim/push/message -H 'content-type: application/json' \
+    -d "{\"component_appid\":\"wx0acme0component\",\"appid\":\"wx0acme0shop0oa\",\"openid\":\"o_acme_bob\",\"message\":$m}")
+  [ "$(jq -r '.attempts[-1].status' <<<"$r")" = 200 ] || fail "push of $m: $(jq -c '.attempts[-1]' <<<"$r")"
+done
+note "11 more kinds pushed (image, voice, video, shortvideo, location, link and six events), each answered 200"
 # WeChat's retry of the same callback is answered but not published twice.
 retry=$(jq -r '.url' <<<"$r"); retry_body=$(jq -r '.body' <<<"$r")
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$retry" --data-binary "$retry_body")
 note "the same callback again (a WeChat retry) → $status, not published again"
 note "in RabbitMQ (no business queue is bound in the demo, so they wait in $ns.unrouted;"
 note "\`wxhub events peek\` reads them without consuming):"
-wxhub events peek unrouted | jq -r '"     \(.routing_key)  message_id=\(.message_id)  \(.body.msg_type) \(.body.event)"'
+note "messages per routing key:"
+wxhub events peek unrouted --count 100 | jq -rs 'group_by(.routing_key)[] | "     \(length)  \(.[0].routing_key)"'
+[ "$(wxhub events peek unrouted --count 100 | jq -s 'length')" -ge 14 ] || fail "not every callback is in RabbitMQ"
 
 say "5. WeChat's full-network release check (全网发布)"
 "$bin/wxhub-sim" release-check --sim http://127.0.0.1:17000 --component wx0acme0component \
   --gateway http://127.0.0.1:17080 --tenant acme || fail "the release check failed"
 
-say "6. metrics (excerpt) and a graceful shutdown"
+say "6. messages through the messaging service (wxhub send → worker → WeChat)"
+shop=wx0acme0shop0oa
+job_line() { # job JSON → one line
+  jq -r '"   job \(.job_id[0:12])… \(.kind) to \(.touser): \(.state)\(if .errcode != 0 then " (errcode \(.errcode): \(.reason))" else "" end); attempts \(.attempts | length)\(if .delivery_status != "" then "; delivery report: \(.delivery_status)" else "" end)"'
+}
+settle() { # job id, expected state
+  local j
+  j=$(wxhub job "$1" --wait 30) || fail "wxhub job $1"
+  job_line <<<"$j"
+  [ "$(jq -r .state <<<"$j")" = "$2" ] || fail "job $1 ended $(jq -r .state <<<"$j"), expected $2"
+}
+id=$(wxhub send custom acme "$shop" --to o_acme_alice --text "Your order has shipped 📦" | jq -r .job_id)
+settle "$id" sent
+# WeChat rejects the next token once (40001): the worker reports it to token-control, gets a
+# fresh one and sends again at once.
+curl -fsS http://127.0.0.1:17000/sim/faults -H 'content-type: application/json' \
+  -d '{"path":"/cgi-bin/message/custom/send","errcode":40001,"times":1}' >/dev/null
+id=$(wxhub send custom acme "$shop" --to o_acme_alice --text "A second message, after a token rejection" | jq -r .job_id)
+settle "$id" sent
+# Bob never wrote to the account: outside the 48-hour window WeChat refuses (45015), a
+# permanent failure that is not retried.
+id=$(wxhub send custom acme "$shop" --to o_acme_bob --text "Hello Bob" | jq -r .job_id)
+settle "$id" failed
+# A template message; WeChat later pushes TEMPLATESENDJOBFINISH, which the worker matches by msgid.
+printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"https://shop.example/orders/42","data":{"order":{"value":"#42"},"status":{"value":"shipped"}}}' >"$logs/template.json"
+id=$(wxhub send template acme "$shop" --json "$logs/template.json" | jq -r .job_id)
+settle "$id" delivered
+
+say "7. a custom menu through the relay (no token leaves token-control)"
+printf '%s' '{"button":[{"type":"click","name":"今日歌曲","key":"V1001_TODAY_MUSIC"},{"name":"菜单","sub_button":[{"type":"view","name":"搜索","url":"https://www.soso.com/"},{"type":"click","name":"赞一下我们","key":"V1001_GOOD"}]}]}' >"$logs/menu.json"
+wxhub menu create acme "$shop" --json "$logs/menu.json" | jq -c . | sed 's/^/   create: /'
+wxhub menu get acme "$shop" | jq -c '[.menu.button[].name]' | sed 's/^/   the menu WeChat now has: /'
+
+say "8. metrics (excerpt) and a graceful shutdown"
 curl -fsS http://127.0.0.1:17080/metrics | grep -E '^wxhub_gateway_(requests_total|dedupe_total)' | sed 's/^/   /' | head -12
 curl -fsS http://127.0.0.1:17091/metrics | grep -E '^wxhub_token_refresh_total' | sed 's/^/   /' | head -6
+curl -fsS http://127.0.0.1:17092/metrics | grep -E '^wxhub_messaging_' | sed 's/^/   /' | head -8
 cleanup
 trap - EXIT
 note "all services stopped on SIGTERM; logs in $logs"

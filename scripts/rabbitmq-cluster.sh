@@ -7,6 +7,9 @@
 #   scripts/rabbitmq-cluster.sh urls    # the AMQP URLs, comma-separated (for WXHUB_TEST_AMQP_URLS)
 #   scripts/rabbitmq-cluster.sh stop    # stops the nodes and deletes their data
 #   scripts/rabbitmq-cluster.sh kill N  # SIGKILLs node N (fault injection); start-node N restarts it
+#   scripts/rabbitmq-cluster.sh pause N / resume N   # SIGSTOP / SIGCONT node N
+#   scripts/rabbitmq-cluster.sh conns N # client connections on node N
+#   scripts/rabbitmq-cluster.sh leader QUEUE         # the node number of QUEUE's quorum leader
 #
 # Ports: AMQP 5681..5683 and distribution 25681..25683 unless WXHUB_RMQ_CLUSTER_PORT sets the
 # first AMQP port. State lives in ${WXHUB_RMQ_CLUSTER_DIR:-/tmp/wxhub-rmq-cluster}.
@@ -96,13 +99,39 @@ stop() {
   log "stopped"
 }
 
+# The node's Erlang VM: its command line does not name the node, its pid file does.
+node_pid() {
+  cat "$dir/$1/mnesia/$(name "$1").pid" 2>/dev/null || true
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   urls) urls ;;
   kill)
-    pid=$(pgrep -f -- "-sname $(name "$2")|-name $(name "$2")|rabbitmq_node_name $(name "$2")|$(name "$2")" | head -n 1 || true)
+    pid=$(node_pid "$2")
     [ -n "$pid" ] && kill -9 "$pid" && log "killed node $2 (pid $pid)" ;;
+  pause)
+    pid=$(node_pid "$2")
+    [ -n "$pid" ] && kill -STOP "$pid" && log "paused node $2 (pid $pid)" ;;
+  resume)
+    pid=$(node_pid "$2")
+    [ -n "$pid" ] && kill -CONT "$pid" && log "resumed node $2 (pid $pid)" ;;
+  conns)
+    # Connections are listed cluster-wide; the server port a client reached names its node.
+    for n in "${nodes[@]}"; do
+      if out=$(ctl "$n" list_connections --no-table-headers --quiet port 2>/dev/null); then
+        grep -cx "$(port "$2")" <<<"$out" || true
+        exit 0
+      fi
+    done
+    echo 0 ;;
+  leader)
+    for n in "${nodes[@]}"; do
+      l=$(ctl "$n" list_queues --no-table-headers --quiet name leader 2>/dev/null | awk -v q="$2" '$1 == q {print $2}')
+      if [ -n "$l" ]; then echo "${l#wxhub-r}" | cut -d@ -f1; exit 0; fi
+    done
+    exit 1 ;;
   start-node) start_node "$2" ;;
-  *) echo "usage: $0 start|stop|urls|kill N|start-node N" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|urls|kill N|pause N|resume N|conns N|leader QUEUE|start-node N" >&2; exit 2 ;;
 esac

@@ -40,6 +40,8 @@ pub struct Setup {
     /// start, and wait until token-control's start-up reconcile imported the seeded
     /// authorizers.
     pub tickets: bool,
+    /// More `WXHUB_*` settings of the stack's worker (they win).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -48,6 +50,7 @@ impl Setup {
             label: label.to_owned(),
             wire_callbacks: true,
             tickets: false,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -59,6 +62,10 @@ pub struct Stack {
     /// The gateway started with the stack (API key [`GATEWAY_KEY`]).
     pub gateway_url: String,
     pub token_control: SocketAddr,
+    /// The messaging service of the worker started with the stack.
+    pub worker: SocketAddr,
+    /// Stops the worker started with the stack (its SIGTERM).
+    pub worker_stop: CancellationToken,
     /// A bus on the stack's namespace, for tests that publish or read queues themselves.
     pub bus: Bus,
     pub store: Store,
@@ -97,6 +104,16 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// A relay in front of the stack's token-control; stopped on drop.
+pub struct RelayHandle {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Its state (held bytes).
+    pub shared: std::sync::Arc<wxhub_relay::Shared>,
+    /// Stops it on drop (the same stop-and-wait as a gateway's).
+    _gateway: Gateway,
 }
 
 /// The services' runtime, on a thread of its own: cancelling `stop` ends every service
@@ -204,6 +221,9 @@ impl Stack {
         let sim = wxhub_sim::start(SimConfig {
             seed: Some(seed()),
             auto_ticket_push: false,
+            // Template and subscribe sends are reported back, as WeChat does (messaging).
+            delivery_report_delay: Some(Duration::from_millis(100)),
+            failed_delivery_openids: vec![user(BLOCKED_USER)],
             ..SimConfig::default()
         })
         .await?;
@@ -215,6 +235,8 @@ impl Stack {
             gateway: None,
             gateway_url: String::new(),
             token_control,
+            worker: token_control,
+            worker_stop: CancellationToken::new(),
             bus: ns.bus(&cancel).await,
             bus_guard: cancel.drop_guard(),
             auths: Authorizers::new(store.clone()),
@@ -247,18 +269,12 @@ impl Stack {
                     .await
             },
         );
-        let worker_config = wxhub_worker::Config::load(
-            &stack.source(&[("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())]),
-        )?;
-        let (worker_ops, _) = bind()?;
-        stack
-            .services
-            .spawn(worker_ops, &stop, move |listener, shutdown| async move {
-                Worker::build(worker_config, ())
-                    .await?
-                    .serve(Listeners::ops(listener), shutdown)
-                    .await
-            });
+        let worker_env: Vec<(&str, &str)> = setup
+            .worker_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        (stack.worker, stack.worker_stop) = stack.start_worker(&worker_env)?;
         if setup.tickets {
             let auths = &stack.auths;
             stack
@@ -358,6 +374,76 @@ impl Stack {
             stop,
             task: Some(task),
         })
+    }
+
+    /// Starts a relay calling token-control with [`RELAY_KEY`]; `extra` are more `WXHUB_*`
+    /// settings (they win). Returns once it answers `/readyz`.
+    pub async fn relay(&self, extra: &[(&str, &str)]) -> anyhow::Result<RelayHandle> {
+        let (listener, addr) = bind()?;
+        let url = format!("http://{addr}");
+        let mut settings = vec![
+            ("WXHUB_CLIENT__API_KEY", RELAY_KEY.to_owned()),
+            ("WXHUB_RELAY__ENDPOINT", url.clone()),
+        ];
+        settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let config = wxhub_relay::Config::load(&self.source(&settings))?;
+        let relay = wxhub_relay::Relay::build(config, Default::default()).await?;
+        let shared = relay.shared();
+        let stop = self.services.stop.child_token();
+        let task = self
+            .services
+            .spawn(listener, &stop, move |listener, shutdown| async move {
+                relay.serve(Listeners::main(listener), shutdown).await
+            });
+        let http = reqwest::Client::new();
+        let ready = format!("{url}/readyz");
+        self.wait_for(|| async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Ok(RelayHandle {
+            url,
+            shared,
+            _gateway: Gateway {
+                url: String::new(),
+                stop,
+                task: Some(task),
+            },
+        })
+    }
+
+    /// Starts a worker (API key [`WORKER_KEY`]); `extra` are more `WXHUB_*` settings (they
+    /// win). Returns its messaging address and the token that stops it (its drain is the one
+    /// of SIGTERM). Its delay queues are deleted with the namespace.
+    pub fn start_worker(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(SocketAddr, CancellationToken)> {
+        let mut settings = vec![("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned())];
+        settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let config = wxhub_worker::Config::load(&self.source(&settings))?;
+        let topology = self.ns.topology();
+        for queue in [topology.send_queue(), topology.send_bulk_queue()] {
+            for q in wxhub_worker::delay_queues(&config, &queue) {
+                self.ns.track_queue(q);
+            }
+        }
+        let (listener, addr) = bind()?;
+        let (ops, _) = bind()?;
+        let stop = self.services.stop.child_token();
+        self.services
+            .spawn(listener, &stop, move |listener, shutdown| async move {
+                ops.set_nonblocking(true)?;
+                let ops = tokio::net::TcpListener::from_std(ops)?;
+                Worker::build(config, Default::default())
+                    .await?
+                    .serve(Listeners::main_and_ops(listener, ops), shutdown)
+                    .await
+            });
+        Ok((addr, stop))
     }
 
     /// Creates a ticket in the sim and stores it for `tenant` as if its push had arrived.

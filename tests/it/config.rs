@@ -14,6 +14,7 @@ fn shipped() -> Vec<PathBuf> {
         "deploy/demo/config.toml",
         "deploy/config/gateway.toml",
         "deploy/config/token-control.toml",
+        "deploy/config/relay.toml",
     ]
     .into_iter()
     .map(|p| root.join(p))
@@ -29,7 +30,7 @@ fn source(file: &Path) -> Source {
 }
 
 /// Why each binary refuses `source`, or `None` where it loads.
-fn refusals(source: &Source) -> [(&'static str, Option<String>); 3] {
+fn refusals(source: &Source) -> [(&'static str, Option<String>); 4] {
     [
         (
             "gateway",
@@ -46,6 +47,12 @@ fn refusals(source: &Source) -> [(&'static str, Option<String>); 3] {
         (
             "worker",
             wxhub_worker::Config::load(source)
+                .err()
+                .map(|e| e.to_string()),
+        ),
+        (
+            "relay",
+            wxhub_relay::Config::load(source)
                 .err()
                 .map(|e| e.to_string()),
         ),
@@ -69,7 +76,7 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
     let cases: &[(&str, &[&str])] = &[
         (
             "[redis]\ncluster_nodes = [\"10.0.0.1:6379\"]",
-            &["gateway", "token-control", "worker"],
+            &["gateway", "token-control", "worker", "relay"],
         ),
         (
             "[amqp]\nprefecth = 10",
@@ -77,21 +84,21 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ),
         (
             "[telemetry]\nformt = \"json\"",
-            &["gateway", "token-control", "worker"],
+            &["gateway", "token-control", "worker", "relay"],
         ),
         (
             "[shutdown]\ngrace_secs = 10",
-            &["gateway", "token-control", "worker"],
+            &["gateway", "token-control", "worker", "relay"],
         ),
         (
             "[tenants]\nreload_interval = 100",
-            &["gateway", "token-control"],
+            &["gateway", "token-control", "worker", "relay"],
         ),
         (
             "[wechat]\napi_bse = \"http://127.0.0.1:1\"",
-            &["token-control", "worker"],
+            &["token-control", "worker", "relay"],
         ),
-        ("[client]\napikey = \"k\"", &["gateway", "worker"]),
+        ("[client]\napikey = \"k\"", &["gateway", "worker", "relay"]),
         ("[gateway]\ndedupe_done_ttl_sec = 600", &["gateway"]),
         (
             "[gateway.authorize_limit_per_tenant]\ncount = 5\nperiod_ms = 1000\nburts = 5",
@@ -99,6 +106,7 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ),
         ("[token_control]\nlock_ttl = 5000", &["token-control"]),
         ("[worker]\nsent_ttl_sec = 60", &["worker"]),
+        ("[relay]\nmax_body = 1024", &["relay"]),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (section, readers) in cases {
@@ -140,6 +148,8 @@ fn token_control_owns_its_section_and_clients_read_only_the_endpoint() {
     assert_eq!(gateway.token_control.endpoint, "http://tc:50051");
     let worker = wxhub_worker::Config::load(&source).unwrap();
     assert_eq!(worker.token_control.endpoint, "http://tc:50051");
+    let relay = wxhub_relay::Config::load(&source).unwrap();
+    assert_eq!(relay.token_control.endpoint, "http://tc:50051");
     let token_control = wxhub_token_control::Config::load(&source).unwrap();
     assert_eq!(token_control.token_control.lock_ttl_ms, 5000);
 }

@@ -4,5 +4,7 @@ mod authorize;
 mod browser;
 mod cleanup;
 mod config;
+mod messaging;
 mod pages;
+mod relay;
 mod release_check;

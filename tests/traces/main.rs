@@ -6,18 +6,30 @@
 //! Its own test binary: the exporter is installed as the process's global subscriber, which no
 //! other test of the `it` binary may share.
 
+#![allow(clippy::print_stdout)] // the figures of a run are its output
+
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use wxhub_proto::messaging::v1 as pb;
+use wxhub_proto::messaging::v1::enqueue_request::Message;
+use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_sim::ReleaseCheckConfig;
-use wxhub_tests::{COMPONENT, Stack, TENANT};
+use wxhub_tests::{AUTH1, COMPONENT, OPS_KEY, RELAY_KEY, Setup, Stack, TENANT, user};
 
-fn capture_spans() -> (InMemorySpanExporter, SdkTracerProvider) {
+/// One exporter per process (each test filters the spans of its own traces).
+fn capture_spans() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
+    static CAPTURE: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
+    CAPTURE.get_or_init(install)
+}
+
+fn install() -> (InMemorySpanExporter, SdkTracerProvider) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -79,6 +91,7 @@ impl<'a> Trace<'a> {
 async fn a_callback_and_its_job_are_one_trace_from_the_gateway_to_wechat() {
     let (exporter, provider) = capture_spans();
     let stack = Stack::start("traces").await.unwrap();
+    let ns = stack.ns.name().to_owned();
     // The release check drives both paths: `authorized` notices (gateway → token-control's
     // consumer → WeChat's api_query_auth) and QUERY_AUTH_CODE messages (gateway → the worker's
     // job → token-control over gRPC → WeChat's custom/send).
@@ -89,6 +102,7 @@ async fn a_callback_and_its_job_are_one_trace_from_the_gateway_to_wechat() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = provider.force_flush();
     let spans = exporter.get_finished_spans().unwrap();
+    let ours = |s: &&SpanData| attr(s, "queue").is_some_and(|q| q.starts_with(&ns));
 
     let callbacks: Vec<&SpanData> = spans.iter().filter(|s| s.name == "callback").collect();
     assert!(
@@ -103,6 +117,7 @@ async fn a_callback_and_its_job_are_one_trace_from_the_gateway_to_wechat() {
         .filter(|s| {
             s.name == "consume" && attr(s, "routing_key").is_some_and(|k| k.contains("release"))
         })
+        .filter(ours)
         .collect();
     assert_eq!(
         jobs.len(),
@@ -153,7 +168,10 @@ async fn a_callback_and_its_job_are_one_trace_from_the_gateway_to_wechat() {
     // Every notice token-control consumed hangs under its callback too.
     let notices: Vec<&SpanData> = spans
         .iter()
-        .filter(|s| s.name == "consume" && !jobs.iter().any(|j| j.span_context == s.span_context))
+        .filter(|s| {
+            s.name == "consume"
+                && attr(s, "queue").is_some_and(|q| q == format!("{ns}.token-control"))
+        })
         .collect();
     assert!(
         !notices.is_empty(),
@@ -190,4 +208,121 @@ fn names(spans: &[SpanData]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A job through the Messaging API: the caller's trace continues in the worker's `rpc` span
+/// (gRPC metadata), the `consume` span of the send (AMQP header) and its `wechat` call.
+/// A relay call: the relay's span continues the caller's `traceparent`, its WeChat call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_messaging_job_and_a_relay_call_are_one_trace_each() {
+    let (exporter, provider) = capture_spans();
+    let stack = Stack::start_with(Setup {
+        tickets: true,
+        ..Setup::new("traces-job")
+    })
+    .await
+    .unwrap();
+    let relay = stack.relay(&[]).await.unwrap();
+
+    // The caller's own span, as a business system with OpenTelemetry would have.
+    let caller = tracing::info_span!("caller");
+    let context = wxhub_domain::trace::inject(&caller);
+    let url = format!("http://{}", stack.worker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match MessagingClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "worker not serving: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut request = wxhub_tests::req(
+        pb::EnqueueRequest {
+            tenant: TENANT.into(),
+            appid: AUTH1.into(),
+            idempotency_key: String::new(),
+            message: Some(Message::Custom(pb::CustomMessage {
+                touser: user(0),
+                msgtype: "text".into(),
+                body_json: r#"{"content":"traced"}"#.into(),
+                kf_account: String::new(),
+            })),
+        },
+        OPS_KEY,
+    );
+    for (k, v) in &context {
+        request.metadata_mut().insert(
+            k.parse::<tonic::metadata::MetadataKey<_>>().unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let job = client.enqueue(request).await.unwrap().into_inner();
+    loop {
+        let j = client
+            .get_job(wxhub_tests::req(
+                pb::GetJobRequest {
+                    job_id: job.id.clone(),
+                },
+                OPS_KEY,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state_name == "sent" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not sent: {j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A relay call carrying the caller's context.
+    let http = reqwest::Client::new();
+    let mut call = http
+        .get(format!(
+            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/menu/get",
+            relay.url
+        ))
+        .bearer_auth(RELAY_KEY);
+    for (k, v) in &context {
+        call = call.header(k.as_str(), v.as_str());
+    }
+    let answered = call.send().await.unwrap();
+    assert!(answered.status().is_success(), "{}", answered.status());
+    drop(relay);
+    stack.stop().await;
+    drop(caller);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "caller")
+        .expect("the caller's span");
+    let trace = Trace::of(&spans, root.span_context.trace_id());
+
+    let enqueue = trace
+        .named("rpc")
+        .find(|s| attr(s, "path").is_some_and(|p| p.ends_with("/Enqueue")))
+        .expect("the worker's span of Enqueue is in the caller's trace");
+    assert_eq!(enqueue.parent_span_id, root.span_context.span_id());
+    let send = trace
+        .named("consume")
+        .find(|s| trace.descends(s, enqueue))
+        .expect("the send's consume span descends from Enqueue (across RabbitMQ)");
+    assert!(
+        trace.named("wechat").any(|s| attr(s, "api").as_deref()
+            == Some("/cgi-bin/message/custom/send")
+            && trace.descends(s, send)),
+        "custom/send is under the job's consume span: {:?}",
+        names(&spans)
+    );
+    let relayed = trace
+        .named("relay.call")
+        .next()
+        .expect("the relay's span is in the caller's trace");
+    assert_eq!(relayed.parent_span_id, root.span_context.span_id());
+    println!(
+        "messaging and relay: {} spans in the caller's trace",
+        trace.by_id.len()
+    );
 }

@@ -326,7 +326,19 @@ impl Bus {
     /// Each publish has a channel of the pool to itself until its confirm (waiting for one when
     /// `publisher_channels` are busy), so a return is always reported to its own publisher.
     pub async fn publish(&self, msg: &Outgoing<'_>) -> Result<(), BusError> {
-        self.publish_with(msg, None).await
+        self.publish_with(msg, None, None).await
+    }
+
+    /// [`Bus::publish`] with a per-message TTL (AMQP `expiration`): in a delay queue
+    /// (`Topology::declare_retry_tier`) the message leaves after `min(ttl, the queue's TTL)`,
+    /// which is how a retry gets its jitter. RabbitMQ expires messages at the head of a queue
+    /// only, so keep the TTLs of one queue close together.
+    pub async fn publish_expiring(
+        &self,
+        msg: &Outgoing<'_>,
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        self.publish_with(msg, None, Some(ttl)).await
     }
 
     /// [`Bus::publish`], but a message that cannot be handed to the broker by `send_by` is
@@ -343,16 +355,17 @@ impl Bus {
         msg: &Outgoing<'_>,
         send_by: tokio::time::Instant,
     ) -> Result<(), BusError> {
-        self.publish_with(msg, Some(send_by)).await
+        self.publish_with(msg, Some(send_by), None).await
     }
 
     async fn publish_with(
         &self,
         msg: &Outgoing<'_>,
         send_by: Option<tokio::time::Instant>,
+        ttl: Option<Duration>,
     ) -> Result<(), BusError> {
         let started = Instant::now();
-        let result = self.publish_inner(msg, send_by).await;
+        let result = self.publish_inner(msg, send_by, ttl).await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(BusError::Unavailable(_)) => "unavailable",
@@ -369,6 +382,7 @@ impl Bus {
         &self,
         msg: &Outgoing<'_>,
         send_by: Option<tokio::time::Instant>,
+        ttl: Option<Duration>,
     ) -> Result<(), BusError> {
         let live = self.inner.live.load_full().ok_or_else(unavailable)?;
         // One publish per channel at a time: a `basic.return` carries no delivery tag, and
@@ -411,7 +425,11 @@ impl Bus {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default();
+        if let Some(ttl) = ttl {
+            properties = properties.with_expiration(ttl.as_millis().max(1).to_string().into());
+        }
+        let properties = properties
             .with_delivery_mode(2)
             .with_content_type(crate::PROTOBUF.into())
             .with_message_id(msg.message_id.into())
@@ -521,6 +539,15 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Erro
     Ok(ch)
 }
 
+/// How long one node gets to accept a connection (TCP and the AMQP handshake).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connected node gets to declare the topology and open the publisher channels.
+const NODE_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out(what: &str) -> lapin::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")).into()
+}
+
 async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     use std::sync::atomic::Ordering;
     let nodes = inner.config.nodes();
@@ -536,7 +563,13 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(inner.name.as_str()));
-        match Connection::connect(&url, properties).await {
+        // Bounded: a node that accepts TCP but never answers (paused, overloaded, starting)
+        // must not hold the supervisor; the next node is tried instead.
+        let attempt =
+            tokio::time::timeout(NODE_CONNECT_TIMEOUT, Connection::connect(&url, properties))
+                .await
+                .unwrap_or_else(|_| Err(timed_out("connecting")));
+        match attempt {
             Ok(c) => {
                 // Next time (this connection lost), start with the following node.
                 inner.next_node.store(i + 1, Ordering::Relaxed);
@@ -557,14 +590,31 @@ async fn connect(inner: &Inner) -> Result<Live, lapin::Error> {
     let Some(connection) = connection else {
         return Err(last_error.expect("at least one node was tried"));
     };
-    let admin = connection.create_channel().await?;
-    inner.topology.declare(&admin).await?;
-    let _ = admin.close(200, "declared".into()).await;
     let n = inner.config.publisher_channels;
-    // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds at
-    // once behind the backlog, and the gateway's tail at half rate grew to twice the floor's.
-    let opened =
-        futures::future::try_join_all((0..n).map(|_| confirm_channel(&connection))).await?;
+    // Bounded too: a node cut off from the cluster's majority accepts the connection but never
+    // completes a quorum queue's declaration. The connection is dropped, the next attempt starts
+    // at the following node.
+    let setup = async {
+        let admin = connection.create_channel().await?;
+        inner.topology.declare(&admin).await?;
+        let _ = admin.close(200, "declared".into()).await;
+        // All now, in parallel: opened on demand, a burst after a broker stall opened hundreds
+        // at once behind the backlog, and the gateway's tail at half rate grew to twice the
+        // floor's.
+        futures::future::try_join_all((0..n).map(|_| confirm_channel(&connection))).await
+    };
+    let opened = match tokio::time::timeout(NODE_SETUP_TIMEOUT, setup).await {
+        Ok(opened) => opened?,
+        Err(_) => {
+            tracing::warn!("the node did not declare the topology in time; trying the next");
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                connection.close(200, "setup timed out".into()),
+            )
+            .await;
+            return Err(timed_out("declaring the topology"));
+        }
+    };
     let channels: Vec<ArcSwapOption<Channel>> = opened
         .into_iter()
         .map(ArcSwapOption::from_pointee)

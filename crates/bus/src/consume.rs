@@ -66,6 +66,10 @@ pub async fn consume<F, Fut>(
         rand::random::<u32>()
     );
     let mut connected = bus.watch_connected();
+    // The channel of the current subscription outlives the loop: the acks of handlers still
+    // in flight when consuming stops go out on it (a dropped channel is closed, and their
+    // messages would be redelivered although they were handled).
+    let mut subscribed_on: Option<lapin::Channel> = None;
     'outer: loop {
         tokio::select! {
             () = cancel.cancelled() => break 'outer,
@@ -103,6 +107,7 @@ pub async fn consume<F, Fut>(
             }
         };
         tracing::info!(queue, prefetch, "consuming");
+        let channel = subscribed_on.insert(channel);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => {
@@ -133,9 +138,10 @@ pub async fn consume<F, Fut>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Wait for in-flight handlers (bounded).
+    // Wait for in-flight handlers (bounded), their channel still open for their acks.
     let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+    drop(subscribed_on);
 }
 
 async fn handle<F, Fut>(bus: &Bus, queue: &str, delivery: Delivery, handler: &F)

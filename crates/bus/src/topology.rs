@@ -8,6 +8,9 @@
 //!   ├─ *.component.updateauthorized ────────┼──► queue {ns}.token-control
 //!   └─ *.component.unauthorized ────────────┘
 //! {ns}.jobs      direct  ── release-check ──► queue {ns}.release-check
+//!                        ── send ───────────► queue {ns}.send       (single messages)
+//!                        ── send-bulk ──────► queue {ns}.send-bulk  (campaigns)
+//! {ns}.events ── *.*.event.templatesendjobfinish, *.*.event.subscribe_msg_sent_event ──► queue {ns}.send-status
 //! {ns}.retry     direct  (delayed retry: per-delay TTL queues dead-lettering back; see `declare_retry_tier`)
 //! {ns}.dead      fanout  ──► queue {ns}.dead  (poison messages and give-ups, reason in headers)
 //! ```
@@ -30,6 +33,20 @@ pub const TOKEN_CONTROL_INFO_TYPES: [&str; 4] = [
 
 /// Routing key of release-check jobs on the jobs exchange.
 pub const RELEASE_CHECK_KEY: &str = "release-check";
+
+/// Routing key of single message jobs (the messaging service) on the jobs exchange.
+pub const SEND_KEY: &str = "send";
+
+/// Routing key of campaign message jobs: a queue of their own, so a campaign never delays a
+/// single (transactional) message.
+pub const SEND_BULK_KEY: &str = "send-bulk";
+
+/// The events that report WeChat's delivery of a sent message, which the worker matches to
+/// its jobs by msgid (routing kinds, `event.{lower-cased Event}`).
+pub const SEND_STATUS_KINDS: [&str; 2] = [
+    "event.templatesendjobfinish",
+    "event.subscribe_msg_sent_event",
+];
 
 /// All names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +112,21 @@ impl Topology {
     /// `{ns}.release-check`: release-check jobs.
     pub fn release_check_queue(&self) -> String {
         format!("{}.release-check", self.ns)
+    }
+
+    /// `{ns}.send`: single message jobs.
+    pub fn send_queue(&self) -> String {
+        format!("{}.send", self.ns)
+    }
+
+    /// `{ns}.send-bulk`: campaign message jobs.
+    pub fn send_bulk_queue(&self) -> String {
+        format!("{}.send-bulk", self.ns)
+    }
+
+    /// `{ns}.send-status`: delivery reports of sent messages (from `{ns}.events`).
+    pub fn send_status_queue(&self) -> String {
+        format!("{}.send-status", self.ns)
     }
 
     /// Routing key of an account event: `{tenant}.{appid}.{kind}`.
@@ -205,6 +237,24 @@ impl Topology {
             RELEASE_CHECK_KEY,
         )
         .await?;
+        for (queue, key) in [
+            (self.send_queue(), SEND_KEY),
+            (self.send_bulk_queue(), SEND_BULK_KEY),
+        ] {
+            self.queue(ch, &queue, self.work_queue_args()).await?;
+            self.bind(ch, &queue, &self.jobs_exchange(), key).await?;
+        }
+        self.queue(ch, &self.send_status_queue(), self.work_queue_args())
+            .await?;
+        for kind in SEND_STATUS_KINDS {
+            self.bind(
+                ch,
+                &self.send_status_queue(),
+                &self.events_exchange(),
+                &format!("*.*.{kind}"),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -252,6 +302,9 @@ impl Topology {
         let queues = [
             self.token_control_queue(),
             self.release_check_queue(),
+            self.send_queue(),
+            self.send_bulk_queue(),
+            self.send_status_queue(),
             self.unrouted_queue(),
             self.dead_queue(),
         ];

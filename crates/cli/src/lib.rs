@@ -6,6 +6,8 @@
 
 mod crypto;
 mod events;
+mod messaging;
+mod relay;
 mod token;
 
 use std::ffi::OsString;
@@ -38,6 +40,22 @@ enum Command {
     Authorizers(token::AuthorizersCommand),
     /// Create a pre-auth code and print the authorization URL.
     AuthUrl(token::AuthUrlArgs),
+    /// Custom menus of an authorizer, an Official Account or a WeCom app (through the relay).
+    #[command(subcommand)]
+    Menu(relay::MenuCommand),
+    /// Temporary media (through the relay): `media get ... > file`, `media upload`.
+    #[command(subcommand)]
+    Media(relay::MediaCommand),
+    /// Enqueue a message with the messaging service; prints {"job_id", "state"}.
+    #[command(subcommand)]
+    Send(messaging::SendCommand),
+    /// A job of the messaging service (with --wait: until it settles).
+    Job(messaging::JobArgs),
+    /// A tenant's recent jobs, optionally of one state.
+    Jobs(messaging::JobsArgs),
+    /// Dead jobs: list and replay.
+    #[command(subcommand)]
+    Dead(messaging::DeadCommand),
 }
 
 /// An error reported as one line on stderr with exit status 2.
@@ -82,6 +100,12 @@ where
         Command::Token(cmd) => token::run_token(cmd),
         Command::Authorizers(cmd) => token::run_authorizers(cmd),
         Command::AuthUrl(args) => token::run_auth_url(args),
+        Command::Menu(cmd) => relay::run_menu(cmd, stdin),
+        Command::Media(cmd) => relay::run_media(cmd, stdout),
+        Command::Send(cmd) => messaging::run_send(cmd),
+        Command::Job(args) => messaging::run_job(args),
+        Command::Jobs(args) => messaging::run_jobs(args),
+        Command::Dead(cmd) => messaging::run_dead(cmd),
     };
     match result {
         Ok(output) => {

@@ -25,4 +25,7 @@ pub use clock::{Clock, FnClock, SystemClock, unix_ms};
 pub use config::ConfigError;
 pub use id::{AppId, IdError, TenantId};
 pub use secret::{Secret, SecretUrl};
-pub use tenants::{Client, Scope, Tenant, TenantKind, Tenants, TenantsError, api_key_sha256};
+pub use tenants::{
+    AccessError, Admitted, Client, Scope, Tenant, TenantKind, Tenants, TenantsError,
+    api_key_sha256, bearer_key,
+};

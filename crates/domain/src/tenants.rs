@@ -19,6 +19,8 @@
 //! name = "crm"
 //! api_key_sha256 = "<64 hex>"       # SHA-256 of the client's API key
 //! tenants = ["acme"]                # or ["*"] for every tenant (operators' tools)
+//! relay_paths = ["/cgi-bin/menu/"]  # optional: WeChat path prefixes this client may call
+//!                                   # through the relay (default: all but the deny-list)
 //! ```
 
 use std::collections::HashMap;
@@ -95,6 +97,8 @@ struct RawClient {
     name: String,
     api_key_sha256: String,
     tenants: Vec<String>,
+    #[serde(default)]
+    relay_paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,11 +152,14 @@ pub enum Scope {
     Only(Vec<TenantId>),
 }
 
-/// An internal client of the gRPC APIs.
+/// An internal client of the gRPC APIs and the relay.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub name: String,
     pub scope: Scope,
+    /// WeChat path prefixes the client may call through the relay; `None`: every path but the
+    /// relay's deny-list (credential-changing APIs).
+    pub relay_paths: Option<Vec<String>>,
 }
 
 impl Client {
@@ -163,6 +170,42 @@ impl Client {
             Scope::Only(ids) => ids.iter().any(|t| t.as_str() == tenant),
         }
     }
+}
+
+/// Why a caller was not admitted to a tenant ([`Tenants::admit`]). The messages are the ones
+/// every API answers with (token-control's gRPC, the relay's HTTP), naming no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// No `Bearer` key was presented.
+    #[error("missing API key: send `authorization: Bearer <api key>`")]
+    MissingKey,
+    /// The key is not one of the file's clients.
+    #[error("unknown API key")]
+    UnknownKey,
+    /// The tenant id is malformed.
+    #[error("tenant must match [a-z0-9-]{{1,32}}")]
+    BadTenant,
+    /// The client may not act for the tenant.
+    #[error("client {client:?} may not access tenant {tenant:?}")]
+    Forbidden { client: String, tenant: String },
+    /// No such tenant.
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+}
+
+/// A caller admitted to a tenant.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub client: Arc<Client>,
+    pub tenant: Arc<Tenant>,
+}
+
+/// The API key of an `authorization` header value `Bearer <key>`, if there is one.
+pub fn bearer_key(header: Option<&str>) -> Option<&str> {
+    header
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 /// Why a tenants file was rejected. Messages name the entry and field, never a secret value.
@@ -280,9 +323,20 @@ impl Tenants {
                 }
                 Scope::Only(ids)
             };
+            if let Some(paths) = &c.relay_paths
+                && let Some(p) = paths
+                    .iter()
+                    .find(|p| !p.starts_with('/') || p.len() > 256 || p.contains(".."))
+            {
+                return Err(bad(format!(
+                    "relay_paths entry {:?} must start with '/' (at most 256 bytes, no '..')",
+                    truncate(p)
+                )));
+            }
             let client = Arc::new(Client {
                 name: c.name.clone(),
                 scope,
+                relay_paths: c.relay_paths.clone(),
             });
             if clients_by_key.insert(hash, client).is_some() {
                 return Err(bad("another client has the same api key".into()));
@@ -322,6 +376,37 @@ impl Tenants {
         }
         let hash: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
         self.clients_by_key.get(&hash)
+    }
+}
+
+impl Tenants {
+    /// The one admission check of every API: the `authorization` header's `Bearer` key names a
+    /// client, `tenant` is a well-formed id, one of the client's tenants, and known. Checked in
+    /// this order, so an unauthenticated caller learns nothing about tenants.
+    pub fn admit(
+        &self,
+        authorization: Option<&str>,
+        tenant: &str,
+    ) -> Result<Admitted, AccessError> {
+        let key = bearer_key(authorization).ok_or(AccessError::MissingKey)?;
+        let client = self.authenticate(key).ok_or(AccessError::UnknownKey)?;
+        if TenantId::parse(tenant).is_err() {
+            return Err(AccessError::BadTenant);
+        }
+        if !client.may_access(tenant) {
+            return Err(AccessError::Forbidden {
+                client: client.name.clone(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        let tenant = self
+            .get(tenant)
+            .cloned()
+            .ok_or_else(|| AccessError::UnknownTenant(tenant.to_owned()))?;
+        Ok(Admitted {
+            client: client.clone(),
+            tenant,
+        })
     }
 }
 
@@ -470,6 +555,51 @@ tenants = ["acme"]
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn admit_checks_key_tenant_id_scope_and_existence_in_order() {
+        let extra = format!(
+            "\n[[clients]]\nname = \"ops\"\napi_key_sha256 = \"{}\"\ntenants = [\"*\"]\nrelay_paths = [\"/cgi-bin/menu/\"]\n",
+            api_key_sha256("ops-key")
+        );
+        let t = Tenants::from_toml(&file(&extra)).unwrap();
+        assert_eq!(t.admit(None, "acme").unwrap_err(), AccessError::MissingKey);
+        assert_eq!(
+            t.admit(Some("Basic x"), "acme").unwrap_err(),
+            AccessError::MissingKey
+        );
+        assert_eq!(
+            t.admit(Some("Bearer nope"), "acme").unwrap_err(),
+            AccessError::UnknownKey
+        );
+        assert_eq!(
+            t.admit(Some("Bearer crm-key"), "A!").unwrap_err(),
+            AccessError::BadTenant
+        );
+        assert!(matches!(
+            t.admit(Some("Bearer crm-key"), "corp-1").unwrap_err(),
+            AccessError::Forbidden { .. }
+        ));
+        assert_eq!(
+            t.admit(Some("Bearer ops-key"), "nobody").unwrap_err(),
+            AccessError::UnknownTenant("nobody".into())
+        );
+        let a = t.admit(Some("Bearer crm-key"), "acme").unwrap();
+        assert_eq!(a.tenant.id.as_str(), "acme");
+        assert_eq!(a.client.relay_paths, None);
+        let ops = t.admit(Some("Bearer ops-key"), "corp-1").unwrap();
+        assert_eq!(
+            ops.client.relay_paths,
+            Some(vec!["/cgi-bin/menu/".to_owned()])
+        );
+        let bad = file(&extra.replace("/cgi-bin/menu/", "cgi-bin"));
+        assert!(
+            Tenants::from_toml(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("relay_paths")
+        );
     }
 
     #[test]

@@ -27,5 +27,12 @@ pub mod token {
     }
 }
 
+/// The messaging service's gRPC API (`wxhub.messaging.v1.Messaging`), served by the worker.
+pub mod messaging {
+    pub mod v1 {
+        include!("gen/wxhub.messaging.v1.rs");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");

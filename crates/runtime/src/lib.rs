@@ -14,6 +14,7 @@
 //! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` (ready, degraded or unready per
 //!   check), with the checks of Redis and RabbitMQ.
 //! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`, drains bounded by one grace period.
+//! - [`grpc`]: how every gRPC service admits a call (API key, tenant scope, deadline).
 //! - [`ErrorCode`]: one table mapping error classes to HTTP statuses and gRPC codes.
 //!
 //! The domain types services need (ids, tenants, secrets, the clock) are re-exported from
@@ -22,6 +23,7 @@
 
 pub mod config;
 mod error;
+pub mod grpc;
 pub mod infra;
 pub mod ops;
 pub mod service;
@@ -35,6 +37,6 @@ pub use service::{Listeners, Service};
 pub use tenants::TenantsHandle;
 pub use wxhub_domain::clock;
 pub use wxhub_domain::{
-    AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant, TenantId, TenantKind,
-    Tenants, unix_ms,
+    AccessError, Admitted, AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant,
+    TenantId, TenantKind, Tenants, unix_ms,
 };

@@ -317,6 +317,15 @@ impl Sim {
         Ok(state.tokens.get(token).map_or(0, |e| e.expires_ms))
     }
 
+    /// Makes every access token issued to `appid` unknown (WeChat then answers 40001), as
+    /// when WeChat invalidated it behind the holder's back. Returns how many there were.
+    pub(crate) fn invalidate_tokens(&self, appid: &str) -> usize {
+        let mut state = lock(&self.state);
+        let before = state.tokens.len();
+        state.tokens.retain(|_, e| e.owner.appid() != appid);
+        before - state.tokens.len()
+    }
+
     pub(crate) fn add_fault(&self, spec: FaultSpec) -> Result<u64, SimError> {
         let id = lock(&self.faults).add(spec)?;
         self.faults_armed

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{RawQuery, State as AxState};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
+use axum::routing::{MethodFilter, get, on, post};
 use serde_json::{Map, Value, json};
 
 use crate::codes::{ApiError, ApiResult};
@@ -19,12 +20,13 @@ use crate::sim::{Sim, lock};
 use crate::state::{
     Account, Owner, PreAuthCode, State, TokenSlot, new_refresh_token, token_ttl_ms,
 };
+use crate::{media, menu, web_oauth};
 
 /// Query parameters, decoded leniently (a malformed query never fails the request).
 pub(crate) struct Query(HashMap<String, String>);
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         Self(
             url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
                 .into_owned()
@@ -32,7 +34,7 @@ impl Query {
         )
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
 
@@ -151,9 +153,28 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
                 Endpoint::TemplateSend => (MethodFilter::POST, template_send),
                 Endpoint::SubscribeBizSend => (MethodFilter::POST, bizsend),
                 Endpoint::SubscribeSend => (MethodFilter::POST, subscribe_send),
+                Endpoint::MenuCreate => (MethodFilter::POST, menu::create),
+                Endpoint::MenuGet => (MethodFilter::GET, menu::get),
+                Endpoint::MenuDelete => (MethodFilter::GET, menu::delete),
+                Endpoint::MenuAddConditional => (MethodFilter::POST, menu::add_conditional),
+                Endpoint::MenuDelConditional => (MethodFilter::POST, menu::del_conditional),
+                Endpoint::MenuTryMatch => (MethodFilter::POST, menu::try_match),
+                Endpoint::SnsComponentToken => {
+                    (MethodFilter::GET, web_oauth::component_access_token)
+                }
+                Endpoint::SnsUserInfo => (MethodFilter::GET, web_oauth::userinfo),
+                // Multipart in, bytes out: handlers of their own.
+                Endpoint::MediaUpload => {
+                    return router.route(
+                        endpoint.path(),
+                        post(media::upload).layer(DefaultBodyLimit::max(media::MAX_UPLOAD)),
+                    );
+                }
+                Endpoint::MediaGet => return router.route(endpoint.path(), get(media::get)),
             };
             router.route(endpoint.path(), on(method, handler(endpoint, logic)))
         })
+        .route(web_oauth::AUTHORIZE_PAGE, get(web_oauth::authorize))
 }
 
 /// Checks the component token and that the body's `component_appid` is its component.
@@ -701,13 +722,13 @@ fn wecom_token(
 }
 
 /// An account token's owner: the account, and the component when it is an authorizer token.
-struct AccountAuth {
-    appid: String,
+pub(crate) struct AccountAuth {
+    pub(crate) appid: String,
     component: Option<String>,
     func_info: Option<Vec<u32>>,
 }
 
-fn account_auth(
+pub(crate) fn account_auth(
     state: &State,
     q: &Query,
     now: i64,
@@ -935,6 +956,7 @@ fn custom_send(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(Endpoint::CustomSend, &auth.appid, day)?;
+    state.charge_minute(Endpoint::CustomSend, &auth.appid, now)?;
     require_sets(&auth, &[1, 6, 19, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let account = state
@@ -1004,6 +1026,7 @@ fn template_send(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(Endpoint::TemplateSend, &auth.appid, day)?;
+    state.charge_minute(Endpoint::TemplateSend, &auth.appid, now)?;
     require_sets(&auth, &[7, 100, 101])?;
     let touser = body.str("touser", 40003)?.to_owned();
     let template_id = body.str("template_id", 40037)?.to_owned();
@@ -1043,6 +1066,14 @@ fn template_send(
             .insert((touser.clone(), id), (msgid, now));
     }
     drop(state);
+    sim.schedule_delivery_report(
+        auth.component.as_deref(),
+        &auth.appid,
+        &touser,
+        &template_id,
+        msgid,
+        false,
+    );
     sim.record_message(SentMessage {
         msgid,
         path: Endpoint::TemplateSend.path().into(),
@@ -1072,6 +1103,7 @@ fn subscription(
     let auth = account_auth(&state, q, now, appid)?;
     let body = Body::parse(raw)?;
     state.charge(endpoint, &auth.appid, day)?;
+    state.charge_minute(endpoint, &auth.appid, now)?;
     if kind == AccountKind::OfficialAccount {
         require_sets(&auth, &[89])?;
     }
@@ -1108,6 +1140,14 @@ fn subscription(
     }
     let msgid = state.next_msgid();
     drop(state);
+    sim.schedule_delivery_report(
+        auth.component.as_deref(),
+        &auth.appid,
+        &touser,
+        &template_id,
+        msgid,
+        true,
+    );
     sim.record_message(SentMessage {
         msgid,
         path: endpoint.path().into(),

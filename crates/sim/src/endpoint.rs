@@ -45,11 +45,31 @@ pub enum Endpoint {
     SubscribeBizSend,
     /// `message/subscribe/send`: a Mini Program's subscription message.
     SubscribeSend,
+    /// `menu/create`: an account's (or a WeCom app's, with `agentid`) default menu.
+    MenuCreate,
+    /// `menu/get`: the menus.
+    MenuGet,
+    /// `menu/delete`: removes every menu.
+    MenuDelete,
+    /// `menu/addconditional`: a conditional menu.
+    MenuAddConditional,
+    /// `menu/delconditional`: removes a conditional menu.
+    MenuDelConditional,
+    /// `menu/trymatch`: the menu a user sees.
+    MenuTryMatch,
+    /// `media/upload`: temporary media (multipart).
+    MediaUpload,
+    /// `media/get`: downloads temporary media.
+    MediaGet,
+    /// `/sns/oauth2/component/access_token`: a web-OAuth code for the user's token.
+    SnsComponentToken,
+    /// `/sns/userinfo`: the signed-in user's profile.
+    SnsUserInfo,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order.
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 27] = [
         Self::ComponentToken,
         Self::CreatePreAuthCode,
         Self::QueryAuth,
@@ -67,6 +87,16 @@ impl Endpoint {
         Self::TemplateSend,
         Self::SubscribeBizSend,
         Self::SubscribeSend,
+        Self::MenuCreate,
+        Self::MenuGet,
+        Self::MenuDelete,
+        Self::MenuAddConditional,
+        Self::MenuDelConditional,
+        Self::MenuTryMatch,
+        Self::MediaUpload,
+        Self::MediaGet,
+        Self::SnsComponentToken,
+        Self::SnsUserInfo,
     ];
 
     /// The request path, as WeChat documents it.
@@ -89,6 +119,16 @@ impl Endpoint {
             Self::TemplateSend => "/cgi-bin/message/template/send",
             Self::SubscribeBizSend => "/cgi-bin/message/subscribe/bizsend",
             Self::SubscribeSend => "/cgi-bin/message/subscribe/send",
+            Self::MenuCreate => "/cgi-bin/menu/create",
+            Self::MenuGet => "/cgi-bin/menu/get",
+            Self::MenuDelete => "/cgi-bin/menu/delete",
+            Self::MenuAddConditional => "/cgi-bin/menu/addconditional",
+            Self::MenuDelConditional => "/cgi-bin/menu/delconditional",
+            Self::MenuTryMatch => "/cgi-bin/menu/trymatch",
+            Self::MediaUpload => "/cgi-bin/media/upload",
+            Self::MediaGet => "/cgi-bin/media/get",
+            Self::SnsComponentToken => "/sns/oauth2/component/access_token",
+            Self::SnsUserInfo => "/sns/userinfo",
         }
     }
 
@@ -142,7 +182,7 @@ mod tests {
             assert_eq!(endpoint as usize, i, "{endpoint:?}");
             assert_eq!(Endpoint::from_path(endpoint.path()), Some(endpoint));
         }
-        assert_eq!(Endpoint::SubscribeSend as usize + 1, Endpoint::ALL.len());
+        assert_eq!(Endpoint::SnsUserInfo as usize + 1, Endpoint::ALL.len());
         assert_eq!(Endpoint::from_path("/cgi-bin/token/"), None);
         assert_eq!(Endpoint::from_path("/cgi-bin/componentloginpage"), None);
     }

@@ -29,6 +29,11 @@ pub struct FaultSpec {
     /// Close the connection without any response.
     #[serde(default)]
     pub drop_connection: bool,
+    /// Serve the call (it takes effect: a message is sent), then wait this long (real time)
+    /// before answering: a caller's timeout then fires after WeChat acted, the unknown
+    /// outcome of a send.
+    #[serde(default)]
+    pub respond_after_ms: Option<u64>,
     /// Chance (0..=1) that a matching call is hit (default 1).
     #[serde(default)]
     pub probability: Option<f64>,
@@ -46,8 +51,18 @@ impl FaultSpec {
             errmsg: None,
             latency_ms: None,
             drop_connection: false,
+            respond_after_ms: None,
             probability: None,
             times,
+        }
+    }
+
+    /// A rule serving calls of `path` and answering only `delay` later.
+    pub fn respond_after(path: &str, delay: Duration, times: Option<u64>) -> Self {
+        Self {
+            respond_after_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            errcode: None,
+            ..Self::error(path, 0, times)
         }
     }
 
@@ -82,9 +97,18 @@ impl FaultSpec {
                 "fault path must start with '/' or be '*'".into(),
             ));
         }
-        if self.errcode.is_none() && self.latency_ms.is_none() && !self.drop_connection {
+        if self.errcode.is_none()
+            && self.latency_ms.is_none()
+            && !self.drop_connection
+            && self.respond_after_ms.is_none()
+        {
             return Err(SimError::BadRequest(
-                "fault needs errcode, latency_ms or drop_connection".into(),
+                "fault needs errcode, latency_ms, drop_connection or respond_after_ms".into(),
+            ));
+        }
+        if self.respond_after_ms.is_some_and(|ms| ms > 600_000) {
+            return Err(SimError::BadRequest(
+                "respond_after_ms must be at most 600000".into(),
             ));
         }
         if self.errcode.is_some() && self.drop_connection {
@@ -134,6 +158,8 @@ pub struct Fault {
 #[derive(Debug, Default)]
 pub(crate) struct Decision {
     pub latency: Option<Duration>,
+    /// Serve the call, then wait this long before answering.
+    pub respond_after: Option<Duration>,
     pub error: Option<(i64, Option<String>)>,
     pub drop: bool,
 }
@@ -216,6 +242,9 @@ impl Faults {
             if let Some(ms) = fault.spec.latency_ms {
                 let add = Duration::from_millis(ms);
                 decision.latency = Some(decision.latency.unwrap_or_default() + add);
+            }
+            if let Some(ms) = fault.spec.respond_after_ms {
+                decision.respond_after = Some(Duration::from_millis(ms));
             }
             if decision.error.is_none() && !decision.drop {
                 if let Some(code) = fault.spec.errcode {

@@ -19,6 +19,8 @@ mod codes;
 mod endpoint;
 mod faults;
 mod login;
+mod media;
+mod menu;
 mod push;
 mod records;
 mod release;
@@ -26,6 +28,7 @@ mod seed;
 mod server;
 mod sim;
 mod state;
+mod web_oauth;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -112,6 +115,20 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
+    /// Stores temporary media for `owner` (an appid, or a WeCom corpid) as if it had been
+    /// uploaded, and returns its media_id (tests of large downloads).
+    pub fn put_media(&self, owner: &str, kind: &str, filename: &str, bytes: Vec<u8>) -> String {
+        media::put(&self.sim, owner, kind, filename, bytes.into())
+    }
+
+    /// The current default menu (buttons) of an appid, or of `corpid:agentid`.
+    pub fn menu(&self, owner: &str) -> Option<serde_json::Value> {
+        lock(&self.sim.state)
+            .menus
+            .get(owner)
+            .and_then(|m| m.default.as_ref().map(|(_, b)| b.clone()))
+    }
+
     /// `http://127.0.0.1:PORT`: the api.weixin.qq.com, qyapi.weixin.qq.com and
     /// mp.weixin.qq.com stand-ins and the admin API all live here.
     pub fn base_url(&self) -> String {
@@ -168,6 +185,12 @@ impl SimHandle {
     /// overlap, 42001 expired).
     pub fn check_token(&self, token: &str) -> Result<i64, i64> {
         self.sim.check_token(token)
+    }
+
+    /// Makes every access token issued to `appid` unknown: its next use gets 40001, as when
+    /// WeChat invalidated it behind the holder's back. Returns how many there were.
+    pub fn invalidate_tokens(&self, appid: &str) -> usize {
+        self.sim.invalidate_tokens(appid)
     }
 
     /// The API calls recorded so far, oldest first.

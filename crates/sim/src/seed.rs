@@ -317,6 +317,19 @@ pub struct SimConfig {
     pub force_refresh_interval: Duration,
     /// The initial tenants, accounts and users.
     pub seed: Option<Seed>,
+    /// Customer-service messages a user's message allows within 48 h: the current doc says 5,
+    /// older docs and blogs 20 (messaging.md §1). Default 5.
+    pub custom_messages_per_interaction: u32,
+    /// Calls per (account, send API) per minute of sim time before 45011 "api minute-quota
+    /// reach limit" (custom, template, bizsend, subscribe sends). Default: no limit.
+    pub send_minute_limit: Option<u32>,
+    /// After a successful template or subscribe send, push its delivery report
+    /// (TEMPLATESENDJOBFINISH with `Status`, or subscribe_msg_sent_event) to the account's
+    /// message URL this long (real time) later, with the msgid the send returned. Default off.
+    pub delivery_report_delay: Option<Duration>,
+    /// Recipients whose delivery reports fail (`failed:user block`; subscribe ErrorCode
+    /// 10005).
+    pub failed_delivery_openids: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -339,6 +352,10 @@ impl Default for SimConfig {
             force_refresh_per_day: 20,
             force_refresh_interval: Duration::from_secs(30),
             seed: None,
+            custom_messages_per_interaction: 5,
+            send_minute_limit: None,
+            delivery_report_delay: None,
+            failed_delivery_openids: Vec::new(),
         }
     }
 }

@@ -65,6 +65,23 @@ impl AsyncWrite for ConnStream {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    /// Vectored, so hyper queues a large body's chunks instead of copying them into its
+    /// write buffer (a 10 MB media download would otherwise be copied once more).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.killed.load(Ordering::Relaxed) {
             return Poll::Ready(Err(aborted()));
@@ -149,7 +166,11 @@ async fn fault_layer(AxState(sim): AxState<Arc<Sim>>, req: Request, next: Next) 
         let errmsg = errmsg.unwrap_or_else(|| ApiError::new(code).message());
         return axum::Json(json!({"errcode": code, "errmsg": errmsg})).into_response();
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    if let Some(delay) = decision.respond_after {
+        tokio::time::sleep(delay).await;
+    }
+    response
 }
 
 async fn unknown_path(req: Request) -> Response {

@@ -141,6 +141,8 @@ impl Sim {
             clear_quota_per_month: config.clear_quota_per_month,
             force_refresh_per_day: config.force_refresh_per_day,
             force_refresh_interval_ms: ms(config.force_refresh_interval),
+            custom_per_message: config.custom_messages_per_interaction.max(1),
+            send_minute_limit: config.send_minute_limit,
         };
         let mut state = State::new(timing, DEFAULT_QUOTAS.into_iter().collect());
         if let Some(seed) = &seed {
@@ -475,6 +477,65 @@ impl Sim {
             VirtualClock::wall_ms() / 1000,
         )
         .map_err(SimError::BadRequest)
+    }
+
+    /// After a successful template or subscribe send (with `delivery_report_delay` set),
+    /// pushes its delivery report to the account's message URL later, with its msgid.
+    pub(crate) fn schedule_delivery_report(
+        self: &Arc<Self>,
+        component: Option<&str>,
+        appid: &str,
+        touser: &str,
+        template_id: &str,
+        msgid: u64,
+        subscribe: bool,
+    ) {
+        let Some(delay) = self.config.delivery_report_delay else {
+            return;
+        };
+        let failed = self
+            .config
+            .failed_delivery_openids
+            .iter()
+            .any(|o| o == touser);
+        let message = if subscribe {
+            let (code, status) = if failed {
+                (10005, "fail")
+            } else {
+                (0, "success")
+            };
+            MessageSpec::Event {
+                event: "subscribe_msg_sent_event".into(),
+                event_key: None,
+                fields: Default::default(),
+                extra_xml: Some(format!(
+                    "<SubscribeMsgSentEvent><List><TemplateId><![CDATA[{template_id}]]></TemplateId><MsgID><![CDATA[{msgid}]]></MsgID><ErrorCode>{code}</ErrorCode><ErrorStatus><![CDATA[{status}]]></ErrorStatus></List></SubscribeMsgSentEvent>"
+                )),
+            }
+        } else {
+            let status = if failed {
+                "failed:user block"
+            } else {
+                "success"
+            };
+            MessageSpec::template_send_job_finish(msgid, status)
+        };
+        let req = match component {
+            Some(c) => PushRequest::to_authorizer(c, appid, touser, message),
+            None => PushRequest::to_account(appid, touser, message),
+        };
+        let sim = Arc::clone(self);
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(delay) => {
+                    if let Err(e) = sim.push_message(&req).await {
+                        tracing::debug!(error = %e, "delivery report not pushed");
+                    }
+                }
+            }
+        });
     }
 
     pub(crate) async fn push_message(&self, req: &PushRequest) -> Result<PushReport, SimError> {

@@ -29,6 +29,10 @@ pub(crate) struct Timing {
     pub force_refresh_per_day: u32,
     /// Least time between two `force_refresh` uses of one appid (WeChat: 30 s).
     pub force_refresh_interval_ms: i64,
+    /// Customer-service messages one user message allows within 48 h (5 or 20).
+    pub custom_per_message: u32,
+    /// Send calls per (account, API) per sim minute before 45011.
+    pub send_minute_limit: Option<u32>,
 }
 
 /// Who a token belongs to.
@@ -224,6 +228,15 @@ pub(crate) struct State {
     /// appid → stable_token `force_refresh` uses: (CST day, uses that day, last use ms).
     pub force_refreshes: HashMap<String, (i64, u32, i64)>,
     pub msg_seq: u64,
+    /// Menus by appid, or `corpid:agentid` for a WeCom app.
+    pub menus: HashMap<String, crate::menu::Menus>,
+    /// Temporary media by media_id.
+    pub media: HashMap<String, crate::media::Media>,
+    /// Web-OAuth codes and users' OAuth tokens.
+    pub oauth_codes: HashMap<String, crate::web_oauth::OAuthCode>,
+    pub sns_tokens: HashMap<String, crate::web_oauth::SnsToken>,
+    /// (endpoint, appid) → (sim minute, send calls in it), for `send_minute_limit`.
+    pub send_minutes: HashMap<(Endpoint, String), (i64, u32)>,
 }
 
 fn token_string() -> String {
@@ -251,6 +264,11 @@ impl State {
             token_ttls: HashMap::new(),
             force_refreshes: HashMap::new(),
             msg_seq: 6_054_768_590_064_713_728,
+            menus: HashMap::new(),
+            media: HashMap::new(),
+            oauth_codes: HashMap::new(),
+            sns_tokens: HashMap::new(),
+            send_minutes: HashMap::new(),
         }
     }
 
@@ -271,7 +289,7 @@ impl State {
         let accounts = seed
             .accounts
             .iter()
-            .map(|a| build_account(a, now_ms))
+            .map(|a| build_account(a, now_ms, self.timing.custom_per_message))
             .collect::<Result<Vec<_>, _>>()?;
         let corps = seed
             .wecom
@@ -689,15 +707,41 @@ impl State {
             .users
             .entry(openid.to_owned())
             .or_insert_with(User::new);
-        apply_interaction(user, what, now_ms);
+        apply_interaction(user, what, now_ms, self.timing.custom_per_message);
+    }
+
+    /// Counts one send call of `endpoint` for `appid` in the current sim minute; 45011 past
+    /// `send_minute_limit`.
+    pub(crate) fn charge_minute(
+        &mut self,
+        endpoint: Endpoint,
+        appid: &str,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        let Some(limit) = self.timing.send_minute_limit else {
+            return Ok(());
+        };
+        let minute = now_ms.div_euclid(60_000);
+        let entry = self
+            .send_minutes
+            .entry((endpoint, appid.to_owned()))
+            .or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= limit {
+            return Err(ApiError::new(45011));
+        }
+        entry.1 += 1;
+        Ok(())
     }
 }
 
-fn apply_interaction(user: &mut User, what: Interaction, now_ms: i64) {
+fn apply_interaction(user: &mut User, what: Interaction, now_ms: i64, per_message: u32) {
     const MINUTE: i64 = 60_000;
     const HOURS_48: i64 = 48 * 3600 * 1000;
     let (window, count) = match what {
-        Interaction::Message => (HOURS_48, 5),
+        Interaction::Message => (HOURS_48, per_message),
         Interaction::Event => (MINUTE, 3),
         Interaction::EnterSession => (MINUTE, 2),
         Interaction::Unsubscribe => {
@@ -790,7 +834,7 @@ fn build_component(c: &ComponentSeed) -> Result<Component, SimError> {
     })
 }
 
-fn build_account(a: &AccountSeed, now_ms: i64) -> Result<Account, SimError> {
+fn build_account(a: &AccountSeed, now_ms: i64, per_message: u32) -> Result<Account, SimError> {
     need(&a.appid, "account appid")?;
     need(&a.user_name, "account user_name")?;
     let callback = match &a.callback {
@@ -832,7 +876,7 @@ fn build_account(a: &AccountSeed, now_ms: i64) -> Result<Account, SimError> {
         user.allowances = u.subscribe_allowance.clone().into_iter().collect();
         if let Some(ago) = u.last_interaction_ago_secs {
             let at = now_ms - i64::try_from(ago).unwrap_or(i64::MAX / 2) * 1000;
-            apply_interaction(&mut user, Interaction::Message, at);
+            apply_interaction(&mut user, Interaction::Message, at, per_message);
             user.subscribed = u.subscribed;
         }
         users.insert(u.openid.clone(), user);

@@ -103,10 +103,58 @@ impl Keys {
         format!("{}limit:{subject}", self.prefix)
     }
 
+    /// `…:job:{id}` — hash: one message job of the messaging service (`jobs`): account,
+    /// kind, API path, recipient, WeChat body, state and its details, lease, msgid.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    /// `…:job:{id}:attempts` — list: the job's attempts as JSON `{at_ms, errcode, errmsg}`.
+    pub fn job_attempts(&self, id: &str) -> String {
+        format!("{}job:{id}:attempts", self.prefix)
+    }
+
+    /// `…:jobs:{state}` — sorted set: job id → last change (ms), the tenant's recent jobs in
+    /// one state; `…:jobs:all` by creation time.
+    pub fn jobs(&self, state: &str) -> String {
+        format!("{}jobs:{state}", self.prefix)
+    }
+
+    /// `…:idem:{digest}` — string: the job an idempotency key (named by its SHA-256) created,
+    /// for 24 h.
+    pub fn idempotency(&self, digest: &str) -> String {
+        format!("{}idem:{digest}", self.prefix)
+    }
+
+    /// `…:msgid:{appid}:{msgid}` — string: the job WeChat's msgid belongs to (delivery
+    /// reports name only the msgid).
+    pub fn msgid(&self, appid: &str, msgid: i64) -> String {
+        format!("{}msgid:{appid}:{msgid}", self.prefix)
+    }
+
+    /// `…:report:{appid}:{msgid}` — string `{1|0}:{status}`: a delivery report that arrived
+    /// before its job was recorded sent (a resend after an unknown outcome); applied by the
+    /// record.
+    pub fn report(&self, appid: &str, msgid: i64) -> String {
+        format!("{}report:{appid}:{msgid}", self.prefix)
+    }
+
+    /// `…:park:{appid}:{api}` — string, PX: the (account, API) pair is parked after WeChat
+    /// said its daily quota is spent (45009); nothing is sent to it until the key expires.
+    pub fn park(&self, appid: &str, api: &str) -> String {
+        format!("{}park:{appid}:{api}", self.prefix)
+    }
+
     /// `…:pre-auth` — hash: the pre-auth code shared by the authorization pages (`v`), its
     /// marker (`m`) and expiry (`exp`, ms), PX until the end of its share window (`pre_auth`).
     pub fn pre_auth(&self) -> String {
         format!("{}pre-auth", self.prefix)
+    }
+
+    /// `…:oauth-state:{state}` — string: what a web-OAuth `state` the relay issued was for
+    /// (JSON), EX its validity; taken with GETDEL, so a state is used once.
+    pub fn oauth_state(&self, state: &str) -> String {
+        format!("{}oauth-state:{state}", self.prefix)
     }
 }
 
@@ -137,6 +185,13 @@ mod tests {
             k.pre_auth(),
             k.nonce("1700000000", "123456"),
             k.epoch(),
+            k.job("j1"),
+            k.job_attempts("j1"),
+            k.jobs("sent"),
+            k.idempotency("ab"),
+            k.msgid("wx1", 7),
+            k.report("wx1", 7),
+            k.park("wx1", "/cgi-bin/message/template/send"),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");
         }

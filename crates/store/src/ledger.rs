@@ -11,7 +11,7 @@
 //! A consumer whose effect must not run twice *at the same time* (two deliveries of one id
 //! handled concurrently: a duplicate published while the first is still being recorded, or a
 //! redelivery to another replica) first [`Ledger::claim`]s the id: one holder at a time, the
-//! others see [`Claim::Busy`] until the holder records or [`Ledger::abandon`]s it, or its lease
+//! others see [`LedgerClaim::Busy`] until the holder records or [`Ledger::abandon`]s it, or its lease
 //! ends (a holder that died).
 //!
 //! One marker per id at `Keys::consumed` (`…:consumed:{id}`): `1` (`PX ttl`) once applied,
@@ -25,7 +25,7 @@ use crate::{Store, StoreError, px};
 
 /// What [`Ledger::claim`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub enum LedgerClaim {
     /// The caller holds the id: apply the message, then [`Ledger::record`] or
     /// [`Ledger::abandon`].
     Mine,
@@ -64,7 +64,7 @@ impl Ledger {
         id: &str,
         holder: &str,
         lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<LedgerClaim, StoreError> {
         let key = self.store.keys(tenant).consumed(id);
         let mut conn = self.store.conn();
         let set: Option<String> = redis::cmd("SET")
@@ -76,14 +76,14 @@ impl Ledger {
             .query_async(&mut conn)
             .await?;
         if set.is_some() {
-            return Ok(Claim::Mine);
+            return Ok(LedgerClaim::Mine);
         }
         let current: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         Ok(match current {
             // Gone between SET and GET (the lease ended): busy until the caller claims again.
-            None => Claim::Busy,
-            Some(v) if v.starts_with(PENDING) => Claim::Busy,
-            Some(_) => Claim::Applied,
+            None => LedgerClaim::Busy,
+            Some(v) if v.starts_with(PENDING) => LedgerClaim::Busy,
+            Some(_) => LedgerClaim::Applied,
         })
     }
 

@@ -13,7 +13,8 @@
 //! Modules: [`dedupe`] (callback retries), [`nonces`] (plaintext callbacks' (timestamp, nonce)
 //! bound to one body), [`credentials`] (tickets, tokens, refresh leases, fenced writes, the
 //! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`auth_codes`]
-//! (the fate of an authorization code across paths and replicas), [`ledger`] (ids of bus
+//! (the fate of an authorization code across paths and replicas), [`jobs`] (the messaging
+//! service's jobs: state machine, attempts, idempotency keys, msgid index, parked APIs), [`ledger`] (ids of bus
 //! messages already applied), [`recovery`] (noticing a store that lost a tenant's state, and
 //! writing back what a replica holds), [`limiter`] (rate limits shared by every replica),
 //! [`pre_auth`] (the pre-auth code the authorization pages share).
@@ -23,6 +24,7 @@ pub mod authorizers;
 pub mod connection;
 pub mod credentials;
 pub mod dedupe;
+pub mod jobs;
 mod keys;
 pub mod ledger;
 pub mod limiter;
@@ -43,8 +45,9 @@ pub use auth_codes::{AuthCodes, CodeClaim};
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
+pub use jobs::{AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, Settle, Settled};
 pub use keys::Keys;
-pub use ledger::{Claim, Ledger};
+pub use ledger::{Ledger, LedgerClaim};
 pub use limiter::{Decision, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 pub use recovery::{Epoch, Restored};

@@ -9,8 +9,8 @@ use wxhub_domain::Secret;
 use wxhub_store::authorizers::{Authorization, Listed};
 use wxhub_store::credentials::TokenWrite;
 use wxhub_store::{
-    AuthCodes, AuthorizerStatus, Authorizers, Claim, CodeClaim, Credentials, Ledger, Restored,
-    Store, TokenRecord, WriteOutcome, WriteReport,
+    AuthCodes, AuthorizerStatus, Authorizers, CodeClaim, Credentials, Ledger, LedgerClaim,
+    Restored, Store, TokenRecord, WriteOutcome, WriteReport,
 };
 
 fn store(test: &str) -> Store {
@@ -259,11 +259,11 @@ async fn markers_and_guards() {
     let lease = Duration::from_secs(10);
     assert_eq!(
         ledger.claim("acme", "m1", "h1", lease).await.unwrap(),
-        Claim::Applied
+        LedgerClaim::Applied
     );
     assert_eq!(
         ledger.claim("acme", "m2", "h1", lease).await.unwrap(),
-        Claim::Mine
+        LedgerClaim::Mine
     );
     assert!(
         !ledger.applied("acme", "m2").await.unwrap(),
@@ -271,18 +271,18 @@ async fn markers_and_guards() {
     );
     assert_eq!(
         ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
-        Claim::Busy
+        LedgerClaim::Busy
     );
     ledger.abandon("acme", "m2", "h2").await.unwrap();
     assert_eq!(
         ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
-        Claim::Busy,
+        LedgerClaim::Busy,
         "only the holder gives it up"
     );
     ledger.abandon("acme", "m2", "h1").await.unwrap();
     assert_eq!(
         ledger.claim("acme", "m2", "h2", lease).await.unwrap(),
-        Claim::Mine
+        LedgerClaim::Mine
     );
     ledger.record("acme", "m2", lease).await.unwrap();
     assert!(ledger.applied("acme", "m2").await.unwrap());
@@ -291,7 +291,7 @@ async fn markers_and_guards() {
             .claim("acme", "m2", "h3", Duration::from_millis(50))
             .await
             .unwrap(),
-        Claim::Applied
+        LedgerClaim::Applied
     );
     // A holder that died stops blocking when its lease ends.
     ledger
@@ -301,7 +301,7 @@ async fn markers_and_guards() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
         ledger.claim("acme", "m3", "h1", lease).await.unwrap(),
-        Claim::Mine
+        LedgerClaim::Mine
     );
     cleanup(&store).await;
 }

@@ -9,7 +9,7 @@
 //! answer to the reply, an [`Error`] to its status. Everything else happens in the engine.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use wxhub_proto::token::v1 as pb;
@@ -21,7 +21,7 @@ use crate::engine::{AuthType, Credential, Engine, Offer, Token, valid_marker};
 use crate::error::Error;
 
 /// Metadata key carrying `Bearer <api key>`.
-pub const AUTH_HEADER: &str = "authorization";
+pub use wxhub_runtime::grpc::AUTH_HEADER;
 
 /// The service over one engine.
 #[derive(Debug, Clone)]
@@ -64,25 +64,6 @@ fn http_url_arg(field: &str, value: &str, max: usize) -> Result<url::Url, Status
         })
 }
 
-/// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
-fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 struct Call {
     tenant: Arc<Tenant>,
     deadline: Instant,
@@ -100,38 +81,12 @@ impl TokenControlService {
     }
 
     fn check<T>(&self, req: &Request<T>, tenant: &str) -> Result<Call, Status> {
-        let key = req
-            .metadata()
-            .get(AUTH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("missing API key: send `authorization: Bearer <api key>`")
-            })?;
-        let tenants = self.engine.tenants().current();
-        let client = tenants
-            .authenticate(key)
-            .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
-        if wxhub_runtime::TenantId::parse(tenant).is_err() {
-            return Err(Status::invalid_argument(
-                "tenant must match [a-z0-9-]{1,32}",
-            ));
-        }
-        if !client.may_access(tenant) {
-            return Err(Status::permission_denied(format!(
-                "client {:?} may not access tenant {tenant:?}",
-                client.name
-            )));
-        }
-        let tenant = tenants
-            .get(tenant)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant:?}")))?;
+        let tenant = wxhub_runtime::grpc::admit(&self.engine.tenants().current(), req, tenant)?;
         Ok(Call {
             tenant,
-            deadline: self.engine.deadline_for(grpc_timeout(req)),
+            deadline: self
+                .engine
+                .deadline_for(wxhub_runtime::grpc::grpc_timeout(req)),
         })
     }
 
@@ -193,6 +148,7 @@ impl TokenControlService {
         pb::AccessToken {
             access_token: t.value.expose().to_owned(),
             expires_at_ms: t.expires_at_ms,
+            issued_at_ms: t.issued_at_ms,
             appid: if appid.is_empty() {
                 tenant.app_id.to_string()
             } else {
@@ -467,22 +423,6 @@ impl TokenControl for TokenControlService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_parses_every_unit() {
-        let with = |v: &str| {
-            let mut r = Request::new(());
-            r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout(&r)
-        };
-        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(with("150m"), Some(Duration::from_millis(150)));
-        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(with("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(with("x"), None);
-        assert_eq!(with("10Q"), None);
-        assert_eq!(grpc_timeout(&Request::new(())), None);
-    }
 
     #[test]
     fn appids_are_restricted() {

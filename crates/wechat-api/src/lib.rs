@@ -13,6 +13,7 @@
 
 mod config;
 mod error;
+pub mod menu;
 pub mod paths;
 mod types;
 

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use wxhub_bus::AmqpConfig;
 use wxhub_runtime::config::{ConfigError, ShutdownConfig, Source, at_least, validate_identifier};
 use wxhub_runtime::telemetry::TelemetryConfig;
-use wxhub_store::RedisConfig;
+use wxhub_runtime::tenants::TenantsConfig;
+use wxhub_store::{Rate, RedisConfig};
 use wxhub_token_client::{ClientConfig, TokenControlEndpoint};
 use wxhub_wechat_api::WechatConfig;
 
@@ -20,6 +21,42 @@ release_check_concurrency = 4
 token_timeout_ms = 10000
 # How long a sent job is remembered, so a redelivery is not sent twice.
 sent_ttl_secs = 86400
+
+# The messaging service (wxhub.messaging.v1.Messaging): gRPC with health and reflection.
+listen = "0.0.0.0:50052"
+# Single-message jobs handled at once, and campaign jobs (their own queue and share, so a
+# campaign never delays a single message).
+send_concurrency = 32
+bulk_concurrency = 8
+# Delivery reports (TEMPLATESENDJOBFINISH, subscribe_msg_sent_event) handled at once.
+status_concurrency = 4
+# Backoff of transient failures, one delay queue each ({ns}.send.retry.{ms}); each retry waits
+# its delay minus up to 20 % (jitter). After the last, one more attempt, then dead letters.
+retry_delays_ms = [5000, 30000, 120000, 600000, 3600000, 21600000]
+# 45011 (minute quota): wait for the next minute. Not counted as an attempt.
+rate_limited_delay_ms = 60000
+# 43117 / 45066 (too frequent for this user / retry too fast): cool-down, not an attempt.
+user_cooldown_ms = 60000
+# 45009 (daily quota spent): the (account, API) pair is parked this long, then one job probes.
+quota_park_ms = 3600000
+# A send's lease: another worker takes a job found "sending" only after it; must exceed
+# wechat.timeout_ms.
+lease_ms = 30000
+# How long job records and their recent lists are kept.
+job_ttl_secs = 604800
+# How long an idempotency key names its job.
+idempotency_ttl_secs = 86400
+# Deadline of an Enqueue (store + confirmed publish).
+request_timeout_ms = 5000
+
+# Rate limits (GCRA in Redis, shared by every replica). WeChat publishes no per-second figure;
+# these stay under the bursts that drew -1 storms (messaging.md §1) and are per account.
+[worker.limits]
+custom = { count = 20, period_ms = 1000, burst = 20 }
+template = { count = 20, period_ms = 1000, burst = 40 }
+subscribe = { count = 50, period_ms = 1000, burst = 50 }
+# Per recipient of template messages: WeChat answers 43117 / 40241 to bursts at one user.
+template_per_openid = { count = 1, period_ms = 10000, burst = 3 }
 "#;
 
 /// `[worker]` (a key it does not know is refused).
@@ -30,6 +67,29 @@ pub struct WorkerSection {
     pub release_check_concurrency: usize,
     pub token_timeout_ms: u64,
     pub sent_ttl_secs: u64,
+    pub listen: String,
+    pub send_concurrency: usize,
+    pub bulk_concurrency: usize,
+    pub status_concurrency: usize,
+    pub retry_delays_ms: Vec<u32>,
+    pub rate_limited_delay_ms: u32,
+    pub user_cooldown_ms: u32,
+    pub quota_park_ms: u64,
+    pub lease_ms: u64,
+    pub job_ttl_secs: u64,
+    pub idempotency_ttl_secs: u64,
+    pub request_timeout_ms: u64,
+    pub limits: Limits,
+}
+
+/// `[worker.limits]`: per (account, API) and per recipient.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub custom: Rate,
+    pub template: Rate,
+    pub subscribe: Rate,
+    pub template_per_openid: Rate,
 }
 
 impl WorkerSection {
@@ -42,7 +102,52 @@ impl WorkerSection {
             "",
         )?;
         at_least("worker.token_timeout_ms", self.token_timeout_ms, 1, "")?;
-        at_least("worker.sent_ttl_secs", self.sent_ttl_secs, 1, "")
+        at_least("worker.sent_ttl_secs", self.sent_ttl_secs, 1, "")?;
+        for (key, n) in [
+            ("worker.send_concurrency", self.send_concurrency),
+            ("worker.bulk_concurrency", self.bulk_concurrency),
+            ("worker.status_concurrency", self.status_concurrency),
+        ] {
+            at_least(key, n, 1, "")?;
+        }
+        if self.retry_delays_ms.is_empty() || self.retry_delays_ms.contains(&0) {
+            return Err(ConfigError::value(
+                "worker.retry_delays_ms",
+                "needs at least one delay, each positive",
+            ));
+        }
+        at_least(
+            "worker.rate_limited_delay_ms",
+            self.rate_limited_delay_ms,
+            1,
+            "",
+        )?;
+        at_least("worker.user_cooldown_ms", self.user_cooldown_ms, 1, "")?;
+        at_least("worker.quota_park_ms", self.quota_park_ms, 1, "")?;
+        at_least("worker.lease_ms", self.lease_ms, 1, "")?;
+        at_least("worker.job_ttl_secs", self.job_ttl_secs, 60, "")?;
+        at_least(
+            "worker.idempotency_ttl_secs",
+            self.idempotency_ttl_secs,
+            1,
+            "",
+        )?;
+        at_least("worker.request_timeout_ms", self.request_timeout_ms, 1, "")?;
+        self.limits.custom.validate("worker.limits.custom")?;
+        self.limits.template.validate("worker.limits.template")?;
+        self.limits.subscribe.validate("worker.limits.subscribe")?;
+        self.limits
+            .template_per_openid
+            .validate("worker.limits.template_per_openid")
+    }
+
+    /// The delay queues' delays, deferrals included (each a queue of its own).
+    pub fn delay_tiers(&self) -> Vec<u32> {
+        let mut tiers = self.retry_delays_ms.clone();
+        tiers.extend([self.rate_limited_delay_ms, self.user_cooldown_ms]);
+        tiers.sort_unstable();
+        tiers.dedup();
+        tiers
     }
 }
 
@@ -64,13 +169,16 @@ pub struct Config {
     pub token_control: TokenControlEndpoint,
     #[serde(default)]
     pub client: ClientConfig,
+    #[serde(default)]
+    pub tenants: TenantsConfig,
     pub worker: WorkerSection,
 }
 
 impl Config {
     /// Loads the layers (defaults → file → `WXHUB_*` env) and validates.
     pub fn load(source: &Source) -> Result<Self, ConfigError> {
-        let config: Config = wxhub_runtime::config::load(DEFAULTS, source)?;
+        let mut config: Config = wxhub_runtime::config::load(DEFAULTS, source)?;
+        config.tenants.resolve(source);
         config.validate()?;
         Ok(config)
     }
@@ -84,7 +192,14 @@ impl Config {
         self.telemetry.validate()?;
         self.shutdown.validate()?;
         self.token_control.validate()?;
+        self.tenants.validate()?;
         self.worker.validate()?;
+        if self.worker.lease_ms <= self.wechat.timeout_ms {
+            return Err(ConfigError::value(
+                "worker.lease_ms",
+                "must exceed wechat.timeout_ms (a send must end within its lease)",
+            ));
+        }
         if self.client.api_key.is_empty() {
             return Err(ConfigError::value(
                 "client.api_key",
@@ -113,6 +228,10 @@ mod tests {
         let c = Config::load(&source).unwrap();
         assert_eq!(c.worker.release_check_concurrency, 2);
         assert_eq!(c.worker.ops_listen, "0.0.0.0:9092");
+        assert_eq!(c.worker.listen, "0.0.0.0:50052");
+        assert_eq!(c.worker.limits.template.burst, 40);
+        // The six retry delays plus the 45011 and cool-down delay (both 60 s).
+        assert_eq!(c.worker.delay_tiers().len(), 7);
         let dumped = wxhub_runtime::config::dump(&c);
         assert!(!dumped.contains("worker-key"));
     }

@@ -1,16 +1,24 @@
 //! The wxhub worker: consumes jobs from RabbitMQ and calls WeChat on the tenants' behalf, with
 //! tokens from token-control.
 //!
-//! Today it runs the full-network release check's asynchronous step ([`release_check`]) so the
-//! stack passes 全网发布 end to end; the messaging service of design §7 (customer-service,
-//! template and subscribe sends with job status and rate limits) is a later issue and will
-//! live here too.
+//! - The messaging service (design §7): [`service`] serves `wxhub.messaging.v1.Messaging` on
+//!   `worker.listen` (enqueue a customer-service, template or subscribe message after
+//!   [`validate`]; jobs, dead letters, replays); [`delivery`] consumes `{ns}.send` and
+//!   `{ns}.send-bulk` and sends through WeChat with [`tokens`] from token-control, the shared
+//!   Redis limiter, retries through delay queues and the job store's claims; [`status`] matches
+//!   WeChat's delivery reports to sent jobs.
+//! - The full-network release check's asynchronous step ([`release_check`]).
 //!
-//! [`Worker`] is a [`Service`]: built from its config, then served on an ops listener (it has no
-//! main listener: it consumes) until a shutdown future resolves, so tests start it in-process.
+//! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
+//! listeners until a shutdown future resolves, so tests start it in-process.
 
 mod config;
+pub mod delivery;
 pub mod release_check;
+pub mod service;
+pub mod status;
+pub mod tokens;
+pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,23 +26,37 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wxhub_bus::consume;
+use wxhub_proto::messaging::v1::messaging_server::MessagingServer;
 use wxhub_runtime::config::{ConfigError, Source};
 use wxhub_runtime::ops::{Readiness, WhenDown};
 use wxhub_runtime::service::{Listeners, Service, bind};
 use wxhub_runtime::telemetry::TelemetryConfig;
-use wxhub_runtime::{Infra, Server};
-use wxhub_store::Ledger;
+use wxhub_runtime::{Infra, Server, TenantsHandle};
+use wxhub_store::{Authorizers, Jobs, Ledger, Limiter};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
-pub use config::{Config, DEFAULTS, WorkerSection};
+pub use config::{Config, DEFAULTS, Limits, WorkerSection};
+pub use delivery::Delivery;
 pub use release_check::ReleaseCheck;
+pub use service::MessagingService;
 
-/// A built worker: the release-check handler over token-control, WeChat and Redis.
+/// What tests and the demo inject.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The tenants (default: `tenants.file`, hot-reloaded).
+    pub tenants: Option<TenantsHandle>,
+}
+
+/// A built worker: the release-check handler, the messaging service and its deliveries.
 pub struct Worker {
     config: Config,
     infra: Infra,
     handler: Arc<ReleaseCheck>,
+    service: MessagingService,
+    send: Arc<Delivery>,
+    bulk: Arc<Delivery>,
+    status: Arc<status::DeliveryReports>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -45,12 +67,21 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// The delay queues the worker declares for `queue` (tests clean them up).
+pub fn delay_queues(config: &Config, queue: &str) -> Vec<String> {
+    config
+        .worker
+        .delay_tiers()
+        .iter()
+        .map(|t| format!("{queue}.retry.{t}"))
+        .collect()
+}
+
 impl Service for Worker {
     const NAME: &'static str = "wxhub-worker";
-    const ABOUT: &'static str = "Consumes wxhub's jobs and calls WeChat";
+    const ABOUT: &'static str = "Sends wxhub's messages and runs its jobs, calling WeChat";
     type Config = Config;
-    /// Nothing to inject yet.
-    type Options = ();
+    type Options = Options;
 
     fn load(source: &Source) -> Result<Config, ConfigError> {
         Config::load(source)
@@ -60,16 +91,17 @@ impl Service for Worker {
         &config.telemetry
     }
 
-    /// `worker.ops_listen`.
+    /// `worker.listen` (gRPC) and `worker.ops_listen`.
     async fn listen(config: &Config) -> anyhow::Result<Listeners> {
-        Ok(Listeners::ops(
+        Ok(Listeners::main_and_ops(
+            bind(&config.worker.listen, "worker.listen").await?,
             bind(&config.worker.ops_listen, "worker.ops_listen").await?,
         ))
     }
 
-    /// Validates `config`, creates the store (lazily connected), starts the bus, and builds
-    /// the handler with its token-control and WeChat clients.
-    async fn build(config: Config, (): ()) -> anyhow::Result<Self> {
+    /// Validates `config`, creates the store (lazily connected), starts the bus, loads the
+    /// tenants, and builds the handlers with their token-control and WeChat clients.
+    async fn build(config: Config, options: Options) -> anyhow::Result<Self> {
         config.validate()?;
         let infra = Infra::start(
             Self::NAME,
@@ -78,77 +110,201 @@ impl Service for Worker {
             Some(&config.amqp),
             &config.shutdown,
         )?;
+        let tenants = infra.tenants(&config.tenants, options.tenants)?;
         let tokens = TokenClient::new(
             &config.token_control.endpoint,
             &config.client.api_key,
             Duration::from_millis(config.worker.token_timeout_ms),
         )?;
         let wechat = WechatApi::new(&config.wechat).map_err(|e| anyhow::anyhow!("wechat: {e}"))?;
+        let store = infra.store().clone();
         let handler = Arc::new(ReleaseCheck::new(
-            tokens,
-            wechat,
-            Ledger::new(infra.store().clone()),
+            tokens.clone(),
+            wechat.clone(),
+            Ledger::new(store.clone()),
             Duration::from_secs(config.worker.sent_ttl_secs),
         ));
+        let w = &config.worker;
+        let jobs = Jobs::new(
+            store.clone(),
+            Duration::from_secs(w.job_ttl_secs),
+            Duration::from_secs(w.idempotency_ttl_secs),
+        );
+        let bus = infra.bus().cloned().context("the worker uses RabbitMQ")?;
+        let service = MessagingService::new(
+            tenants,
+            jobs.clone(),
+            Authorizers::new(store.clone()),
+            bus.clone(),
+            Duration::from_millis(w.request_timeout_ms),
+        );
+        let cache = Arc::new(tokens::TokenCache::new(tokens));
+        let settings = delivery::Settings::from_config(w);
+        let delivery = |queue: String| {
+            Arc::new(Delivery::new(
+                jobs.clone(),
+                Limiter::new(store.clone()),
+                cache.clone(),
+                wechat.clone(),
+                bus.clone(),
+                queue,
+                settings.clone(),
+            ))
+        };
+        let send = delivery(bus.topology().send_queue());
+        let bulk = delivery(bus.topology().send_bulk_queue());
+        let status = Arc::new(status::DeliveryReports::new(jobs));
         Ok(Self {
             config,
             infra,
             handler,
+            service,
+            send,
+            bulk,
+            status,
         })
     }
 
-    /// Consumes until `shutdown` resolves, with the ops endpoints on `listeners.ops`; then
-    /// stops taking deliveries, lets in-flight jobs finish and be acked (within
+    /// Serves gRPC on `listeners.main` and the ops endpoints on `listeners.ops`, consuming
+    /// meanwhile, until `shutdown` resolves; then stops advertising and accepting, stops taking
+    /// deliveries, lets in-flight sends finish and be recorded and acked (within
     /// `shutdown.grace_ms`), and closes the bus.
     async fn serve(
         self,
         mut listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let listener = listeners.take_main(Self::NAME)?;
         let ops = listeners.take_ops(Self::NAME)?;
         let Self {
             config,
             infra,
             handler,
+            service,
+            send,
+            bulk,
+            status,
         } = self;
         let bus = infra
             .bus()
             .cloned()
             .context("the worker consumes from RabbitMQ")?;
         // Readiness means "can do its job", and both checks are hard: without RabbitMQ no job
-        // arrives, and without Redis no job can be checked against (or recorded in) the sent
-        // ledger, so every job is requeued. Both are unready. (No Service routes to the worker:
-        // unready only holds a rollout back and shows on dashboards.)
+        // arrives, and without Redis no job can be claimed or recorded, so every job is
+        // requeued. Both are unready.
         let readiness = Readiness::new()
             .redis(
                 infra.store(),
                 WhenDown::Unready("every job is requeued".into()),
             )
             .rabbitmq(&bus, WhenDown::Unready("no job arrives".into()));
-        let queue = bus.topology().release_check_queue();
-        let (concurrency, grace) = (config.worker.release_check_concurrency, infra.grace());
-        let consumer = Server::spawn("release-check consumer", move |stop| async move {
-            consume(
-                bus,
+        let w = &config.worker;
+        let tiers = w.delay_tiers();
+        let (grace, work) = (infra.grace(), infra.background().child_token());
+        {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                if bus.wait_connected(Duration::from_secs(30)).await {
+                    for queue in [
+                        bus.topology().send_queue(),
+                        bus.topology().send_bulk_queue(),
+                    ] {
+                        if let Err(e) = delivery::declare_tiers(&bus, &queue, &tiers).await {
+                            tracing::warn!(error = e, queue, "cannot declare the delay queues yet");
+                        }
+                    }
+                }
+            });
+        }
+        let mut consumers = Vec::new();
+        let topology = bus.topology().clone();
+        consumers.push(tokio::spawn(consume(
+            bus.clone(),
+            topology.release_check_queue(),
+            w.release_check_concurrency,
+            grace,
+            move |received| {
+                let handler = handler.clone();
+                async move { handler.handle(received).await }
+            },
+            work.clone(),
+        )));
+        for (queue, delivery, concurrency) in [
+            (topology.send_queue(), send, w.send_concurrency),
+            (topology.send_bulk_queue(), bulk, w.bulk_concurrency),
+        ] {
+            consumers.push(tokio::spawn(consume(
+                bus.clone(),
                 queue,
                 concurrency,
                 grace,
                 move |received| {
-                    let handler = handler.clone();
-                    async move { handler.handle(received).await }
+                    let delivery = delivery.clone();
+                    async move { delivery.handle(received).await }
                 },
-                stop,
-            )
+                work.clone(),
+            )));
+        }
+        consumers.push(tokio::spawn(consume(
+            bus.clone(),
+            topology.send_status_queue(),
+            w.status_concurrency,
+            grace,
+            move |received| {
+                let status = status.clone();
+                async move { status.handle(received).await }
+            },
+            work.clone(),
+        )));
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<MessagingServer<MessagingService>>()
             .await;
-            Ok(())
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wxhub_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let router = tonic::transport::Server::builder()
+            .trace_fn(wxhub_runtime::telemetry::rpc_span)
+            .timeout(Duration::from_millis(w.request_timeout_ms) + Duration::from_secs(1))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(MessagingServer::new(service));
+        tracing::info!(
+            addr = ?listener.local_addr().ok(),
+            namespace = config.namespace,
+            "worker serving"
+        );
+        let grpc = Server::spawn("grpc server", move |stop| async move {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .context("grpc server")
         });
-        tracing::info!(namespace = config.namespace, "worker running");
         infra
             .serve(
-                consumer,
+                grpc,
                 Some((ops, readiness)),
                 shutdown,
-                |drain, consumer| async move { consumer.stop(&drain).await },
+                move |drain, grpc| async move {
+                    health_reporter
+                        .set_not_serving::<MessagingServer<MessagingService>>()
+                        .await;
+                    let served = grpc.stop(&drain).await;
+                    // Stop taking deliveries; in-flight sends finish, are recorded and acked.
+                    work.cancel();
+                    for consumer in consumers {
+                        drain.step("consumer", consumer).await;
+                    }
+                    served
+                },
             )
             .await
     }

@@ -19,7 +19,7 @@ use tonic::Code;
 use wxhub_bus::{Outcome, Received};
 use wxhub_proto::jobs::v1::ReleaseCheckJob;
 use wxhub_runtime::Secret;
-use wxhub_store::{Claim, Ledger};
+use wxhub_store::{Ledger, LedgerClaim};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
@@ -123,8 +123,8 @@ impl ReleaseCheck {
                 .claim(&job.tenant, &id, &holder, CLAIM_LEASE)
                 .await
             {
-                Ok(Claim::Mine) => break,
-                Ok(Claim::Applied) => {
+                Ok(LedgerClaim::Mine) => break,
+                Ok(LedgerClaim::Applied) => {
                     tracing::info!(
                         tenant = job.tenant,
                         job = id,
@@ -133,10 +133,10 @@ impl ReleaseCheck {
                     return Ok(());
                 }
                 // Bounded by the lease: a holder that died stops blocking when it ends.
-                Ok(Claim::Busy) if waited.elapsed() < CLAIM_LEASE + CLAIM_POLL => {
+                Ok(LedgerClaim::Busy) if waited.elapsed() < CLAIM_LEASE + CLAIM_POLL => {
                     tokio::time::sleep(CLAIM_POLL).await;
                 }
-                Ok(Claim::Busy) => {
+                Ok(LedgerClaim::Busy) => {
                     return Err(JobError::Retry("another delivery holds the job".into()));
                 }
                 Err(e) => return Err(JobError::Retry(format!("redis: {e}"))),

@@ -268,6 +268,11 @@ impl Harness {
         self.ns.topology().unrouted_queue()
     }
 
+    /// `{ns}.send-status`: where the delivery reports of sent messages are bound.
+    pub fn send_status(&self) -> String {
+        self.ns.topology().send_status_queue()
+    }
+
     pub fn token_control(&self) -> String {
         self.ns.topology().token_control_queue()
     }

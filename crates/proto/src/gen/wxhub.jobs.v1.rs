@@ -23,3 +23,15 @@ pub struct ReleaseCheckJob {
     #[prost(int64, tag = "6")]
     pub received_at_ms: i64,
 }
+/// One message to send (the messaging service). The job itself (the WeChat body, its state and
+/// attempts) lives in Redis; the bus carries only its name.
+/// Routing key: `send` (single messages) or `send-bulk` (campaigns). message_id = job_id.
+/// Header `x-wxhub-attempt`: attempts the worker counted so far (absent: 0).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SendJob {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub job_id: ::prost::alloc::string::String,
+}

@@ -33,6 +33,9 @@ pub struct AccessToken {
     /// The appid the token acts for (component appid, authorizer appid, OA appid, corpid).
     #[prost(string, tag = "3")]
     pub appid: ::prost::alloc::string::String,
+    /// When token-control fetched it from WeChat (Unix milliseconds; 0 if unknown): its age.
+    #[prost(int64, tag = "4")]
+    pub issued_at_ms: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -79,6 +79,8 @@ impl Credential {
 pub struct Token {
     pub value: Secret,
     pub expires_at_ms: i64,
+    /// When it was fetched from WeChat (ms): callers report a token's age.
+    pub issued_at_ms: i64,
 }
 
 impl From<&TokenRecord> for Token {
@@ -86,6 +88,7 @@ impl From<&TokenRecord> for Token {
         Self {
             value: r.value.clone(),
             expires_at_ms: r.expires_at_ms,
+            issued_at_ms: r.refreshed_at_ms,
         }
     }
 }

@@ -118,6 +118,7 @@ impl Writer {
                 Ok(Some(Token {
                     value: issued.token,
                     expires_at_ms,
+                    issued_at_ms: started,
                 }))
             }
             outcome @ (WriteOutcome::LostLease | WriteOutcome::StaleFence) => {

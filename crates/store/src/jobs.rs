@@ -1,0 +1,754 @@
+//! The messaging service's jobs: one record per message to send, moved through its states by
+//! one Lua script per transition, so every replica sees one order of events.
+//!
+//! Guarantees:
+//! - **Stored before it is announced.** [`Jobs::create`] stores the job (and claims its
+//!   idempotency key) in one script; the caller publishes afterwards and [`Jobs::abandon`]s
+//!   the job if the publish fails, so an id handed out always names a stored, published job.
+//! - **One idempotency key, one job.** The key (by its SHA-256) maps to the first job for
+//!   `idempotency_ttl` (24 h); a second create with it returns that job and stores nothing.
+//!   The claim is the script's `SET NX`, so two simultaneous first requests cannot both win.
+//! - **Sent at most once after it was recorded sent.** A send starts with [`Jobs::claim`]: the
+//!   job must be queued or retrying, and becomes `sending` under a lease with a random owner.
+//!   A job in a final state is never claimed again, whatever the broker redelivers. A job found
+//!   `sending` with an expired lease is `Stale`: its sender stopped between the send and the
+//!   record, so the outcome of that send is unknown — the caller decides (a template with the
+//!   same `client_msg_id` may be resent, WeChat deduplicates it; anything else becomes
+//!   `unknown`). [`Jobs::settle`] records the outcome only if the caller still owns the lease,
+//!   so a sender that lost it cannot overwrite a newer outcome.
+//!
+//! Layout (all under the tenant's hash tag): `Keys::job` (hash), `Keys::job_attempts` (list of
+//! JSON attempts), `Keys::jobs(state)` (recent ids per state, `all` by creation),
+//! `Keys::idempotency`, `Keys::msgid` (delivery reports name only WeChat's msgid) and
+//! `Keys::park` (an (account, API) pair whose daily quota is spent). Records expire after
+//! `ttl` (7 days by default); the recent lists keep the newest [`RECENT`] ids per state.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Store, StoreError, px};
+
+/// Ids kept per recent list.
+pub const RECENT: usize = 10_000;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Queued,
+    Sending,
+    Retrying,
+    Sent,
+    Delivered,
+    DeliveryFailed,
+    Failed,
+    Unknown,
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in the order of the scripts' key lists.
+    pub const ALL: [JobState; 9] = [
+        JobState::Queued,
+        JobState::Sending,
+        JobState::Retrying,
+        JobState::Sent,
+        JobState::Delivered,
+        JobState::DeliveryFailed,
+        JobState::Failed,
+        JobState::Unknown,
+        JobState::Dead,
+    ];
+
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Sending => "sending",
+            JobState::Retrying => "retrying",
+            JobState::Sent => "sent",
+            JobState::Delivered => "delivered",
+            JobState::DeliveryFailed => "delivery_failed",
+            JobState::Failed => "failed",
+            JobState::Unknown => "unknown",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether nothing will send it again by itself (an operator may replay `unknown` and
+    /// `dead`).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            JobState::Queued | JobState::Sending | JobState::Retrying
+        )
+    }
+}
+
+/// One call to WeChat for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub at_ms: i64,
+    /// WeChat's errcode; 0 for a success or a failure without one (then see `errmsg`).
+    pub errcode: i64,
+    pub errmsg: String,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub appid: String,
+    /// `custom`, `template`, `subscribe`, `bizsend`.
+    pub kind: String,
+    /// The WeChat API path.
+    pub api: String,
+    pub touser: String,
+    /// The JSON body to post.
+    pub body: String,
+    pub idempotency_key: Option<String>,
+    pub now_ms: i64,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub tenant: String,
+    pub appid: String,
+    pub kind: String,
+    pub api: String,
+    pub touser: String,
+    pub body: String,
+    pub state: JobState,
+    pub attempts_made: u32,
+    pub next_at_ms: i64,
+    pub errcode: i64,
+    pub reason: String,
+    pub msgid: i64,
+    pub delivery: String,
+    pub idempotency_key: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// The answer of [`Jobs::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Stored now.
+    New,
+    /// The idempotency key already names this job; nothing was stored.
+    Existing(String),
+}
+
+/// The answer of [`Jobs::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Now `sending`, owned by the caller; `attempts_made` before this one.
+    Claimed { attempts_made: u32 },
+    /// It was `sending` under an expired lease (its sender stopped mid-send); now owned by the
+    /// caller, still `sending`. The previous send's outcome is unknown.
+    Stale { attempts_made: u32 },
+    /// Another sender holds a live lease.
+    Busy,
+    /// In a final state: nothing to do.
+    Done(JobState),
+    /// No such job (expired or never stored).
+    Missing,
+}
+
+/// An outcome to record with [`Jobs::settle`].
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub state: JobState,
+    pub errcode: i64,
+    pub reason: String,
+    /// WeChat's msgid (indexed for delivery reports), 0 for none.
+    pub msgid: i64,
+    pub next_at_ms: i64,
+    /// The call made, if one was.
+    pub attempt: Option<AttemptRecord>,
+    /// Whether the call counts toward the attempt limit (rate-limit waits do not).
+    pub count_attempt: bool,
+    pub now_ms: i64,
+}
+
+/// The answer of [`Jobs::settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Ok,
+    /// The caller no longer owns the job (its lease expired and another sender claimed it).
+    Lost,
+}
+
+// KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued.
+// ARGV: id, now, ttl_ms, idem_ttl_ms, has_idem, recent, then field/value pairs.
+const CREATE: &str = r"
+if ARGV[5] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], 'state', 'queued', 'n', 0, 'created', ARGV[2], 'updated', ARGV[2], unpack(fields))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+for i = 3, 4 do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(tonumber(ARGV[6]) + 1))
+end
+return {1, ARGV[1]}
+";
+
+// KEYS: idem (or the job key), job, jobs:all, jobs:queued. ARGV: id, has_idem.
+const ABANDON: &str = r"
+if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+";
+
+// KEYS: job, then the state lists in JobState::ALL order (3..11).
+// ARGV: id, now, owner, lease_until, recent.
+const CLAIM: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease')
+local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
+if not state then return {'missing', 0} end
+local now = tonumber(ARGV[2])
+local answer
+if state == 'queued' or state == 'retrying' then
+  answer = 'claimed'
+elseif state == 'sending' then
+  if lease > now then return {'busy', n} end
+  answer = 'stale'
+else
+  return {'done:' .. state, n}
+end
+local index = {queued = 2, sending = 3, retrying = 4}
+redis.call('ZREM', KEYS[index[state]], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
+redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[4], 'updated', ARGV[2], 'next_at', 0)
+return {answer, n}
+";
+
+// KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
+// state lists (5..13).
+// ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
+// errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
+// A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
+const SETTLE: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if h[1] ~= 'sending' or h[2] ~= ARGV[3] then return 'lost' end
+local state, index = ARGV[4], tonumber(ARGV[5])
+local delivery = nil
+if state == 'sent' and ARGV[9] ~= '0' then
+  local held = redis.call('GET', KEYS[4])
+  if held and KEYS[4] ~= KEYS[1] then
+    redis.call('DEL', KEYS[4])
+    if string.sub(held, 1, 1) == '1' then state, index = 'delivered', 5 else state, index = 'delivery_failed', 6 end
+    delivery = string.sub(held, 3)
+  end
+end
+redis.call('ZREM', KEYS[6], ARGV[1])
+local list = KEYS[4 + index]
+redis.call('ZADD', list, ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', list, 0, -(tonumber(ARGV[13]) + 1))
+redis.call('HSET', KEYS[1], 'state', state, 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0)
+if delivery then redis.call('HSET', KEYS[1], 'delivery', delivery) end
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'n', 1) end
+if ARGV[9] ~= '0' then
+  redis.call('HSET', KEYS[1], 'msgid', ARGV[9])
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[12])
+end
+if ARGV[11] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[11])
+  redis.call('PEXPIRE', KEYS[2], ARGV[12])
+end
+return 'ok'
+";
+
+// KEYS: job, then the state lists (2..10). ARGV: id, now, recent.
+// Dead or unknown → queued (attempts kept; the count restarts); queued stays queued (its
+// announcement may have been lost).
+const REPLAY: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'queued' then return 'ok' end
+if state ~= 'dead' and state ~= 'unknown' then return 'state:' .. state end
+local index = {unknown = 9, dead = 10}
+redis.call('ZREM', KEYS[index[state]], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('HSET', KEYS[1], 'state', 'queued', 'n', 0, 'code', 0, 'reason', '', 'next_at', 0, 'updated', ARGV[2])
+return 'ok'
+";
+
+// KEYS: job, jobs:sent, jobs:{new}. ARGV: id, now, new state, delivery status, recent.
+// Only a sent job takes a delivery report (a later report of the same msgid changes nothing).
+const DELIVERED: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'sent' then return 'state:' .. state end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'delivery', ARGV[4], 'updated', ARGV[2])
+return 'ok'
+";
+
+static CREATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CREATE));
+static ABANDON_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ABANDON));
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
+static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
+static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPLAY));
+static DELIVERED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELIVERED));
+
+/// The jobs of one store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    store: Store,
+    ttl: Duration,
+    idempotency_ttl: Duration,
+}
+
+/// A job id names its tenant: `{tenant}.{12 hex ms}{8 hex random}` (tenant ids have no dot).
+pub fn new_id(tenant: &str, now_ms: i64) -> String {
+    format!(
+        "{tenant}.{:012x}{:08x}",
+        now_ms.max(0),
+        rand::random::<u32>()
+    )
+}
+
+/// The tenant a job id names, if it is one.
+pub fn tenant_of(id: &str) -> Option<&str> {
+    let (tenant, rest) = id.split_once('.')?;
+    (!tenant.is_empty()
+        && rest.len() == 20
+        && rest.bytes().all(|b| b.is_ascii_hexdigit())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    .then_some(tenant)
+}
+
+impl Jobs {
+    /// Jobs on `store`, kept for `ttl`; idempotency keys for `idempotency_ttl`.
+    pub fn new(store: Store, ttl: Duration, idempotency_ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            idempotency_ttl,
+        }
+    }
+
+    fn lists(&self, tenant: &str) -> Vec<String> {
+        let keys = self.store.keys(tenant);
+        JobState::ALL
+            .iter()
+            .map(|s| keys.jobs(s.as_str()))
+            .collect()
+    }
+
+    fn idem_key(&self, tenant: &str, key: Option<&str>, job: &str) -> (String, bool) {
+        match key {
+            Some(k) => {
+                let digest = hex::encode(Sha256::digest(k.as_bytes()));
+                (self.store.keys(tenant).idempotency(&digest), true)
+            }
+            None => (self.store.keys(tenant).job(job), false),
+        }
+    }
+
+    /// Stores `job` as `queued` (see the module docs).
+    pub async fn create(&self, tenant: &str, job: &NewJob) -> Result<Created, StoreError> {
+        let keys = self.store.keys(tenant);
+        let (idem, has_idem) = self.idem_key(tenant, job.idempotency_key.as_deref(), &job.id);
+        let mut inv = CREATE_SCRIPT.prepare_invoke();
+        inv.key(idem)
+            .key(keys.job(&job.id))
+            .key(keys.jobs("all"))
+            .key(keys.jobs(JobState::Queued.as_str()))
+            .arg(&job.id)
+            .arg(job.now_ms)
+            .arg(px(self.ttl))
+            .arg(px(self.idempotency_ttl))
+            .arg(if has_idem { "1" } else { "0" })
+            .arg(RECENT);
+        for (k, v) in [
+            ("appid", job.appid.as_str()),
+            ("kind", &job.kind),
+            ("api", &job.api),
+            ("touser", &job.touser),
+            ("body", &job.body),
+            ("idem", job.idempotency_key.as_deref().unwrap_or("")),
+        ] {
+            inv.arg(k).arg(v);
+        }
+        let mut conn = self.store.conn();
+        let (new, id): (i64, String) = inv.invoke_async(&mut conn).await?;
+        Ok(if new == 1 {
+            Created::New
+        } else {
+            Created::Existing(id)
+        })
+    }
+
+    /// Removes a job whose publish failed (and frees its idempotency key).
+    pub async fn abandon(
+        &self,
+        tenant: &str,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let keys = self.store.keys(tenant);
+        let (idem, has_idem) = self.idem_key(tenant, idempotency_key, id);
+        let mut inv = ABANDON_SCRIPT.prepare_invoke();
+        inv.key(idem)
+            .key(keys.job(id))
+            .key(keys.jobs("all"))
+            .key(keys.jobs(JobState::Queued.as_str()))
+            .arg(id)
+            .arg(if has_idem { "1" } else { "0" });
+        let mut conn = self.store.conn();
+        let _: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Claims job `id` for a send by `owner` until `lease_until_ms` (see [`Claim`]).
+    pub async fn claim(
+        &self,
+        tenant: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut inv = CLAIM_SCRIPT.prepare_invoke();
+        inv.key(keys.job(id));
+        for list in self.lists(tenant) {
+            inv.key(list);
+        }
+        inv.arg(id)
+            .arg(now_ms)
+            .arg(owner)
+            .arg(lease_until_ms)
+            .arg(RECENT);
+        let mut conn = self.store.conn();
+        let (answer, n): (String, i64) = inv.invoke_async(&mut conn).await?;
+        let attempts_made = u32::try_from(n).unwrap_or(0);
+        Ok(match answer.as_str() {
+            "claimed" => Claim::Claimed { attempts_made },
+            "stale" => Claim::Stale { attempts_made },
+            "busy" => Claim::Busy,
+            "missing" => Claim::Missing,
+            other => {
+                let state = other.strip_prefix("done:").and_then(JobState::parse);
+                match state {
+                    Some(s) => Claim::Done(s),
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            key: keys.job(id),
+                            reason: format!("claim answered {other:?}"),
+                        });
+                    }
+                }
+            }
+        })
+    }
+
+    /// Records the outcome of `owner`'s send of job `id` of account `appid`.
+    pub async fn settle(
+        &self,
+        tenant: &str,
+        id: &str,
+        appid: &str,
+        owner: &str,
+        s: &Settle,
+    ) -> Result<Settled, StoreError> {
+        let keys = self.store.keys(tenant);
+        let index = JobState::ALL
+            .iter()
+            .position(|st| *st == s.state)
+            .unwrap_or(0)
+            + 1;
+        let (msgid_key, report_key) = if s.msgid != 0 {
+            (keys.msgid(appid, s.msgid), keys.report(appid, s.msgid))
+        } else {
+            (keys.job(id), keys.job(id))
+        };
+        let attempt = match &s.attempt {
+            Some(a) => serde_json::to_string(a).unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut inv = SETTLE_SCRIPT.prepare_invoke();
+        inv.key(keys.job(id))
+            .key(keys.job_attempts(id))
+            .key(msgid_key)
+            .key(report_key);
+        for list in self.lists(tenant) {
+            inv.key(list);
+        }
+        inv.arg(id)
+            .arg(s.now_ms)
+            .arg(owner)
+            .arg(s.state.as_str())
+            .arg(index)
+            .arg(if s.count_attempt { "1" } else { "0" })
+            .arg(s.errcode)
+            .arg(&s.reason)
+            .arg(s.msgid)
+            .arg(s.next_at_ms)
+            .arg(attempt)
+            .arg(px(self.ttl))
+            .arg(RECENT);
+        let mut conn = self.store.conn();
+        let answer: String = inv.invoke_async(&mut conn).await?;
+        Ok(if answer == "ok" {
+            Settled::Ok
+        } else {
+            Settled::Lost
+        })
+    }
+
+    /// Queues a dead or unknown job again (a queued one stays queued, to be announced again).
+    /// `Ok(None)` if it is replayed, else the state that
+    /// refused it (`None` inside: no such job).
+    pub async fn replay(
+        &self,
+        tenant: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Option<JobState>>, StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut inv = REPLAY_SCRIPT.prepare_invoke();
+        inv.key(keys.job(id));
+        for list in self.lists(tenant) {
+            inv.key(list);
+        }
+        inv.arg(id).arg(now_ms).arg(RECENT);
+        let mut conn = self.store.conn();
+        let answer: String = inv.invoke_async(&mut conn).await?;
+        Ok(match answer.as_str() {
+            "ok" => None,
+            "missing" => Some(None),
+            other => Some(other.strip_prefix("state:").and_then(JobState::parse)),
+        })
+    }
+
+    /// The job WeChat's `msgid` of account `appid` belongs to.
+    pub async fn by_msgid(
+        &self,
+        tenant: &str,
+        appid: &str,
+        msgid: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.store.conn();
+        Ok(redis::cmd("GET")
+            .arg(self.store.keys(tenant).msgid(appid, msgid))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Records WeChat's delivery report of a sent job: `delivered` or `delivery_failed` with
+    /// its status text. Returns whether the job took it (only a `sent` job does).
+    pub async fn delivered(
+        &self,
+        tenant: &str,
+        id: &str,
+        ok: bool,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let keys = self.store.keys(tenant);
+        let state = if ok {
+            JobState::Delivered
+        } else {
+            JobState::DeliveryFailed
+        };
+        let mut inv = DELIVERED_SCRIPT.prepare_invoke();
+        inv.key(keys.job(id))
+            .key(keys.jobs(JobState::Sent.as_str()))
+            .key(keys.jobs(state.as_str()))
+            .arg(id)
+            .arg(now_ms)
+            .arg(state.as_str())
+            .arg(status)
+            .arg(RECENT);
+        let mut conn = self.store.conn();
+        let answer: String = inv.invoke_async(&mut conn).await?;
+        Ok(answer == "ok")
+    }
+
+    /// Keeps a delivery report whose msgid no job holds yet (its send is still being recorded,
+    /// or was resent after an unknown outcome) for `ttl`: the job takes it when it is
+    /// recorded sent.
+    pub async fn hold_report(
+        &self,
+        tenant: &str,
+        appid: &str,
+        msgid: i64,
+        ok: bool,
+        status: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.conn();
+        let _: () = redis::cmd("SET")
+            .arg(self.store.keys(tenant).report(appid, msgid))
+            .arg(format!("{}:{status}", if ok { 1 } else { 0 }))
+            .arg("PX")
+            .arg(px(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// One job with its attempts.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut conn = self.store.conn();
+        let (map, attempts): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(keys.job(id))
+            .cmd("LRANGE")
+            .arg(keys.job_attempts(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        parse(tenant, id, &keys.job(id), &map, &attempts).map(Some)
+    }
+
+    /// The newest `limit` jobs of `tenant` (in `state`, or all), newest first.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let keys = self.store.keys(tenant);
+        let list = keys.jobs(state.map_or("all", JobState::as_str));
+        let mut conn = self.store.conn();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(&list)
+            .arg(0)
+            .arg(limit.max(1) - 1)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A list entry may outlive its record (records expire).
+            if let Some(job) = self.get(tenant, &id).await?
+                && state.is_none_or(|s| s == job.state)
+            {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parks the (account, API) pair for `duration`: nothing is sent to it meanwhile.
+    pub async fn park(
+        &self,
+        tenant: &str,
+        appid: &str,
+        api: &str,
+        duration: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.conn();
+        let _: () = redis::cmd("SET")
+            .arg(self.store.keys(tenant).park(appid, api))
+            .arg("45009")
+            .arg("PX")
+            .arg(px(duration))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// How long the pair stays parked, if it is.
+    pub async fn parked(
+        &self,
+        tenant: &str,
+        appid: &str,
+        api: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.store.conn();
+        let ms: i64 = redis::cmd("PTTL")
+            .arg(self.store.keys(tenant).park(appid, api))
+            .query_async(&mut conn)
+            .await?;
+        Ok((ms > 0).then(|| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+}
+
+fn parse(
+    tenant: &str,
+    id: &str,
+    key: &str,
+    map: &HashMap<String, String>,
+    attempts: &[String],
+) -> Result<JobRecord, StoreError> {
+    let text = |f: &str| map.get(f).cloned().unwrap_or_default();
+    let num = |f: &str| -> i64 { map.get(f).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let state = JobState::parse(&text("state")).ok_or_else(|| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: "unknown state".into(),
+    })?;
+    Ok(JobRecord {
+        id: id.to_owned(),
+        tenant: tenant.to_owned(),
+        appid: text("appid"),
+        kind: text("kind"),
+        api: text("api"),
+        touser: text("touser"),
+        body: text("body"),
+        state,
+        attempts_made: u32::try_from(num("n")).unwrap_or(0),
+        next_at_ms: num("next_at"),
+        errcode: num("code"),
+        reason: text("reason"),
+        msgid: num("msgid"),
+        delivery: text("delivery"),
+        idempotency_key: text("idem"),
+        created_at_ms: num("created"),
+        updated_at_ms: num("updated"),
+        attempts: attempts
+            .iter()
+            .filter_map(|a| serde_json::from_str(a).ok())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_tenant() {
+        let id = new_id("acme-2", 1_700_000_000_000);
+        assert_eq!(tenant_of(&id), Some("acme-2"));
+        for bad in ["", "acme", ".0123", "acme.xyz", "ACME.0123456789abcdef0123"] {
+            assert_eq!(tenant_of(bad), None, "{bad}");
+        }
+        assert!(JobState::Sent.is_final() && !JobState::Retrying.is_final());
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+    }
+}

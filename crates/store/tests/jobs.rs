@@ -1,0 +1,262 @@
+//! The job store against the real Redis, each test in its own namespace (deleted on drop).
+
+use std::time::Duration;
+
+use wxhub_store::jobs::{new_id, tenant_of};
+use wxhub_store::{
+    AttemptRecord, Claim, Created, JobState, Jobs, NewJob, RedisConfig, Settle, Settled, Store,
+};
+
+fn redis_url() -> String {
+    std::env::var("WXHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+struct Ns(Store);
+
+impl Ns {
+    fn new(test: &str) -> Self {
+        let ns = format!("t-{test}-{:08x}", rand::random::<u32>());
+        Self(Store::connect(&RedisConfig::new(redis_url()), &ns).unwrap())
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let pattern = format!("{}:*", self.0.namespace());
+        let keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .clone()
+            .iter(&mut conn)
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+const T: &str = "acme";
+
+fn jobs(ns: &Ns) -> Jobs {
+    Jobs::new(
+        ns.0.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+    )
+}
+
+fn new_job(id: &str, key: Option<&str>) -> NewJob {
+    NewJob {
+        id: id.to_owned(),
+        appid: "wx1".into(),
+        kind: "template".into(),
+        api: "/cgi-bin/message/template/send".into(),
+        touser: "o_user_1".into(),
+        body: "{}".into(),
+        idempotency_key: key.map(str::to_owned),
+        now_ms: 1000,
+    }
+}
+
+fn sent(msgid: i64) -> Settle {
+    Settle {
+        state: JobState::Sent,
+        errcode: 0,
+        reason: String::new(),
+        msgid,
+        next_at_ms: 0,
+        attempt: Some(AttemptRecord {
+            at_ms: 2000,
+            errcode: 0,
+            errmsg: "ok".into(),
+        }),
+        count_attempt: true,
+        now_ms: 2000,
+    }
+}
+
+#[tokio::test]
+async fn a_job_moves_through_its_states_and_is_never_claimed_after_sent() {
+    let ns = Ns::new("jobs-states");
+    let jobs = jobs(&ns);
+    let id = new_id(T, 1000);
+    assert_eq!(tenant_of(&id), Some(T));
+    assert_eq!(
+        jobs.create(T, &new_job(&id, None)).await.unwrap(),
+        Created::New
+    );
+    let job = jobs.get(T, &id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(
+        jobs.claim(T, &id, "w1", 1500, 60_000).await.unwrap(),
+        Claim::Claimed { attempts_made: 0 }
+    );
+    // A second claim while the lease lives: busy.
+    assert_eq!(
+        jobs.claim(T, &id, "w2", 1600, 60_000).await.unwrap(),
+        Claim::Busy
+    );
+    // Another owner cannot settle it.
+    assert_eq!(
+        jobs.settle(T, &id, "wx1", "w2", &sent(7)).await.unwrap(),
+        Settled::Lost
+    );
+    assert_eq!(
+        jobs.settle(T, &id, "wx1", "w1", &sent(7)).await.unwrap(),
+        Settled::Ok
+    );
+    let job = jobs.get(T, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.msgid, job.attempts_made, job.attempts.len()),
+        (JobState::Sent, 7, 1, 1)
+    );
+    // Redelivered: never claimed again.
+    assert_eq!(
+        jobs.claim(T, &id, "w3", 99_999_999, 99_999_999)
+            .await
+            .unwrap(),
+        Claim::Done(JobState::Sent)
+    );
+    assert_eq!(
+        jobs.by_msgid(T, "wx1", 7).await.unwrap().as_deref(),
+        Some(id.as_str())
+    );
+    assert!(jobs.delivered(T, &id, true, "success", 3000).await.unwrap());
+    assert!(!jobs.delivered(T, &id, false, "x", 3001).await.unwrap());
+    let listed = jobs.list(T, Some(JobState::Delivered), 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].delivery, "success");
+    assert!(
+        jobs.list(T, Some(JobState::Sent), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(jobs.list(T, None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_stale_and_dead_jobs_replay() {
+    let ns = Ns::new("jobs-stale");
+    let jobs = jobs(&ns);
+    let id = new_id(T, 1000);
+    jobs.create(T, &new_job(&id, None)).await.unwrap();
+    jobs.claim(T, &id, "w1", 1000, 2000).await.unwrap();
+    // w1 "crashed": after its lease, the next claimer learns the send's outcome is unknown.
+    assert_eq!(
+        jobs.claim(T, &id, "w2", 2500, 9000).await.unwrap(),
+        Claim::Stale { attempts_made: 0 }
+    );
+    let dead = Settle {
+        state: JobState::Dead,
+        errcode: -1,
+        reason: "too many attempts".into(),
+        attempt: None,
+        msgid: 0,
+        ..sent(0)
+    };
+    assert_eq!(
+        jobs.settle(T, &id, "wx1", "w2", &dead).await.unwrap(),
+        Settled::Ok
+    );
+    assert_eq!(
+        jobs.list(T, Some(JobState::Dead), 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(jobs.replay(T, &id, 3000).await.unwrap(), None);
+    let job = jobs.get(T, &id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts_made), (JobState::Queued, 0));
+    // Queued stays queued (announced again).
+    assert_eq!(jobs.replay(T, &id, 3000).await.unwrap(), None);
+    jobs.claim(T, &id, "w3", 3000, 9000).await.unwrap();
+    assert_eq!(
+        jobs.replay(T, &id, 3000).await.unwrap(),
+        Some(Some(JobState::Sending))
+    );
+    assert_eq!(jobs.replay(T, "acme.00", 3000).await.unwrap(), Some(None));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_job_and_an_abandoned_job_frees_it() {
+    let ns = Ns::new("jobs-idem");
+    let jobs = jobs(&ns);
+    let (a, b) = (new_id(T, 1), new_id(T, 2));
+    let creates = futures_like(&jobs, &a, &b).await;
+    let winners = creates.iter().filter(|c| matches!(c, Created::New)).count();
+    assert_eq!(winners, 1, "{creates:?}");
+    let winner = if creates[0] == Created::New { &a } else { &b };
+    let again = jobs.create(T, &new_job(&new_id(T, 3), Some("k1"))).await;
+    assert_eq!(again.unwrap(), Created::Existing(winner.clone()));
+    jobs.abandon(T, winner, Some("k1")).await.unwrap();
+    assert!(jobs.get(T, winner).await.unwrap().is_none());
+    let c = new_id(T, 4);
+    assert_eq!(
+        jobs.create(T, &new_job(&c, Some("k1"))).await.unwrap(),
+        Created::New
+    );
+}
+
+/// Two simultaneous first creates with one key.
+async fn futures_like(jobs: &Jobs, a: &str, b: &str) -> Vec<Created> {
+    let (ja, jb) = (new_job(a, Some("k1")), new_job(b, Some("k1")));
+    let (ra, rb) = tokio::join!(jobs.create(T, &ja), jobs.create(T, &jb));
+    vec![ra.unwrap(), rb.unwrap()]
+}
+
+#[tokio::test]
+async fn a_parked_pair_reports_its_remaining_time() {
+    let ns = Ns::new("jobs-park");
+    let jobs = jobs(&ns);
+    let api = "/cgi-bin/message/template/send";
+    assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
+    jobs.park(T, "wx1", api, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(jobs.parked(T, "wx1", api).await.unwrap().is_some());
+    assert_eq!(jobs.parked(T, "wx2", api).await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_report_that_came_before_the_record_is_taken_by_it() {
+    let ns = Ns::new("jobs-held");
+    let jobs = jobs(&ns);
+    let id = new_id(T, 1000);
+    jobs.create(T, &new_job(&id, None)).await.unwrap();
+    jobs.claim(T, &id, "w1", 1500, 60_000).await.unwrap();
+    assert_eq!(jobs.by_msgid(T, "wx1", 9).await.unwrap(), None);
+    jobs.hold_report(
+        T,
+        "wx1",
+        9,
+        false,
+        "failed:user block",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        jobs.settle(T, &id, "wx1", "w1", &sent(9)).await.unwrap(),
+        Settled::Ok
+    );
+    let job = jobs.get(T, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.delivery.as_str()),
+        (JobState::DeliveryFailed, "failed:user block")
+    );
+    assert_eq!(
+        jobs.list(T, Some(JobState::DeliveryFailed), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,698 @@
+//! Delivery of message jobs: from the `{ns}.send` (and `{ns}.send-bulk`) queue to WeChat.
+//!
+//! Guarantees:
+//! - **A job recorded `sent` is never sent again**, whatever the broker redelivers: a send
+//!   starts with a claim in Redis (`Jobs::claim`: queued or retrying → sending, under a lease
+//!   with a random owner), and a job in a final state is acked unsent. A worker that dies
+//!   between the send and its record leaves the job `sending`; after the lease the next claim
+//!   is `Stale` — that send's outcome is unknown: a template is sent again with the same
+//!   `client_msg_id` (WeChat keeps one message per openid and id), a customer-service or
+//!   subscribe message becomes `unknown` for an operator to replay, never resent by itself.
+//! - **A failing job ends `failed` or `dead` with its reason**, never silently: permanent
+//!   WeChat codes fail it with WeChat's code and message; transient failures are retried
+//!   through the delay queues (`{queue}.retry.{ms}`, TTL queues that dead-letter back; no
+//!   delayed-message plugin) and counted by the worker itself (`x-wxhub-attempt` and the
+//!   record's count, not the broker's delivery count), then dead-lettered with the reason.
+//! - **Waiting is not failing**: the limiter's refusals, 45011 (minute quota), 43117/45066
+//!   (per-user cool-downs) and 45009 (daily quota: the (account, API) pair is parked) defer
+//!   the job without counting an attempt.
+//!
+//! Classification (messaging.md §4): token (40001/40014/42001) → replace the token and send
+//! again at once, once; transient (-1, -1000, HTTP 5xx, connection refused, config errors an
+//! operator can fix) → retry with backoff; unknown outcome (timeout or a connection lost after
+//! the request was written) → as above; everything else → failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rand::RngExt as _;
+use serde_json::Value;
+use tonic::Code;
+use wxhub_bus::{Bus, BusError, Outcome, Outgoing, Received};
+use wxhub_proto::jobs::v1::SendJob;
+use wxhub_runtime::Secret;
+use wxhub_store::{
+    AttemptRecord, Claim, Decision, JobRecord, JobState, Jobs, Limiter, Rate, Settle, Settled,
+};
+use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
+
+use crate::config::{Limits, WorkerSection};
+use crate::service::SEND_JOB_TYPE;
+use crate::tokens::TokenCache;
+use crate::validate::api_path;
+
+/// Header carrying the attempts the worker counted so far.
+pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";
+
+/// A limiter wait this short is slept in process rather than sent through a delay queue.
+const WAIT_IN_PROCESS: Duration = Duration::from_secs(1);
+
+/// The delivery's settings (from `[worker]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub retry_delays: Vec<Duration>,
+    pub tiers: Vec<u32>,
+    pub rate_limited_delay: Duration,
+    pub user_cooldown: Duration,
+    pub quota_park: Duration,
+    pub lease: Duration,
+    pub limits: Limits,
+}
+
+impl Settings {
+    pub fn from_config(w: &WorkerSection) -> Self {
+        Self {
+            retry_delays: w
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(u64::from(*ms)))
+                .collect(),
+            tiers: w.delay_tiers(),
+            rate_limited_delay: Duration::from_millis(u64::from(w.rate_limited_delay_ms)),
+            user_cooldown: Duration::from_millis(u64::from(w.user_cooldown_ms)),
+            quota_park: Duration::from_millis(w.quota_park_ms),
+            lease: Duration::from_millis(w.lease_ms),
+            limits: w.limits,
+        }
+    }
+
+    /// Attempts before a job is dead: one per retry delay, plus the first.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.retry_delays.len()).unwrap_or(u32::MAX - 1) + 1
+    }
+}
+
+/// Declares the delay queues of `queue` (idempotent).
+pub async fn declare_tiers(bus: &Bus, queue: &str, tiers: &[u32]) -> Result<(), String> {
+    let ch = bus.channel().await.map_err(|e| e.to_string())?;
+    for tier in tiers {
+        bus.topology()
+            .declare_retry_tier(&ch, queue, *tier)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Why a send did not succeed.
+#[derive(Debug)]
+enum SendError {
+    Wechat(WechatError),
+    TokenControl(tonic::Status),
+}
+
+/// What to do with a job after its send.
+enum Verdict {
+    Sent(i64),
+    /// Retry with backoff (counted).
+    Retry {
+        errcode: i64,
+        reason: String,
+    },
+    /// Wait `delay` without counting an attempt; `park`: the pair's daily quota is spent.
+    Defer {
+        errcode: i64,
+        reason: String,
+        delay: Duration,
+        park: bool,
+    },
+    Unknown(String),
+    Failed {
+        errcode: i64,
+        reason: String,
+    },
+}
+
+/// Sends jobs of one queue. Shared by the consumer's handlers.
+pub struct Delivery {
+    jobs: Jobs,
+    limiter: Limiter,
+    tokens: Arc<TokenCache>,
+    wechat: WechatApi,
+    bus: Bus,
+    queue: String,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    wxhub_runtime::unix_ms()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Delivery {
+    pub fn new(
+        jobs: Jobs,
+        limiter: Limiter,
+        tokens: Arc<TokenCache>,
+        wechat: WechatApi,
+        bus: Bus,
+        queue: String,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            jobs,
+            limiter,
+            tokens,
+            wechat,
+            bus,
+            queue,
+            settings,
+        }
+    }
+
+    /// Handles one delivery of a [`SendJob`].
+    pub async fn handle(&self, received: Received) -> Outcome {
+        let outcome = self.process(&received).await;
+        let label = match &outcome {
+            Outcome::Ack => "ack",
+            Outcome::Requeue => "requeue",
+            Outcome::DeadLetter(_) => "dead_letter",
+        };
+        metrics::counter!("wxhub_worker_send_deliveries_total", "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn process(&self, received: &Received) -> Outcome {
+        let Ok(msg) = SendJob::decode(received.body.as_slice()) else {
+            return Outcome::DeadLetter("undecodable SendJob".into());
+        };
+        let header_attempts: u32 = received
+            .headers
+            .get(ATTEMPT_HEADER)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tenant, id) = (msg.tenant.as_str(), msg.job_id.as_str());
+        let job = match self.jobs.get(tenant, id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                tracing::warn!(
+                    tenant,
+                    job = id,
+                    "job record missing (expired?); dropping its message"
+                );
+                return Outcome::Ack;
+            }
+            Err(e) => return requeue("read the job", &e),
+        };
+        if job.state.is_final() {
+            return Outcome::Ack;
+        }
+        let Some(api) = api_path(&job.api) else {
+            return Outcome::DeadLetter(format!("job {id} names no send API"));
+        };
+        match self.jobs.parked(tenant, &job.appid, api).await {
+            Ok(Some(left)) => {
+                metrics::counter!("wxhub_worker_deferred_total", "reason" => "parked").increment(1);
+                return self
+                    .announce_later(&job, header_attempts, left, false)
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => return requeue("read the park", &e),
+        }
+        match self.admit_rate(&job).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                metrics::counter!("wxhub_worker_deferred_total", "reason" => "limiter")
+                    .increment(1);
+                return self
+                    .announce_later(&job, header_attempts, wait, false)
+                    .await;
+            }
+            Err(e) => return requeue("rate limit", &e),
+        }
+        let owner = format!("{:016x}", rand::random::<u64>());
+        let now = now_ms();
+        let claim = match self
+            .jobs
+            .claim(tenant, id, &owner, now, now + ms(self.settings.lease))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return requeue("claim the job", &e),
+        };
+        let made = match claim {
+            Claim::Claimed { attempts_made } => attempts_made,
+            Claim::Stale { attempts_made } if job.kind == "template" => {
+                tracing::warn!(
+                    tenant,
+                    job = id,
+                    "a sender stopped mid-send; resending the template with the same client_msg_id"
+                );
+                attempts_made
+            }
+            Claim::Stale { .. } => {
+                let reason = "the worker sending it stopped before recording the outcome; \
+                              it may have been delivered (replay to send it again)";
+                return self
+                    .settle(
+                        &job,
+                        &owner,
+                        JobState::Unknown,
+                        0,
+                        reason,
+                        0,
+                        0,
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_or_else(|o| o, |()| Outcome::Ack);
+            }
+            Claim::Busy => {
+                return self
+                    .announce_later(&job, header_attempts, self.settings.lease, false)
+                    .await;
+            }
+            Claim::Done(_) | Claim::Missing => return Outcome::Ack,
+        };
+        let attempts = made.max(header_attempts);
+        let started = now_ms();
+        let result = self.send(&job, api).await;
+        let attempt = |errcode: i64, errmsg: String| AttemptRecord {
+            at_ms: started,
+            errcode,
+            errmsg,
+        };
+        let verdict = verdict(&job, result, &self.settings);
+        match verdict {
+            Verdict::Sent(msgid) => {
+                metrics::counter!("wxhub_worker_sends_total", "kind" => kind_label(&job.kind), "outcome" => "sent").increment(1);
+                let rec = attempt(0, "ok".into());
+                self.settle(
+                    &job,
+                    &owner,
+                    JobState::Sent,
+                    0,
+                    "",
+                    msgid,
+                    0,
+                    Some(rec),
+                    true,
+                )
+                .await
+                .map_or_else(|o| o, |()| Outcome::Ack)
+            }
+            Verdict::Failed { errcode, reason } => {
+                metrics::counter!("wxhub_worker_sends_total", "kind" => kind_label(&job.kind), "outcome" => "failed").increment(1);
+                let rec = attempt(errcode, reason.clone());
+                self.settle(
+                    &job,
+                    &owner,
+                    JobState::Failed,
+                    errcode,
+                    &reason,
+                    0,
+                    0,
+                    Some(rec),
+                    true,
+                )
+                .await
+                .map_or_else(|o| o, |()| Outcome::Ack)
+            }
+            Verdict::Unknown(reason) => {
+                metrics::counter!("wxhub_worker_sends_total", "kind" => kind_label(&job.kind), "outcome" => "unknown").increment(1);
+                let rec = attempt(0, reason.clone());
+                self.settle(
+                    &job,
+                    &owner,
+                    JobState::Unknown,
+                    0,
+                    &reason,
+                    0,
+                    0,
+                    Some(rec),
+                    true,
+                )
+                .await
+                .map_or_else(|o| o, |()| Outcome::Ack)
+            }
+            Verdict::Defer {
+                errcode,
+                reason,
+                delay,
+                park,
+            } => {
+                let label = if park { "quota" } else { "rate_limited" };
+                metrics::counter!("wxhub_worker_deferred_total", "reason" => label).increment(1);
+                if park {
+                    metrics::counter!("wxhub_worker_parked_total", "api" => api).increment(1);
+                    if let Err(e) = self
+                        .jobs
+                        .park(&job.tenant, &job.appid, api, self.settings.quota_park)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot park the API");
+                    }
+                }
+                let rec = attempt(errcode, reason.clone());
+                let next = now_ms() + ms(delay);
+                if let Err(o) = self
+                    .settle(
+                        &job,
+                        &owner,
+                        JobState::Retrying,
+                        errcode,
+                        &reason,
+                        0,
+                        next,
+                        Some(rec),
+                        false,
+                    )
+                    .await
+                {
+                    return o;
+                }
+                self.announce_later(&job, attempts, delay, false).await
+            }
+            Verdict::Retry { errcode, reason } => {
+                let made = attempts + 1;
+                let rec = attempt(errcode, reason.clone());
+                if made >= self.settings.max_attempts() {
+                    metrics::counter!("wxhub_worker_sends_total", "kind" => kind_label(&job.kind), "outcome" => "dead").increment(1);
+                    let why = format!("gave up after {made} attempts: {reason}");
+                    return match self
+                        .settle(
+                            &job,
+                            &owner,
+                            JobState::Dead,
+                            errcode,
+                            &why,
+                            0,
+                            0,
+                            Some(rec),
+                            true,
+                        )
+                        .await
+                    {
+                        Ok(()) => Outcome::DeadLetter(why),
+                        Err(o) => o,
+                    };
+                }
+                metrics::counter!("wxhub_worker_sends_total", "kind" => kind_label(&job.kind), "outcome" => "retry").increment(1);
+                let index = usize::try_from(made - 1).unwrap_or(0);
+                let delay =
+                    self.settings.retry_delays[index.min(self.settings.retry_delays.len() - 1)];
+                let next = now_ms() + ms(delay);
+                if let Err(o) = self
+                    .settle(
+                        &job,
+                        &owner,
+                        JobState::Retrying,
+                        errcode,
+                        &reason,
+                        0,
+                        next,
+                        Some(rec),
+                        true,
+                    )
+                    .await
+                {
+                    return o;
+                }
+                self.announce_later(&job, made, delay, true).await
+            }
+        }
+    }
+
+    /// Takes one unit from the job's buckets: `None` when sent now may proceed, else how long
+    /// to wait. Short waits are slept here.
+    async fn admit_rate(
+        &self,
+        job: &JobRecord,
+    ) -> Result<Option<Duration>, wxhub_store::StoreError> {
+        let limits = &self.settings.limits;
+        let rate: Rate = match job.kind.as_str() {
+            "custom" => limits.custom,
+            "template" => limits.template,
+            _ => limits.subscribe,
+        };
+        let account = if job.appid.is_empty() {
+            "-"
+        } else {
+            &job.appid
+        };
+        let api_bucket = format!("send:{account}:{}", job.kind);
+        let user_bucket = format!("openid:{account}:{}", job.touser);
+        let mut buckets: Vec<(&str, Rate)> = vec![(&api_bucket, rate)];
+        if job.kind == "template" {
+            buckets.push((&user_bucket, limits.template_per_openid));
+        }
+        for _ in 0..5 {
+            match self.limiter.acquire(&job.tenant, &buckets, 1).await? {
+                Decision::Allowed { .. } => return Ok(None),
+                Decision::Limited { retry_after, .. } if retry_after <= WAIT_IN_PROCESS => {
+                    tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
+                }
+                Decision::Limited { retry_after, .. } => return Ok(Some(retry_after)),
+            }
+        }
+        Ok(Some(WAIT_IN_PROCESS))
+    }
+
+    async fn send(&self, job: &JobRecord, api: &'static str) -> Result<Value, SendError> {
+        let body: Value = serde_json::from_str(&job.body).map_err(|e| {
+            SendError::Wechat(WechatError::Decode {
+                api,
+                detail: format!("stored body is not JSON: {e}"),
+            })
+        })?;
+        let mut token = self
+            .tokens
+            .get(&job.tenant, &job.appid)
+            .await
+            .map_err(SendError::TokenControl)?;
+        let mut healed = false;
+        loop {
+            match self.post(api, &token, &body).await {
+                Err(e) if e.class() == ErrorClass::Token && !healed => {
+                    healed = true;
+                    token = self
+                        .tokens
+                        .rejected(&job.tenant, &job.appid, &token)
+                        .await
+                        .map_err(SendError::TokenControl)?;
+                }
+                other => return other.map_err(SendError::Wechat),
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        api: &'static str,
+        token: &Secret,
+        body: &Value,
+    ) -> Result<Value, WechatError> {
+        self.wechat
+            .post_with_token(Host::Api, api, token, body)
+            .await
+    }
+
+    /// Records an outcome; `Err` carries what the consumer should do when it could not be
+    /// recorded (requeue: the redelivery finds the job `sending` and waits for the lease).
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        job: &JobRecord,
+        owner: &str,
+        state: JobState,
+        errcode: i64,
+        reason: &str,
+        msgid: i64,
+        next_at_ms: i64,
+        attempt: Option<AttemptRecord>,
+        count_attempt: bool,
+    ) -> Result<(), Outcome> {
+        let s = Settle {
+            state,
+            errcode,
+            reason: reason.to_owned(),
+            msgid,
+            next_at_ms,
+            attempt,
+            count_attempt,
+            now_ms: now_ms(),
+        };
+        let mut last = None;
+        for i in 0..3 {
+            match self
+                .jobs
+                .settle(&job.tenant, &job.id, &job.appid, owner, &s)
+                .await
+            {
+                Ok(Settled::Ok) => return Ok(()),
+                Ok(Settled::Lost) => {
+                    tracing::warn!(
+                        tenant = job.tenant,
+                        job = job.id,
+                        "lost the job's lease before recording its outcome"
+                    );
+                    return Err(Outcome::Ack);
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (i + 1))).await;
+        }
+        tracing::error!(tenant = job.tenant, job = job.id, state = state.as_str(), error = ?last, "cannot record the outcome");
+        Err(Outcome::Requeue)
+    }
+
+    /// Publishes the job's announcement to the delay queue that fits `delay` (the smallest
+    /// tier at least as long, else the longest), with `attempts` in the header; then the
+    /// current delivery is acked. `jitter`: up to 20 % earlier (retries of one burst spread).
+    async fn announce_later(
+        &self,
+        job: &JobRecord,
+        attempts: u32,
+        delay: Duration,
+        jitter: bool,
+    ) -> Outcome {
+        let wanted = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1);
+        let tier = self
+            .settings
+            .tiers
+            .iter()
+            .copied()
+            .find(|t| *t >= wanted)
+            .or_else(|| self.settings.tiers.last().copied())
+            .unwrap_or(wanted);
+        let floor = f64::from(tier) * 0.8;
+        let ttl = if jitter {
+            rand::rng().random_range(floor..=f64::from(tier))
+        } else {
+            f64::from(wanted).clamp(floor, f64::from(tier))
+        };
+        let ttl = Duration::from_millis(ttl as u64);
+        let body = SendJob {
+            tenant: job.tenant.clone(),
+            job_id: job.id.clone(),
+        }
+        .encode_to_vec();
+        let exchange = self.bus.topology().retry_exchange();
+        let key = format!("{}.{tier}", self.queue);
+        let headers = [(ATTEMPT_HEADER.to_owned(), attempts.to_string())];
+        let msg = Outgoing {
+            exchange: &exchange,
+            routing_key: &key,
+            body: &body,
+            message_id: &job.id,
+            message_type: SEND_JOB_TYPE,
+            headers: &headers,
+        };
+        let mut result = self.bus.publish_expiring(&msg, ttl).await;
+        if matches!(result, Err(BusError::Unroutable { .. })) {
+            // The delay queues are declared at start; a broker that lost them gets them again.
+            if let Err(e) = declare_tiers(&self.bus, &self.queue, &self.settings.tiers).await {
+                tracing::warn!(error = e, "cannot declare the delay queues");
+            }
+            result = self.bus.publish_expiring(&msg, ttl).await;
+        }
+        match result {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(job = job.id, error = %e, "cannot publish to the delay queue; requeueing");
+                Outcome::Requeue
+            }
+        }
+    }
+}
+
+fn requeue(what: &str, e: &dyn std::fmt::Display) -> Outcome {
+    tracing::warn!(error = %e, "cannot {what}; requeueing");
+    Outcome::Requeue
+}
+
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "custom" => "custom",
+        "template" => "template",
+        "subscribe" => "subscribe",
+        "bizsend" => "bizsend",
+        _ => "other",
+    }
+}
+
+/// WeChat's codes that mean "wait, then the same send may succeed" (not counted): per-user
+/// frequency (43117), retry too fast (45066).
+const USER_COOLDOWN_CODES: [i64; 2] = [43117, 45066];
+
+fn verdict(job: &JobRecord, result: Result<Value, SendError>, s: &Settings) -> Verdict {
+    let e = match result {
+        Ok(v) => return Verdict::Sent(v.get("msgid").and_then(Value::as_i64).unwrap_or(0)),
+        Err(SendError::TokenControl(status)) => {
+            let reason = format!("token-control {:?}: {}", status.code(), status.message());
+            return match status.code() {
+                Code::NotFound
+                | Code::FailedPrecondition
+                | Code::PermissionDenied
+                | Code::InvalidArgument => Verdict::Failed { errcode: 0, reason },
+                _ => Verdict::Retry { errcode: 0, reason },
+            };
+        }
+        Err(SendError::Wechat(e)) => e,
+    };
+    let errcode = e.code().unwrap_or(0);
+    let reason = match &e {
+        WechatError::Api { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    match (e.code(), &e) {
+        (Some(45009), _) => Verdict::Defer {
+            errcode,
+            reason,
+            delay: s.quota_park,
+            park: true,
+        },
+        (Some(45011), _) => Verdict::Defer {
+            errcode,
+            reason,
+            delay: s.rate_limited_delay,
+            park: false,
+        },
+        (Some(code), _) if USER_COOLDOWN_CODES.contains(&code) => Verdict::Defer {
+            errcode,
+            reason,
+            delay: s.user_cooldown,
+            park: false,
+        },
+        // Written, then no answer: it may have been delivered.
+        (None, WechatError::Timeout { .. } | WechatError::Transport { .. }) => {
+            if job.kind == "template" {
+                Verdict::Retry {
+                    errcode,
+                    reason: format!(
+                        "{reason} (outcome unknown; resent with the same client_msg_id)"
+                    ),
+                }
+            } else {
+                Verdict::Unknown(format!(
+                    "{reason}: the request was sent and may have been delivered; not resent automatically"
+                ))
+            }
+        }
+        _ => match e.class() {
+            // A second token rejection, a stale ticket, a setup error an operator can fix:
+            // retried, then dead.
+            ErrorClass::Transient
+            | ErrorClass::Token
+            | ErrorClass::Ticket
+            | ErrorClass::Config
+            | ErrorClass::RefreshToken => Verdict::Retry { errcode, reason },
+            _ => Verdict::Failed { errcode, reason },
+        },
+    }
+}

@@ -1,0 +1,919 @@
+//! The messaging service end to end: enqueue over gRPC → RabbitMQ → worker → wxhub-sim as
+//! WeChat, and WeChat's delivery reports back through the gateway. Invariant 6 of design §9:
+//! a job is sent at most once after it was recorded sent; a failing job ends `failed` or dead
+//! with its reason.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tonic::Code;
+use tonic::transport::Channel;
+use wxhub_bus::Outgoing;
+use wxhub_bus::topology::SEND_KEY;
+use wxhub_proto::jobs::v1::SendJob;
+use wxhub_proto::messaging::v1 as pb;
+use wxhub_proto::messaging::v1::enqueue_request::Message;
+use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
+use wxhub_sim::{CallFilter, FaultSpec, MessageFilter};
+use wxhub_store::{Authorizers, Claim, JobState, Jobs, NewJob, Settle};
+use wxhub_tests::{
+    AUTH_MP, AUTH1, AUTH2, BETA, BLOCKED_USER, GATEWAY_KEY, OPS_KEY, SUBSCRIBE_TEMPLATE, Setup,
+    Stack, TEMPLATE, TENANT, req, user,
+};
+
+const CUSTOM: &str = "/cgi-bin/message/custom/send";
+const TEMPLATE_SEND: &str = "/cgi-bin/message/template/send";
+const SUBSCRIBE: &str = "/cgi-bin/message/subscribe/send";
+const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
+
+/// Short delays so retries, deferrals and parks happen within a test.
+const FAST: [(&str, &str); 5] = [
+    ("WXHUB_WORKER__RETRY_DELAYS_MS", "[300, 600]"),
+    ("WXHUB_WORKER__RATE_LIMITED_DELAY_MS", "300"),
+    ("WXHUB_WORKER__USER_COOLDOWN_MS", "300"),
+    ("WXHUB_WORKER__QUOTA_PARK_MS", "1500"),
+    ("WXHUB_AMQP__PREFETCH", "50"),
+];
+
+async fn stack(label: &str, extra: &[(&str, &str)]) -> Stack {
+    let mut setup = Setup::new(label);
+    setup.tickets = true;
+    setup.worker_env = FAST
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Stack::start_with(setup).await.unwrap()
+}
+
+async fn client(addr: std::net::SocketAddr) -> MessagingClient<Channel> {
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match MessagingClient::connect(url.clone()).await {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "worker not serving: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn enqueue(appid: &str, key: &str, message: Message) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        tenant: TENANT.into(),
+        appid: appid.into(),
+        idempotency_key: key.into(),
+        message: Some(message),
+    }
+}
+
+fn text(to: &str, content: &str) -> Message {
+    Message::Custom(pb::CustomMessage {
+        touser: to.into(),
+        msgtype: "text".into(),
+        body_json: serde_json::json!({ "content": content }).to_string(),
+        kf_account: String::new(),
+    })
+}
+
+fn template(to: &str) -> Message {
+    Message::Template(pb::TemplateMessage {
+        touser: to.into(),
+        template_id: TEMPLATE.into(),
+        data: [(
+            "keyword1".to_owned(),
+            pb::TemplateValue {
+                value: "shipped".into(),
+                color: String::new(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    })
+}
+
+fn subscribe(to: &str) -> pb::SubscribeMessage {
+    pb::SubscribeMessage {
+        touser: to.into(),
+        template_id: SUBSCRIBE_TEMPLATE.into(),
+        data: [("thing1".to_owned(), "tomorrow".to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+async fn send(c: &mut MessagingClient<Channel>, r: pb::EnqueueRequest) -> pb::Job {
+    c.enqueue(req(r, OPS_KEY)).await.unwrap().into_inner()
+}
+
+async fn job(c: &mut MessagingClient<Channel>, id: &str) -> pb::Job {
+    c.get_job(req(
+        pb::GetJobRequest {
+            job_id: id.to_owned(),
+        },
+        OPS_KEY,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// Polls the job until `done` holds (at most 30 s).
+async fn wait_job(
+    c: &mut MessagingClient<Channel>,
+    id: &str,
+    done: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = job(c, id).await;
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job never got there: {j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is(state: &'static str) -> impl Fn(&pb::Job) -> bool {
+    move |j| j.state_name == state
+}
+
+fn messages(stack: &Stack, path: &str, to: &str) -> usize {
+    stack
+        .sim
+        .messages(&MessageFilter {
+            touser: Some(to.into()),
+            path: Some(path.into()),
+            ..MessageFilter::default()
+        })
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_sent_reported_and_deduplicated_by_key() {
+    let stack = stack("msg-send", &[]).await;
+    let mut c = client(stack.worker).await;
+
+    // A customer-service message, with a customer-service account.
+    let custom = Message::Custom(pb::CustomMessage {
+        kf_account: "kf1@acme".into(),
+        ..match text(&user(0), "hello") {
+            Message::Custom(m) => m,
+            _ => unreachable!(),
+        }
+    });
+    let j = send(&mut c, enqueue(AUTH1, "", custom)).await;
+    assert!(
+        matches!(j.state_name.as_str(), "queued" | "sending" | "sent"),
+        "{j:?}"
+    );
+    let j = wait_job(&mut c, &j.id, is("sent")).await;
+    assert_eq!((j.attempts_made, j.attempts.len()), (1, 1));
+    assert_eq!(messages(&stack, CUSTOM, &user(0)), 1);
+
+    // Template, mini-program subscribe and OA subscription notice: sent, then WeChat's report.
+    let t = send(&mut c, enqueue(AUTH1, "", template(&user(1)))).await;
+    let s = send(
+        &mut c,
+        enqueue(AUTH_MP, "", Message::Subscribe(subscribe(&user(2)))),
+    )
+    .await;
+    let b = send(
+        &mut c,
+        enqueue(AUTH1, "", Message::Bizsend(subscribe(&user(3)))),
+    )
+    .await;
+    let blocked = send(&mut c, enqueue(AUTH1, "", template(&user(BLOCKED_USER)))).await;
+    for id in [&t.id, &s.id, &b.id] {
+        let j = wait_job(&mut c, id, is("delivered")).await;
+        assert_ne!(j.msgid, 0);
+        assert_eq!(j.delivery_status, "success");
+    }
+    let j = wait_job(&mut c, &blocked.id, is("delivery_failed")).await;
+    assert_eq!(j.delivery_status, "failed:user block");
+    assert_eq!(messages(&stack, SUBSCRIBE, &user(2)), 1);
+
+    // Idempotency: the same key returns the same job, and nothing is sent twice.
+    let first = send(&mut c, enqueue(AUTH1, "order-42", text(&user(4), "once"))).await;
+    let again = send(&mut c, enqueue(AUTH1, "order-42", text(&user(4), "twice?"))).await;
+    assert_eq!(first.id, again.id);
+    wait_job(&mut c, &first.id, is("sent")).await;
+    let later = send(
+        &mut c,
+        enqueue(AUTH1, "order-42", text(&user(4), "thrice?")),
+    )
+    .await;
+    assert_eq!(
+        (later.id.as_str(), later.state_name.as_str()),
+        (first.id.as_str(), "sent")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(messages(&stack, CUSTOM, &user(4)), 1);
+
+    // Lists.
+    let listed = c
+        .list_jobs(req(
+            pb::ListJobsRequest {
+                tenant: TENANT.into(),
+                state: "delivered".into(),
+                limit: 10,
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 3);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
+    let stack = stack("msg-bad", &[]).await;
+    let mut c = client(stack.worker).await;
+    let now = wxhub_runtime::unix_ms();
+    Authorizers::new(stack.store.clone())
+        .revoke(TENANT, AUTH2, now, now, "unauthorized")
+        .await
+        .unwrap();
+    let raw = |msgtype: &str, body: &str| {
+        Message::Custom(pb::CustomMessage {
+            touser: user(0),
+            msgtype: msgtype.into(),
+            body_json: body.into(),
+            kf_account: String::new(),
+        })
+    };
+    let mut bad_template = match template(&user(0)) {
+        Message::Template(t) => t,
+        _ => unreachable!(),
+    };
+    bad_template.data.clear();
+    let cases: Vec<(pb::EnqueueRequest, &str, Code, &str)> = vec![
+        (
+            enqueue(AUTH1, "", text("", "x")),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "custom.touser",
+        ),
+        (
+            enqueue(AUTH1, "", text("o/../x", "x")),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "custom.touser",
+        ),
+        (
+            enqueue(AUTH1, "", raw("gif", "{}")),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "custom.msgtype",
+        ),
+        (
+            enqueue(AUTH1, "", raw("image", "{}")),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "custom.image.media_id",
+        ),
+        (
+            enqueue(AUTH1, "", text(&user(0), &"长".repeat(700))),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "2048",
+        ),
+        (
+            enqueue(AUTH1, "", Message::Template(bad_template)),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "template.data",
+        ),
+        (
+            pb::EnqueueRequest {
+                message: None,
+                ..enqueue(AUTH1, "", text("o1", "x"))
+            },
+            OPS_KEY,
+            Code::InvalidArgument,
+            "message",
+        ),
+        (
+            enqueue(AUTH1, "bad key", text("o1", "x")),
+            OPS_KEY,
+            Code::InvalidArgument,
+            "idempotency_key",
+        ),
+        (
+            enqueue("wx0nobody000000", "", text("o1", "x")),
+            OPS_KEY,
+            Code::NotFound,
+            "wx0nobody000000",
+        ),
+        (
+            enqueue(AUTH2, "", text("o1", "x")),
+            OPS_KEY,
+            Code::FailedPrecondition,
+            "revoked",
+        ),
+        (
+            pb::EnqueueRequest {
+                tenant: BETA.into(),
+                ..enqueue(AUTH1, "", text("o1", "x"))
+            },
+            GATEWAY_KEY,
+            Code::PermissionDenied,
+            "beta",
+        ),
+        (
+            pb::EnqueueRequest {
+                tenant: "nope".into(),
+                ..enqueue(AUTH1, "", text("o1", "x"))
+            },
+            OPS_KEY,
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            enqueue(AUTH1, "", text("o1", "x")),
+            "wrong-key",
+            Code::Unauthenticated,
+            "API key",
+        ),
+    ];
+    for (r, key, code, needle) in cases {
+        let what = format!("{r:?}");
+        let status = c.enqueue(req(r, key)).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    let listed = c
+        .list_jobs(req(
+            pb::ListJobsRequest {
+                tenant: TENANT.into(),
+                ..Default::default()
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "{listed:?}");
+    let status = c
+        .get_job(req(
+            pb::GetJobRequest {
+                job_id: "beta.0000000000000000aaaa".into(),
+            },
+            GATEWAY_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let sends = stack.sim.messages(&MessageFilter::default()).len();
+    assert_eq!(sends, 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_classification_row_ends_where_it_should() {
+    let stack = stack("msg-classes", &[]).await;
+    let mut c = client(stack.worker).await;
+    // (fault on template/send, times) → (final state, attempts counted, errcode, calls made)
+    let rows: [(i64, Option<u64>, &str, u32, i64); 7] = [
+        (48001, Some(1), "failed", 1, 48001), // permanent: WeChat's code and message
+        (43116, Some(1), "failed", 1, 43116), // template banned
+        (-1, Some(1), "delivered", 2, 0),     // transient: one retry
+        (45011, Some(2), "delivered", 1, 0),  // minute quota: deferred, not counted
+        (43117, Some(1), "delivered", 1, 0),  // per-user frequency: cool-down, not counted
+        (42001, Some(1), "delivered", 1, 0),  // token: healed at once, not an extra attempt
+        (-1, None, "dead", 3, -1),            // transient forever: dead after 3 attempts
+    ];
+    for (i, (code, times, state, counted, errcode)) in rows.into_iter().enumerate() {
+        stack.sim.clear_faults();
+        stack
+            .sim
+            .add_fault(FaultSpec::error(TEMPLATE_SEND, code, times))
+            .unwrap();
+        let to = user(10 + i);
+        let j = send(&mut c, enqueue(AUTH1, "", template(&to))).await;
+        let j = wait_job(&mut c, &j.id, is(state)).await;
+        assert_eq!(
+            (j.attempts_made, j.errcode),
+            (counted, errcode),
+            "row {code}: {j:?}"
+        );
+        if state == "failed" {
+            assert!(!j.reason.is_empty());
+        }
+        if state == "dead" {
+            assert!(
+                j.reason.contains("gave up after 3 attempts"),
+                "{}",
+                j.reason
+            );
+            let dead = c
+                .list_dead(req(
+                    pb::ListDeadRequest {
+                        tenant: TENANT.into(),
+                        limit: 10,
+                    },
+                    OPS_KEY,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(dead.jobs.iter().any(|d| d.id == j.id));
+            // The dead letter carries the reason.
+            let letters = stack
+                .ns
+                .drain_queue(
+                    &stack.bus,
+                    &stack.ns.topology().dead_queue(),
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(!letters.is_empty());
+            // An operator replays it once WeChat is well again.
+            stack.sim.clear_faults();
+            let replayed = c
+                .replay_dead(req(
+                    pb::ReplayDeadRequest {
+                        job_id: j.id.clone(),
+                    },
+                    OPS_KEY,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(replayed.state_name, "queued");
+            wait_job(&mut c, &j.id, is("delivered")).await;
+        }
+    }
+    // Permanent answers of WeChat's own rules (no fault): unknown openid, subscribe without a
+    // credit (43101 after the user's 5).
+    stack.sim.clear_faults();
+    let j = send(&mut c, enqueue(AUTH1, "", text("o_not_a_follower", "x"))).await;
+    let j = wait_job(&mut c, &j.id, is("failed")).await;
+    assert_eq!(j.errcode, 40003);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            send(
+                &mut c,
+                enqueue(AUTH_MP, "", Message::Subscribe(subscribe(&user(30)))),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut by_state: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let j = wait_job(&mut c, id, |j| {
+            matches!(j.state_name.as_str(), "delivered" | "failed")
+        })
+        .await;
+        if j.state_name == "failed" {
+            assert_eq!(j.errcode, 43101);
+        }
+        *by_state.entry(j.state_name).or_default() += 1;
+    }
+    assert_eq!(by_state.get("failed"), Some(&1), "{by_state:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_is_healed_once_under_50_concurrent_jobs() {
+    let stack = stack(
+        "msg-heal",
+        &[
+            (
+                "WXHUB_WORKER__LIMITS__TEMPLATE",
+                "{ count = 1000, period_ms = 1000, burst = 1000 }",
+            ),
+            ("WXHUB_WORKER__SEND_CONCURRENCY", "64"),
+        ],
+    )
+    .await;
+    let mut c = client(stack.worker).await;
+    // Warm the token cache.
+    let j = send(&mut c, enqueue(AUTH1, "", template(&user(0)))).await;
+    wait_job(&mut c, &j.id, is("delivered")).await;
+    let refreshes = stack.calls(AUTHORIZER_TOKEN, Some(AUTH1));
+    // WeChat invalidates the token behind everyone's back.
+    assert!(stack.sim.invalidate_tokens(AUTH1) > 0);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(
+            send(&mut c, enqueue(AUTH1, "", template(&user(i))).clone())
+                .await
+                .id,
+        );
+    }
+    for id in &ids {
+        let j = wait_job(&mut c, id, |j| {
+            matches!(j.state_name.as_str(), "sent" | "delivered")
+        })
+        .await;
+        assert_eq!(j.attempts_made, 1, "the heal is not an attempt: {j:?}");
+    }
+    let rejected = stack
+        .sim
+        .calls(&CallFilter {
+            path: Some(TEMPLATE_SEND.into()),
+            appid: None,
+            errcode: Some(40001),
+        })
+        .len();
+    assert!(rejected >= 1);
+    assert_eq!(
+        stack.calls(AUTHORIZER_TOKEN, Some(AUTH1)) - refreshes,
+        1,
+        "one refresh for {rejected} rejections"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_parks_the_api_and_unknown_outcomes_are_never_resent_blindly() {
+    let stack = stack(
+        "msg-park",
+        &[
+            ("WXHUB_WECHAT__TIMEOUT_MS", "1000"),
+            ("WXHUB_WORKER__LEASE_MS", "3000"),
+        ],
+    )
+    .await;
+    let mut c = client(stack.worker).await;
+
+    // 45009: the (account, template API) pair is parked; jobs wait without being burned.
+    stack
+        .sim
+        .add_fault(FaultSpec::error(TEMPLATE_SEND, 45009, Some(1)))
+        .unwrap();
+    let first = send(&mut c, enqueue(AUTH1, "", template(&user(0)))).await;
+    wait_job(&mut c, &first.id, |j| j.errcode == 45009).await;
+    let parked_at = Instant::now();
+    let calls = stack.calls(TEMPLATE_SEND, None);
+    let more: Vec<String> = futures::future::join_all((1..4).map(|i| {
+        let mut c = c.clone();
+        async move {
+            send(&mut c, enqueue(AUTH1, "", template(&user(i))))
+                .await
+                .id
+        }
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        stack.calls(TEMPLATE_SEND, None),
+        calls,
+        "nothing is sent while parked"
+    );
+    for id in more.iter().chain([&first.id]) {
+        let j = wait_job(&mut c, id, is("delivered")).await;
+        assert_eq!(j.attempts_made, 1, "{j:?}");
+    }
+    assert!(parked_at.elapsed() >= Duration::from_millis(1000));
+
+    // Unknown outcome: WeChat got the request, the answer came after the worker's timeout.
+    for (message, path, to, appid) in [
+        (text(&user(10), "maybe"), CUSTOM, user(10), AUTH1),
+        (
+            Message::Subscribe(subscribe(&user(11))),
+            SUBSCRIBE,
+            user(11),
+            AUTH_MP,
+        ),
+    ] {
+        stack.sim.clear_faults();
+        stack
+            .sim
+            .add_fault(FaultSpec::respond_after(
+                path,
+                Duration::from_millis(1500),
+                Some(1),
+            ))
+            .unwrap();
+        let j = send(&mut c, enqueue(appid, "", message)).await;
+        let j = wait_job(&mut c, &j.id, is("unknown")).await;
+        assert!(j.reason.contains("may have been delivered"), "{}", j.reason);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            messages(&stack, path, &to),
+            1,
+            "delivered once, never resent"
+        );
+        assert_eq!(job(&mut c, &j.id).await.state_name, "unknown");
+    }
+    // A template is resent with the same client_msg_id: WeChat keeps one.
+    stack.sim.clear_faults();
+    stack
+        .sim
+        .add_fault(FaultSpec::respond_after(
+            TEMPLATE_SEND,
+            Duration::from_millis(1500),
+            Some(1),
+        ))
+        .unwrap();
+    let j = send(&mut c, enqueue(AUTH1, "", template(&user(12)))).await;
+    let j = wait_job(&mut c, &j.id, is("delivered")).await;
+    assert_eq!(j.attempts_made, 2);
+    assert_eq!(messages(&stack, TEMPLATE_SEND, &user(12)), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
+    let stack = stack("msg-redeliver", &[("WXHUB_WORKER__LEASE_MS", "6000")]).await;
+    let mut c = client(stack.worker).await;
+    let jobs = Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
+    let new = |id: &str| NewJob {
+        id: id.to_owned(),
+        appid: AUTH1.into(),
+        kind: "custom".into(),
+        api: CUSTOM.into(),
+        touser: user(0),
+        body: body.to_string(),
+        idempotency_key: None,
+        now_ms: wxhub_runtime::unix_ms(),
+    };
+    let announce = |id: String| {
+        let stack = &stack;
+        async move {
+            let body = SendJob {
+                tenant: TENANT.into(),
+                job_id: id.clone(),
+            }
+            .encode_to_vec();
+            let exchange = stack.ns.topology().jobs_exchange();
+            stack
+                .bus
+                .publish(&Outgoing {
+                    exchange: &exchange,
+                    routing_key: SEND_KEY,
+                    body: &body,
+                    message_id: &id,
+                    message_type: "wxhub.jobs.v1.SendJob",
+                    headers: &[],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let now = wxhub_runtime::unix_ms();
+    // A worker sent it and recorded it, then died before its ack: the broker redelivers.
+    let sent_id = wxhub_store::jobs::new_id(TENANT, now);
+    jobs.create(TENANT, &new(&sent_id)).await.unwrap();
+    assert!(matches!(
+        jobs.claim(TENANT, &sent_id, "dead-worker", now, now + 5000)
+            .await
+            .unwrap(),
+        Claim::Claimed { .. }
+    ));
+    let settle = Settle {
+        state: JobState::Sent,
+        errcode: 0,
+        reason: String::new(),
+        msgid: 0,
+        next_at_ms: 0,
+        attempt: None,
+        count_attempt: true,
+        now_ms: now,
+    };
+    jobs.settle(TENANT, &sent_id, AUTH1, "dead-worker", &settle)
+        .await
+        .unwrap();
+    announce(sent_id.clone()).await;
+    // A worker died between its send and the record: the lease runs out, the outcome is unknown.
+    let mid_id = wxhub_store::jobs::new_id(TENANT, now + 1);
+    jobs.create(TENANT, &new(&mid_id)).await.unwrap();
+    jobs.claim(TENANT, &mid_id, "dead-worker", now, now + 1500)
+        .await
+        .unwrap();
+    announce(mid_id.clone()).await;
+    let j = wait_job(&mut c, &mid_id, is("unknown")).await;
+    assert!(
+        j.reason.contains("stopped before recording"),
+        "{}",
+        j.reason
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(job(&mut c, &sent_id).await.state_name, "sent");
+    assert_eq!(
+        messages(&stack, CUSTOM, &user(0)),
+        0,
+        "nothing was sent again"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_replicas_share_one_rate_limit() {
+    let limit = [(
+        "WXHUB_WORKER__LIMITS__CUSTOM",
+        "{ count = 5, period_ms = 1000, burst = 5 }",
+    )];
+    let stack = stack("msg-limit", &limit).await;
+    let mut extra: Vec<(&str, &str)> = FAST.to_vec();
+    extra.extend(limit);
+    let (second, _stop) = stack.start_worker(&extra).unwrap();
+    let mut c = client(stack.worker).await;
+    client(second).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            send(&mut c, enqueue(AUTH1, "", text(&user(i), "hi")))
+                .await
+                .id,
+        );
+    }
+    for id in &ids {
+        wait_job(&mut c, id, is("sent")).await;
+    }
+    // 5 at once, then 5 a second: 20 take at least 3 s whichever replica sends.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2900), "took {took:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_send_and_records_it() {
+    let stack = stack("msg-drain", &[]).await;
+    let mut c = client(stack.worker).await;
+    stack
+        .sim
+        .add_fault(FaultSpec::latency(
+            CUSTOM,
+            Duration::from_millis(1200),
+            Some(1),
+        ))
+        .unwrap();
+    let j = send(&mut c, enqueue(AUTH1, "", text(&user(0), "slow"))).await;
+    wait_job(&mut c, &j.id, is("sending")).await;
+    stack.worker_stop.cancel();
+    let store_jobs = Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = store_jobs.get(TENANT, &j.id).await.unwrap().unwrap();
+        if j.state == JobState::Sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the in-flight send was not recorded: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(messages(&stack, CUSTOM, &user(0)), 1);
+    // Nothing left behind in the queue.
+    let left = stack
+        .ns
+        .drain_queue(
+            &stack.bus,
+            &stack.ns.topology().send_queue(),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+    stack.stop().await;
+}
+
+/// Runs the `wxhub` CLI in-process (its own runtime, off this one) with `args`, the config
+/// file pointing at the stack's worker; returns (exit code, stdout JSON or stderr).
+async fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut argv: Vec<String> = vec!["wxhub".into()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv.extend(["--config".into(), config.display().to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = wxhub_cli::main_with(argv, &mut std::io::empty(), &mut out, &mut err);
+        let ok = code == std::process::ExitCode::SUCCESS;
+        let text = if ok { out } else { err };
+        (ok, String::from_utf8_lossy(&text).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_waits_lists_and_replays() {
+    let stack = stack("msg-cli", &[]).await;
+    client(stack.worker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
+            stack.worker
+        ),
+    )
+    .unwrap();
+    let to = user(0);
+    let (ok, out) = cli(
+        &config,
+        &[
+            "send",
+            "custom",
+            TENANT,
+            AUTH1,
+            "--to",
+            &to,
+            "--text",
+            "hi",
+            "--idempotency-key",
+            "k1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = sent["job_id"].as_str().unwrap().to_owned();
+    // The job as stored when the publish was confirmed (the worker may already have it).
+    assert!(
+        matches!(sent["state"].as_str(), Some("queued" | "sending" | "sent")),
+        "{sent}"
+    );
+    let (ok, out) = cli(&config, &["job", &id, "--wait", "20"]).await;
+    assert!(ok, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["state"], "sent");
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 1);
+
+    let tpl = dir.path().join("t.json");
+    std::fs::write(
+        &tpl,
+        serde_json::json!({"touser": user(1), "template_id": TEMPLATE, "data": {"keyword1": {"value": "x"}}}).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &[
+            "send",
+            "template",
+            TENANT,
+            AUTH1,
+            "--json",
+            tpl.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let id: String = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .into();
+    let (_, out) = cli(&config, &["job", &id, "--wait", "20"]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"],
+        "delivered"
+    );
+
+    let (ok, out) = cli(&config, &["jobs", TENANT, "--state", "sent"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (ok, out) = cli(&config, &["dead", "list", TENANT]).await;
+    assert!(ok && out.contains("\"jobs\": []"), "{out}");
+    // Failures: one line on stderr, non-zero exit.
+    let (ok, err) = cli(
+        &config,
+        &[
+            "send",
+            "custom",
+            TENANT,
+            AUTH1,
+            "--to",
+            "bad openid",
+            "--text",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("custom.touser"),
+        "{err}"
+    );
+    let (ok, err) = cli(&config, &["dead", "replay", &id]).await;
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    stack.stop().await;
+}
