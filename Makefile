@@ -55,8 +55,9 @@ chaos: services ## Fault injection: broker nodes killed and paused under load (f
 
 # The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster
 # (three primaries, three replicas; every store and every service the harnesses start in cluster
-# mode), then, alone, the fault test that SIGKILLs the primary serving a tenant during token
-# refreshes and prints the failover's figures. The cluster runs beside the machine's Redis on
+# mode), then, alone and one at a time, the tests that change the cluster: a slot migrated
+# between primaries (ASK, then MOVED) and the primary serving a tenant SIGKILLed during token
+# refreshes (prints the failover's figures). The cluster runs beside the machine's Redis on
 # free ports and is stopped afterwards, even when a test fails or the cluster does not come up.
 .PHONY: test-redis-cluster
 test-redis-cluster: ## store, gateway, token-control and cross-service tests against a local 6-node Redis Cluster, then a primary killed
@@ -64,7 +65,8 @@ test-redis-cluster: ## store, gateway, token-control and cross-service tests aga
 	./scripts/redis-cluster.sh start >/dev/null && \
 	export WXHUB_TEST_REDIS_CLUSTER=$$(./scripts/redis-cluster.sh urls) && \
 	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-gateway -p wxhub-token-control -p wxhub-tests -E 'not binary_id(wxhub-tests::chaos)' && \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-token-control --run-ignored only --no-capture -E 'test(a_primary_killed_during_refreshes)'
+	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-token-control --run-ignored only --no-capture --test-threads 1 \
+		-E 'test(ask_and_moved_redirects_are_followed) | test(a_primary_killed_during_refreshes)'
 
 .PHONY: browser
 browser: ## Install (apt) Chromium, ChromeDriver and a CJK font for the browser test when missing

@@ -331,6 +331,31 @@ mod tests {
         )
     }
 
+    /// A Redis Cluster's nodes come as a TOML list from the file or the environment, as the
+    /// test harnesses pass them (`WXHUB_REDIS__CLUSTER_NODES`); passwords stay redacted.
+    #[test]
+    fn redis_cluster_nodes_load_from_a_file_or_the_environment() {
+        let env = vec![(
+            "WXHUB_REDIS__CLUSTER_NODES".into(),
+            "[\"redis://:pw1@127.0.0.1:7101\",\"redis://:pw1@127.0.0.1:7102\"]".into(),
+        )];
+        let cfg: Demo = load(SVC, &Source { file: None, env }).unwrap();
+        assert!(cfg.redis.is_cluster());
+        assert_eq!(cfg.redis.cluster_nodes.len(), 2);
+        assert_eq!(
+            cfg.redis.cluster_nodes[1].expose(),
+            "redis://:pw1@127.0.0.1:7102"
+        );
+        assert!(cfg.redis.validate().is_ok());
+        assert!(!format!("{:?}", cfg.redis).contains("pw1"));
+        let (_dir, source) = file_source(
+            "[redis]\ncluster_nodes = [\"redis://10.0.0.1:6379\"]\ncluster_retry_ms = 500\n",
+        );
+        let cfg: Demo = load(SVC, &source).unwrap();
+        assert_eq!(cfg.redis.cluster_retry_ms, 500);
+        assert!(cfg.redis.is_cluster());
+    }
+
     /// A misspelt key inside a section the binary reads is refused, naming the key — in the
     /// file and in the environment — instead of a setting that silently has no effect.
     #[test]

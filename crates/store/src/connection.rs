@@ -369,7 +369,7 @@ impl Cluster {
     }
 }
 
-/// Sleeps before the next attempt (25 ms doubling to 400 ms); false when that would pass
+/// Sleeps before the next attempt (25 ms doubling to 200 ms); false when that would pass
 /// `deadline`.
 async fn wait(attempt: u32, deadline: Instant) -> bool {
     let pause = Duration::from_millis(25u64 << attempt.min(4).saturating_sub(1));

@@ -330,10 +330,30 @@ impl Store {
         Ok(out)
     }
 
-    /// `PING` (in cluster mode to every primary: all must answer), for readiness checks.
+    /// For readiness checks: `PING` on one node; on a cluster, `CLUSTER INFO` of any node must
+    /// say `cluster_state:ok` (every slot served). That is the cluster's own rule for serving
+    /// any command (`cluster-require-full-coverage`), so it is unready exactly while the
+    /// cluster refuses work — a failover under way, a shard lost — and one round trip either way.
     pub async fn ping(&self) -> Result<String, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(redis::cmd("PING").query_async(&mut conn).await?)
+        if !self.is_cluster() {
+            return Ok(redis::cmd("PING").query_async(&mut conn).await?);
+        }
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await?;
+        match info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+        {
+            Some("ok") => Ok("PONG".to_owned()),
+            state => Err(StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "cluster not serving every slot",
+                format!("cluster_state:{}", state.unwrap_or("unknown")),
+            )))),
+        }
     }
 }
 
