@@ -12,3 +12,6 @@ cargo bench --locked -p wxhub-gateway --bench gateway 2>/dev/null | grep -E '^(r
 echo "== token-control: gRPC token reads from a warm store (cache on / off), and 100,000 authorizers over a token lifetime on 3 replicas (virtual time)"
 cargo bench --locked -p wxhub-token-control --bench token_reads 2>/dev/null | grep -E '^token_reads/'
 cargo bench --locked -p wxhub-token-control --bench refresh_scale 2>/dev/null | grep -E '^refresh_scale:'
+
+echo "== relay: the same WeChat call (sim menu/get) direct vs through wxhub-relay, at max and at half the relay's max rate"
+cargo bench --locked -p wxhub-tests --bench relay 2>/dev/null | grep -E '^relay '
