@@ -7,7 +7,7 @@
 #   4. users message the accounts                 → gateway → RabbitMQ (deduplicated retries)
 #   5. WeChat's full-network release check (全网发布), all five test groups
 #   6. metrics, then a graceful shutdown
-# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker ops 17092.
+# Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker ops 17092, relay 17090.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -24,12 +24,12 @@ if ! command -v jq >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq jq >/dev/null
 fi
-for port in 17000 17080 17051 17091 17092; do
+for port in 17000 17080 17051 17091 17092 17090; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port is in use"; fi
 done
 
 say "building the binaries"
-cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-cli
+cargo build --locked -q --bins -p wxhub-sim -p wxhub-gateway -p wxhub-token-control -p wxhub-worker -p wxhub-relay -p wxhub-cli
 bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 
 # A clean slate for the demo namespace: its Redis keys and queued messages from earlier runs.
@@ -73,6 +73,8 @@ start token-control "" "$bin/wxhub-token-control"
 start worker demo-worker-key "$bin/wxhub-worker"
 wait_http http://127.0.0.1:17092/readyz "the worker"
 wait_http http://127.0.0.1:17091/healthz "token-control"
+start relay demo-relay-key "$bin/wxhub-relay"
+wait_http http://127.0.0.1:17090/readyz "the relay"
 export WXHUB_CLIENT__API_KEY=demo-ops-key
 wxhub() { "$bin/wxhub" "$@"; }
 
@@ -106,6 +108,14 @@ note "redirected to /wx/acme/authorized: $(grep -o 'id="account">[^<]*' <<<"$res
 say "3. tokens and authorizers (wxhub CLI → token-control)"
 wxhub authorizers list acme | jq -r '.authorizers[] | "   \(.appid)  \(.status)  \(.nick_name)  refresh token held: \(.has_refresh_token)"'
 wxhub token get acme wx0demo0bakery | jq -c '{authorizer: .appid, access_token: (.access_token[0:16] + "…"), expires_at}'
+
+say "3b. a custom menu for the authorized account (wxhub CLI → relay → WeChat; no token leaves wxhub)"
+wxhub menu create acme wx0demo0bakery --json "$demo/menu.json" | jq -c . | sed 's/^/   created: /'
+wxhub menu get acme wx0demo0bakery | jq -r '.menu.button[] | "   button \(.name)\(if .sub_button then " → " + ([.sub_button[].name] | join(", ")) else "" end)"'
+if wxhub menu create acme wx0demo0bakery --json "$demo/menu-invalid.json" 2>"$logs/menu-invalid.err"; then
+  fail "an invalid menu was accepted"
+fi
+note "an invalid menu is refused before WeChat: $(cat "$logs/menu-invalid.err")"
 
 say "4. users message the accounts (gateway → RabbitMQ)"
 for body in \
