@@ -15,3 +15,6 @@ cargo bench --locked -p wxhub-token-control --bench refresh_scale 2>/dev/null | 
 
 echo "== messaging: template sends/s enqueue → RabbitMQ → worker → sim vs the sim's bare accept rate (same run), latency at half rate"
 cargo bench --locked -p wxhub-tests --bench messaging 2>/dev/null | grep -E '^messaging:'
+
+echo "== relay: the same WeChat call (sim menu/get) direct vs through wxhub-relay, at max and at half the relay's max rate"
+cargo bench --locked -p wxhub-tests --bench relay 2>/dev/null | grep -E '^relay '

@@ -244,10 +244,13 @@ printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"ht
 id=$(wxhub send template acme "$shop" --json "$logs/template.json" | jq -r .job_id)
 settle "$id" delivered
 
-say "7. a custom menu through the relay (no token leaves token-control)"
-printf '%s' '{"button":[{"type":"click","name":"今日歌曲","key":"V1001_TODAY_MUSIC"},{"name":"菜单","sub_button":[{"type":"view","name":"搜索","url":"https://www.soso.com/"},{"type":"click","name":"赞一下我们","key":"V1001_GOOD"}]}]}' >"$logs/menu.json"
-wxhub menu create acme "$shop" --json "$logs/menu.json" | jq -c . | sed 's/^/   create: /'
-wxhub menu get acme "$shop" | jq -c '[.menu.button[].name]' | sed 's/^/   the menu WeChat now has: /'
+say "7. a custom menu through the relay (wxhub CLI → relay → WeChat; no token leaves wxhub)"
+wxhub menu create acme wx0demo0bakery --json "$demo/menu.json" | jq -c . | sed 's/^/   created: /'
+wxhub menu get acme wx0demo0bakery | jq -r '.menu.button[] | "   button \(.name)\(if .sub_button then " → " + ([.sub_button[].name] | join(", ")) else "" end)"'
+if wxhub menu create acme wx0demo0bakery --json "$demo/menu-invalid.json" 2>"$logs/menu-invalid.err"; then
+  fail "an invalid menu was accepted"
+fi
+note "an invalid menu is refused before WeChat: $(cat "$logs/menu-invalid.err")"
 
 say "8. metrics (excerpt) and a graceful shutdown"
 curl -fsS http://127.0.0.1:17080/metrics | grep -E '^wxhub_gateway_(requests_total|dedupe_total)' | sed 's/^/   /' | head -12

@@ -592,7 +592,8 @@ async fn business_callback() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 /// A minimal HTTP server (no framework in this crate's dependencies): answers 204 to every
-/// POST and records its JSON body.
+/// request and records its JSON body, or `{"head": ...}` (request line and headers) when it
+/// has none.
 async fn axum_free_server(got: Arc<Mutex<Vec<Value>>>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -625,9 +626,9 @@ async fn axum_free_server(got: Arc<Mutex<Vec<Value>>>) -> String {
                             })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
-                            if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
-                                got.lock().unwrap().push(v);
-                            }
+                            let v = serde_json::from_slice(&buf[end + 4..end + 4 + len])
+                                .unwrap_or_else(|_| json!({"head": &text[..end]}));
+                            got.lock().unwrap().push(v);
                             let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                             return;
                         }
@@ -1184,6 +1185,108 @@ async fn the_cli_manages_menus_and_media_through_the_relay() {
     let (code, _, err) = wxhub(args(&["menu", "get", BETA, BETA_AUTH])).await;
     assert_eq!(code, 2);
     assert!(err.contains("relay refused (403)"), "{err}");
+    drop(relay);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_calls_pass_the_trace_context_on_and_are_counted() {
+    let stack = Stack::start_with(tickets("relay-trace")).await.unwrap();
+    let (capture, got) = business_callback().await;
+    let wechat = capture.trim_end_matches("/wx-oauth").to_owned();
+    let relay = stack
+        .relay(&[("WXHUB_WECHAT__API_BASE", wechat.as_str())])
+        .await
+        .unwrap();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = http()
+        .get(format!(
+            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/user/info?openid=o_x&lang=zh_CN",
+            relay.url
+        ))
+        .bearer_auth(CRM_KEY)
+        .header("traceparent", traceparent)
+        .header("cookie", "session=secret-cookie")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["x-wxhub-attempts"], "1");
+    let head = got.lock().unwrap()[0]["head"].as_str().unwrap().to_owned();
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        head.starts_with("GET /cgi-bin/user/info?openid=o_x&lang=zh_CN&access_token="),
+        "{head}"
+    );
+    assert!(
+        lower.contains(&format!("traceparent: {traceparent}")),
+        "{head}"
+    );
+    assert!(
+        !lower.contains("authorization:") && !lower.contains("secret-cookie"),
+        "{head}"
+    );
+    let metrics = http()
+        .get(format!("{}/metrics", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("wxhub_relay_calls_total{") && l.contains("family=\"cgi-bin/user\"")
+        })
+        .unwrap_or_else(|| panic!("no relay call counted in\n{metrics}"));
+    assert!(
+        line.contains("tenant=\"acme\"") && line.contains("errcode=\"0\""),
+        "{line}"
+    );
+    drop(relay);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_sent_once_even_when_its_token_is_rejected() {
+    let stack = Stack::start_with(tickets("relay-streamed")).await.unwrap();
+    let relay = stack
+        .relay(&[("WXHUB_RELAY__REPLAY_BODY_BYTES", "1024")])
+        .await
+        .unwrap();
+    let (ct, body) = multipart("p.jpg", &[7u8; 8192]);
+    let upload = || {
+        http()
+            .post(format!(
+                "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/upload?type=image",
+                relay.url
+            ))
+            .bearer_auth(CRM_KEY)
+            .header("content-type", ct.clone())
+            .body(body.clone())
+            .send()
+    };
+    stack
+        .sim
+        .add_fault(FaultSpec::error("/cgi-bin/media/upload", 40001, Some(1)))
+        .unwrap();
+    let before = stack.calls("/cgi-bin/media/upload", None);
+    let r = upload().await.unwrap();
+    assert_eq!(r.headers()["x-wxhub-attempts"], "1");
+    assert!(
+        r.headers()["x-wxhub-retry"]
+            .to_str()
+            .unwrap()
+            .contains("body was streamed"),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["errcode"], 40001);
+    assert_eq!(stack.calls("/cgi-bin/media/upload", None) - before, 1);
+    // The caller's own retry works: the token was replaced.
+    let r: Value = upload().await.unwrap().json().await.unwrap();
+    assert!(r["media_id"].is_string(), "{r}");
     drop(relay);
     stack.stop().await;
 }

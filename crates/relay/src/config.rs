@@ -37,6 +37,10 @@ replay_body_bytes = 1048576
 inspect_body_bytes = 1048576
 # Deadline of one call to token-control.
 token_timeout_ms = 5000
+# A token from token-control is reused for this long (never within a minute of its expiry), so
+# most calls cost no round trip to token-control. A token replaced meanwhile is healed like any
+# rejected one. 0: ask token-control on every call.
+token_cache_ms = 5000
 # Deadline of one forwarded call to WeChat, body transfer included (media can be large).
 upstream_timeout_ms = 60000
 # Pause before the one retry of a GET that WeChat answered -1 (system busy).
@@ -59,6 +63,7 @@ pub struct RelaySection {
     pub replay_body_bytes: u64,
     pub inspect_body_bytes: u64,
     pub token_timeout_ms: u64,
+    pub token_cache_ms: u64,
     pub upstream_timeout_ms: u64,
     pub busy_backoff_ms: u64,
     pub oauth_authorize_base: String,
@@ -136,6 +141,7 @@ impl RelaySection {
             0..=10_000,
             "",
         )?;
+        within("relay.token_cache_ms", self.token_cache_ms, 0..=300_000, "")?;
         config::http_url("relay.oauth_authorize_base", &self.oauth_authorize_base)?;
         at_least(
             "relay.oauth_state_ttl_secs",

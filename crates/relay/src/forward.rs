@@ -258,6 +258,7 @@ pub struct Forwarded {
 }
 
 /// A token as the relay uses it.
+#[derive(Clone)]
 struct Token {
     value: String,
     issued_at_ms: i64,
@@ -299,19 +300,92 @@ pub fn token_refusal(status: &tonic::Status) -> Refusal {
     Refusal::new(code, reason, message)
 }
 
-async fn fetch_token(
-    tokens: &TokenClient,
-    tenant: &str,
-    target: &Target,
-) -> Result<Token, Refusal> {
-    let t = tokens
-        .access_token(tenant, target.token_appid(), 0)
-        .await
-        .map_err(|s| token_refusal(&s))?;
-    Ok(Token {
-        value: t.access_token,
-        issued_at_ms: t.issued_at_ms,
-    })
+/// token-control behind a short per-process cache.
+///
+/// A cached token is served for at most `ttl` (and never within a minute of its expiry), so a
+/// relayed call costs no gRPC round trip in the common case. Serving a token another replica
+/// has since replaced is harmless: WeChat's rejection is healed like any other (token-control's
+/// compare-then-refresh answers the current token without a refresh), and the replacement
+/// takes the cached one's place.
+pub struct Tokens {
+    client: TokenClient,
+    ttl: Duration,
+    cache: std::sync::Mutex<std::collections::HashMap<(String, String), Cached>>,
+}
+
+/// A cached token: the token, when it was fetched, its expiry (Unix ms).
+type Cached = (Token, Instant, i64);
+
+impl Tokens {
+    pub fn new(client: TokenClient, ttl: Duration) -> Self {
+        Self {
+            client,
+            ttl,
+            cache: Default::default(),
+        }
+    }
+
+    /// The token-control client (for calls the relay makes beside forwarding).
+    pub fn client(&self) -> &TokenClient {
+        &self.client
+    }
+
+    fn remember(
+        &self,
+        tenant: &str,
+        appid: &str,
+        t: &wxhub_token_client::pb::AccessToken,
+    ) -> Token {
+        let token = Token {
+            value: t.access_token.clone(),
+            issued_at_ms: t.issued_at_ms,
+        };
+        if !self.ttl.is_zero() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(
+                (tenant.to_owned(), appid.to_owned()),
+                (token.clone(), Instant::now(), t.expires_at_ms),
+            );
+        }
+        token
+    }
+
+    async fn get(&self, tenant: &str, target: &Target) -> Result<Token, Refusal> {
+        let appid = target.token_appid();
+        if !self.ttl.is_zero() {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((token, at, expires_at_ms)) =
+                cache.get(&(tenant.to_owned(), appid.to_owned()))
+                && at.elapsed() < self.ttl
+                && *expires_at_ms - wxhub_runtime::unix_ms() > 60_000
+            {
+                return Ok(token.clone());
+            }
+        }
+        let t = self
+            .client
+            .access_token(tenant, appid, 0)
+            .await
+            .map_err(|s| token_refusal(&s))?;
+        Ok(self.remember(tenant, appid, &t))
+    }
+
+    async fn replace(
+        &self,
+        tenant: &str,
+        target: &Target,
+        rejected: &Token,
+    ) -> Result<Token, tonic::Status> {
+        let appid = target.token_appid();
+        let t = self
+            .client
+            .invalidate(tenant, appid, &rejected.value)
+            .await?;
+        Ok(self.remember(tenant, appid, &t))
+    }
 }
 
 fn json_like(headers: &HeaderMap) -> bool {
@@ -475,12 +549,12 @@ impl Upstream {
     /// Forwards `call` with the retry rules of the module docs.
     pub async fn forward(
         &self,
-        tokens: &TokenClient,
+        tokens: &Tokens,
         call: Call<'_>,
         body: Outbound,
     ) -> Result<Forwarded, Refusal> {
         let idempotent = matches!(call.method, Method::GET | Method::HEAD);
-        let mut token = fetch_token(tokens, call.tenant, call.target).await?;
+        let mut token = tokens.get(call.tenant, call.target).await?;
         let mut body = Some(body);
         let mut attempts = 0u32;
         let mut note: Option<&'static str> = None;
@@ -497,16 +571,10 @@ impl Upstream {
                     _held,
                 }) => {
                     if TOKEN_REJECTED.contains(&errcode) && !last {
-                        match tokens
-                            .invalidate(call.tenant, call.target.token_appid(), &token.value)
-                            .await
-                        {
+                        match tokens.replace(call.tenant, call.target, &token).await {
                             Ok(fresh) if replayable => {
                                 metrics::counter!("wxhub_relay_retries_total", "why" => "token_rejected").increment(1);
-                                token = Token {
-                                    value: fresh.access_token,
-                                    issued_at_ms: fresh.issued_at_ms,
-                                };
+                                token = fresh;
                                 note = Some("token rejected; retried once with a new token");
                                 continue;
                             }

@@ -51,7 +51,7 @@ use crate::forward::{Call, Upstream, error_response};
 /// What every request handler shares.
 pub struct Shared {
     pub tenants: TenantsHandle,
-    pub tokens: TokenClient,
+    pub tokens: forward::Tokens,
     pub upstream: Upstream,
     pub store: Store,
     pub config: Config,
@@ -139,11 +139,14 @@ impl Service for Relay {
             &config.shutdown,
         )?;
         let tenants = infra.tenants(&config.tenants, options.tenants)?;
-        let tokens = TokenClient::new(
-            &config.token_control.endpoint,
-            &config.client.api_key,
-            config.relay.token_timeout(),
-        )?;
+        let tokens = forward::Tokens::new(
+            TokenClient::new(
+                &config.token_control.endpoint,
+                &config.client.api_key,
+                config.relay.token_timeout(),
+            )?,
+            std::time::Duration::from_millis(config.relay.token_cache_ms),
+        );
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(3))

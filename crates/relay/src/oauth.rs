@@ -140,7 +140,7 @@ async fn issue(
         ));
     }
     // The account must be one of the tenant's authorizers, and usable.
-    let tokens = &shared.tokens;
+    let tokens = shared.tokens.client();
     let authorizer = tokens
         .grpc()
         .get_authorizer(tokens.request(pb::GetAuthorizerRequest {
@@ -405,7 +405,7 @@ async fn exchange(
     code: &str,
     scope: &str,
 ) -> Result<User, (StatusCode, String)> {
-    let tokens = &shared.tokens;
+    let tokens = shared.tokens.client();
     let unavailable = |s: tonic::Status| {
         let r = token_refusal(&s);
         (r.status, r.message)

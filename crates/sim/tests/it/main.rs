@@ -1,5 +1,6 @@
 //! Integration tests of wxhub-sim: real sockets on 127.0.0.1, port 0, in-process.
 
+mod accounts_api;
 mod admin;
 mod auth_flow;
 mod common;
