@@ -48,6 +48,10 @@ job_ttl_secs = 604800
 idempotency_ttl_secs = 86400
 # Deadline of an Enqueue (store + confirmed publish).
 request_timeout_ms = 5000
+# Most recipients of one campaign, and how often campaigns are fed (each tick feeds at most the
+# account's rate for that tick, with at most 2 × burst jobs in flight).
+campaign_max_recipients = 100000
+campaign_tick_ms = 200
 
 # Rate limits (GCRA in Redis, shared by every replica). WeChat publishes no per-second figure;
 # these stay under the bursts that drew -1 storms (messaging.md §1) and are per account.
@@ -79,6 +83,8 @@ pub struct WorkerSection {
     pub job_ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
     pub request_timeout_ms: u64,
+    pub campaign_max_recipients: usize,
+    pub campaign_tick_ms: u64,
     pub limits: Limits,
 }
 
@@ -133,6 +139,13 @@ impl WorkerSection {
             "",
         )?;
         at_least("worker.request_timeout_ms", self.request_timeout_ms, 1, "")?;
+        at_least(
+            "worker.campaign_max_recipients",
+            self.campaign_max_recipients,
+            1,
+            "",
+        )?;
+        at_least("worker.campaign_tick_ms", self.campaign_tick_ms, 10, "")?;
         self.limits.custom.validate("worker.limits.custom")?;
         self.limits.template.validate("worker.limits.template")?;
         self.limits.subscribe.validate("worker.limits.subscribe")?;

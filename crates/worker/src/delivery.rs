@@ -526,6 +526,7 @@ impl Delivery {
             attempt,
             count_attempt,
             now_ms: now_ms(),
+            campaign: job.campaign.clone(),
         };
         let mut last = None;
         for i in 0..3 {
