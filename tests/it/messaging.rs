@@ -1103,3 +1103,70 @@ async fn a_campaign_is_fed_at_the_accounts_rate_paused_resumed_and_cancelled() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_a_campaign() {
+    let stack = stack("msg-cli-campaign", &[]).await;
+    client(stack.worker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
+            stack.worker
+        ),
+    )
+    .unwrap();
+    let tpl = dir.path().join("t.json");
+    std::fs::write(
+        &tpl,
+        serde_json::json!({"template_id": TEMPLATE, "data": {"keyword1": {"value": "x"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let list = dir.path().join("r.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{{\"touser\": \"{}\", \"data\": {{\"keyword1\": \"vip\"}}}}\n{}\n",
+            user(0),
+            user(1),
+            user(2)
+        ),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &[
+            "campaign",
+            "create",
+            TENANT,
+            AUTH1,
+            "--json",
+            tpl.to_str().unwrap(),
+            "--recipients",
+            list.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["total"], 3);
+    let id = created["campaign_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = cli(&config, &["campaign", "get", &id]).await;
+        assert!(ok, "{out}");
+        let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if c["state"] == "done" {
+            assert_eq!(c["sent"], 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, err) = cli(&config, &["campaign", "pause", &id]).await;
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    stack.stop().await;
+}

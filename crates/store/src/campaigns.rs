@@ -111,8 +111,11 @@ return out
 
 // KEYS: campaign, campaigns set. ARGV: id, wanted state, allowed current states (space separated).
 const SET_STATE: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
+local h = redis.call('HMGET', KEYS[1], 'state', 'fed', 'total')
+local state = h[1]
 if not state then return 'missing' end
+-- Every recipient fed: nothing left to pause, resume or cancel.
+if state == 'running' and tonumber(h[2]) >= tonumber(h[3]) then state = 'done' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. state .. ' ', 1, true) then return 'state:' .. state end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 if ARGV[2] == 'running' then redis.call('SADD', KEYS[2], ARGV[1]) end
