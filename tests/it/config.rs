@@ -85,7 +85,7 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ),
         (
             "[tenants]\nreload_interval = 100",
-            &["gateway", "token-control"],
+            &["gateway", "token-control", "worker"],
         ),
         (
             "[wechat]\napi_bse = \"http://127.0.0.1:1\"",
@@ -99,6 +99,10 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ),
         ("[token_control]\nlock_ttl = 5000", &["token-control"]),
         ("[worker]\nsent_ttl_sec = 60", &["worker"]),
+        (
+            "[worker.limits]\ncustom = { count = 1, period_ms = 1000, burts = 1 }",
+            &["worker"],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (section, readers) in cases {
