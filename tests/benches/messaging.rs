@@ -6,6 +6,8 @@
 //! `cargo bench -p wxhub-tests --bench messaging` (part of `make bench`). Knobs (env):
 //! `MSG_BENCH_JOBS` (default 3000), `MSG_BENCH_CONCURRENCY` (64), `MSG_BENCH_SECS` (3).
 
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
