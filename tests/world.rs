@@ -150,7 +150,10 @@ pub(crate) fn seed() -> Seed {
             },
             account(AUTH2, "gh_000002", "Acme Tea"),
             account(FRESH, "gh_000009", "Fresh Bakery"),
-            account(BETA_AUTH, "gh_b00001", "Beta Shop"),
+            AccountSeed {
+                users: users(),
+                ..account(BETA_AUTH, "gh_b00001", "Beta Shop")
+            },
             AccountSeed {
                 secret: Some(OA_SECRET.into()),
                 users: vec![UserSeed {

@@ -107,6 +107,10 @@ fn a_misspelt_key_in_a_section_a_binary_reads_is_refused_naming_it() {
         ("[token_control]\nlock_ttl = 5000", &["token-control"]),
         ("[worker]\nsent_ttl_sec = 60", &["worker"]),
         ("[relay]\nmax_body = 1024", &["relay"]),
+        (
+            "[worker.limits]\ncustom = { count = 1, period_ms = 1000, burts = 1 }",
+            &["worker"],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (section, readers) in cases {

@@ -642,6 +642,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
         touser: user(0),
         body: body.to_string(),
         idempotency_key: None,
+        campaign: None,
         now_ms: wxhub_runtime::unix_ms(),
     };
     let announce = |id: String| {
@@ -686,6 +687,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
         attempt: None,
         count_attempt: true,
         now_ms: now,
+        campaign: String::new(),
     };
     jobs.settle(TENANT, &sent_id, AUTH1, "dead-worker", &settle)
         .await
@@ -915,5 +917,301 @@ async fn the_cli_sends_waits_lists_and_replays() {
     );
     let (ok, err) = cli(&config, &["dead", "replay", &id]).await;
     assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    stack.stop().await;
+}
+
+fn campaign(recipients: Vec<pb::Recipient>) -> pb::CreateCampaignRequest {
+    let Message::Template(t) = template("") else {
+        unreachable!()
+    };
+    pb::CreateCampaignRequest {
+        tenant: TENANT.into(),
+        appid: AUTH1.into(),
+        message: Some(pb::create_campaign_request::Message::Template(t)),
+        recipients,
+    }
+}
+
+fn recipients(range: std::ops::Range<usize>) -> Vec<pb::Recipient> {
+    range
+        .map(|i| pb::Recipient {
+            touser: user(i),
+            data: Default::default(),
+        })
+        .collect()
+}
+
+async fn get_campaign(c: &mut MessagingClient<Channel>, id: &str) -> pb::Campaign {
+    c.get_campaign(req(
+        pb::CampaignRequest {
+            campaign_id: id.into(),
+        },
+        OPS_KEY,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_is_fed_at_the_accounts_rate_paused_resumed_and_cancelled() {
+    let stack = stack(
+        "msg-campaign",
+        &[
+            (
+                "WXHUB_WORKER__LIMITS__TEMPLATE",
+                "{ count = 10, period_ms = 1000, burst = 5 }",
+            ),
+            (
+                "WXHUB_WORKER__LIMITS__TEMPLATE_PER_OPENID",
+                "{ count = 100, period_ms = 1000, burst = 100 }",
+            ),
+            ("WXHUB_WORKER__CAMPAIGN_MAX_RECIPIENTS", "40"),
+        ],
+    )
+    .await;
+    let mut c = client(stack.worker).await;
+    // Over the recipient limit, and a bad override: refused, naming the field.
+    let status = c
+        .create_campaign(req(campaign(recipients(0..41)), OPS_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("recipients: at most 40"),
+        "{}",
+        status.message()
+    );
+    let mut bad = recipients(0..5);
+    bad[3].data.insert("keyword1".into(), "x".repeat(201));
+    let status = c
+        .create_campaign(req(campaign(bad), OPS_KEY))
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("recipients[3]"),
+        "{}",
+        status.message()
+    );
+
+    let mut list = recipients(0..30);
+    list[0].data.insert("keyword1".into(), "special".into());
+    let started = Instant::now();
+    let created = c
+        .create_campaign(req(campaign(list), OPS_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((created.total, created.state.as_str()), (30, "running"));
+    let id = created.id.clone();
+    // Fed a slice at a time, never more than 2 × burst in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_in_flight = 0;
+    loop {
+        let now = get_campaign(&mut c, &id).await;
+        seen_in_flight = seen_in_flight.max(now.queued);
+        if now.fed >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_in_flight <= 10, "{seen_in_flight} in flight");
+    let paused = c
+        .pause_campaign(req(
+            pb::CampaignRequest {
+                campaign_id: id.clone(),
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.state, "paused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fed = get_campaign(&mut c, &id).await.fed;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let still = get_campaign(&mut c, &id).await;
+    assert_eq!(still.fed, fed, "nothing fed while paused");
+    assert!(still.remaining > 0);
+    c.resume_campaign(req(
+        pb::CampaignRequest {
+            campaign_id: id.clone(),
+        },
+        OPS_KEY,
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let now = get_campaign(&mut c, &id).await;
+        if now.state == "done" {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (done.sent, done.failed, done.remaining, done.queued),
+        (30, 0, 0, 0),
+        "{done:?}"
+    );
+    // 30 at 10/s (burst 5) take well over 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let special = stack.sim.messages(&MessageFilter {
+        touser: Some(user(0)),
+        path: Some(TEMPLATE_SEND.into()),
+        ..MessageFilter::default()
+    });
+    assert_eq!(special.len(), 1);
+    assert_eq!(special[0].body["data"]["keyword1"]["value"], "special");
+
+    // Cancelled: what was not fed never is.
+    let other = c
+        .create_campaign(req(campaign(recipients(30..60)), OPS_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let cancelled = c
+        .cancel_campaign(req(
+            pb::CampaignRequest {
+                campaign_id: other.id.clone(),
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state, "cancelled");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after = get_campaign(&mut c, &other.id).await;
+    assert_eq!(after.fed, cancelled.fed);
+    assert_eq!(after.remaining, 30 - after.fed);
+    let status = c
+        .resume_campaign(req(
+            pb::CampaignRequest {
+                campaign_id: other.id.clone(),
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_a_campaign() {
+    let stack = stack("msg-cli-campaign", &[]).await;
+    client(stack.worker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
+            stack.worker
+        ),
+    )
+    .unwrap();
+    let tpl = dir.path().join("t.json");
+    std::fs::write(
+        &tpl,
+        serde_json::json!({"template_id": TEMPLATE, "data": {"keyword1": {"value": "x"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let list = dir.path().join("r.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{{\"touser\": \"{}\", \"data\": {{\"keyword1\": \"vip\"}}}}\n{}\n",
+            user(0),
+            user(1),
+            user(2)
+        ),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &[
+            "campaign",
+            "create",
+            TENANT,
+            AUTH1,
+            "--json",
+            tpl.to_str().unwrap(),
+            "--recipients",
+            list.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["total"], 3);
+    let id = created["campaign_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = cli(&config, &["campaign", "get", &id]).await;
+        assert!(ok, "{out}");
+        let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if c["state"] == "done" {
+            assert_eq!(c["sent"], 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, err) = cli(&config, &["campaign", "pause", &id]).await;
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    stack.stop().await;
+}
+
+/// Fairness, measured: a tenant with a backlog of rate-limited jobs ahead in the queue delays
+/// another tenant's first job by the time the worker needs to defer that backlog (one limiter
+/// call and one delay-queue publish each), not by the backlog's send time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tenants_first_job_waits_only_for_the_deferral_of_a_noisy_backlog() {
+    let backlog = 400;
+    let stack = stack(
+        "msg-fair",
+        &[(
+            "WXHUB_WORKER__LIMITS__CUSTOM",
+            "{ count = 5, period_ms = 1000, burst = 5 }",
+        )],
+    )
+    .await;
+    let mut c = client(stack.worker).await;
+    let mut noisy = Vec::new();
+    for i in 0..backlog {
+        noisy.push(enqueue(
+            AUTH1,
+            "",
+            text(&user(i % 60), &format!("bulk {i}")),
+        ));
+    }
+    futures::future::join_all(noisy.into_iter().map(|r| {
+        let mut c = c.clone();
+        async move { send(&mut c, r).await }
+    }))
+    .await;
+    let started = Instant::now();
+    let quiet = pb::EnqueueRequest {
+        tenant: BETA.into(),
+        ..enqueue(wxhub_tests::BETA_AUTH, "", text(&user(0), "first"))
+    };
+    let j = send(&mut c, quiet).await;
+    wait_job(&mut c, &j.id, is("sent")).await;
+    let waited = started.elapsed();
+    println!(
+        "fairness: behind {backlog} rate-limited jobs of another tenant, the first job was sent after {waited:?}"
+    );
+    // Measured 1.1 s on a loaded 2-core machine (9.8 s while refused jobs were slept in
+    // process, holding the consumer's slots).
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     stack.stop().await;
 }

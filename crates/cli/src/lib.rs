@@ -56,6 +56,9 @@ enum Command {
     /// Dead jobs: list and replay.
     #[command(subcommand)]
     Dead(messaging::DeadCommand),
+    /// Campaigns: create, get, pause, resume, cancel.
+    #[command(subcommand)]
+    Campaign(messaging::CampaignCommand),
 }
 
 /// An error reported as one line on stderr with exit status 2.
@@ -106,6 +109,7 @@ where
         Command::Job(args) => messaging::run_job(args),
         Command::Jobs(args) => messaging::run_jobs(args),
         Command::Dead(cmd) => messaging::run_dead(cmd),
+        Command::Campaign(cmd) => messaging::run_campaign(cmd),
     };
     match result {
         Ok(output) => {

@@ -115,6 +115,8 @@ pub struct NewJob {
     /// The JSON body to post.
     pub body: String,
     pub idempotency_key: Option<String>,
+    /// The campaign it belongs to (its final state is counted there).
+    pub campaign: Option<String>,
     pub now_ms: i64,
 }
 
@@ -139,6 +141,8 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub attempts: Vec<AttemptRecord>,
+    /// Its campaign, empty for a single message.
+    pub campaign: String,
 }
 
 /// The answer of [`Jobs::create`].
@@ -180,6 +184,8 @@ pub struct Settle {
     /// Whether the call counts toward the attempt limit (rate-limit waits do not).
     pub count_attempt: bool,
     pub now_ms: i64,
+    /// The job's campaign (a final state is counted there), empty for none.
+    pub campaign: String,
 }
 
 /// The answer of [`Jobs::settle`].
@@ -243,7 +249,7 @@ return {answer, n}
 ";
 
 // KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
-// state lists (5..13).
+// state lists (5..13), then the job's campaign (or the job key).
 // ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
 // errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
 // A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
@@ -274,6 +280,10 @@ end
 if ARGV[11] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[11])
   redis.call('PEXPIRE', KEYS[2], ARGV[12])
+end
+if KEYS[14] ~= KEYS[1] then
+  local counter = ({sent = 'sent', delivered = 'sent', delivery_failed = 'sent', failed = 'failed', unknown = 'unknown', dead = 'dead'})[state]
+  if counter and redis.call('EXISTS', KEYS[14]) == 1 then redis.call('HINCRBY', KEYS[14], counter, 1) end
 end
 return 'ok'
 ";
@@ -393,6 +403,7 @@ impl Jobs {
             ("touser", &job.touser),
             ("body", &job.body),
             ("idem", job.idempotency_key.as_deref().unwrap_or("")),
+            ("campaign", job.campaign.as_deref().unwrap_or("")),
         ] {
             inv.arg(k).arg(v);
         }
@@ -501,6 +512,11 @@ impl Jobs {
         for list in self.lists(tenant) {
             inv.key(list);
         }
+        inv.key(if s.campaign.is_empty() {
+            keys.job(id)
+        } else {
+            keys.campaign(&s.campaign)
+        });
         inv.arg(id)
             .arg(s.now_ms)
             .arg(owner)
@@ -732,6 +748,7 @@ fn parse(
             .iter()
             .filter_map(|a| serde_json::from_str(a).ok())
             .collect(),
+        campaign: text("campaign"),
     })
 }
 

@@ -139,6 +139,22 @@ impl Keys {
         format!("{}report:{appid}:{msgid}", self.prefix)
     }
 
+    /// `…:campaign:{id}` — hash: a campaign (`campaigns`): account, kind, API, body, state,
+    /// total, fed, counters of its settled jobs.
+    pub fn campaign(&self, id: &str) -> String {
+        format!("{}campaign:{id}", self.prefix)
+    }
+
+    /// `…:campaign:{id}:recipients` — list of JSON `{touser, data}`.
+    pub fn campaign_recipients(&self, id: &str) -> String {
+        format!("{}campaign:{id}:recipients", self.prefix)
+    }
+
+    /// `…:campaigns` — set: the tenant's campaigns still to be fed (running or paused).
+    pub fn campaigns(&self) -> String {
+        format!("{}campaigns", self.prefix)
+    }
+
     /// `…:park:{appid}:{api}` — string, PX: the (account, API) pair is parked after WeChat
     /// said its daily quota is spent (45009); nothing is sent to it until the key expires.
     pub fn park(&self, appid: &str, api: &str) -> String {
@@ -191,6 +207,9 @@ mod tests {
             k.idempotency("ab"),
             k.msgid("wx1", 7),
             k.report("wx1", 7),
+            k.campaign("c1"),
+            k.campaign_recipients("c1"),
+            k.campaigns(),
             k.park("wx1", "/cgi-bin/message/template/send"),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");

@@ -14,13 +14,15 @@
 //! bound to one body), [`credentials`] (tickets, tokens, refresh leases, fenced writes, the
 //! refresh schedule), [`authorizers`] (authorizer records and refresh tokens), [`auth_codes`]
 //! (the fate of an authorization code across paths and replicas), [`jobs`] (the messaging
-//! service's jobs: state machine, attempts, idempotency keys, msgid index, parked APIs), [`ledger`] (ids of bus
+//! service's jobs: state machine, attempts, idempotency keys, msgid index, parked APIs),
+//! [`campaigns`] (one message to many recipients, fed a slice at a time), [`ledger`] (ids of bus
 //! messages already applied), [`recovery`] (noticing a store that lost a tenant's state, and
 //! writing back what a replica holds), [`limiter`] (rate limits shared by every replica),
 //! [`pre_auth`] (the pre-auth code the authorization pages share).
 
 pub mod auth_codes;
 pub mod authorizers;
+pub mod campaigns;
 pub mod connection;
 pub mod credentials;
 pub mod dedupe;
@@ -43,6 +45,7 @@ use wxhub_domain::config::{ConfigError, at_least};
 
 pub use auth_codes::{AuthCodes, CodeClaim};
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
+pub use campaigns::{CampaignRecipient, CampaignRecord, Campaigns, NewCampaign, StateChange};
 pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use jobs::{AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, Settle, Settled};

@@ -61,6 +61,7 @@ fn new_job(id: &str, key: Option<&str>) -> NewJob {
         touser: "o_user_1".into(),
         body: "{}".into(),
         idempotency_key: key.map(str::to_owned),
+        campaign: None,
         now_ms: 1000,
     }
 }
@@ -79,6 +80,7 @@ fn sent(msgid: i64) -> Settle {
         }),
         count_attempt: true,
         now_ms: 2000,
+        campaign: String::new(),
     }
 }
 

@@ -37,6 +37,9 @@ retry_delays_ms = [5000, 30000, 120000, 600000, 3600000, 21600000]
 rate_limited_delay_ms = 60000
 # 43117 / 45066 (too frequent for this user / retry too fast): cool-down, not an attempt.
 user_cooldown_ms = 60000
+# The shortest delay queue: a job the rate limiter refuses for longer than 50 ms waits there
+# (or in the smallest queue at least as long as the limiter's wait), so no handler sleeps.
+limiter_delay_ms = 1000
 # 45009 (daily quota spent): the (account, API) pair is parked this long, then one job probes.
 quota_park_ms = 3600000
 # A send's lease: another worker takes a job found "sending" only after it; must exceed
@@ -48,6 +51,10 @@ job_ttl_secs = 604800
 idempotency_ttl_secs = 86400
 # Deadline of an Enqueue (store + confirmed publish).
 request_timeout_ms = 5000
+# Most recipients of one campaign, and how often campaigns are fed (each tick feeds at most the
+# account's rate for that tick, with at most 2 × burst jobs in flight).
+campaign_max_recipients = 100000
+campaign_tick_ms = 200
 
 # Rate limits (GCRA in Redis, shared by every replica). WeChat publishes no per-second figure;
 # these stay under the bursts that drew -1 storms (messaging.md §1) and are per account.
@@ -74,11 +81,14 @@ pub struct WorkerSection {
     pub retry_delays_ms: Vec<u32>,
     pub rate_limited_delay_ms: u32,
     pub user_cooldown_ms: u32,
+    pub limiter_delay_ms: u32,
     pub quota_park_ms: u64,
     pub lease_ms: u64,
     pub job_ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
     pub request_timeout_ms: u64,
+    pub campaign_max_recipients: usize,
+    pub campaign_tick_ms: u64,
     pub limits: Limits,
 }
 
@@ -123,6 +133,7 @@ impl WorkerSection {
             "",
         )?;
         at_least("worker.user_cooldown_ms", self.user_cooldown_ms, 1, "")?;
+        at_least("worker.limiter_delay_ms", self.limiter_delay_ms, 1, "")?;
         at_least("worker.quota_park_ms", self.quota_park_ms, 1, "")?;
         at_least("worker.lease_ms", self.lease_ms, 1, "")?;
         at_least("worker.job_ttl_secs", self.job_ttl_secs, 60, "")?;
@@ -133,6 +144,13 @@ impl WorkerSection {
             "",
         )?;
         at_least("worker.request_timeout_ms", self.request_timeout_ms, 1, "")?;
+        at_least(
+            "worker.campaign_max_recipients",
+            self.campaign_max_recipients,
+            1,
+            "",
+        )?;
+        at_least("worker.campaign_tick_ms", self.campaign_tick_ms, 10, "")?;
         self.limits.custom.validate("worker.limits.custom")?;
         self.limits.template.validate("worker.limits.template")?;
         self.limits.subscribe.validate("worker.limits.subscribe")?;
@@ -144,7 +162,11 @@ impl WorkerSection {
     /// The delay queues' delays, deferrals included (each a queue of its own).
     pub fn delay_tiers(&self) -> Vec<u32> {
         let mut tiers = self.retry_delays_ms.clone();
-        tiers.extend([self.rate_limited_delay_ms, self.user_cooldown_ms]);
+        tiers.extend([
+            self.rate_limited_delay_ms,
+            self.user_cooldown_ms,
+            self.limiter_delay_ms,
+        ]);
         tiers.sort_unstable();
         tiers.dedup();
         tiers
@@ -230,8 +252,9 @@ mod tests {
         assert_eq!(c.worker.ops_listen, "0.0.0.0:9092");
         assert_eq!(c.worker.listen, "0.0.0.0:50052");
         assert_eq!(c.worker.limits.template.burst, 40);
-        // The six retry delays plus the 45011 and cool-down delay (both 60 s).
-        assert_eq!(c.worker.delay_tiers().len(), 7);
+        // The six retry delays plus the 45011 and cool-down delay (both 60 s) and the
+        // limiter's 1 s.
+        assert_eq!(c.worker.delay_tiers().len(), 8);
         let dumped = wxhub_runtime::config::dump(&c);
         assert!(!dumped.contains("worker-key"));
     }

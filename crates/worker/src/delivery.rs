@@ -45,8 +45,10 @@ use crate::validate::api_path;
 /// Header carrying the attempts the worker counted so far.
 pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";
 
-/// A limiter wait this short is slept in process rather than sent through a delay queue.
-const WAIT_IN_PROCESS: Duration = Duration::from_secs(1);
+/// A limiter wait this short is slept in process rather than sent through a delay queue: a
+/// sleeping handler holds a consumer slot, which a backlog of another tenant's refused jobs
+/// must not be allowed to fill.
+const WAIT_IN_PROCESS: Duration = Duration::from_millis(50);
 
 /// The delivery's settings (from `[worker]`).
 #[derive(Debug, Clone)]
@@ -451,7 +453,7 @@ impl Delivery {
         if job.kind == "template" {
             buckets.push((&user_bucket, limits.template_per_openid));
         }
-        for _ in 0..5 {
+        for _ in 0..3 {
             match self.limiter.acquire(&job.tenant, &buckets, 1).await? {
                 Decision::Allowed { .. } => return Ok(None),
                 Decision::Limited { retry_after, .. } if retry_after <= WAIT_IN_PROCESS => {
@@ -526,6 +528,7 @@ impl Delivery {
             attempt,
             count_attempt,
             now_ms: now_ms(),
+            campaign: job.campaign.clone(),
         };
         let mut last = None;
         for i in 0..3 {

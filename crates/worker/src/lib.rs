@@ -12,6 +12,7 @@
 //! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
 //! listeners until a shutdown future resolves, so tests start it in-process.
 
+pub mod campaigns;
 mod config;
 pub mod delivery;
 pub mod release_check;
@@ -32,7 +33,7 @@ use wxhub_runtime::ops::{Readiness, WhenDown};
 use wxhub_runtime::service::{Listeners, Service, bind};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::{Infra, Server, TenantsHandle};
-use wxhub_store::{Authorizers, Jobs, Ledger, Limiter};
+use wxhub_store::{Authorizers, Campaigns, Jobs, Ledger, Limiter};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
@@ -57,6 +58,7 @@ pub struct Worker {
     send: Arc<Delivery>,
     bulk: Arc<Delivery>,
     status: Arc<status::DeliveryReports>,
+    feeder: Arc<campaigns::Feeder>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -131,9 +133,20 @@ impl Service for Worker {
             Duration::from_secs(w.idempotency_ttl_secs),
         );
         let bus = infra.bus().cloned().context("the worker uses RabbitMQ")?;
+        let campaign_store = Campaigns::new(store.clone(), Duration::from_secs(w.job_ttl_secs));
+        let feeder = Arc::new(campaigns::Feeder {
+            tenants: tenants.clone(),
+            campaigns: campaign_store.clone(),
+            jobs: jobs.clone(),
+            bus: bus.clone(),
+            limits: w.limits,
+            tick: Duration::from_millis(w.campaign_tick_ms),
+        });
         let service = MessagingService::new(
             tenants,
             jobs.clone(),
+            campaign_store,
+            w.campaign_max_recipients,
             Authorizers::new(store.clone()),
             bus.clone(),
             Duration::from_millis(w.request_timeout_ms),
@@ -162,6 +175,7 @@ impl Service for Worker {
             send,
             bulk,
             status,
+            feeder,
         })
     }
 
@@ -184,6 +198,7 @@ impl Service for Worker {
             send,
             bulk,
             status,
+            feeder,
         } = self;
         let bus = infra
             .bus()
@@ -257,6 +272,8 @@ impl Service for Worker {
             work.clone(),
         )));
 
+        consumers.push(tokio::spawn(feeder.run(work.clone())));
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<MessagingServer<MessagingService>>()
@@ -271,7 +288,8 @@ impl Service for Worker {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(MessagingServer::new(service));
+            // A campaign of 100,000 recipients is several MB.
+            .add_service(MessagingServer::new(service).max_decoding_message_size(32 * 1024 * 1024));
         tracing::info!(
             addr = ?listener.local_addr().ok(),
             namespace = config.namespace,

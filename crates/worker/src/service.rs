@@ -14,10 +14,14 @@ use wxhub_bus::topology::SEND_KEY;
 use wxhub_bus::{Bus, Outgoing};
 use wxhub_proto::jobs::v1::SendJob;
 use wxhub_proto::messaging::v1 as pb;
+use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_server::Messaging;
 use wxhub_runtime::{Tenant, TenantKind, TenantsHandle};
 use wxhub_store::jobs::{new_id, tenant_of};
-use wxhub_store::{AuthorizerStatus, Authorizers, Created, JobRecord, JobState, Jobs, NewJob};
+use wxhub_store::{
+    AuthorizerStatus, Authorizers, CampaignRecipient, CampaignRecord, Campaigns, Created,
+    JobRecord, JobState, Jobs, NewCampaign, NewJob, StateChange,
+};
 
 use crate::validate::{self, Prepared};
 
@@ -29,6 +33,8 @@ pub const SEND_JOB_TYPE: &str = "wxhub.jobs.v1.SendJob";
 pub struct MessagingService {
     tenants: TenantsHandle,
     jobs: Jobs,
+    campaigns: Campaigns,
+    max_recipients: usize,
     authorizers: Authorizers,
     bus: Bus,
     timeout: Duration,
@@ -89,6 +95,16 @@ pub fn job_reply(j: &JobRecord) -> pb::Job {
 
 /// Publishes the job announcement (`send` routing key) with confirm.
 pub async fn publish_job(bus: &Bus, tenant: &str, id: &str) -> Result<(), wxhub_bus::BusError> {
+    publish_job_to(bus, SEND_KEY, tenant, id).await
+}
+
+/// Publishes the job announcement with `routing_key` (`send` or `send-bulk`) with confirm.
+pub async fn publish_job_to(
+    bus: &Bus,
+    routing_key: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<(), wxhub_bus::BusError> {
     let body = SendJob {
         tenant: tenant.to_owned(),
         job_id: id.to_owned(),
@@ -97,7 +113,7 @@ pub async fn publish_job(bus: &Bus, tenant: &str, id: &str) -> Result<(), wxhub_
     let exchange = bus.topology().jobs_exchange();
     bus.publish(&Outgoing {
         exchange: &exchange,
-        routing_key: SEND_KEY,
+        routing_key,
         body: &body,
         message_id: id,
         message_type: SEND_JOB_TYPE,
@@ -110,6 +126,8 @@ impl MessagingService {
     pub fn new(
         tenants: TenantsHandle,
         jobs: Jobs,
+        campaigns: Campaigns,
+        max_recipients: usize,
         authorizers: Authorizers,
         bus: Bus,
         timeout: Duration,
@@ -117,6 +135,8 @@ impl MessagingService {
         Self {
             tenants,
             jobs,
+            campaigns,
+            max_recipients,
             authorizers,
             bus,
             timeout,
@@ -208,6 +228,7 @@ impl MessagingService {
             touser,
             body: serde_json::Value::Object(body).to_string(),
             idempotency_key: key.map(str::to_owned),
+            campaign: None,
             now_ms: now,
         };
         match self
@@ -262,6 +283,134 @@ impl MessagingService {
         Ok(tenant)
     }
 
+    async fn create_campaign(
+        &self,
+        req: Request<pb::CreateCampaignRequest>,
+    ) -> Result<pb::Campaign, Status> {
+        let tenant = self.admit("CreateCampaign", &req, &req.get_ref().tenant)?;
+        let r = req.into_inner();
+        if r.recipients.is_empty() {
+            return Err(Status::invalid_argument(
+                "recipients: at least one is required",
+            ));
+        }
+        if r.recipients.len() > self.max_recipients {
+            return Err(Status::invalid_argument(format!(
+                "recipients: at most {} per campaign (got {})",
+                self.max_recipients,
+                r.recipients.len()
+            )));
+        }
+        use pb::create_campaign_request::Message as C;
+        let as_message =
+            |to: &str, data: &std::collections::HashMap<String, String>| -> Option<Message> {
+                Some(match r.message.as_ref()? {
+                    C::Template(t) => {
+                        let mut t = t.clone();
+                        t.touser = to.to_owned();
+                        for (k, v) in data {
+                            t.data.entry(k.clone()).or_default().value = v.clone();
+                        }
+                        Message::Template(t)
+                    }
+                    C::Subscribe(s) | C::Bizsend(s) => {
+                        let mut s = s.clone();
+                        s.touser = to.to_owned();
+                        s.data
+                            .extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        match r.message.as_ref()? {
+                            C::Subscribe(_) => Message::Subscribe(s),
+                            _ => Message::Bizsend(s),
+                        }
+                    }
+                })
+            };
+        let empty = std::collections::HashMap::new();
+        let Prepared {
+            kind, api, body, ..
+        } = validate::prepare(as_message(&r.recipients[0].touser, &empty).as_ref()).map_err(
+            |s| {
+                if r.message.is_none() {
+                    Status::invalid_argument("message is required: template, subscribe or bizsend")
+                } else {
+                    s
+                }
+            },
+        )?;
+        let mut recipients = Vec::with_capacity(r.recipients.len());
+        for (i, rc) in r.recipients.iter().enumerate() {
+            validate::check_openid(&format!("recipients[{i}].touser"), &rc.touser)?;
+            if !rc.data.is_empty() {
+                validate::prepare(as_message(&rc.touser, &rc.data).as_ref()).map_err(|s| {
+                    Status::invalid_argument(format!("recipients[{i}]: {}", s.message()))
+                })?;
+            }
+            recipients.push(CampaignRecipient {
+                touser: rc.touser.clone(),
+                data: rc
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        let appid = self.account(&tenant, &r.appid).await?;
+        let now = wxhub_runtime::unix_ms();
+        let id = new_id(tenant.id.as_str(), now);
+        let campaign = NewCampaign {
+            id: id.clone(),
+            appid,
+            kind: kind.to_owned(),
+            api: api.to_owned(),
+            body: serde_json::Value::Object(body).to_string(),
+            recipients,
+            now_ms: now,
+        };
+        self.campaigns
+            .create(tenant.id.as_str(), &campaign)
+            .await
+            .map_err(|e| unavailable("cannot store the campaign", e))?;
+        metrics::counter!("wxhub_messaging_campaigns_total").increment(1);
+        self.campaign(tenant.id.as_str(), &id).await
+    }
+
+    async fn campaign(&self, tenant: &str, id: &str) -> Result<pb::Campaign, Status> {
+        self.campaigns
+            .get(tenant, id)
+            .await
+            .map_err(|e| unavailable("cannot read the campaign", e))?
+            .map(|c| campaign_reply(&c))
+            .ok_or_else(|| Status::not_found(format!("unknown campaign {id:?}")))
+    }
+
+    async fn change_campaign(
+        &self,
+        rpc: &'static str,
+        req: Request<pb::CampaignRequest>,
+        to: &str,
+        from: &[&str],
+    ) -> Result<pb::Campaign, Status> {
+        let id = req.get_ref().campaign_id.clone();
+        let tenant = self.job_tenant(rpc, &req, &id)?;
+        match self
+            .campaigns
+            .set_state(tenant, &id, to, from)
+            .await
+            .map_err(|e| unavailable("cannot change the campaign", e))?
+        {
+            StateChange::Ok => {}
+            StateChange::Missing => {
+                return Err(Status::not_found(format!("unknown campaign {id:?}")));
+            }
+            StateChange::From(state) => {
+                return Err(Status::failed_precondition(format!(
+                    "campaign {id:?} is {state}"
+                )));
+            }
+        }
+        self.campaign(tenant, &id).await
+    }
+
     fn limit(n: u32) -> usize {
         match n {
             0 => 100,
@@ -270,8 +419,73 @@ impl MessagingService {
     }
 }
 
+/// The protobuf view of a campaign.
+pub fn campaign_reply(c: &CampaignRecord) -> pb::Campaign {
+    pb::Campaign {
+        id: c.id.clone(),
+        tenant: c.tenant.clone(),
+        appid: c.appid.clone(),
+        kind: c.kind.clone(),
+        state: c.state.clone(),
+        total: c.total,
+        fed: c.fed,
+        queued: c.in_flight(),
+        sent: c.sent,
+        failed: c.failed,
+        unknown: c.unknown,
+        dead: c.dead,
+        remaining: c.total.saturating_sub(c.fed),
+        created_at_ms: c.created_at_ms,
+    }
+}
+
 #[tonic::async_trait]
 impl Messaging for MessagingService {
+    async fn create_campaign(
+        &self,
+        req: Request<pb::CreateCampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        MessagingService::create_campaign(self, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_campaign(
+        &self,
+        req: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        let id = req.get_ref().campaign_id.clone();
+        let tenant = self.job_tenant("GetCampaign", &req, &id)?;
+        self.campaign(tenant, &id).await.map(Response::new)
+    }
+
+    async fn pause_campaign(
+        &self,
+        req: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.change_campaign("PauseCampaign", req, "paused", &["running"])
+            .await
+            .map(Response::new)
+    }
+
+    async fn resume_campaign(
+        &self,
+        req: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.change_campaign("ResumeCampaign", req, "running", &["paused"])
+            .await
+            .map(Response::new)
+    }
+
+    async fn cancel_campaign(
+        &self,
+        req: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.change_campaign("CancelCampaign", req, "cancelled", &["running", "paused"])
+            .await
+            .map(Response::new)
+    }
+
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<Response<pb::Job>, Status> {
         MessagingService::enqueue(self, req)
             .await
