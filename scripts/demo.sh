@@ -7,7 +7,7 @@
 #   4. users message the accounts                 → gateway → RabbitMQ (deduplicated retries)
 #   5. WeChat's full-network release check (全网发布), all five test groups
 #   6. messages sent through the messaging service (worker): customer-service and template sends,
-#      a rejected token (40001) healed, a permanent failure, WeChat's delivery report
+#      a rejected token (40001) healed, a permanent failure, WeChat's delivery report, a campaign
 #   7. a custom menu created through the relay, without holding a token
 #   8. metrics, then a graceful shutdown
 # Ports: sim 17000, gateway 17080, token-control 17051 (ops 17091), worker 17052 (ops 17092),
@@ -243,6 +243,18 @@ settle "$id" failed
 printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"https://shop.example/orders/42","data":{"order":{"value":"#42"},"status":{"value":"shipped"}}}' >"$logs/template.json"
 id=$(wxhub send template acme "$shop" --json "$logs/template.json" | jq -r .job_id)
 settle "$id" delivered
+
+# A campaign: one template to several recipients, fed to the send queue at the account's rate.
+printf '%s' '{"template_id":"TMPL_order_shipped","data":{"order":{"value":"spring sale"},"status":{"value":"started"}}}' >"$logs/campaign.json"
+printf '%s\n' o_acme_alice o_acme_bob o_acme_frank >"$logs/recipients.txt"
+campaign=$(wxhub campaign create acme "$shop" --kind template --json "$logs/campaign.json" --recipients "$logs/recipients.txt" | jq -r .campaign_id)
+for _ in $(seq 1 150); do
+  c=$(wxhub campaign get "$campaign")
+  [ "$(jq -r .remaining <<<"$c")" = 0 ] && break
+  sleep 0.2
+done
+jq -r '"   campaign \(.campaign_id[0:12])…: \(.state); total \(.total), sent \(.sent), failed \(.failed), unknown \(.unknown), remaining \(.remaining)"' <<<"$c"
+[ "$(jq -r .sent <<<"$c")" = 3 ] || fail "the campaign did not send to its three recipients"
 
 say "7. a custom menu through the relay (wxhub CLI → relay → WeChat; no token leaves wxhub)"
 wxhub menu create acme wx0demo0bakery --json "$demo/menu.json" | jq -c . | sed 's/^/   created: /'

@@ -1290,3 +1290,65 @@ async fn a_streamed_body_is_sent_once_even_when_its_token_is_rejected() {
     drop(relay);
     stack.stop().await;
 }
+
+/// One account's calls to one WeChat path are limited across replicas (relay.rate_limit): the
+/// call past the burst is refused with 429 before WeChat, other paths and accounts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_account_to_one_path_are_rate_limited_before_wechat() {
+    let stack = Stack::start_with(tickets("relay-rate")).await.unwrap();
+    let limit = [
+        ("WXHUB_RELAY__RATE_LIMIT__COUNT", "2"),
+        ("WXHUB_RELAY__RATE_LIMIT__PERIOD_MS", "60000"),
+        ("WXHUB_RELAY__RATE_LIMIT__BURST", "2"),
+    ];
+    // Two replicas share the limit.
+    let (a, b) = (
+        stack.relay(&limit).await.unwrap(),
+        stack.relay(&limit).await.unwrap(),
+    );
+    let get = format!("/v1/{TENANT}/{AUTH1}/cgi-bin/menu/get");
+    for relay in [&a, &b] {
+        let ok = call(relay, CRM_KEY, Method::GET, &get, None).await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.json);
+    }
+    let before = stack.calls("/cgi-bin/menu/get", Some(AUTH1));
+    let refused = call(&a, CRM_KEY, Method::GET, &get, None).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.json["error"], "rate_limited", "{}", refused.json);
+    assert_eq!(
+        stack.calls("/cgi-bin/menu/get", Some(AUTH1)),
+        before,
+        "nothing forwarded past the limit"
+    );
+    // Another path of the account, and the same path of another account, have their own buckets.
+    let other_path = call(
+        &b,
+        CRM_KEY,
+        Method::GET,
+        &format!("/v1/{TENANT}/{AUTH1}/cgi-bin/menu/delete"),
+        None,
+    )
+    .await;
+    assert_eq!(other_path.status, StatusCode::OK, "{}", other_path.json);
+    let other_account = call(
+        &b,
+        CRM_KEY,
+        Method::GET,
+        &format!("/v1/{TENANT}/{AUTH2}/cgi-bin/menu/get"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        other_account.status,
+        StatusCode::OK,
+        "{}",
+        other_account.json
+    );
+    drop((a, b));
+    stack.stop().await;
+}

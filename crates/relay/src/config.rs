@@ -50,6 +50,10 @@ busy_backoff_ms = 200
 oauth_authorize_base = "https://open.weixin.qq.com"
 oauth_state_ttl_secs = 600
 oauth_callbacks = {}
+# Calls of one account to one WeChat path, across every replica (Redis GCRA); past it: 429,
+# nothing sent. 600 a minute with bursts of 100 is far above what an interactive system needs
+# and well below what spends a typical daily quota in minutes.
+rate_limit = { count = 600, period_ms = 60000, burst = 100 }
 "#;
 
 /// `[relay]` (a key it does not know is refused).
@@ -70,6 +74,8 @@ pub struct RelaySection {
     pub oauth_state_ttl_secs: u64,
     /// tenant id → the URL that receives the OAuth result of that tenant's accounts.
     pub oauth_callbacks: BTreeMap<String, String>,
+    /// Per (account, WeChat path), across replicas.
+    pub rate_limit: wxhub_store::Rate,
 }
 
 impl RelaySection {
@@ -102,6 +108,7 @@ impl RelaySection {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         config::http_url("relay.endpoint", &self.endpoint)?;
+        self.rate_limit.validate("relay.rate_limit")?;
         if !self.public_base_url.trim().is_empty() {
             config::http_url("relay.public_base_url", &self.public_base_url)?;
         }

@@ -310,7 +310,7 @@ async fn relay_call(
     };
     let family = access::family(&path);
     tracing::Span::current().record("family", family);
-    if let Err(r) = rate::admit(&shared, &tenant, &target, family).await {
+    if let Err(r) = rate::admit(&shared, &tenant, &target, &path).await {
         return refused(&r);
     }
     let outbound = match shared.upstream.outbound(&method, &headers, body).await {

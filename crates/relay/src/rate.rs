@@ -1,21 +1,56 @@
-//! The per-(authorizer, path) rate limit — a hook, not yet a limit.
+//! The per-(account, WeChat path) rate limit of relayed calls.
 //!
-//! The limit belongs in the one Redis-side GCRA limiter the messaging service shares
-//! (`wxhub_store::limiter`, being reworked on the messaging branch); the relay must not grow a
-//! second one. Until that lands, [`admit`] admits every call. When it does, this is the only
-//! place to change: take one unit from the bucket `relay:{appid}:{family}` of the tenant (and a
-//! per-tenant one), and refuse with 429 and `Retry-After` past either — refused calls are never
-//! forwarded, like every other refusal.
+//! Guarantee: across every relay replica, calls of one account to one WeChat path are admitted
+//! at most at `relay.rate_limit` (default 600 a minute, bursts of 100); a call past it is refused
+//! with 429 before anything is sent to WeChat, and a refused call takes nothing from the bucket.
+//! Why a limit at all: one runaway internal client must not spend an account's WeChat quota
+//! (45009 ends a path's day for every system of that account) or trip WeChat's minute limits
+//! (45011) for the others.
+//!
+//! It is the one Redis-side GCRA limiter every service shares ([`wxhub_store::Limiter`]), with
+//! the bucket `relay:{appid}:{path}` under the tenant's hash tag (`own` for the tenant's own
+//! account). When Redis cannot be asked, the call goes on unmetered (logged and counted in
+//! `wxhub_relay_unmetered_total`): relayed calls do not need Redis otherwise, and WeChat's own
+//! quotas still bound them.
+
+use axum::http::StatusCode;
+use wxhub_store::{Decision, Limiter};
 
 use crate::Shared;
-use crate::access::{Refusal, Target};
+use crate::access::{Credential, Refusal, Target};
 
-/// Whether the call may go now. Today: always (see the module docs).
+/// Whether the call of `tenant` to `path` for `target` may go now.
 pub(crate) async fn admit(
-    _shared: &Shared,
-    _tenant: &str,
-    _target: &Target,
-    _family: &'static str,
+    shared: &Shared,
+    tenant: &str,
+    target: &Target,
+    path: &str,
 ) -> Result<(), Refusal> {
-    Ok(())
+    let appid = match &target.credential {
+        Credential::Own => "own",
+        Credential::Authorizer(appid) | Credential::ComponentFor(appid) => appid.as_str(),
+    };
+    let subject = format!("relay:{appid}:{path}");
+    let rate = shared.config.relay.rate_limit;
+    match Limiter::new(shared.store.clone())
+        .acquire(tenant, &[(subject.as_str(), rate)], 1)
+        .await
+    {
+        Ok(Decision::Allowed { .. }) => Ok(()),
+        Ok(Decision::Limited { retry_after, .. }) => Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "over relay.rate_limit ({} per {} ms) for {appid} {path}; retry in {} ms",
+                rate.count,
+                rate.period_ms,
+                retry_after.as_millis().max(1)
+            ),
+        )),
+        Err(e) => {
+            metrics::counter!("wxhub_relay_unmetered_total").increment(1);
+            tracing::warn!(tenant, error = %e, "rate limit not checked (Redis); the call goes on");
+            Ok(())
+        }
+    }
 }
