@@ -27,8 +27,8 @@ use crate::credentials::TokenWrite;
 use crate::dedupe::Dedupe;
 use crate::nonces::Nonces;
 use crate::{
-    AuthCodes, Authorizers, Credentials, Ledger, Limiter, PreAuthCodes, Rate, RedisConfig,
-    SharedPreAuth, Store, TicketRecord, TokenRecord,
+    AttemptRecord, AuthCodes, Authorizers, Credentials, JobState, Jobs, Ledger, Limiter, NewJob,
+    PreAuthCodes, Rate, RedisConfig, Settle, SharedPreAuth, Store, TicketRecord, TokenRecord,
 };
 
 /// The store's sources, for the script count and the Lua check.
@@ -37,6 +37,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("authorizers.rs", include_str!("authorizers.rs")),
     ("credentials.rs", include_str!("credentials.rs")),
     ("dedupe.rs", include_str!("dedupe.rs")),
+    ("jobs.rs", include_str!("jobs.rs")),
     ("ledger.rs", include_str!("ledger.rs")),
     ("limiter.rs", include_str!("limiter.rs")),
     ("nonces.rs", include_str!("nonces.rs")),
@@ -333,6 +334,75 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     pre_auth.shared(tenant).await.unwrap();
     pre_auth.retire(tenant, "mk").await.unwrap();
 
+    // Messaging jobs: create (with an idempotency key), claim, settle, delivery reports,
+    // replay, lists, parking; a second job abandoned.
+    let jobs = Jobs::new(
+        store.clone(),
+        Duration::from_secs(600),
+        Duration::from_secs(600),
+    );
+    let id = crate::jobs::new_id(tenant, now);
+    let new_job = |id: &str, idem: Option<&str>| NewJob {
+        id: id.to_owned(),
+        appid: "wxa1".into(),
+        kind: "custom".into(),
+        api: "custom".into(),
+        touser: "o1".into(),
+        body: "{}".into(),
+        idempotency_key: idem.map(str::to_owned),
+        now_ms: now,
+    };
+    jobs.create(tenant, &new_job(&id, Some("k1")))
+        .await
+        .unwrap();
+    jobs.claim(tenant, &id, "w1", now, now + 10_000)
+        .await
+        .unwrap();
+    jobs.settle(
+        tenant,
+        &id,
+        "wxa1",
+        "w1",
+        &Settle {
+            state: JobState::Sent,
+            errcode: 0,
+            reason: String::new(),
+            msgid: 42,
+            next_at_ms: 0,
+            attempt: Some(AttemptRecord {
+                at_ms: now,
+                errcode: 0,
+                errmsg: "ok".into(),
+            }),
+            count_attempt: true,
+            now_ms: now,
+        },
+    )
+    .await
+    .unwrap();
+    jobs.by_msgid(tenant, "wxa1", 42).await.unwrap();
+    jobs.delivered(tenant, &id, true, "success", now)
+        .await
+        .unwrap();
+    jobs.hold_report(tenant, "wxa1", 43, true, "success", Duration::from_secs(60))
+        .await
+        .unwrap();
+    jobs.replay(tenant, &id, now).await.unwrap();
+    jobs.get(tenant, &id).await.unwrap();
+    jobs.list(tenant, Some(JobState::Delivered), 10)
+        .await
+        .unwrap();
+    jobs.list(tenant, None, 10).await.unwrap();
+    jobs.park(tenant, "wxa1", "custom", Duration::from_secs(5))
+        .await
+        .unwrap();
+    jobs.parked(tenant, "wxa1", "custom").await.unwrap();
+    let other = crate::jobs::new_id(tenant, now + 1);
+    jobs.create(tenant, &new_job(&other, Some("k2")))
+        .await
+        .unwrap();
+    jobs.abandon(tenant, &other, Some("k2")).await.unwrap();
+
     let sent = log.lock().unwrap().clone();
     // Clean up before asserting (a failed assertion must not leave keys behind).
     let leftover = base.scan_keys(&format!("{namespace}:*")).await.unwrap();
@@ -443,13 +513,35 @@ fn scripts_touch_only_the_keys_they_are_given() {
     assert!(checked > 40, "only {checked} redis.call sites found");
 }
 
+/// Every module of the crate is in `SOURCES` (so its scripts are counted and checked), but
+/// the ones that hold no script: this file, the connection and the key builder.
+#[test]
+fn every_module_is_checked() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let listed = SOURCES.iter().any(|(file, _)| *file == name);
+        if name.ends_with(".rs")
+            && !listed
+            && !matches!(name.as_str(), "slots.rs" | "connection.rs" | "keys.rs")
+        {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add to SOURCES and to the scenario: {missing:?}"
+    );
+}
+
 /// Every key builder puts the tenant, and only the tenant, in the hash tag.
 #[test]
 fn every_key_builder_hashes_to_the_tenants_slot() {
     for tenant in ["acme", "t-1", "a", &"z".repeat(32)] {
         let k = crate::Keys::new("wxhub", tenant);
         let slot = Slot::for_key(tenant);
-        for key in [
+        let keys = [
             k.dedupe("wx1", "msg:{42}"),
             k.nonce("1700000000", "1"),
             k.ticket(),
@@ -465,7 +557,23 @@ fn every_key_builder_hashes_to_the_tenants_slot() {
             k.auth_code("0123"),
             k.limit("page:addr:10.0.0.1"),
             k.pre_auth(),
-        ] {
+            k.job("acme.0001"),
+            k.job_attempts("acme.0001"),
+            k.jobs("queued"),
+            k.idempotency("0123"),
+            k.msgid("wx1", 42),
+            k.report("wx1", 42),
+            k.park("wx1", "custom"),
+            k.oauth_state("st"),
+        ];
+        // Every builder is here: `new` and `prefix` build no key.
+        let builders = include_str!("keys.rs").matches("    pub fn ").count() - 2;
+        assert_eq!(
+            keys.len(),
+            builders,
+            "a key builder is missing from this list"
+        );
+        for key in keys {
             assert_eq!(Slot::for_key(&key), slot, "{key}");
         }
     }
