@@ -208,7 +208,10 @@ async fn run() {
                 .await
                 .expect("job")
                 .into_inner();
-            if matches!(j.state_name.as_str(), "sent" | "delivered" | "delivery_failed") {
+            if matches!(
+                j.state_name.as_str(),
+                "sent" | "delivered" | "delivery_failed"
+            ) {
                 let sent_at = j.attempts.last().map_or(j.updated_at_ms, |a| a.at_ms);
                 let _ = histogram.record(u64::try_from(sent_at - j.created_at_ms).unwrap_or(0));
                 break;

@@ -35,6 +35,7 @@ use crate::{
 const SOURCES: &[(&str, &str)] = &[
     ("auth_codes.rs", include_str!("auth_codes.rs")),
     ("authorizers.rs", include_str!("authorizers.rs")),
+    ("campaigns.rs", include_str!("campaigns.rs")),
     ("credentials.rs", include_str!("credentials.rs")),
     ("dedupe.rs", include_str!("dedupe.rs")),
     ("jobs.rs", include_str!("jobs.rs")),
@@ -350,6 +351,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         touser: "o1".into(),
         body: "{}".into(),
         idempotency_key: idem.map(str::to_owned),
+        campaign: None,
         now_ms: now,
     };
     jobs.create(tenant, &new_job(&id, Some("k1")))
@@ -376,6 +378,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
             }),
             count_attempt: true,
             now_ms: now,
+            campaign: String::new(),
         },
     )
     .await
@@ -402,6 +405,44 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         .await
         .unwrap();
     jobs.abandon(tenant, &other, Some("k2")).await.unwrap();
+
+    let campaigns = crate::Campaigns::new(store.clone(), Duration::from_secs(600));
+    let campaign = crate::jobs::new_id(tenant, now + 2);
+    campaigns
+        .create(
+            tenant,
+            &crate::NewCampaign {
+                id: campaign.clone(),
+                appid: "wxa1".into(),
+                kind: "template".into(),
+                api: "template".into(),
+                body: "{}".into(),
+                recipients: vec![
+                    crate::CampaignRecipient {
+                        touser: "o1".into(),
+                        data: Default::default(),
+                    },
+                    crate::CampaignRecipient {
+                        touser: "o2".into(),
+                        data: Default::default(),
+                    },
+                ],
+                now_ms: now,
+            },
+        )
+        .await
+        .unwrap();
+    campaigns.active(tenant).await.unwrap();
+    campaigns
+        .claim_tick(tenant, &campaign, Duration::from_millis(100))
+        .await
+        .unwrap();
+    campaigns.take(tenant, &campaign, 1).await.unwrap();
+    campaigns
+        .set_state(tenant, &campaign, "paused", &["running"])
+        .await
+        .unwrap();
+    campaigns.get(tenant, &campaign).await.unwrap();
 
     let sent = log.lock().unwrap().clone();
     // Clean up before asserting (a failed assertion must not leave keys behind).
@@ -565,6 +606,9 @@ fn every_key_builder_hashes_to_the_tenants_slot() {
             k.report("wx1", 42),
             k.park("wx1", "custom"),
             k.oauth_state("st"),
+            k.campaign("acme.0002"),
+            k.campaign_recipients("acme.0002"),
+            k.campaigns(),
         ];
         // Every builder is here: `new` and `prefix` build no key.
         let builders = include_str!("keys.rs").matches("    pub fn ").count() - 2;
