@@ -156,7 +156,17 @@ async fn bench() {
     })
     .await
     .expect("stack");
-    let relay = stack.relay(&[]).await.expect("relay");
+    // The relay's own cost is measured, not its rate limit (one account, one path, at full speed
+    // would be refused after the first burst): a limit no run reaches. The limiter itself still
+    // runs on every call (one Redis script), as in production.
+    let relay = stack
+        .relay(&[
+            ("WXHUB_RELAY__RATE_LIMIT__COUNT", "1000000"),
+            ("WXHUB_RELAY__RATE_LIMIT__PERIOD_MS", "1000"),
+            ("WXHUB_RELAY__RATE_LIMIT__BURST", "1000000"),
+        ])
+        .await
+        .expect("relay");
     let mut tc = stack.token_client().await;
     let token = tc
         .get_access_token(req(
