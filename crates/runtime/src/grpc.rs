@@ -56,6 +56,24 @@ pub fn status_of(e: &AccessError) -> Status {
     }
 }
 
+/// The server every wxhub gRPC service runs: an `rpc` span per call continuing the caller's
+/// trace, a bound of `request_timeout` plus a second on each call (the handler's own deadline
+/// answers first), HTTP/2 keepalive pings every 30 s.
+pub fn server(request_timeout: Duration) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::rpc_span)
+        .timeout(request_timeout + Duration::from_secs(1))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+}
+
+/// The connections of `listener` as every gRPC service accepts them: TCP_NODELAY (small
+/// responses must not wait on Nagle + delayed ACK, ~40 ms) and TCP keepalive.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
 /// The caller's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`), if it sent one.
 pub fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;

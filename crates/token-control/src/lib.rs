@@ -24,7 +24,6 @@ pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use wxhub_proto::token::v1::token_control_server::TokenControlServer;
@@ -231,20 +230,14 @@ impl Service for TokenControl {
             namespace = %config.namespace,
             "token-control serving"
         );
-        let router = tonic::transport::Server::builder()
-            .trace_fn(wxhub_runtime::telemetry::rpc_span)
-            .timeout(tc.request_timeout() + Duration::from_secs(1))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        let router = wxhub_runtime::grpc::server(tc.request_timeout())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service);
         let grpc = Server::spawn("grpc server", move |stop| async move {
             router
                 .serve_with_incoming_shutdown(
-                    // TCP_NODELAY: small responses must not wait on Nagle + delayed ACK (~40 ms).
-                    tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true))
-                        .with_keepalive(Some(Duration::from_secs(60))),
+                    wxhub_runtime::grpc::incoming(listener),
                     stop.cancelled_owned(),
                 )
                 .await

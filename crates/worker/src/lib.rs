@@ -282,10 +282,7 @@ impl Service for Worker {
             .register_encoded_file_descriptor_set(wxhub_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let router = tonic::transport::Server::builder()
-            .trace_fn(wxhub_runtime::telemetry::rpc_span)
-            .timeout(Duration::from_millis(w.request_timeout_ms) + Duration::from_secs(1))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        let router = wxhub_runtime::grpc::server(Duration::from_millis(w.request_timeout_ms))
             .add_service(health_service)
             .add_service(reflection)
             // A campaign of 100,000 recipients is several MB.
@@ -298,9 +295,7 @@ impl Service for Worker {
         let grpc = Server::spawn("grpc server", move |stop| async move {
             router
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true))
-                        .with_keepalive(Some(Duration::from_secs(60))),
+                    wxhub_runtime::grpc::incoming(listener),
                     stop.cancelled_owned(),
                 )
                 .await
