@@ -242,18 +242,6 @@ fn pass_on(headers: &HeaderMap, export_spans: bool) -> Vec<(HeaderName, HeaderVa
     pass
 }
 
-fn trace_context(headers: &HeaderMap) -> HashMap<String, String> {
-    ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|n| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (n.to_owned(), v.to_owned()))
-        })
-        .collect()
-}
-
 /// `ANY /v1/{tenant}/{appid}/{*path}`.
 async fn relay(
     State(shared): State<Arc<Shared>>,
@@ -272,7 +260,10 @@ async fn relay(
         attempts = tracing::field::Empty,
         errcode = tracing::field::Empty,
     );
-    wxhub_runtime::telemetry::set_parent_from(&span, &trace_context(&headers));
+    wxhub_runtime::telemetry::set_parent_from(
+        &span,
+        &wxhub_runtime::telemetry::trace_context(&headers),
+    );
     relay_call(shared, method, tenant, appid, path, query, headers, body)
         .instrument(span)
         .await

@@ -152,17 +152,23 @@ pub fn init_for_tests() {
         .try_init();
 }
 
+/// The W3C trace context of HTTP (or gRPC) request headers, for [`set_parent_from`].
+pub fn trace_context(
+    headers: &tonic::codegen::http::HeaderMap,
+) -> std::collections::HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = headers.get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// The span of one gRPC call, a child of the caller's trace (its `traceparent` metadata). For
 /// `tonic::transport::Server::builder().trace_fn(rpc_span)`.
 pub fn rpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     let span = tracing::info_span!("rpc", path = request.uri().path());
-    let headers: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|name| {
-            let value = request.headers().get(name)?.to_str().ok()?;
-            Some((name.to_owned(), value.to_owned()))
-        })
-        .collect();
-    set_parent_from(&span, &headers);
+    set_parent_from(&span, &trace_context(request.headers()));
     span
 }
