@@ -3,6 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 FUZZ_SECONDS ?= 20
+# Every nextest run builds the whole workspace and picks its tests with a filter: `-p` would
+# resolve features for those packages alone and recompile ~50 crates for each cluster phase.
+# The chaos tests start the real binaries, which `--workspace` builds beside the test binaries.
+WORKSPACE := --workspace --locked
 
 .PHONY: help
 help: ## List the targets
@@ -40,9 +44,8 @@ test-rabbitmq-cluster: ## bus, gateway, token-control and cross-service tests ag
 	@./scripts/rabbitmq-cluster.sh start >/dev/null
 	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
 	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls); \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-bus -p wxhub-gateway -p wxhub-token-control -p wxhub-tests -E 'not binary_id(wxhub-tests::chaos)' && \
-	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-tests --test chaos --no-capture
+	$(CARGO) nextest run $(WORKSPACE) --profile ci -E '(package(wxhub-bus) | package(wxhub-gateway) | package(wxhub-token-control) | package(wxhub-tests)) & not binary_id(wxhub-tests::chaos)' && \
+	$(CARGO) nextest run $(WORKSPACE) --profile ci -E 'binary_id(wxhub-tests::chaos)' --no-capture
 
 # Every fault-injection scenario against the local RabbitMQ cluster, with longer load.
 .PHONY: chaos
@@ -50,8 +53,7 @@ chaos: services ## Fault injection: broker nodes killed and paused under load (f
 	@./scripts/rabbitmq-cluster.sh start >/dev/null
 	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
 	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) WXHUB_CHAOS_FULL=1; \
-	$(CARGO) build --locked -q --bins -p wxhub-gateway && \
-	$(CARGO) nextest run --locked --profile chaos -p wxhub-tests --test chaos --run-ignored all --no-capture
+	$(CARGO) nextest run $(WORKSPACE) --profile chaos -E 'binary_id(wxhub-tests::chaos)' --run-ignored all --no-capture
 
 # The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster
 # (three primaries, three replicas; every store and every service the harnesses start in cluster
@@ -64,8 +66,8 @@ test-redis-cluster: ## store, gateway, token-control and cross-service tests aga
 	@trap './scripts/redis-cluster.sh stop' EXIT; \
 	./scripts/redis-cluster.sh start >/dev/null && \
 	export WXHUB_TEST_REDIS_CLUSTER=$$(./scripts/redis-cluster.sh urls) && \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-gateway -p wxhub-token-control -p wxhub-tests -E 'not binary_id(wxhub-tests::chaos)' && \
-	$(CARGO) nextest run --locked --profile ci -p wxhub-store -p wxhub-token-control --run-ignored only --no-capture --test-threads 1 \
+	$(CARGO) nextest run $(WORKSPACE) --profile ci -E '(package(wxhub-store) | package(wxhub-gateway) | package(wxhub-token-control) | package(wxhub-tests)) & not binary_id(wxhub-tests::chaos)' && \
+	$(CARGO) nextest run $(WORKSPACE) --profile ci --run-ignored only --no-capture --test-threads 1 \
 		-E 'test(ask_and_moved_redirects_are_followed) | test(a_primary_killed_during_refreshes)'
 
 .PHONY: browser

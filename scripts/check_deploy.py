@@ -118,7 +118,9 @@ def binary_dir():
     r = run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT)
     target = json.loads(r.stdout)["target_directory"]
     log("building the binaries (to load the deployed configurations)")
-    b = run(["cargo", "build", "--locked", "-q", "--bins"], cwd=ROOT)
+    # With the tests, so features resolve as in `cargo nextest run --workspace`: the test run that
+    # follows in `make test` reuses this build instead of compiling the dependencies a second time.
+    b = run(["cargo", "build", "--locked", "-q", "--workspace", "--bins", "--tests"], cwd=ROOT)
     if b.returncode != 0:
         fail(f"cargo build: {b.stderr[-2000:]}")
     return Path(target) / "debug"
