@@ -26,7 +26,7 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: services browser lint deploy-check ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
+test: services browser python lint deploy-check ## fmt check, clippy -D warnings, then every test (needs Redis + RabbitMQ, started if needed)
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --profile ci -E 'not binary_id(wxhub-tests::chaos)'; \
 	else \
@@ -73,6 +73,10 @@ test-redis-cluster: ## store, gateway, token-control and cross-service tests aga
 .PHONY: browser
 browser: ## Install (apt) Chromium, ChromeDriver and a CJK font for the browser test when missing
 	@./scripts/ensure-browser.sh
+
+.PHONY: python
+python: ## Prepare the Python example consumer's virtualenv (pika, protobuf, generated classes) for its test
+	@./scripts/ensure-python.sh
 
 .PHONY: deploy-check
 deploy-check: ## Render and validate the Kubernetes overlays, the compose file, the Dockerfile and the Helm chart

@@ -6,5 +6,6 @@ mod cleanup;
 mod config;
 mod messaging;
 mod pages;
+mod python_consumer;
 mod relay;
 mod release_check;
