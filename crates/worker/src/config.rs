@@ -40,7 +40,8 @@ user_cooldown_ms = 60000
 # The shortest delay queue: a job the rate limiter refuses for longer than 50 ms waits there
 # (or in the smallest queue at least as long as the limiter's wait), so no handler sleeps.
 limiter_delay_ms = 1000
-# 45009 (daily quota spent): the (account, API) pair is parked this long, then one job probes.
+# 45009 (daily quota spent): the (account, API) pair is parked until WeChat's daily reset (midnight
+# China time), at most this long, then one job probes.
 quota_park_ms = 3600000
 # A send's lease: another worker takes a job found "sending" only after it; must exceed
 # wechat.timeout_ms.

@@ -150,6 +150,19 @@ fn now_ms() -> i64 {
     wxhub_runtime::unix_ms()
 }
 
+/// WeChat's daily quotas reset at midnight China Standard Time (UTC+8).
+const CST_OFFSET_MS: i64 = 8 * 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// How long a 45009 parks its (account, API) pair: until the quota returns at WeChat's daily reset
+/// (midnight CST, plus a minute for clocks that disagree), and at most `max`, after which one job
+/// probes — so a quota an operator cleared (`clear_quota`) is found within `max` too.
+fn quota_park(now_ms: i64, max: Duration) -> Duration {
+    let into_day = (now_ms + CST_OFFSET_MS).rem_euclid(DAY_MS);
+    let until_reset = u64::try_from(DAY_MS - into_day + 60_000).unwrap_or(0);
+    max.min(Duration::from_millis(until_reset))
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -352,11 +365,7 @@ impl Delivery {
                 metrics::counter!("wxhub_worker_deferred_total", "reason" => label).increment(1);
                 if park {
                     metrics::counter!("wxhub_worker_parked_total", "api" => api).increment(1);
-                    if let Err(e) = self
-                        .jobs
-                        .park(&job.tenant, &job.appid, api, self.settings.quota_park)
-                        .await
-                    {
+                    if let Err(e) = self.jobs.park(&job.tenant, &job.appid, api, delay).await {
                         tracing::warn!(error = %e, "cannot park the API");
                     }
                 }
@@ -657,7 +666,7 @@ fn verdict(job: &JobRecord, result: Result<Value, SendError>, s: &Settings) -> V
         (Some(45009), _) => Verdict::Defer {
             errcode,
             reason,
-            delay: s.quota_park,
+            delay: quota_park(now_ms(), s.quota_park),
             park: true,
         },
         (Some(45011), _) => Verdict::Defer {
@@ -697,5 +706,33 @@ fn verdict(job: &JobRecord, result: Result<Value, SendError>, s: &Settings) -> V
             | ErrorClass::RefreshToken => Verdict::Retry { errcode, reason },
             _ => Verdict::Failed { errcode, reason },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-28 00:00 CST, in ms since the epoch (16:00 UTC the day before).
+    const MIDNIGHT_CST: i64 = 1_795_795_200_000;
+
+    #[test]
+    fn a_quota_park_ends_at_wechats_daily_reset_or_after_the_probe_interval() {
+        let hour = Duration::from_secs(3600);
+        let min = 60_000;
+        // 23:30 CST: parked until 00:01, not for the full hour.
+        assert_eq!(
+            quota_park(MIDNIGHT_CST - 30 * min, hour),
+            Duration::from_secs(31 * 60)
+        );
+        // 10:00 CST: the reset is 14 h away; the pair is probed after the interval.
+        assert_eq!(quota_park(MIDNIGHT_CST + 600 * min, hour), hour);
+        // Just after the reset: a full day away, the interval again.
+        assert_eq!(quota_park(MIDNIGHT_CST + 2 * min, hour), hour);
+        // 23:59:30 CST: 1.5 min.
+        assert_eq!(
+            quota_park(MIDNIGHT_CST - 30_000, hour),
+            Duration::from_secs(90)
+        );
     }
 }
