@@ -63,7 +63,7 @@ pub const BETA_KEY: &str = "beta-key";
 pub const MENUS_KEY: &str = "menus-key";
 
 /// The tenants file of every service.
-pub(crate) fn tenants_file() -> String {
+pub fn tenants_file() -> String {
     let tenant = |id: &str, appid: &str, secret: &str, token: &str| {
         format!(
             "[[tenants]]\nid = \"{id}\"\nkind = \"component\"\napp_id = \"{appid}\"\napp_secret = \"{secret}\"\ntoken = \"{token}\"\nencoding_aes_key = \"{AES_KEY}\"\n\n"
@@ -104,7 +104,7 @@ pub(crate) fn tenants_file() -> String {
 
 /// The simulator's seed: both components (no callback URLs yet, no automatic ticket pushes),
 /// their accounts and authorizations.
-pub(crate) fn seed() -> Seed {
+pub fn seed() -> Seed {
     let component = |appid: &str, secret: &str, token: &str| ComponentSeed {
         appid: appid.into(),
         secret: secret.into(),
