@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wxhub_sim::{SimConfig, SimHandle};
@@ -180,7 +181,8 @@ impl Drop for Service {
 /// The simulator as WeChat (the world of `wxhub_tests`: acme and beta with their accounts), a
 /// tenants file, and a namespace on the test Redis and broker.
 pub struct World {
-    pub sim: SimHandle,
+    /// Shared with the scenario's own tasks (a reader checking served tokens).
+    pub sim: Arc<SimHandle>,
     pub store: Store,
     pub auths: Authorizers,
     pub creds: Credentials,
@@ -205,6 +207,7 @@ impl World {
         })
         .await
         .expect("sim");
+        let sim = Arc::new(sim);
         let store = ns.store();
         Self {
             sim,
@@ -312,7 +315,9 @@ impl World {
     pub async fn stop(self, extra_queues: &[String]) {
         let Self { sim, ns, .. } = self;
         ns.cleanup(None, extra_queues).await;
-        sim.shutdown().await;
+        if let Ok(sim) = Arc::try_unwrap(sim) {
+            sim.shutdown().await;
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //!   `scripts/rabbitmq-cluster.sh start`): without it that test fails, it is not skipped.
 //! - `worker_killed` (4a): a worker replica SIGKILLed between its sends and their acks.
 //! - `gateway_killed` (4b): the gateway SIGKILLed mid-publish.
+//! - `token_control_killed` (3): token-control replicas SIGKILLed and SIGSTOPped past their
+//!   lease while a refresh is in flight.
 //!
 //! The others run on whatever broker the suite is given (the local cluster under `make chaos`,
 //! the machine's broker otherwise) and the machine's Redis, isolated by namespace.
@@ -20,4 +22,5 @@
 mod broker_nodes;
 mod gateway_killed;
 mod harness;
+mod token_control_killed;
 mod worker_killed;

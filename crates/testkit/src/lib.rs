@@ -16,6 +16,8 @@
 //! urls`) makes every store of every test, and every service a harness starts, run in cluster
 //! mode; `WXHUB_TEST_AMQP_URLS` does the same for a RabbitMQ cluster.
 
+pub mod proxy;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
