@@ -6,13 +6,13 @@
 //! 10 s), so a failed assertion leaves no process behind; [`World`] owns the namespace, whose
 //! queues and keys are deleted when it is dropped after the services.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wxhub_sim::{SimConfig, SimHandle};
-use wxhub_store::{Authorizers, Credentials, Store};
+use wxhub_store::{Authorizers, Credentials, RedisConfig, Store};
 use wxhub_testkit::Namespace;
 
 /// The workspace root.
@@ -183,18 +183,23 @@ impl Drop for Service {
 pub struct World {
     /// Shared with the scenario's own tasks (a reader checking served tokens).
     pub sim: Arc<SimHandle>,
-    pub store: Store,
     pub auths: Authorizers,
     pub creds: Credentials,
     tenants: PathBuf,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     /// Last: its drop (after a failed test) deletes the queues and keys.
     pub ns: Namespace,
 }
 
 impl World {
-    /// The sim with `config` (its seed is the world's) and a namespace labelled `label`.
+    /// The sim with `config` (its seed is the world's) and a namespace labelled `label`, on
+    /// the test Redis.
     pub async fn start(label: &str, config: SimConfig) -> Self {
+        Self::start_on(label, config, wxhub_testkit::redis_config()).await
+    }
+
+    /// [`World::start`] with the test's own view of the store on `redis`.
+    pub async fn start_on(label: &str, config: SimConfig, redis: RedisConfig) -> Self {
         wxhub_runtime::telemetry::init_for_tests();
         let ns = Namespace::new(label);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -208,20 +213,15 @@ impl World {
         .await
         .expect("sim");
         let sim = Arc::new(sim);
-        let store = ns.store();
+        let store = Store::connect(&redis, ns.name()).expect("redis config");
         Self {
             sim,
             auths: Authorizers::new(store.clone()),
-            creds: Credentials::new(store.clone()),
-            store,
+            creds: Credentials::new(store),
             tenants,
-            dir,
+            _dir: dir,
             ns,
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// The settings every service of the world shares: namespace, Redis, broker, WeChat (the
@@ -318,6 +318,71 @@ impl World {
         if let Ok(sim) = Arc::try_unwrap(sim) {
             sim.shutdown().await;
         }
+    }
+}
+
+/// A `redis-server` of the test's own on a free port, without persistence (never the
+/// machine's 6379): restarted, it comes back empty. Killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its `WXHUB_REDIS__*` settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("WXHUB_REDIS__URL".to_owned(), self.url())]
+    }
+
+    /// SIGKILL, then the same port again, empty.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -22,5 +22,6 @@
 mod broker_nodes;
 mod gateway_killed;
 mod harness;
+mod redis_restarted;
 mod token_control_killed;
 mod worker_killed;
