@@ -399,14 +399,24 @@ pub mod callbacks {
 
     use super::{Service, free_port};
 
-    const TENANT: &str = "chaos";
+    pub const TENANT: &str = "chaos";
     const COMPONENT: &str = "wx0chaos0component";
     const AUTHORIZER: &str = "wx0chaos0account";
     const TOKEN: &str = "chaos-message-token";
     const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
-    /// The `wxhub-gateway` binary for the chaos tenant on a free port; its URL.
+    /// The `wxhub-gateway` binary for the chaos tenant on a free port, on the test Redis; its
+    /// URL.
     pub async fn gateway(ns: &Namespace, dir: &std::path::Path) -> (Service, String) {
+        gateway_on(ns, dir, wxhub_testkit::redis_env()).await
+    }
+
+    /// [`gateway`] on the Redis of `redis` (its `WXHUB_REDIS__*` settings).
+    pub async fn gateway_on(
+        ns: &Namespace,
+        dir: &std::path::Path,
+        redis: Vec<(String, String)>,
+    ) -> (Service, String) {
         let tenants = dir.join("chaos-tenants.toml");
         std::fs::write(
             &tenants,
@@ -431,7 +441,7 @@ pub mod callbacks {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        env.extend(wxhub_testkit::redis_env());
+        env.extend(redis);
         env.extend(wxhub_testkit::amqp_env());
         // The gateway declares the queue of callbacks no route takes (all of this load's).
         ns.track_queue(ns.topology().unrouted_queue());

@@ -10,6 +10,9 @@
 //!   `scripts/rabbitmq-cluster.sh start`): without it that test fails, it is not skipped.
 //! - `worker_killed` (4a): a worker replica SIGKILLed between its sends and their acks.
 //! - `gateway_killed` (4b): the gateway SIGKILLed mid-publish.
+//! - `redis_failover` (2a): the Redis Cluster primary of a tenant's slot SIGKILLed during
+//!   refreshes and callback dedupe (a cluster of its own, `scripts/redis-cluster.sh`).
+//! - `redis_restarted` (2b): a private single `redis-server` restarted empty under load.
 //! - `token_control_killed` (3): token-control replicas SIGKILLed and SIGSTOPped past their
 //!   lease while a refresh is in flight.
 //!
@@ -22,6 +25,7 @@
 mod broker_nodes;
 mod gateway_killed;
 mod harness;
+mod redis_failover;
 mod redis_restarted;
 mod token_control_killed;
 mod worker_killed;
