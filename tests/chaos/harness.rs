@@ -417,6 +417,16 @@ pub mod callbacks {
         dir: &std::path::Path,
         redis: Vec<(String, String)>,
     ) -> (Service, String) {
+        gateway_with(ns, dir, redis, wxhub_testkit::amqp_env()).await
+    }
+
+    /// [`gateway`] on the Redis of `redis` and the broker of `amqp` (`WXHUB_AMQP__*`).
+    pub async fn gateway_with(
+        ns: &Namespace,
+        dir: &std::path::Path,
+        redis: Vec<(String, String)>,
+        amqp: Vec<(String, String)>,
+    ) -> (Service, String) {
         let tenants = dir.join("chaos-tenants.toml");
         std::fs::write(
             &tenants,
@@ -442,7 +452,7 @@ pub mod callbacks {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         env.extend(redis);
-        env.extend(wxhub_testkit::amqp_env());
+        env.extend(amqp);
         // The gateway declares the queue of callbacks no route takes (all of this load's).
         ns.track_queue(ns.topology().unrouted_queue());
         let service = Service::start("wxhub-gateway", env, format!("{url}/readyz")).await;

@@ -13,6 +13,8 @@
 //! - `redis_failover` (2a): the Redis Cluster primary of a tenant's slot SIGKILLed during
 //!   refreshes and callback dedupe (a cluster of its own, `scripts/redis-cluster.sh`).
 //! - `redis_restarted` (2b): a private single `redis-server` restarted empty under load.
+//! - `network` (5): the gateway's broker link and token-control's Redis link slowed, reset and
+//!   blackholed through the test kit's fault proxy.
 //! - `token_control_killed` (3): token-control replicas SIGKILLed and SIGSTOPped past their
 //!   lease while a refresh is in flight.
 //!
@@ -25,6 +27,7 @@
 mod broker_nodes;
 mod gateway_killed;
 mod harness;
+mod network;
 mod redis_failover;
 mod redis_restarted;
 mod token_control_killed;

@@ -1,0 +1,238 @@
+//! Scenario 5: network faults between a service and the broker or Redis, made by the test kit's
+//! fault proxy (`wxhub_testkit::proxy`: the kernel here has no `netem`). Each service reaches
+//! its peer only through the proxy, which in turn delays every chunk by 200 ms, resets every
+//! connection and refuses new ones, forwards again, and then blackholes the link (connections
+//! stay open, nothing passes: a partition) for longer than the heartbeat, before it heals.
+//!
+//! - gateway ↔ RabbitMQ under callback load: every callback answered 200 is in RabbitMQ, none
+//!   twice under different ids;
+//! - token-control ↔ Redis under token reads: reads fail within their deadline (never hang),
+//!   are served again once the link heals, and the stored tokens are WeChat's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wxhub_proto::token::v1::GetAccessTokenRequest;
+use wxhub_proto::token::v1::token_control_client::TokenControlClient;
+use wxhub_sim::SimConfig;
+use wxhub_testkit::Namespace;
+use wxhub_testkit::proxy::{FaultProxy, Mode};
+use wxhub_tests::{AUTH1, AUTH2, COMPONENT, OPS_KEY, TENANT, req};
+
+use crate::harness::{World, callbacks, full};
+
+/// `host:port` of a `scheme://[user@]host:port/…` URL.
+fn address(url: &str) -> SocketAddr {
+    let rest = url.split("://").nth(1).expect("scheme");
+    let authority = rest.split('/').next().expect("authority");
+    let host_port = authority.rsplit('@').next().expect("host");
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().expect("host:port")
+}
+
+/// The faults, in order, each for its time; then the link heals. Returns when it healed.
+async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
+    for (mode, for_) in [
+        (Mode::Latency(Duration::from_millis(200)), Duration::from_secs(4)),
+        (Mode::Reset, Duration::from_secs(2)),
+        (Mode::Pass, Duration::from_secs(3)),
+        (Mode::Blackhole, blackhole),
+    ] {
+        proxy.set(mode);
+        tokio::time::sleep(for_).await;
+    }
+    // A blackhole ends with its connections reset, as a partition's do once it heals and
+    // either side sends (the peer forgot them).
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_broker_link_slowed_reset_and_blackholed_loses_no_acknowledged_callback() {
+    let (secs, rate) = if full() { (40u64, 200.0) } else { (24, 100.0) };
+    wxhub_runtime::telemetry::init_for_tests();
+    let ns = Namespace::new("chaos-net-broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = wxhub_testkit::amqp_url();
+    let proxy = FaultProxy::start(address(&broker)).await.expect("proxy");
+    let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let (gateway, url) = callbacks::gateway_with(
+        &ns,
+        dir.path(),
+        wxhub_testkit::redis_env(),
+        vec![
+            ("WXHUB_AMQP__URL".to_owned(), via_proxy),
+            ("WXHUB_AMQP__URLS".to_owned(), "[]".to_owned()),
+        ],
+    )
+    .await;
+    let load = callbacks::load(&url, secs, rate);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blackhole = Duration::from_secs(12);
+    let healed = inject(&proxy, blackhole).await;
+    // Ready again: the gateway reconnected through the healed link.
+    let http = reqwest::Client::new();
+    let ready_again = loop {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break healed.elapsed();
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(30),
+            "the gateway is not ready 30 s after the link healed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let report = tokio::task::spawn_blocking(move || load.join().expect("load"))
+        .await
+        .expect("join");
+    drop(gateway);
+    let (messages, ids) = callbacks::in_broker(&ns, wxhub_testkit::amqp_config()).await;
+    println!(
+        "chaos network gateway<->RabbitMQ via the fault proxy: {rate}/s for {secs} s; 200 ms \
+         latency 4 s, reset 2 s, pass 3 s, blackhole {} s (heartbeat 5 s), healed; sent {}, \
+         answered {:?}, no answer {}; in RabbitMQ {messages} messages, {} distinct, {} \
+         duplicates (same message_id); ready again {:.2} s after the link healed; p99 {:.1} ms; \
+         proxy connections {}",
+        blackhole.as_secs(),
+        report.sent,
+        report.status,
+        report.errors,
+        ids.len(),
+        messages - ids.len(),
+        ready_again.as_secs_f64(),
+        report.latency_ms.p99,
+        proxy.connections(),
+    );
+    callbacks::assert_acknowledged_stored(&report, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "part of `make chaos`, not of `make test`"]
+async fn token_controls_redis_link_slowed_reset_and_blackholed_fails_reads_in_time_and_heals() {
+    let redis = wxhub_testkit::redis_url();
+    assert!(
+        wxhub_testkit::redis_cluster_nodes().is_empty(),
+        "this scenario proxies a single Redis"
+    );
+    let world = World::start(
+        "chaos-net-redis",
+        SimConfig {
+            token_ttl: Duration::from_secs(6),
+            rotate_refresh_tokens: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    world.give_ticket().await;
+    let proxy = FaultProxy::start(address(&redis)).await.expect("proxy");
+    let (_tc, tc_url, _) = world
+        .token_control(
+            vec![(
+                "WXHUB_REDIS__URL".to_owned(),
+                format!("redis://{}", proxy.addr()),
+            )],
+            &[(
+                "WXHUB_TOKEN_CONTROL__DEFAULT_MIN_REMAINING_MS",
+                "1000".to_owned(),
+            )],
+        )
+        .await;
+    world.wait_for_authorizers().await;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (url, reading) = (tc_url.clone(), reading.clone());
+        tokio::spawn(async move {
+            // (ok, failed, slowest, last failure)
+            let mut out = (0u64, 0u64, Duration::ZERO, None::<Instant>);
+            while reading.load(Ordering::SeqCst) {
+                for appid in ["", AUTH1, AUTH2] {
+                    let started = Instant::now();
+                    let result = async {
+                        let mut client = TokenControlClient::connect(url.clone()).await?;
+                        let mut request = req(
+                            GetAccessTokenRequest {
+                                tenant: TENANT.into(),
+                                appid: appid.into(),
+                                min_remaining_secs: 0,
+                            },
+                            OPS_KEY,
+                        );
+                        request.set_timeout(DEADLINE);
+                        client.get_access_token(request).await?;
+                        anyhow::Ok(())
+                    };
+                    match tokio::time::timeout(DEADLINE * 2, result).await {
+                        Ok(Ok(())) => out.0 += 1,
+                        _ => {
+                            out.1 += 1;
+                            out.3 = Some(Instant::now());
+                        }
+                    }
+                    out.2 = out.2.max(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blackhole = Duration::from_secs(8);
+    let healed = inject(&proxy, blackhole).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    reading.store(false, Ordering::SeqCst);
+    let (ok, failed, slowest, last_failure) = reader.await.expect("reader");
+    // Stored = WeChat's latest, for every credential.
+    let mut wrong = Vec::new();
+    for appid in ["", AUTH1, AUTH2] {
+        let (credential, latest) = if appid.is_empty() {
+            (
+                "component".to_owned(),
+                world.sim.component(COMPONENT).and_then(|c| c.access_token),
+            )
+        } else {
+            (
+                format!("authorizer:{appid}"),
+                world
+                    .sim
+                    .authorizer(COMPONENT, appid)
+                    .and_then(|a| a.access_token),
+            )
+        };
+        let stored = world.creds.token(TENANT, &credential).await.ok().flatten();
+        if stored.map(|t| t.value.expose().to_owned()) != latest {
+            wrong.push(credential);
+        }
+    }
+    let served_again = last_failure.map(|at| at.saturating_duration_since(healed).as_secs_f64());
+    println!(
+        "chaos network token-control<->Redis via the fault proxy: reads of 3 credentials, 6 s \
+         tokens; 200 ms latency 4 s, reset 2 s, pass 3 s, blackhole {} s, healed; reads ok \
+         {ok}, failed {failed}, slowest {:.2} s (deadline {} s); last failure {:?} s after the \
+         link healed; stored tokens not WeChat's latest: {wrong:?}",
+        blackhole.as_secs(),
+        slowest.as_secs_f64(),
+        DEADLINE.as_secs(),
+        served_again,
+    );
+    assert!(
+        slowest < DEADLINE + Duration::from_secs(1),
+        "a read outlived its deadline by more than 1 s: {slowest:?}"
+    );
+    assert!(
+        served_again.is_none_or(|s| s < 10.0),
+        "reads still failed 10 s after the link healed"
+    );
+    assert!(wrong.is_empty(), "stale stored tokens: {wrong:?}");
+    drop(_tc);
+    world.stop(&[]).await;
+}
