@@ -47,12 +47,18 @@ test-rabbitmq-cluster: ## bus, gateway, token-control and cross-service tests ag
 	$(CARGO) nextest run $(WORKSPACE) --profile ci -E '(package(wxhub-bus) | package(wxhub-gateway) | package(wxhub-token-control) | package(wxhub-tests)) & not binary_id(wxhub-tests::chaos)' && \
 	$(CARGO) nextest run $(WORKSPACE) --profile ci -E 'binary_id(wxhub-tests::chaos)' --no-capture
 
-# Every fault-injection scenario against the local RabbitMQ cluster, with longer load.
+# Every fault-injection scenario (tests/chaos, one at a time) with longer load, the services on
+# the local RabbitMQ cluster: broker nodes killed and paused; Redis Cluster primaries killed (a
+# cluster the scenario starts itself) and a private Redis restarted empty; token-control
+# replicas killed and paused; a worker and the gateway killed; network faults through the
+# test kit's proxy and a netns partition (root). The binaries the scenarios run are built first
+# (the same build as nextest's: --workspace --tests).
 .PHONY: chaos
-chaos: services ## Fault injection: broker nodes killed and paused under load (figures per scenario)
+chaos: services ## Fault injection: every scenario of issue 15 under load, figures per scenario
 	@./scripts/rabbitmq-cluster.sh start >/dev/null
 	@trap './scripts/rabbitmq-cluster.sh stop' EXIT; \
 	export WXHUB_TEST_AMQP_URLS=$$(./scripts/rabbitmq-cluster.sh urls) WXHUB_CHAOS_FULL=1; \
+	$(CARGO) build $(WORKSPACE) -q --bins --tests && \
 	$(CARGO) nextest run $(WORKSPACE) --profile chaos -E 'binary_id(wxhub-tests::chaos)' --run-ignored all --no-capture
 
 # The suites whose behaviour depends on Redis, again against a local six-node Redis Cluster

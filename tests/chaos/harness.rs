@@ -45,6 +45,30 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// `host:port` of a `scheme://[user@]host:port/…` URL.
+pub fn address(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).expect("scheme");
+    let authority = rest.split('/').next().expect("authority");
+    authority
+        .rsplit('@')
+        .next()
+        .expect("host")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("host:port")
+}
+
+/// The first broker node of the suite that accepts connections (a broker-node scenario may
+/// have left one down), for a proxy in front of it.
+pub fn broker_address() -> std::net::SocketAddr {
+    let mut urls = wxhub_testkit::cluster_urls();
+    urls.push(wxhub_testkit::amqp_url());
+    urls.iter()
+        .map(|u| address(u))
+        .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
+        .expect("a broker node accepts connections")
+}
+
 /// `WXHUB_CHAOS_FULL=1` (`make chaos`): longer load.
 pub fn full() -> bool {
     std::env::var("WXHUB_CHAOS_FULL").is_ok_and(|v| v == "1")
@@ -61,6 +85,8 @@ pub fn signal(pid: u32, signal: &str) {
 /// that [`Service::restart`] starts the same service again, on the same ports).
 pub struct Service {
     pub name: &'static str,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    netns: Option<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
     /// The `/readyz` it answers once started.
@@ -71,8 +97,20 @@ impl Service {
     /// Starts `binary` (e.g. `wxhub-worker`) with exactly `env` (plus `PATH`); returns once
     /// `ready_url` answers 200 (at most 60 s).
     pub async fn start(name: &'static str, env: Vec<(String, String)>, ready_url: String) -> Self {
+        Self::start_in(None, name, env, ready_url).await
+    }
+
+    /// [`Service::start`] inside the network namespace `netns` (`ip netns exec`, which execs
+    /// the binary: the child is the service itself).
+    pub async fn start_in(
+        netns: Option<&str>,
+        name: &'static str,
+        env: Vec<(String, String)>,
+        ready_url: String,
+    ) -> Self {
         let mut service = Self {
             name,
+            netns: netns.map(str::to_owned),
             env,
             child: None,
             ready_url,
@@ -83,7 +121,14 @@ impl Service {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(binary(self.name));
+        let mut cmd = match &self.netns {
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns]).arg(binary(self.name));
+                cmd
+            }
+            None => Command::new(binary(self.name)),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "error")
@@ -427,6 +472,18 @@ pub mod callbacks {
         redis: Vec<(String, String)>,
         amqp: Vec<(String, String)>,
     ) -> (Service, String) {
+        gateway_in(None, "127.0.0.1", ns, dir, redis, amqp).await
+    }
+
+    /// [`gateway_with`] in the network namespace `netns`, listening on `host`.
+    pub async fn gateway_in(
+        netns: Option<&str>,
+        host: &str,
+        ns: &Namespace,
+        dir: &std::path::Path,
+        redis: Vec<(String, String)>,
+        amqp: Vec<(String, String)>,
+    ) -> (Service, String) {
         let tenants = dir.join("chaos-tenants.toml");
         std::fs::write(
             &tenants,
@@ -435,7 +492,7 @@ pub mod callbacks {
             ),
         )
         .expect("tenants file");
-        let url = format!("http://127.0.0.1:{}", free_port());
+        let url = format!("http://{host}:{}", free_port());
         let mut env: Vec<(String, String)> = [
             ("WXHUB_NAMESPACE", ns.name().to_owned()),
             ("WXHUB_TENANTS__FILE", tenants.display().to_string()),
@@ -455,7 +512,8 @@ pub mod callbacks {
         env.extend(amqp);
         // The gateway declares the queue of callbacks no route takes (all of this load's).
         ns.track_queue(ns.topology().unrouted_queue());
-        let service = Service::start("wxhub-gateway", env, format!("{url}/readyz")).await;
+        let service =
+            Service::start_in(netns, "wxhub-gateway", env, format!("{url}/readyz")).await;
         (service, url)
     }
 

@@ -15,6 +15,8 @@
 //! - `redis_restarted` (2b): a private single `redis-server` restarted empty under load.
 //! - `network` (5): the gateway's broker link and token-control's Redis link slowed, reset and
 //!   blackholed through the test kit's fault proxy.
+//! - `partition` (5): the gateway partitioned from the broker with a network namespace and veth
+//!   links (`ip netns`; root).
 //! - `token_control_killed` (3): token-control replicas SIGKILLed and SIGSTOPped past their
 //!   lease while a refresh is in flight.
 //!
@@ -28,6 +30,7 @@ mod broker_nodes;
 mod gateway_killed;
 mod harness;
 mod network;
+mod partition;
 mod redis_failover;
 mod redis_restarted;
 mod token_control_killed;

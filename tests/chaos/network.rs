@@ -9,7 +9,6 @@
 //! - token-control ↔ Redis under token reads: reads fail within their deadline (never hang),
 //!   are served again once the link heals, and the stored tokens are WeChat's.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,16 +20,7 @@ use wxhub_testkit::Namespace;
 use wxhub_testkit::proxy::{FaultProxy, Mode};
 use wxhub_tests::{AUTH1, AUTH2, COMPONENT, OPS_KEY, TENANT, req};
 
-use crate::harness::{World, callbacks, full};
-
-/// `host:port` of a `scheme://[user@]host:port/…` URL.
-fn address(url: &str) -> SocketAddr {
-    let rest = url.split("://").nth(1).expect("scheme");
-    let authority = rest.split('/').next().expect("authority");
-    let host_port = authority.rsplit('@').next().expect("host");
-    let host_port = host_port.replace("localhost", "127.0.0.1");
-    host_port.parse().expect("host:port")
-}
+use crate::harness::{World, address, broker_address, callbacks, full};
 
 /// The faults, in order, each for its time; then the link heals. Returns when it healed.
 async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
@@ -51,13 +41,13 @@ async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "part of `make chaos` (about 30 s), not of `make test`"]
 async fn the_gateways_broker_link_slowed_reset_and_blackholed_loses_no_acknowledged_callback() {
     let (secs, rate) = if full() { (40u64, 200.0) } else { (24, 100.0) };
     wxhub_runtime::telemetry::init_for_tests();
     let ns = Namespace::new("chaos-net-broker");
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = wxhub_testkit::amqp_url();
-    let proxy = FaultProxy::start(address(&broker)).await.expect("proxy");
+    let proxy = FaultProxy::start(broker_address()).await.expect("proxy");
     let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let (gateway, url) = callbacks::gateway_with(
         &ns,
