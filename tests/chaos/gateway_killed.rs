@@ -48,5 +48,8 @@ async fn the_gateway_killed_mid_publish_loses_no_acknowledged_callback() {
         report.latency_ms.p99,
     );
     callbacks::assert_acknowledged_stored(&report, &ids);
-    assert!(report.errors > 0, "the kill cost no request: it did not land under load");
+    assert!(
+        report.errors > 0,
+        "the kill cost no request: it did not land under load"
+    );
 }

@@ -330,7 +330,10 @@ impl World {
         let (port, ops) = (free_port(), free_port());
         let mut settings = vec![
             ("WXHUB_TOKEN_CONTROL__LISTEN", format!("127.0.0.1:{port}")),
-            ("WXHUB_TOKEN_CONTROL__OPS_LISTEN", format!("127.0.0.1:{ops}")),
+            (
+                "WXHUB_TOKEN_CONTROL__OPS_LISTEN",
+                format!("127.0.0.1:{ops}"),
+            ),
         ];
         settings.extend(extra.iter().cloned());
         let ops_url = format!("http://127.0.0.1:{ops}");
@@ -512,8 +515,7 @@ pub mod callbacks {
         env.extend(amqp);
         // The gateway declares the queue of callbacks no route takes (all of this load's).
         ns.track_queue(ns.topology().unrouted_queue());
-        let service =
-            Service::start_in(netns, "wxhub-gateway", env, format!("{url}/readyz")).await;
+        let service = Service::start_in(netns, "wxhub-gateway", env, format!("{url}/readyz")).await;
         (service, url)
     }
 

@@ -25,7 +25,10 @@ use crate::harness::{World, address, broker_address, callbacks, full};
 /// The faults, in order, each for its time; then the link heals. Returns when it healed.
 async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
     for (mode, for_) in [
-        (Mode::Latency(Duration::from_millis(200)), Duration::from_secs(4)),
+        (
+            Mode::Latency(Duration::from_millis(200)),
+            Duration::from_secs(4),
+        ),
         (Mode::Reset, Duration::from_secs(2)),
         (Mode::Pass, Duration::from_secs(3)),
         (Mode::Blackhole, blackhole),

@@ -53,7 +53,15 @@ impl Netns {
             (netns.bus_link.clone(), "bus0", 4u8),
         ] {
             ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", inner_end, "netns",
+                "link",
+                "add",
+                &host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                inner_end,
+                "netns",
                 &netns.name,
             ]);
             ip(&[
@@ -140,9 +148,8 @@ async fn the_gateway_partitioned_from_the_broker_loses_no_acknowledged_callback(
     let netns = Netns::create();
     let ns = Namespace::new("chaos-partition");
     let dir = tempfile::tempdir().expect("tempdir");
-    let host_addr = |last: u8| -> SocketAddr {
-        format!("{}:0", netns.host(last)).parse().expect("address")
-    };
+    let host_addr =
+        |last: u8| -> SocketAddr { format!("{}:0", netns.host(last)).parse().expect("address") };
     let redis = FaultProxy::start_on(host_addr(0), address(&wxhub_testkit::redis_url()))
         .await
         .expect("redis proxy");

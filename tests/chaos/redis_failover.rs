@@ -115,8 +115,15 @@ async fn mismatches(world: &World) -> Vec<String> {
         }
         if !appid.is_empty() {
             let record = world.auths.get(TENANT, appid).await.ok().flatten();
-            let current = world.sim.authorizer(COMPONENT, appid).map(|a| a.refresh_token);
-            if record.and_then(|r| r.refresh_token).map(|r| r.expose().to_owned()) != current {
+            let current = world
+                .sim
+                .authorizer(COMPONENT, appid)
+                .map(|a| a.refresh_token);
+            if record
+                .and_then(|r| r.refresh_token)
+                .map(|r| r.expose().to_owned())
+                != current
+            {
                 wrong.push(format!("{appid}: refresh token is not WeChat's current"));
             }
         }
@@ -249,7 +256,10 @@ async fn a_redis_primary_killed_during_refreshes_and_dedupe_loses_nothing() {
                 promotions.push(format!("node {node}: {:.2} s", at.elapsed().as_secs_f64()));
                 break;
             }
-            assert!(at.elapsed() < Duration::from_secs(30), "no replica promoted");
+            assert!(
+                at.elapsed() < Duration::from_secs(30),
+                "no replica promoted"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

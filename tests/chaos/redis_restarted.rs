@@ -91,8 +91,15 @@ async fn unhealed(world: &World) -> Vec<String> {
         }
         if !appid.is_empty() {
             let record = world.auths.get(TENANT, appid).await.ok().flatten();
-            let current = world.sim.authorizer(COMPONENT, appid).map(|a| a.refresh_token);
-            if record.and_then(|r| r.refresh_token).map(|r| r.expose().to_owned()) != current {
+            let current = world
+                .sim
+                .authorizer(COMPONENT, appid)
+                .map(|a| a.refresh_token);
+            if record
+                .and_then(|r| r.refresh_token)
+                .map(|r| r.expose().to_owned())
+                != current
+            {
                 wrong.push(format!("{appid} refresh token"));
             }
         }
@@ -157,7 +164,9 @@ async fn scenario(restart_replicas: bool) {
         .expect("component urls");
     // Every token exists before the loss.
     for appid in CREDENTIALS {
-        read(&replicas[0].1, appid).await.expect("read before the loss");
+        read(&replicas[0].1, appid)
+            .await
+            .expect("read before the loss");
     }
 
     let reading = Arc::new(AtomicBool::new(true));
@@ -254,7 +263,10 @@ async fn scenario(restart_replicas: bool) {
     if restart_replicas {
         assert!(pushes >= 1, "no replica asked WeChat for the ticket");
     } else {
-        assert_eq!(pushes, 0, "a running replica held the ticket: no push needed");
+        assert_eq!(
+            pushes, 0,
+            "a running replica held the ticket: no push needed"
+        );
     }
     drop(replicas);
     world.stop(&[]).await;

@@ -132,7 +132,10 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
                     ("WXHUB_WECHAT__TIMEOUT_MS", "2500".to_owned()),
                     ("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS", LOCK_TTL_MS.to_string()),
                     ("WXHUB_TOKEN_CONTROL__CLAIM_MS", "5000".to_owned()),
-                    ("WXHUB_TOKEN_CONTROL__DEFAULT_MIN_REMAINING_MS", "1000".to_owned()),
+                    (
+                        "WXHUB_TOKEN_CONTROL__DEFAULT_MIN_REMAINING_MS",
+                        "1000".to_owned(),
+                    ),
                 ],
             )
             .await;
@@ -215,7 +218,9 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
             if !appid.is_empty() {
                 let record = world.auths.get(TENANT, appid).await.expect("redis");
                 let view = world.sim.authorizer(COMPONENT, appid).expect("authorizer");
-                if record.and_then(|r| r.refresh_token).map(|r| r.expose().to_owned())
+                if record
+                    .and_then(|r| r.refresh_token)
+                    .map(|r| r.expose().to_owned())
                     != Some(view.refresh_token)
                 {
                     mismatch.push(format!("{appid}: refresh token is not WeChat's current"));
@@ -232,7 +237,9 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
     let mut served_stale = 0;
     for (_, url, _, _) in &replicas {
         for appid in CREDENTIALS {
-            let token = read(url, appid).await.expect("a replica answers after the faults");
+            let token = read(url, appid)
+                .await
+                .expect("a replica answers after the faults");
             served_stale += usize::from(Some(token) != wechat_token(&world, appid));
         }
     }
@@ -281,7 +288,10 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
         mismatch.is_empty(),
         "stale tokens or lost refresh tokens: {mismatch:?}"
     );
-    assert_eq!(served_stale, 0, "a replica serves a token that is not WeChat's latest");
+    assert_eq!(
+        served_stale, 0,
+        "a replica serves a token that is not WeChat's latest"
+    );
     assert_eq!(reads.refused, 0, "served tokens WeChat refuses");
     assert!(
         reads.failed.is_empty(),

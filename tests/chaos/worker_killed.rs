@@ -41,7 +41,10 @@ async fn worker(world: &World, token_control: &str) -> (Service, String) {
         ("WXHUB_WECHAT__TIMEOUT_MS", "2000".to_owned()),
         // A tier equal to the lease: a job found under a live lease waits one lease (a
         // deferral takes the smallest tier at least that long).
-        ("WXHUB_WORKER__RETRY_DELAYS_MS", "[500, 1000, 4000]".to_owned()),
+        (
+            "WXHUB_WORKER__RETRY_DELAYS_MS",
+            "[500, 1000, 4000]".to_owned(),
+        ),
         ("WXHUB_WORKER__LIMITER_DELAY_MS", "300".to_owned()),
         // The load, not the account's rate, is what this scenario is about.
         ("WXHUB_WORKER__LIMITS__CUSTOM__COUNT", "1000".to_owned()),
@@ -235,11 +238,13 @@ async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none(
     );
     assert!(!jobs.is_empty(), "nothing was enqueued");
     assert_eq!(twice, 0, "jobs sent twice");
-    assert_eq!(sent_not_once, 0, "jobs recorded sent but not sent exactly once");
+    assert_eq!(
+        sent_not_once, 0,
+        "jobs recorded sent but not sent exactly once"
+    );
     assert_eq!(strangers, 0, "WeChat got sends that are no job");
     assert_eq!(
-        by_state.get("sent").copied().unwrap_or(0)
-            + by_state.get("unknown").copied().unwrap_or(0),
+        by_state.get("sent").copied().unwrap_or(0) + by_state.get("unknown").copied().unwrap_or(0),
         jobs.len(),
         "every job is sent or, when its sender died mid-send, unknown: {by_state:?}"
     );

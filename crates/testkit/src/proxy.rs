@@ -49,7 +49,10 @@ struct State {
 
 impl State {
     fn mode(&self) -> Mode {
-        *self.mode.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn generation(&self) -> CancellationToken {
@@ -231,4 +234,106 @@ async fn pump(
         }
     }
     let _ = to.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// An echo server; its address.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(s: &mut TcpStream) -> std::io::Result<()> {
+        s.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"ping");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn passes_delays_resets_and_blackholes() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        round_trip(&mut s).await.unwrap();
+        assert_eq!(proxy.awaiting(), 0, "answered");
+
+        proxy.set(Mode::Latency(Duration::from_millis(100)));
+        let started = Instant::now();
+        round_trip(&mut s).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200), "both ways");
+
+        proxy.set(Mode::Blackhole);
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        let held = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(held.is_err(), "nothing comes back through a blackhole");
+
+        proxy.set(Mode::Reset);
+        let cut = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        assert!(
+            matches!(cut, Ok(Ok(0)) | Ok(Err(_))),
+            "the open connection is cut: {cut:?}"
+        );
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(
+            round_trip(&mut fresh).await.is_err(),
+            "new ones are refused"
+        );
+
+        proxy.set(Mode::Pass);
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        round_trip(&mut again).await.unwrap();
+        assert_eq!(proxy.connections(), 3);
+    }
+
+    #[tokio::test]
+    async fn counts_requests_awaiting_their_answer() {
+        // An upstream that reads and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        s.write_all(b"request").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while proxy.awaiting() == 0 {
+            assert!(Instant::now() < deadline, "the request is not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(s);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while proxy.awaiting() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a closed connection still counts"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
