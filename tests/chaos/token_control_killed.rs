@@ -8,8 +8,10 @@
 //! fault proxy of its own, which shows when it has a call in flight: that is when it is hit.
 //!
 //! 1. Replica 1 is SIGKILLed with a WeChat call in flight, and restarted 5 s later.
-//! 2. Replica 2 is SIGSTOPped with a WeChat call in flight, for 3 s past its lease
-//!    (`lock_ttl_ms`), then SIGCONTinued: its late write must be refused by the fence.
+//! 2. Replica 2 is SIGSTOPped with a WeChat call in flight, for 5 s past its lease
+//!    (`lock_ttl_ms`), then SIGCONTinued. It waits for WeChat longer than that (its
+//!    `wechat.timeout_ms` is 20 s), so on resuming it reads WeChat's answer and tries to write a
+//!    token its lease no longer covers: the fence must refuse it.
 //!
 //! A reader asks replica 3 for the three tokens all along and checks each served token against
 //! WeChat at once. Afterwards, from Redis and the sim: every stored token is the one WeChat issued
@@ -121,15 +123,18 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
         .parse()
         .expect("sim address");
     let mut replicas = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let proxy = FaultProxy::start(sim).await.expect("proxy");
         let base = format!("http://{}", proxy.addr());
+        // Replica 2 waits for WeChat longer than it is paused: when it resumes, WeChat's
+        // answer is there, and it tries to write a token its lease no longer covers.
+        let timeout = if i == 1 { 20_000 } else { 2_500 };
         let (service, url, ops) = world
             .token_control(
                 wxhub_testkit::redis_env(),
                 &[
                     ("WXHUB_WECHAT__API_BASE", base),
-                    ("WXHUB_WECHAT__TIMEOUT_MS", "2500".to_owned()),
+                    ("WXHUB_WECHAT__TIMEOUT_MS", timeout.to_string()),
                     ("WXHUB_TOKEN_CONTROL__LOCK_TTL_MS", LOCK_TTL_MS.to_string()),
                     ("WXHUB_TOKEN_CONTROL__CLAIM_MS", "5000".to_owned()),
                     (
@@ -174,7 +179,7 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
             reads
         })
     };
-    let pause_for = Duration::from_millis(LOCK_TTL_MS + 3000);
+    let pause_for = Duration::from_millis(LOCK_TTL_MS + 5000);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. SIGKILL with a call in flight; back 5 s later.
@@ -243,6 +248,8 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
             served_stale += usize::from(Some(token) != wechat_token(&world, appid));
         }
     }
+    let refused_by_fence =
+        Service::metric(&replicas[1].2, "wxhub_token_stale_writes_refused_total").await;
     let mut metrics: HashMap<&str, f64> = HashMap::new();
     for (_, _, ops, _) in &replicas {
         for name in [
@@ -267,7 +274,8 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
          again {:.2} s after its restart; replica 2 SIGSTOPped {:.1} s (call in flight: \
          {pause_holding}; lease {LOCK_TTL_MS} ms); over {:.1} s: reads via replica 3 ok {}, \
          failed {}, served tokens WeChat refused {}, slowest {:.2} s; authorizer-token calls \
-         {refresh_calls}; stale writes refused by the fence {}; refresh tokens WeChat refused \
+         {refresh_calls}; the paused replica's writes refused by the fence \
+         {refused_by_fence} (all replicas {}); refresh tokens WeChat refused \
          (61023) {}, healed by reconcile {}; converged {:.2} s after the load; tokens served afterwards \
          that are not WeChat's latest {served_stale}; mismatches {mismatch:?}",
         restart.as_secs_f64(),
@@ -284,6 +292,12 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
     );
     assert!(kill_holding, "replica 1 never had a WeChat call in flight");
     assert!(pause_holding, "replica 2 never had a WeChat call in flight");
+    // The credential it held expired during the pause and the reader needed it, so another
+    // replica took the lease and refreshed it: the late write is a stale one.
+    assert!(
+        refused_by_fence >= 1.0,
+        "the paused replica's late write was not refused by the fence"
+    );
     assert!(
         mismatch.is_empty(),
         "stale tokens or lost refresh tokens: {mismatch:?}"
