@@ -117,8 +117,12 @@ impl Drop for Netns {
             .args(["netns", "pids", &self.name])
             .output()
         {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                crate::harness::signal(pid.parse().unwrap_or(0), "KILL");
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|&p| p > 1)
+            {
+                crate::harness::signal(pid, "KILL");
             }
         }
         let _ = Command::new("ip")
