@@ -7,13 +7,14 @@
 //! authorizer, a refresh token WeChat already replaced. Each replica reaches WeChat through a
 //! fault proxy of its own, which shows when it has a call in flight: that is when it is hit.
 //!
-//! 1. Replica 1 is SIGKILLed with a WeChat call in flight, and restarted 5 s later.
-//! 2. Replica 2 is SIGSTOPped with a WeChat call in flight, for 5 s past its lease
+//! 1. The first of replicas 1 and 2 to have a WeChat call in flight is SIGKILLed, and
+//!    restarted 5 s later.
+//! 2. The first of them to have one then is SIGSTOPped, for 5 s past its lease
 //!    (`lock_ttl_ms`), then SIGCONTinued. It waits for WeChat longer than that (its
 //!    `wechat.timeout_ms` is 20 s), so on resuming it reads WeChat's answer and tries to write a
 //!    token its lease no longer covers: the fence must refuse it.
 //!
-//! A reader asks replica 3 for the three tokens all along and checks each served token against
+//! A reader asks replica 3 (never hit) for the three tokens all along and checks each served token against
 //! WeChat at once. Afterwards, from Redis and the sim: every stored token is the one WeChat issued
 //! last (no stale overwrite), every stored refresh token is WeChat's current one (none lost),
 //! and the replicas serve the stored token.
@@ -71,16 +72,16 @@ async fn read(url: &str, appid: &str) -> Result<String, String> {
         .map_err(|e| format!("{:?} {}", e.code(), e.message()))
 }
 
-/// Waits (at most 20 s) until `proxy` has a WeChat call in flight.
-async fn holding(proxy: &FaultProxy) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// The first of `proxies` to have a WeChat call in flight (waits at most 40 s).
+async fn first_holding(proxies: &[&FaultProxy]) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline {
-        if proxy.awaiting() > 0 {
-            return true;
+        if let Some(i) = proxies.iter().position(|p| p.awaiting() > 0) {
+            return Some(i);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
+    None
 }
 
 #[derive(Default)]
@@ -126,9 +127,10 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
     for i in 0..3 {
         let proxy = FaultProxy::start(sim).await.expect("proxy");
         let base = format!("http://{}", proxy.addr());
-        // Replica 2 waits for WeChat longer than it is paused: when it resumes, WeChat's
-        // answer is there, and it tries to write a token its lease no longer covers.
-        let timeout = if i == 1 { 20_000 } else { 2_500 };
+        // Replicas 1 and 2 (the ones hit) wait for WeChat longer than a pause: when a paused
+        // one resumes, WeChat's answer is there, and it tries to write a token its lease no
+        // longer covers.
+        let timeout = if i < 2 { 20_000 } else { 2_500 };
         let (service, url, ops) = world
             .token_control(
                 wxhub_testkit::redis_env(),
@@ -182,18 +184,22 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
     let pause_for = Duration::from_millis(LOCK_TTL_MS + 5000);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // 1. SIGKILL with a call in flight; back 5 s later.
-    let kill_holding = holding(&replicas[0].3).await;
+    // 1. SIGKILL of whichever of replicas 1 and 2 first has a call in flight; back 5 s later.
+    let killed_one = first_holding(&[&replicas[0].3, &replicas[1].3]).await;
+    let kill_holding = killed_one.is_some();
     let killed = Instant::now();
-    replicas[0].0.kill();
+    let victim = killed_one.unwrap_or(0);
+    replicas[victim].0.kill();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let restart = replicas[0].0.restart().await;
+    let restart = replicas[victim].0.restart().await;
 
-    // 2. SIGSTOP with a call in flight, past the lease.
-    let pause_holding = holding(&replicas[1].3).await;
-    replicas[1].0.pause();
+    // 2. SIGSTOP of whichever first has a call in flight then, past the lease.
+    let paused_one = first_holding(&[&replicas[0].3, &replicas[1].3]).await;
+    let pause_holding = paused_one.is_some();
+    let paused = paused_one.unwrap_or(1);
+    replicas[paused].0.pause();
     tokio::time::sleep(pause_for).await;
-    replicas[1].0.resume();
+    replicas[paused].0.resume();
     let run_more = if full() { 20 } else { 6 };
     tokio::time::sleep(Duration::from_secs(run_more)).await;
     reading.store(false, Ordering::SeqCst);
@@ -248,8 +254,11 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
             served_stale += usize::from(Some(token) != wechat_token(&world, appid));
         }
     }
-    let refused_by_fence =
-        Service::metric(&replicas[1].2, "wxhub_token_stale_writes_refused_total").await;
+    let refused_by_fence = Service::metric(
+        &replicas[paused].2,
+        "wxhub_token_stale_writes_refused_total",
+    )
+    .await;
     let mut metrics: HashMap<&str, f64> = HashMap::new();
     for (_, _, ops, _) in &replicas {
         for name in [
@@ -270,15 +279,17 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
         - calls_before;
     println!(
         "chaos token-control: 3 replicas, 6 s tokens, rotating refresh tokens, WeChat answering \
-         token calls 1.2 s late; replica 1 SIGKILLed (call in flight: {kill_holding}), ready \
-         again {:.2} s after its restart; replica 2 SIGSTOPped {:.1} s (call in flight: \
+         token calls 1.2 s late; replica {} SIGKILLed (call in flight: {kill_holding}), ready \
+         again {:.2} s after its restart; replica {} SIGSTOPped {:.1} s (call in flight: \
          {pause_holding}; lease {LOCK_TTL_MS} ms); over {:.1} s: reads via replica 3 ok {}, \
          failed {}, served tokens WeChat refused {}, slowest {:.2} s; authorizer-token calls \
          {refresh_calls}; the paused replica's writes refused by the fence \
          {refused_by_fence} (all replicas {}); refresh tokens WeChat refused \
          (61023) {}, healed by reconcile {}; converged {:.2} s after the load; tokens served afterwards \
          that are not WeChat's latest {served_stale}; mismatches {mismatch:?}",
+        victim + 1,
         restart.as_secs_f64(),
+        paused + 1,
         pause_for.as_secs_f64(),
         window.as_secs_f64(),
         reads.ok,
@@ -290,8 +301,14 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
         metrics["wxhub_reconcile_refresh_tokens_total"],
         converged.as_secs_f64(),
     );
-    assert!(kill_holding, "replica 1 never had a WeChat call in flight");
-    assert!(pause_holding, "replica 2 never had a WeChat call in flight");
+    assert!(
+        kill_holding,
+        "no replica had a WeChat call in flight to be killed in"
+    );
+    assert!(
+        pause_holding,
+        "no replica had a WeChat call in flight to be paused in"
+    );
     // The credential it held expired during the pause and the reader needed it, so another
     // replica took the lease and refreshed it: the late write is a stale one.
     assert!(
