@@ -264,7 +264,7 @@ async fn scenario(restart_replicas: bool) {
         assert!(pushes >= 1, "no replica asked WeChat for the ticket");
     } else {
         // The design asks for none (a running replica writes its ticket back); one was asked
-        // for in 1 of 16 runs, on a machine at load average ~10 (docs/scaling.md). More than
+        // for in 1 of 13 runs, on a machine at load average ~10 (docs/scaling.md). More than
         // one would be a storm.
         assert!(pushes <= 1, "{pushes} ticket pushes asked for");
     }
