@@ -1,11 +1,17 @@
 //! The relay's overhead (`make bench`): the same WeChat call — `GET /cgi-bin/menu/get` of an
 //! authorizer, answered by wxhub-sim — made directly with the token and through the relay with
-//! an API key, in one run on one stack (sim, token-control, relay in-process; real Redis).
+//! an API key, in one run on one stack (sim, token-control, relays in-process; real Redis).
+//! Two relays: one as configured by default (`relay.rate_limit_lease` 32: a Redis script per
+//! lease of rate-limit units) and one with `rate_limit_lease = 1` (a Redis script per call),
+//! so the limiter's share is measured in the same run.
 //!
-//! 1. **Max rate**, closed loop, `BENCH_CONCURRENCY` (32) workers each: direct, then relayed.
-//! 2. **Half the relay's max rate**, open loop (latency from the scheduled send time): direct,
-//!    then relayed. The added p50/p99 is relayed minus direct.
+//! 1. **Max rate**, closed loop, `BENCH_CONCURRENCY` (32) workers each: direct, then each relay.
+//! 2. **Half the (default) relay's max rate**, open loop (latency from the scheduled send
+//!    time): direct, then each relay. The added p50/p99 is relayed minus direct.
+//! 3. The rate-limit script alone (`Limiter::acquire`, closed loop, the same workers).
 //!
+//! Each run also reports CPU time per call of this process and of redis-server (from /proc;
+//! Redis is shared, so its figure includes whatever else used it meanwhile).
 //! `BENCH_SECS` (default 10) sets each measured run's length. Prints one block of figures.
 
 use std::io::Write as _;
@@ -24,6 +30,8 @@ struct Run {
     errors: u64,
     secs: f64,
     latency: Histogram<u64>,
+    /// CPU µs per request: this process, redis-server.
+    cpu: (f64, f64),
 }
 
 impl Run {
@@ -36,25 +44,75 @@ impl Run {
     }
 }
 
-#[derive(Clone)]
-struct Target {
-    client: reqwest::Client,
-    url: String,
-    key: Option<String>,
+/// CPU time (µs) of process `pid` so far: utime + stime of /proc/{pid}/stat, 0 if unreadable.
+fn cpu_us(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) * 10_000.0
 }
+
+/// Measures the CPU this process and Redis (`redis_pid`) spend on `work`, per request.
+async fn measured(redis_pid: &str, work: impl std::future::Future<Output = Run>) -> Run {
+    let (me, redis) = (cpu_us("self"), cpu_us(redis_pid));
+    let mut run = work.await;
+    let n = run.requests.max(1) as f64;
+    run.cpu = ((cpu_us("self") - me) / n, (cpu_us(redis_pid) - redis) / n);
+    run
+}
+
+/// What one request is.
+#[derive(Clone)]
+enum Target {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        key: Option<String>,
+    },
+    /// One rate-limit script (a bucket no run empties).
+    Limiter(wxhub_store::Limiter),
+}
+
+const UNREACHED: wxhub_store::Rate = wxhub_store::Rate {
+    count: 1_000_000,
+    period_ms: 1000,
+    burst: 1_000_000,
+};
 
 impl Target {
     async fn once(&self) -> bool {
-        let mut r = self.client.get(&self.url);
-        if let Some(k) = &self.key {
-            r = r.bearer_auth(k);
-        }
-        match r.send().await {
-            Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok_and(|b| {
-                !b.windows(9).any(|w| w == b"\"errcode\"")
-                    || b.windows(11).any(|w| w == b"\"errcode\":0")
-            }),
-            _ => false,
+        match self {
+            Target::Http { client, url, key } => {
+                let mut r = client.get(url);
+                if let Some(k) = key {
+                    r = r.bearer_auth(k);
+                }
+                match r.send().await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok_and(|b| {
+                        !b.windows(9).any(|w| w == b"\"errcode\"")
+                            || b.windows(11).any(|w| w == b"\"errcode\":0")
+                    }),
+                    _ => false,
+                }
+            }
+            Target::Limiter(limiter) => matches!(
+                limiter
+                    .acquire(TENANT, &[("bench:relay-script", UNREACHED)], 1)
+                    .await,
+                Ok(wxhub_store::Decision::Allowed { .. })
+            ),
         }
     }
 }
@@ -88,6 +146,7 @@ async fn closed(target: &Target, workers: usize, secs: f64) -> Run {
         errors: 0,
         secs: 0.0,
         latency: histogram(),
+        cpu: (0.0, 0.0),
     };
     for t in tasks {
         let (h, n, e) = t.await.expect("worker");
@@ -129,6 +188,7 @@ async fn open(target: &Target, rate: f64, secs: f64) -> Run {
         errors,
         secs,
         latency: h,
+        cpu: (0.0, 0.0),
     }
 }
 
@@ -156,17 +216,30 @@ async fn bench() {
     })
     .await
     .expect("stack");
+    let store = stack.ns.store();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut store.conn())
+        .await
+        .expect("redis INFO");
+    let redis_pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
     // The relay's own cost is measured, not its rate limit (one account, one path, at full speed
     // would be refused after the first burst): a limit no run reaches. The limiter itself still
-    // runs on every call (one Redis script), as in production.
-    let relay = stack
-        .relay(&[
-            ("WXHUB_RELAY__RATE_LIMIT__COUNT", "1000000"),
-            ("WXHUB_RELAY__RATE_LIMIT__PERIOD_MS", "1000"),
-            ("WXHUB_RELAY__RATE_LIMIT__BURST", "1000000"),
-        ])
-        .await
-        .expect("relay");
+    // runs, as in production: per lease (the default relay) or per call (`exact`).
+    let unreached = [
+        ("WXHUB_RELAY__RATE_LIMIT__COUNT", "1000000"),
+        ("WXHUB_RELAY__RATE_LIMIT__PERIOD_MS", "1000"),
+        ("WXHUB_RELAY__RATE_LIMIT__BURST", "1000000"),
+    ];
+    let relay = stack.relay(&unreached).await.expect("relay");
+    let mut exact_settings = unreached.to_vec();
+    exact_settings.push(("WXHUB_RELAY__RATE_LIMIT_LEASE", "1"));
+    let exact = stack.relay(&exact_settings).await.expect("relay");
     let mut tc = stack.token_client().await;
     let token = tc
         .get_access_token(req(
@@ -198,7 +271,7 @@ async fn bench() {
         .await
         .expect("create");
     assert!(created.status().is_success());
-    let direct = Target {
+    let direct = Target::Http {
         client: client.clone(),
         url: format!(
             "{}/cgi-bin/menu/get?access_token={token}",
@@ -206,43 +279,66 @@ async fn bench() {
         ),
         key: None,
     };
-    let relayed = Target {
-        client,
-        url: format!("{}/v1/{TENANT}/{AUTH1}/cgi-bin/menu/get", relay.url),
+    let through = |url: &str| Target::Http {
+        client: client.clone(),
+        url: format!("{url}/v1/{TENANT}/{AUTH1}/cgi-bin/menu/get"),
         key: Some(CRM_KEY.into()),
     };
-    // Warm both paths (connections, the relay's token cache).
-    closed(&direct, workers, 1.0).await;
-    closed(&relayed, workers, 1.0).await;
+    let (relayed, relayed_exact) = (through(&relay.url), through(&exact.url));
+    let script = Target::Limiter(wxhub_store::Limiter::new(store));
+    // Warm every path (connections, the relays' token caches).
+    for t in [&direct, &relayed_exact, &relayed, &script] {
+        closed(t, workers, 1.0).await;
+    }
 
-    let d_max = closed(&direct, workers, secs).await;
-    let r_max = closed(&relayed, workers, secs).await;
+    let pid = redis_pid.as_str();
+    let d_max = measured(pid, closed(&direct, workers, secs)).await;
+    let e_max = measured(pid, closed(&relayed_exact, workers, secs)).await;
+    let r_max = measured(pid, closed(&relayed, workers, secs)).await;
     let half = r_max.rate() / 2.0;
-    let d_half = open(&direct, half, secs).await;
-    let r_half = open(&relayed, half, secs).await;
+    let d_half = measured(pid, open(&direct, half, secs)).await;
+    let e_half = measured(pid, open(&relayed_exact, half, secs)).await;
+    let r_half = measured(pid, open(&relayed, half, secs)).await;
+    let s_max = measured(pid, closed(&script, workers, secs)).await;
 
     let mut out = std::io::stdout().lock();
     let line = |name: &str, r: &Run| {
         format!(
-            "relay {name:<22} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+            "relay {name:<28} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}  cpu/call {:>5.1} us + redis {:>4.1} us",
             r.rate(),
             r.ms(0.50),
             r.ms(0.99),
-            r.errors
+            r.errors,
+            r.cpu.0,
+            r.cpu.1
         )
     };
     let _ = writeln!(out, "{}", line("direct max", &d_max));
+    let _ = writeln!(out, "{}", line("relayed (lease 1) max", &e_max));
     let _ = writeln!(out, "{}", line("relayed max", &r_max));
     let _ = writeln!(out, "{}", line(&format!("direct @{half:.0}/s"), &d_half));
-    let _ = writeln!(out, "{}", line(&format!("relayed @{half:.0}/s"), &r_half));
     let _ = writeln!(
         out,
-        "relay overhead at half the relay's max: +{:.3} ms p50, +{:.3} ms p99; max rate {:.0} vs {:.0} req/s direct ({workers} workers, {secs} s runs)",
-        r_half.ms(0.50) - d_half.ms(0.50),
-        r_half.ms(0.99) - d_half.ms(0.99),
+        "{}",
+        line(&format!("relayed (lease 1) @{half:.0}/s"), &e_half)
+    );
+    let _ = writeln!(out, "{}", line(&format!("relayed @{half:.0}/s"), &r_half));
+    let _ = writeln!(out, "{}", line("rate-limit script max", &s_max));
+    for (name, r) in [("relay", &r_half), ("relay (lease 1)", &e_half)] {
+        let _ = writeln!(
+            out,
+            "{name} overhead at half the relay's max: +{:.3} ms p50, +{:.3} ms p99",
+            r.ms(0.50) - d_half.ms(0.50),
+            r.ms(0.99) - d_half.ms(0.99),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "max rate {:.0} (lease 1: {:.0}) vs {:.0} req/s direct ({workers} workers, {secs} s runs)",
         r_max.rate(),
+        e_max.rate(),
         d_max.rate()
     );
-    drop(relay);
+    drop((relay, exact));
     stack.stop().await;
 }

@@ -54,6 +54,11 @@ oauth_callbacks = {}
 # nothing sent. 600 a minute with bursts of 100 is far above what an interactive system needs
 # and well below what spends a typical daily quota in minutes.
 rate_limit = { count = 600, period_ms = 60000, burst = 100 }
+# A replica takes up to this many units of a rate_limit bucket from Redis at once and spends
+# them on its next calls of that account and path (sized by its own demand; never more than a
+# quarter of the burst; unspent units expire after 200 ms). Across R replicas a bucket admits
+# at most R x (lease - 1) more than rate_limit in any interval. 1: one Redis script per call.
+rate_limit_lease = 32
 "#;
 
 /// `[relay]` (a key it does not know is refused).
@@ -76,6 +81,8 @@ pub struct RelaySection {
     pub oauth_callbacks: BTreeMap<String, String>,
     /// Per (account, WeChat path), across replicas.
     pub rate_limit: wxhub_store::Rate,
+    /// The most units of a `rate_limit` bucket one replica leases at once (1: none).
+    pub rate_limit_lease: u32,
 }
 
 impl RelaySection {
@@ -109,6 +116,12 @@ impl RelaySection {
         self.listen_addr()?;
         config::http_url("relay.endpoint", &self.endpoint)?;
         self.rate_limit.validate("relay.rate_limit")?;
+        within(
+            "relay.rate_limit_lease",
+            self.rate_limit_lease,
+            1..=1000,
+            "",
+        )?;
         if !self.public_base_url.trim().is_empty() {
             config::http_url("relay.public_base_url", &self.public_base_url)?;
         }

@@ -33,13 +33,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use axum::routing::{any, get, post};
+use axum::serve::ListenerExt as _;
 use tracing::Instrument as _;
 use wxhub_runtime::config::{ConfigError, Source};
 use wxhub_runtime::ops::{self, Readiness, WhenDown};
 use wxhub_runtime::service::{self, Listeners, Service};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::{Infra, Server, TenantsHandle};
-use wxhub_store::Store;
+use wxhub_store::{LeasedLimiter, Store};
 use wxhub_token_client::TokenClient;
 
 pub use config::{Config, DEFAULTS, RelaySection};
@@ -54,6 +55,8 @@ pub struct Shared {
     pub tokens: forward::Tokens,
     pub upstream: Upstream,
     pub store: Store,
+    /// `relay.rate_limit`'s buckets, leased a few units at a time.
+    pub limits: LeasedLimiter,
     pub config: Config,
     /// Whether spans are exported (then the relay's own span context is what it passes on).
     export_spans: bool,
@@ -172,6 +175,7 @@ impl Service for Relay {
             tokens,
             upstream,
             store: infra.store().clone(),
+            limits: LeasedLimiter::new(infra.store().clone(), config.relay.rate_limit_lease),
             export_spans: !config.telemetry.otlp_endpoint.is_empty(),
             config,
         });
@@ -191,6 +195,11 @@ impl Service for Relay {
         tracing::info!(addr = ?listener.local_addr().ok(), "relay listening");
         let app = router(Arc::clone(&self.shared));
         let http = Server::spawn("http server", move |stop| async move {
+            // Answers streamed chunk by chunk are written as they come: no Nagle delay
+            // waiting for the caller's (delayed) ACK of the headers.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

@@ -18,7 +18,8 @@
 //! [`campaigns`] (one message to many recipients, fed a slice at a time), [`ledger`] (ids of bus
 //! messages already applied), [`recovery`] (noticing a store that lost a tenant's state, and
 //! writing back what a replica holds), [`limiter`] (rate limits shared by every replica),
-//! [`pre_auth`] (the pre-auth code the authorization pages share).
+//! [`leased`] (the same limits, units leased a few at a time), [`pre_auth`] (the pre-auth code
+//! the authorization pages share).
 
 pub mod auth_codes;
 pub mod authorizers;
@@ -28,6 +29,7 @@ pub mod credentials;
 pub mod dedupe;
 pub mod jobs;
 mod keys;
+pub mod leased;
 pub mod ledger;
 pub mod limiter;
 pub mod nonces;
@@ -50,8 +52,9 @@ pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
 pub use jobs::{AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, Settle, Settled};
 pub use keys::Keys;
+pub use leased::{Admission, LeasedLimiter};
 pub use ledger::{Ledger, LedgerClaim};
-pub use limiter::{Decision, Limiter, Rate};
+pub use limiter::{Decision, Grant, Limiter, Rate};
 pub use pre_auth::{PreAuthCodes, SharedPreAuth};
 pub use recovery::{Epoch, Restored};
 

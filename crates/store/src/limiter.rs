@@ -132,6 +132,41 @@ return {1, remaining or 0, 0}
 
 static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
 
+/// KEYS: one bucket. ARGV: the most units wanted, its interval T (µs), its burst.
+/// Takes `min(wanted, what fits now)` units (the fit rule of [`ACQUIRE`]) and returns
+/// {taken, 0}, or {0, retry_after_us} when not even one unit fits (then nothing is taken).
+const TAKE_UP_TO: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wanted = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local fit = math.floor(burst - (tat - now) / interval)
+if fit < 1 then return {0, tat + interval - burst * interval - now} end
+local n = wanted
+if fit < n then n = fit end
+local new_tat = tat + n * interval
+local ttl = math.ceil((new_tat - now) / 1000)
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
+return {n, 0}
+";
+
+static TAKE_UP_TO_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(TAKE_UP_TO));
+
+/// The answer of [`Limiter::take_up_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// This many units (at least 1, at most the ones wanted) were taken.
+    Taken(u32),
+    /// Not one unit fits; nothing was taken. One will in `retry_after`.
+    Limited { retry_after: Duration },
+}
+
 /// Distributed rate limits on one store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Limiter {
@@ -184,6 +219,38 @@ impl Limiter {
                 bucket: usize::try_from(bucket - 1).unwrap_or(0),
                 retry_after: Duration::from_micros(value),
             }
+        })
+    }
+
+    /// Takes as many units as fit now from one bucket of `tenant`, at most `wanted` (at least
+    /// 1): a replica leasing units it spends later ([`crate::LeasedLimiter`]). The bucket's
+    /// guarantee is unchanged: what is taken counts as admitted when it is taken. An unusable
+    /// rate is treated as refusing.
+    pub async fn take_up_to(
+        &self,
+        tenant: &str,
+        subject: &str,
+        rate: Rate,
+        wanted: u32,
+    ) -> Result<Grant, StoreError> {
+        if rate.check("").is_err() {
+            return Ok(Grant::Limited {
+                retry_after: Duration::ZERO,
+            });
+        }
+        let mut invocation = TAKE_UP_TO_SCRIPT.prepare_invoke();
+        invocation
+            .key(self.store.keys(tenant).limit(subject))
+            .arg(wanted.max(1))
+            .arg(rate.interval_us())
+            .arg(rate.burst);
+        let mut conn = self.store.conn();
+        let (taken, wait): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok(match u32::try_from(taken) {
+            Ok(n) if n > 0 => Grant::Taken(n),
+            _ => Grant::Limited {
+                retry_after: Duration::from_micros(u64::try_from(wait).unwrap_or(0)),
+            },
         })
     }
 }

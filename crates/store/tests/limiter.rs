@@ -217,3 +217,104 @@ async fn a_shared_pre_auth_code_is_retired_only_by_its_marker() {
     assert_eq!(codes.shared("acme").await.unwrap(), None);
     assert!(!codes.retire("acme", "bbbb").await.unwrap());
 }
+
+/// Replicas hammering one bucket with leased units are admitted at most
+/// `burst + count·t/period + R·(lease − 1)` calls in `t` (the bound of `wxhub_store::leased`),
+/// and the bucket's rate still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_units_admit_at_most_the_bucket_plus_what_replicas_hold() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use wxhub_store::{Admission, LeasedLimiter};
+
+    let ns = Ns::new("limit-leased");
+    let rate = Rate {
+        count: 200,
+        period_ms: 1000,
+        burst: 40,
+    };
+    const REPLICAS: u64 = 3;
+    let replicas: Vec<LeasedLimiter> = (0..REPLICAS)
+        .map(|_| {
+            let store = Store::connect(&common::config(), ns.0.namespace()).unwrap();
+            LeasedLimiter::new(store, 8)
+        })
+        .collect();
+    let lease = replicas[0].lease_size(rate);
+    assert_eq!(lease, 8);
+    // Small bursts stay exact: a quarter of 2 is less than one unit.
+    assert_eq!(replicas[0].lease_size(Rate { burst: 2, ..rate }), 1);
+    let admitted = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_millis(1500);
+    let mut tasks = tokio::task::JoinSet::new();
+    for replica in &replicas {
+        for _ in 0..8 {
+            let (replica, admitted) = (replica.clone(), Arc::clone(&admitted));
+            tasks.spawn(async move {
+                while std::time::Instant::now() < until {
+                    match replica.acquire("acme", "hot", rate).await.unwrap() {
+                        Admission::Admitted => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Admission::Limited { retry_after } => {
+                            assert!(retry_after <= Duration::from_millis(5), "{retry_after:?}");
+                            tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    let bound = f64::from(rate.burst)
+        + f64::from(rate.count) * secs
+        + (REPLICAS * u64::from(lease - 1)) as f64;
+    assert!(
+        admitted <= bound,
+        "{admitted} admitted in {secs:.3} s; bound {bound:.1}"
+    );
+    assert!(
+        admitted >= f64::from(rate.count) * secs / 2.0,
+        "{admitted} admitted in {secs:.3} s: leases starve the bucket"
+    );
+}
+
+/// A replica calling a bucket now and then leases one unit at a time, so none is lost: another
+/// replica still gets the rest of the burst, and not one more.
+#[tokio::test]
+async fn an_occasional_caller_leases_nothing_it_does_not_spend() {
+    use wxhub_store::{Admission, LeasedLimiter};
+
+    let ns = Ns::new("limit-lease-idle");
+    let rate = Rate { burst: 8, ..HOURLY };
+    let a = LeasedLimiter::new(ns.0.clone(), 8);
+    let b = LeasedLimiter::new(
+        Store::connect(&common::config(), ns.0.namespace()).unwrap(),
+        8,
+    );
+    assert_eq!(a.lease_size(rate), 2);
+    for _ in 0..4 {
+        assert_eq!(
+            a.acquire("acme", "slow", rate).await.unwrap(),
+            Admission::Admitted
+        );
+        // Longer than two demand windows: each call is the only one in its window.
+        tokio::time::sleep(wxhub_store::leased::WINDOW * 2 + Duration::from_millis(20)).await;
+    }
+    for i in 0..4 {
+        assert_eq!(
+            b.acquire("acme", "slow", rate).await.unwrap(),
+            Admission::Admitted,
+            "call {i} of the other replica"
+        );
+    }
+    assert!(matches!(
+        b.acquire("acme", "slow", rate).await.unwrap(),
+        Admission::Limited { .. }
+    ));
+}
