@@ -28,6 +28,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Run {
     requests: u64,
     errors: u64,
+    /// What the first failed request said.
+    first_error: Option<String>,
     secs: f64,
     latency: Histogram<u64>,
     /// CPU µs per request: this process, redis-server.
@@ -92,29 +94,50 @@ const UNREACHED: wxhub_store::Rate = wxhub_store::Rate {
 };
 
 impl Target {
-    async fn once(&self) -> bool {
+    /// One request; the error says what failed (the first of a run is printed).
+    async fn once(&self) -> Result<(), String> {
         match self {
             Target::Http { client, url, key } => {
                 let mut r = client.get(url);
                 if let Some(k) = key {
                     r = r.bearer_auth(k);
                 }
-                match r.send().await {
-                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok_and(|b| {
-                        !b.windows(9).any(|w| w == b"\"errcode\"")
-                            || b.windows(11).any(|w| w == b"\"errcode\":0")
-                    }),
-                    _ => false,
+                let resp = r.send().await.map_err(|e| chain(&e.without_url()))?;
+                let status = resp.status();
+                let body = resp.bytes().await.map_err(|e| chain(&e.without_url()))?;
+                let ok = status.is_success()
+                    && (!body.windows(9).any(|w| w == b"\"errcode\"")
+                        || body.windows(11).any(|w| w == b"\"errcode\":0"));
+                if ok {
+                    Ok(())
+                } else {
+                    let text = String::from_utf8_lossy(&body);
+                    Err(format!(
+                        "{status}: {}",
+                        text.chars().take(160).collect::<String>()
+                    ))
                 }
             }
-            Target::Limiter(limiter) => matches!(
-                limiter
-                    .acquire(TENANT, &[("bench:relay-script", UNREACHED)], 1)
-                    .await,
-                Ok(wxhub_store::Decision::Allowed { .. })
-            ),
+            Target::Limiter(limiter) => match limiter
+                .acquire(TENANT, &[("bench:relay-script", UNREACHED)], 1)
+                .await
+            {
+                Ok(wxhub_store::Decision::Allowed { .. }) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
         }
     }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn histogram() -> Histogram<u64> {
@@ -129,30 +152,36 @@ async fn closed(target: &Target, workers: usize, secs: f64) -> Run {
             let t = target.clone();
             tokio::spawn(async move {
                 let (mut h, mut n, mut errors) = (histogram(), 0u64, 0u64);
+                let mut first = None;
                 while Instant::now() < until {
                     let s = Instant::now();
-                    if !t.once().await {
+                    if let Err(e) = t.once().await {
                         errors += 1;
+                        first.get_or_insert(e);
                     }
                     let _ = h.record(s.elapsed().as_micros() as u64);
                     n += 1;
                 }
-                (h, n, errors)
+                (h, n, errors, first)
             })
         })
         .collect();
     let mut run = Run {
         requests: 0,
         errors: 0,
+        first_error: None,
         secs: 0.0,
         latency: histogram(),
         cpu: (0.0, 0.0),
     };
     for t in tasks {
-        let (h, n, e) = t.await.expect("worker");
+        let (h, n, e, first) = t.await.expect("worker");
         run.latency.add(h).expect("same bounds");
         run.requests += n;
         run.errors += e;
+        if run.first_error.is_none() {
+            run.first_error = first;
+        }
     }
     run.secs = started.elapsed().as_secs_f64();
     run
@@ -162,30 +191,32 @@ async fn open(target: &Target, rate: f64, secs: f64) -> Run {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let n = (rate * secs) as u64;
     let started = Instant::now();
-    let latency = Arc::new(std::sync::Mutex::new((histogram(), 0u64)));
+    let latency = Arc::new(std::sync::Mutex::new((histogram(), 0u64, None)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let due = started + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
         let (t, latency) = (target.clone(), Arc::clone(&latency));
         tasks.spawn(async move {
-            let ok = t.once().await;
+            let result = t.once().await;
             let mut l = latency.lock().expect("latency");
             let _ = l.0.record(due.elapsed().as_micros() as u64);
-            if !ok {
+            if let Err(e) = result {
                 l.1 += 1;
+                l.2.get_or_insert(e);
             }
         });
     }
     while tasks.join_next().await.is_some() {}
     let secs = started.elapsed().as_secs_f64();
-    let (h, errors) = {
+    let (h, errors, first_error) = {
         let l = latency.lock().expect("latency");
-        (l.0.clone(), l.1)
+        (l.0.clone(), l.1, l.2.clone())
     };
     Run {
         requests: n,
         errors,
+        first_error,
         secs,
         latency: h,
         cpu: (0.0, 0.0),
@@ -324,6 +355,19 @@ async fn bench() {
     );
     let _ = writeln!(out, "{}", line(&format!("relayed @{half:.0}/s"), &r_half));
     let _ = writeln!(out, "{}", line("rate-limit script max", &s_max));
+    for (name, r) in [
+        ("direct max", &d_max),
+        ("relayed (lease 1) max", &e_max),
+        ("relayed max", &r_max),
+        ("direct half", &d_half),
+        ("relayed (lease 1) half", &e_half),
+        ("relayed half", &r_half),
+        ("rate-limit script", &s_max),
+    ] {
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(out, "relay {name}: first error: {e}");
+        }
+    }
     for (name, r) in [("relay", &r_half), ("relay (lease 1)", &e_half)] {
         let _ = writeln!(
             out,
