@@ -67,7 +67,7 @@ fn cpu_us(pid: &str) -> f64 {
 }
 
 /// Measures the CPU this process and Redis (`redis_pid`) spend on `work`, per request.
-async fn measured(redis_pid: &str, work: impl std::future::Future<Output = Run>) -> Run {
+async fn measured(redis_pid: &str, work: impl Future<Output = Run>) -> Run {
     let (me, redis) = (cpu_us("self"), cpu_us(redis_pid));
     let mut run = work.await;
     let n = run.requests.max(1) as f64;

@@ -249,6 +249,7 @@ mod tests {
         assert_eq!(c.relay.listen, "0.0.0.0:8090");
         assert_eq!(c.relay.endpoint, "http://127.0.0.1:8090");
         assert_eq!(c.relay.public_base(), "http://127.0.0.1:8090");
+        assert_eq!(c.relay.rate_limit_lease, 32);
         assert!(!config::dump(&c).contains("relay-key"));
     }
 
@@ -266,6 +267,11 @@ mod tests {
                 "WXHUB_RELAY__OAUTH_AUTHORIZE_BASE",
                 "ftp://x",
                 "relay.oauth_authorize_base",
+            ),
+            (
+                "WXHUB_RELAY__RATE_LIMIT_LEASE",
+                "0",
+                "relay.rate_limit_lease",
             ),
             ("WXHUB_RELAY__TYPO", "1", "typo"),
         ] {
