@@ -47,6 +47,10 @@ pub(crate) async fn admit(
                 retry_after.as_millis().max(1)
             ),
         )),
+        Ok(Admission::Unchecked) => {
+            metrics::counter!("wxhub_relay_unmetered_total").increment(1);
+            Ok(())
+        }
         Err(e) => {
             metrics::counter!("wxhub_relay_unmetered_total").increment(1);
             tracing::warn!(tenant, error = %e, "rate limit not checked (Redis); the call goes on");

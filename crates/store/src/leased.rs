@@ -17,7 +17,10 @@
 //! - Unspent units expire [`LIFETIME`] after the lease: a replica cannot save units up and
 //!   spend them in a burst later.
 //! - One request per bucket and replica asks Redis at a time; the others wait for its lease
-//!   (so a replica never holds more than `L − 1` units of a bucket).
+//!   (so a replica never holds more than `L − 1` units of a bucket). When that ask fails, the
+//!   bucket's next requests for [`WINDOW`] are [`Admission::Unchecked`] without asking (what
+//!   the caller does without Redis is its decision), so a hanging Redis delays them once, not
+//!   once per queued request.
 //! - The lease size is at most a quarter of the bucket's burst (at least 1), so small limits
 //!   stay exact and one replica cannot sit on most of a burst.
 
@@ -45,6 +48,10 @@ pub enum Admission {
     Limited {
         retry_after: Duration,
     },
+    /// Not checked: asking Redis for this bucket failed less than [`WINDOW`] ago (the caller
+    /// treats it as it treats that error). Calls queued behind a failing or hanging Redis call
+    /// are not each sent to Redis in turn.
+    Unchecked,
 }
 
 #[derive(Debug)]
@@ -56,6 +63,8 @@ struct Local {
     window: Instant,
     this: u32,
     last: u32,
+    /// When asking Redis for this bucket last failed, until it succeeds again.
+    failed: Option<Instant>,
 }
 
 impl Local {
@@ -66,6 +75,7 @@ impl Local {
             window: now,
             this: 0,
             last: 0,
+            failed: None,
         }
     }
 
@@ -141,12 +151,16 @@ impl LeasedLimiter {
         if local.spend(now) {
             return Ok(Admission::Admitted);
         }
-        let wanted = local.this.max(local.last).clamp(1, most);
-        match self
-            .limiter
-            .take_up_to(tenant, subject, rate, wanted)
-            .await?
+        if local
+            .failed
+            .is_some_and(|at| now.duration_since(at) < WINDOW)
         {
+            return Ok(Admission::Unchecked);
+        }
+        let wanted = local.this.max(local.last).clamp(1, most);
+        let grant = self.limiter.take_up_to(tenant, subject, rate, wanted).await;
+        local.failed = grant.is_err().then(Instant::now);
+        match grant? {
             Grant::Taken(n) => {
                 // One for this request; the rest (at most `most − 1`) for the next ones.
                 local.left = n.min(most) - 1;

@@ -261,6 +261,7 @@ async fn leased_units_admit_at_most_the_bucket_plus_what_replicas_hold() {
                             assert!(retry_after <= Duration::from_millis(5), "{retry_after:?}");
                             tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
                         }
+                        Admission::Unchecked => panic!("Redis is up: every call is checked"),
                     }
                 }
             });
@@ -317,4 +318,32 @@ async fn an_occasional_caller_leases_nothing_it_does_not_spend() {
         b.acquire("acme", "slow", rate).await.unwrap(),
         Admission::Limited { .. }
     ));
+}
+
+/// Without Redis, one call of a bucket asks (and gets the error); the calls of the next
+/// `leased::WINDOW` are `Unchecked` without asking, then Redis is asked again.
+#[tokio::test]
+async fn without_redis_a_bucket_asks_once_per_window() {
+    use wxhub_store::{Admission, LeasedLimiter, RedisConfig};
+
+    // Nothing listens on port 1.
+    let store = Store::connect(&RedisConfig::new("redis://127.0.0.1:1"), "t-lease-down").unwrap();
+    let limiter = LeasedLimiter::new(store, 8);
+    let rate = Rate {
+        count: 100,
+        period_ms: 1000,
+        burst: 40,
+    };
+    assert!(limiter.acquire("acme", "down", rate).await.is_err());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        limiter.acquire("acme", "down", rate).await.unwrap(),
+        Admission::Unchecked
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "Redis was asked"
+    );
+    tokio::time::sleep(wxhub_store::leased::WINDOW + Duration::from_millis(20)).await;
+    assert!(limiter.acquire("acme", "down", rate).await.is_err());
 }
