@@ -39,6 +39,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("credentials.rs", include_str!("credentials.rs")),
     ("dedupe.rs", include_str!("dedupe.rs")),
     ("jobs.rs", include_str!("jobs.rs")),
+    ("leased.rs", include_str!("leased.rs")),
     ("ledger.rs", include_str!("ledger.rs")),
     ("limiter.rs", include_str!("limiter.rs")),
     ("nonces.rs", include_str!("nonces.rs")),
@@ -276,7 +277,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     completer.complete(tenant, "wxa1", "msg:3", "o3");
     completer.flush().await;
 
-    // Authorization codes, the ledger, the limiter, nonces, the shared pre-auth code.
+    // Authorization codes, the ledger, the limiters, nonces, the shared pre-auth code.
     let codes = AuthCodes::new(
         store.clone(),
         Duration::from_secs(5),
@@ -306,6 +307,15 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
                 ("page:tenant", Rate::per_minute(100, 50)),
             ],
             1,
+        )
+        .await
+        .unwrap();
+    // Leases of up to 8 units (a quarter of the burst is more): `Limiter::take_up_to`.
+    crate::LeasedLimiter::new(store.clone(), 8)
+        .acquire(
+            tenant,
+            "relay:wxa1:/cgi-bin/menu/get",
+            Rate::per_minute(600, 100),
         )
         .await
         .unwrap();
