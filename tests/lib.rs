@@ -42,6 +42,11 @@ pub struct Setup {
     pub tickets: bool,
     /// More `WXHUB_*` settings of the stack's worker (they win).
     pub worker_env: Vec<(String, String)>,
+    /// Component tenants beyond the world's, each with one authorized account
+    /// ([`extra_tenant`]; with `tickets`, their tickets too).
+    pub extra_tenants: usize,
+    /// Users of each extra tenant's account ([`extra_user`]).
+    pub extra_users: usize,
 }
 
 impl Setup {
@@ -51,6 +56,8 @@ impl Setup {
             wire_callbacks: true,
             tickets: false,
             worker_env: Vec::new(),
+            extra_tenants: 0,
+            extra_users: 0,
         }
     }
 }
@@ -217,9 +224,9 @@ impl Stack {
         let ns = Namespace::new(&setup.label);
         let dir = tempfile::tempdir()?;
         let tenants_path = dir.path().join("tenants.toml");
-        std::fs::write(&tenants_path, tenants_file())?;
+        std::fs::write(&tenants_path, tenants_file_with(setup.extra_tenants))?;
         let sim = wxhub_sim::start(SimConfig {
-            seed: Some(seed()),
+            seed: Some(seed_with(setup.extra_tenants, setup.extra_users)),
             auto_ticket_push: false,
             // Template and subscribe sends are reported back, as WeChat does (messaging).
             delivery_report_delay: Some(Duration::from_millis(100)),
@@ -251,6 +258,10 @@ impl Stack {
             // Before token-control starts, so that its start-up reconcile can run.
             stack.give_ticket(COMPONENT, TENANT).await?;
             stack.give_ticket(BETA_COMPONENT, BETA).await?;
+            for i in 0..setup.extra_tenants {
+                let (id, component, _) = extra_tenant(i);
+                stack.give_ticket(&component, &id).await?;
+            }
         }
         let tc_config = wxhub_token_control::Config::load(
             &stack.source(&[("WXHUB_TOKEN_CONTROL__OPS_LISTEN", "127.0.0.1:0".to_owned())]),
@@ -283,6 +294,12 @@ impl Stack {
                         && auths.count(BETA).await.unwrap_or(0) >= 1
                 })
                 .await;
+            for i in 0..setup.extra_tenants {
+                let id = extra_tenant(i).0;
+                stack
+                    .wait_for(|| async { auths.count(&id).await.unwrap_or(0) >= 1 })
+                    .await;
+            }
         }
 
         let gateway = stack.gateway(GATEWAY_KEY, &[]).await?;

@@ -62,8 +62,30 @@ pub const CRM_KEY: &str = "crm-key";
 pub const BETA_KEY: &str = "beta-key";
 pub const MENUS_KEY: &str = "menus-key";
 
+/// Extra component tenants a stack may start with (`Setup::extra_tenants`, for benches): tenant
+/// `i` is `extra{i:02}`, its component `wxc0extra00000{i:02}`, and its one authorizer
+/// `wxe{i:016}` (an Official Account with the template [`TEMPLATE`] and
+/// `Setup::extra_users` users, [`extra_user`]).
+pub fn extra_tenant(i: usize) -> (String, String, String) {
+    (
+        format!("extra{i:02}"),
+        format!("wxc0extra00000{i:02}"),
+        format!("wxe{i:016}"),
+    )
+}
+
+/// User `j` of extra tenant `i`'s authorizer.
+pub fn extra_user(i: usize, j: usize) -> String {
+    format!("o_extra{i:02}_{j:06}")
+}
+
 /// The tenants file of every service.
 pub fn tenants_file() -> String {
+    tenants_file_with(0)
+}
+
+/// The tenants file, with `extra_tenants` of [`extra_tenant`].
+pub(crate) fn tenants_file_with(extra_tenants: usize) -> String {
     let tenant = |id: &str, appid: &str, secret: &str, token: &str| {
         format!(
             "[[tenants]]\nid = \"{id}\"\nkind = \"component\"\napp_id = \"{appid}\"\napp_secret = \"{secret}\"\ntoken = \"{token}\"\nencoding_aes_key = \"{AES_KEY}\"\n\n"
@@ -99,12 +121,22 @@ pub fn tenants_file() -> String {
             client("menus", MENUS_KEY, &format!("\"{TENANT}\""))
         ),
     ]
-    .concat()
+    .into_iter()
+    .chain((0..extra_tenants).map(|i| {
+        let (id, component, _) = extra_tenant(i);
+        tenant(&id, &component, "extra-secret", "extra-token")
+    }))
+    .collect()
 }
 
 /// The simulator's seed: both components (no callback URLs yet, no automatic ticket pushes),
 /// their accounts and authorizations.
 pub fn seed() -> Seed {
+    seed_with(0, 0)
+}
+
+/// The seed, with `extra_tenants` of [`extra_tenant`], each account with `extra_users` users.
+pub(crate) fn seed_with(extra_tenants: usize, extra_users: usize) -> Seed {
     let component = |appid: &str, secret: &str, token: &str| ComponentSeed {
         appid: appid.into(),
         secret: secret.into(),
@@ -121,7 +153,7 @@ pub fn seed() -> Seed {
         nick_name: Some(nick_name.into()),
         ..Default::default()
     };
-    Seed {
+    let mut seed = Seed {
         components: vec![
             component(COMPONENT, SECRET, TOKEN),
             component(BETA_COMPONENT, "beta-secret", "beta-token"),
@@ -182,7 +214,27 @@ pub fn seed() -> Seed {
             AuthorizationSeed::new(BETA_COMPONENT, BETA_AUTH),
         ],
         ..Default::default()
+    };
+    for i in 0..extra_tenants {
+        let (_, component_appid, appid) = extra_tenant(i);
+        seed.components
+            .push(component(&component_appid, "extra-secret", "extra-token"));
+        seed.accounts.push(AccountSeed {
+            templates: vec![TEMPLATE.into()],
+            users: (0..extra_users)
+                .map(|j| UserSeed {
+                    openid: extra_user(i, j),
+                    subscribed: true,
+                    last_interaction_ago_secs: Some(60),
+                    subscribe_allowance: Default::default(),
+                })
+                .collect(),
+            ..account(&appid, &format!("gh_extra{i:02}"), "Extra")
+        });
+        seed.authorizations
+            .push(AuthorizationSeed::new(&component_appid, &appid));
     }
+    seed
 }
 
 fn users() -> Vec<UserSeed> {

@@ -3,8 +3,18 @@
 //! rate of template sends posted by a bare HTTP client — and the end-to-end latency (enqueue
 //! to recorded `sent`) at half the measured rate. One process, real Redis and RabbitMQ.
 //!
+//! Then, on a stack of its own with realistic limits: a campaign of `MSG_BENCH_CAMPAIGN`
+//! recipients (100,000) split over `MSG_BENCH_TENANTS` (10) tenants, one account and campaign
+//! each — wall time, peak Redis memory (INFO `used_memory` sampled every 100 ms, minus the
+//! baseline before it; the Redis is shared, so other clients' keys are in it too) and the
+//! first-job latency of a quiet tenant during it; and a tenant holding `MSG_BENCH_HOLD`
+//! (1,000,000) single messages (stored through the job store, as Enqueue does, 64 at once) —
+//! the time to hold them, their Redis memory, and another tenant's first-job latency meanwhile.
+//!
 //! `cargo bench -p wxhub-tests --bench messaging` (part of `make bench`). Knobs (env):
-//! `MSG_BENCH_JOBS` (default 3000), `MSG_BENCH_CONCURRENCY` (64), `MSG_BENCH_SECS` (3).
+//! `MSG_BENCH_JOBS` (default 3000), `MSG_BENCH_CONCURRENCY` (64), `MSG_BENCH_SECS` (3),
+//! `MSG_BENCH_CAMPAIGN` (100000, 0 skips), `MSG_BENCH_TENANTS` (10), `MSG_BENCH_HOLD`
+//! (1000000, 0 skips).
 
 #![allow(clippy::print_stdout)] // the figures of a run are its output
 
@@ -12,12 +22,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_tests::{AUTH1, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, req, user};
+use wxhub_store::{Created, Jobs, NewJob, Store};
+use wxhub_tests::{
+    AUTH1, BETA, BETA_AUTH, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, extra_tenant,
+    extra_user, req, user,
+};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -54,6 +69,11 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run());
+    let recipients = env("MSG_BENCH_CAMPAIGN", 100_000);
+    let hold = env("MSG_BENCH_HOLD", 1_000_000);
+    if recipients > 0 || hold > 0 {
+        runtime.block_on(at_scale(recipients, hold));
+    }
 }
 
 async fn run() {
@@ -230,3 +250,301 @@ async fn run() {
 }
 
 const TEMPLATE_PATH: &str = "/cgi-bin/message/template/send";
+
+/// Redis's `used_memory` (bytes).
+async fn used_memory(store: &Store) -> u64 {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples `used_memory` every 100 ms until dropped; `peak()` is the highest seen.
+struct MemorySampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MemorySampler {
+    fn start(store: Store) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                p.fetch_max(used_memory(&store).await, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { peak, task }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for MemorySampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+/// Enqueues one message as `tenant` and returns how long until it was sent (enqueue → the
+/// WeChat call, from the job record).
+async fn first_job_latency(
+    client: &mut MessagingClient<tonic::transport::Channel>,
+    request: pb::EnqueueRequest,
+) -> Duration {
+    let started = Instant::now();
+    let id = client
+        .enqueue(req(request, OPS_KEY))
+        .await
+        .expect("enqueue")
+        .into_inner()
+        .id;
+    loop {
+        let j = client
+            .get_job(req(pb::GetJobRequest { job_id: id.clone() }, OPS_KEY))
+            .await
+            .expect("job")
+            .into_inner();
+        if matches!(
+            j.state_name.as_str(),
+            "sent" | "delivered" | "delivery_failed"
+        ) {
+            let sent_at = j.attempts.last().map_or(j.updated_at_ms, |a| a.at_ms);
+            return Duration::from_millis(u64::try_from(sent_at - j.created_at_ms).unwrap_or(0));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "job not sent: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn summary(latencies: &[Duration]) -> String {
+    let mut ms: Vec<u128> = latencies.iter().map(Duration::as_millis).collect();
+    ms.sort_unstable();
+    format!(
+        "p50 {} ms, max {} ms ({} jobs)",
+        ms.get(ms.len() / 2).copied().unwrap_or(0),
+        ms.last().copied().unwrap_or(0),
+        ms.len()
+    )
+}
+
+/// The campaign across tenants and the held backlog, on a stack with the default limits except
+/// the template rate (500/s per account, so ten accounts can outrun the worker) and a custom
+/// rate of 5/s (so the held backlog stays a backlog).
+async fn at_scale(recipients: u64, hold: u64) {
+    let tenants = usize::try_from(env("MSG_BENCH_TENANTS", 10))
+        .unwrap_or(10)
+        .max(1);
+    let per_tenant = usize::try_from(recipients).unwrap_or(0).div_ceil(tenants);
+    let mut setup = Setup::new("bench-msg-scale");
+    setup.tickets = true;
+    setup.extra_tenants = if recipients > 0 { tenants } else { 0 };
+    setup.extra_users = per_tenant;
+    setup.worker_env = [
+        (
+            "WXHUB_WORKER__LIMITS__TEMPLATE",
+            "{ count = 500, period_ms = 1000, burst = 500 }",
+        ),
+        (
+            "WXHUB_WORKER__LIMITS__CUSTOM",
+            "{ count = 5, period_ms = 1000, burst = 5 }",
+        ),
+        ("WXHUB_WORKER__BULK_CONCURRENCY", "32"),
+        ("WXHUB_AMQP__PREFETCH", "128"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let stack = Stack::start_with(setup).await.expect("stack");
+    let mut client = MessagingClient::connect(format!("http://{}", stack.worker))
+        .await
+        .expect("worker");
+    let quiet_template = |i: usize| pb::EnqueueRequest {
+        tenant: TENANT.into(),
+        appid: AUTH1.into(),
+        idempotency_key: String::new(),
+        message: template(i as u64).message,
+    };
+    // Warm the quiet tenant's token before measuring.
+    let _ = first_job_latency(&mut client, quiet_template(0)).await;
+
+    if recipients > 0 {
+        let baseline = used_memory(&stack.store).await;
+        let sampler = MemorySampler::start(stack.store.clone());
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        for t in 0..tenants {
+            let (tenant, _, appid) = extra_tenant(t);
+            let r = pb::CreateCampaignRequest {
+                tenant,
+                appid,
+                message: Some(pb::create_campaign_request::Message::Template(
+                    pb::TemplateMessage {
+                        template_id: TEMPLATE.into(),
+                        data: [(
+                            "keyword1".to_owned(),
+                            pb::TemplateValue {
+                                value: "sale".into(),
+                                color: String::new(),
+                            },
+                        )]
+                        .into(),
+                        ..Default::default()
+                    },
+                )),
+                recipients: (0..per_tenant)
+                    .map(|j| pb::Recipient {
+                        touser: extra_user(t, j),
+                        data: Default::default(),
+                    })
+                    .collect(),
+            };
+            ids.push(
+                client
+                    .create_campaign(req(r, OPS_KEY))
+                    .await
+                    .expect("campaign")
+                    .into_inner()
+                    .id,
+            );
+        }
+        let created = started.elapsed();
+        let mut quiet = Vec::new();
+        let total = (per_tenant * tenants) as u64;
+        loop {
+            let mut settled = 0;
+            for id in &ids {
+                let c = client
+                    .get_campaign(req(
+                        pb::CampaignRequest {
+                            campaign_id: id.clone(),
+                        },
+                        OPS_KEY,
+                    ))
+                    .await
+                    .expect("campaign")
+                    .into_inner();
+                settled += c.sent + c.failed + c.unknown + c.dead;
+            }
+            if settled >= total {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "campaigns stalled at {settled} of {total}"
+            );
+            // A quiet tenant's single message every ~2 s while the campaigns run.
+            quiet.push(first_job_latency(&mut client, quiet_template(quiet.len() + 1)).await);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let took = started.elapsed();
+        let peak = sampler.peak();
+        drop(sampler);
+        println!(
+            "messaging: campaign of {total} recipients across {tenants} tenants: created in {:.1} s, all sent in {:.1} s ({:.0} sends/s); peak Redis memory +{:.0} MB over the baseline ({:.0} MB); a quiet tenant's first job meanwhile: {}",
+            created.as_secs_f64(),
+            took.as_secs_f64(),
+            total as f64 / took.as_secs_f64(),
+            mb(peak.saturating_sub(baseline)),
+            mb(baseline),
+            summary(&quiet)
+        );
+    }
+
+    if hold > 0 {
+        // One tenant's backlog of single messages, stored the way Enqueue stores them.
+        let window = 500; // worker.tenant_window's default, which this stack runs with
+        let jobs = Jobs::new(
+            stack.store.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .with_tenant_window(window);
+        let baseline = used_memory(&stack.store).await;
+        let sampler = MemorySampler::start(stack.store.clone());
+        let started = Instant::now();
+        let held = AtomicU64::new(0);
+        futures::stream::iter(0..hold)
+            .map(|i| {
+                let (jobs, bus, held) = (jobs.clone(), stack.bus.clone(), &held);
+                async move {
+                    let now = wxhub_runtime::unix_ms();
+                    let id = wxhub_store::jobs::new_id(TENANT, now);
+                    let touser = user(usize::try_from(i).unwrap_or(0) % USERS);
+                    let job = NewJob {
+                        id: id.clone(),
+                        appid: AUTH1.into(),
+                        kind: "custom".into(),
+                        api: "/cgi-bin/message/custom/send".into(),
+                        body: serde_json::json!({
+                            "touser": touser,
+                            "msgtype": "text",
+                            "text": {"content": format!("backlog {i}")},
+                        })
+                        .to_string(),
+                        touser,
+                        idempotency_key: None,
+                        campaign: None,
+                        now_ms: now,
+                    };
+                    match jobs.create(TENANT, &job).await.expect("create") {
+                        Created::New => wxhub_worker::service::publish_job(&bus, TENANT, &id)
+                            .await
+                            .expect("publish"),
+                        Created::Held => {
+                            held.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Created::Existing(_) => {}
+                    }
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<()>()
+            .await;
+        let took = started.elapsed();
+        let memory = sampler.peak().saturating_sub(baseline);
+        drop(sampler);
+        let mut quiet = Vec::new();
+        for i in 0..5 {
+            let r = pb::EnqueueRequest {
+                tenant: BETA.into(),
+                appid: BETA_AUTH.into(),
+                idempotency_key: String::new(),
+                message: Some(Message::Custom(pb::CustomMessage {
+                    touser: user(i),
+                    msgtype: "text".into(),
+                    body_json: serde_json::json!({ "content": "first" }).to_string(),
+                    kf_account: String::new(),
+                })),
+            };
+            quiet.push(first_job_latency(&mut client, r).await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (held_now, in_broker, _) = jobs.window_counts(TENANT).await.expect("counts");
+        println!(
+            "messaging: one tenant holding {hold} single messages (stored in {:.1} s, {:.0}/s; +{:.0} MB of Redis; {} held, {in_broker} in the broker after): another tenant's first job: {}",
+            took.as_secs_f64(),
+            hold as f64 / took.as_secs_f64(),
+            mb(memory),
+            held_now,
+            summary(&quiet)
+        );
+    }
+    stack.stop().await;
+}

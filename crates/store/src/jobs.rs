@@ -17,10 +17,24 @@
 //!   `unknown`). [`Jobs::settle`] records the outcome only if the caller still owns the lease,
 //!   so a sender that lost it cannot overwrite a newer outcome.
 //!
+//! - **A tenant's share of the broker is bounded, whatever its backlog.** With a window `W`
+//!   ([`Jobs::with_tenant_window`], `worker.tenant_window`), at most `W` of a tenant's
+//!   single-message jobs are announced and not final at once (`Keys::in_broker`). A job created
+//!   while the window is full — or while older jobs are held — is stored `queued` and held
+//!   (`Keys::held`, FIFO): [`Created::Held`], not announced by the caller. [`Jobs::take_held`]
+//!   moves held ids into the window as it frees (final states leave it in the settle script)
+//!   and through `Keys::feeding`, which keeps them until [`Jobs::fed`] says their publish was
+//!   confirmed: a feeder that stops mid-feed leaves them there and the next take hands them
+//!   out again (announced twice at worst; the claim sends once). A held job is never dropped.
+//!   Campaign jobs are outside the window (campaigns feed a window of their own). An entry
+//!   older than the job TTL (its job expired, or its creator died before publishing) leaves the
+//!   window at the next create or take.
+//!
 //! Layout (all under the tenant's hash tag): `Keys::job` (hash), `Keys::job_attempts` (list of
 //! JSON attempts), `Keys::jobs(state)` (recent ids per state, `all` by creation),
 //! `Keys::idempotency`, `Keys::msgid` (delivery reports name only WeChat's msgid) and
-//! `Keys::park` (an (account, API) pair whose daily quota is spent). Records expire after
+//! `Keys::park` (an (account, API) pair whose daily quota is spent); the window:
+//! `Keys::in_broker`, `Keys::held`, `Keys::feeding`. Records expire after
 //! `ttl` (7 days by default); the recent lists keep the newest [`RECENT`] ids per state.
 
 use std::collections::HashMap;
@@ -148,8 +162,11 @@ pub struct JobRecord {
 /// The answer of [`Jobs::create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
-    /// Stored now.
+    /// Stored now, inside the tenant's window: the caller announces it.
     New,
+    /// Stored now and held (the tenant's window is full): a feeder announces it
+    /// ([`Jobs::take_held`]); the caller must not.
+    Held,
     /// The idempotency key already names this job; nothing was stored.
     Existing(String),
 }
@@ -196,8 +213,10 @@ pub enum Settled {
     Lost,
 }
 
-// KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued.
-// ARGV: id, now, ttl_ms, idem_ttl_ms, has_idem, recent, then field/value pairs.
+// KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued,
+// in-broker, held. ARGV: id, now, ttl_ms, idem_ttl_ms, has_idem, recent, window (0: outside
+// any window), then field/value pairs.
+// Returns {1, id} (stored, announce it), {2, id} (stored and held) or {0, existing}.
 const CREATE: &str = r"
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -205,23 +224,59 @@ if ARGV[5] == '1' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], 'state', 'queued', 'n', 0, 'created', ARGV[2], 'updated', ARGV[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 for i = 3, 4 do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(tonumber(ARGV[6]) + 1))
 end
+local window = tonumber(ARGV[7])
+if window > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+  -- Held jobs go first: a new job joins them while any is waiting.
+  if redis.call('LLEN', KEYS[6]) > 0 or redis.call('ZCARD', KEYS[5]) >= window then
+    redis.call('RPUSH', KEYS[6], ARGV[1])
+    redis.call('PEXPIRE', KEYS[6], ARGV[3])
+    return {2, ARGV[1]}
+  end
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3])
+end
 return {1, ARGV[1]}
 ";
 
-// KEYS: idem (or the job key), job, jobs:all, jobs:queued. ARGV: id, has_idem.
+// KEYS: idem (or the job key), job, jobs:all, jobs:queued, in-broker. ARGV: id, has_idem.
 const ABANDON: &str = r"
 if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 return 1
+";
+
+// KEYS: held, feeding, in-broker. ARGV: window, now, ttl_ms.
+// Moves held ids into the window while it has room (through `feeding`) and returns everything
+// in `feeding`: this take's ids and those a stopped feeder left.
+const TAKE_HELD: &str = r"
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]))
+local room = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[3])
+for _ = 1, room do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not id then break end
+  redis.call('ZADD', KEYS[3], now, id)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return redis.call('LRANGE', KEYS[2], 0, -1)
+";
+
+// KEYS: feeding. ARGV: the ids whose publish was confirmed.
+const FED: &str = r"
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return #ARGV
 ";
 
 // KEYS: job, then the state lists in JobState::ALL order (3..11).
@@ -249,7 +304,8 @@ return {answer, n}
 ";
 
 // KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
-// state lists (5..13), then the job's campaign (or the job key).
+// state lists (5..13), then the job's campaign (or the job key), then the tenant's in-broker
+// window (a final state leaves it).
 // ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
 // errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
 // A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
@@ -285,6 +341,7 @@ if KEYS[14] ~= KEYS[1] then
   local counter = ({sent = 'sent', delivered = 'sent', delivery_failed = 'sent', failed = 'failed', unknown = 'unknown', dead = 'dead'})[state]
   if counter and redis.call('EXISTS', KEYS[14]) == 1 then redis.call('HINCRBY', KEYS[14], counter, 1) end
 end
+if state ~= 'retrying' and state ~= 'sending' and state ~= 'queued' then redis.call('ZREM', KEYS[15], ARGV[1]) end
 return 'ok'
 ";
 
@@ -323,6 +380,8 @@ static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::n
 static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
 static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPLAY));
 static DELIVERED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELIVERED));
+static TAKE_HELD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE_HELD));
+static FED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FED));
 
 /// The jobs of one store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -330,6 +389,7 @@ pub struct Jobs {
     store: Store,
     ttl: Duration,
     idempotency_ttl: Duration,
+    window: u32,
 }
 
 /// A job id names its tenant: `{tenant}.{12 hex ms}{8 hex random}` (tenant ids have no dot).
@@ -360,7 +420,21 @@ impl Jobs {
             store,
             ttl,
             idempotency_ttl,
+            window: 0,
         }
+    }
+
+    /// At most `window` single-message jobs of a tenant announced and not final at once; 0
+    /// (the default of [`Jobs::new`]): no window, every new job is announced by its creator.
+    #[must_use]
+    pub fn with_tenant_window(mut self, window: u32) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The tenant window (0: none).
+    pub fn tenant_window(&self) -> u32 {
+        self.window
     }
 
     fn lists(&self, tenant: &str) -> Vec<String> {
@@ -381,7 +455,8 @@ impl Jobs {
         }
     }
 
-    /// Stores `job` as `queued` (see the module docs).
+    /// Stores `job` as `queued`, inside the tenant's window or held (campaign jobs are
+    /// always [`Created::New`]; see the module docs).
     pub async fn create(&self, tenant: &str, job: &NewJob) -> Result<Created, StoreError> {
         let keys = self.store.keys(tenant);
         let (idem, has_idem) = self.idem_key(tenant, job.idempotency_key.as_deref(), &job.id);
@@ -390,12 +465,19 @@ impl Jobs {
             .key(keys.job(&job.id))
             .key(keys.jobs("all"))
             .key(keys.jobs(JobState::Queued.as_str()))
+            .key(keys.in_broker())
+            .key(keys.held())
             .arg(&job.id)
             .arg(job.now_ms)
             .arg(px(self.ttl))
             .arg(px(self.idempotency_ttl))
             .arg(if has_idem { "1" } else { "0" })
-            .arg(RECENT);
+            .arg(RECENT)
+            .arg(if job.campaign.is_some() {
+                0
+            } else {
+                self.window
+            });
         for (k, v) in [
             ("appid", job.appid.as_str()),
             ("kind", &job.kind),
@@ -409,11 +491,73 @@ impl Jobs {
         }
         let mut conn = self.store.conn();
         let (new, id): (i64, String) = inv.invoke_async(&mut conn).await?;
-        Ok(if new == 1 {
-            Created::New
-        } else {
-            Created::Existing(id)
+        Ok(match new {
+            1 => Created::New,
+            2 => Created::Held,
+            _ => Created::Existing(id),
         })
+    }
+
+    /// Moves held jobs of `tenant` into its window while it has room and returns the ids to
+    /// announce: those, and any a feeder that stopped left unconfirmed. Call [`Jobs::fed`]
+    /// with each id once its publish is confirmed. Run by one feeder per tenant at a time
+    /// (two at once announce some jobs twice, which the claim makes harmless).
+    pub async fn take_held(&self, tenant: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut inv = TAKE_HELD_SCRIPT.prepare_invoke();
+        inv.key(keys.held())
+            .key(keys.feeding())
+            .key(keys.in_broker())
+            .arg(self.window.max(1))
+            .arg(now_ms)
+            .arg(px(self.ttl));
+        let mut conn = self.store.conn();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Whether this caller feeds `tenant`'s held jobs this tick: one replica per `tick` (a
+    /// guard key that expires with it).
+    pub async fn claim_feed(&self, tenant: &str, tick: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn();
+        let got: Option<String> = redis::cmd("SET")
+            .arg(self.store.keys(tenant).guard("held"))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(px(tick))
+            .query_async(&mut conn)
+            .await?;
+        Ok(got.is_some())
+    }
+
+    /// Forgets `ids` from the feeding list: their announcements were confirmed.
+    pub async fn fed(&self, tenant: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = FED_SCRIPT.prepare_invoke();
+        inv.key(self.store.keys(tenant).feeding());
+        for id in ids {
+            inv.arg(id);
+        }
+        let mut conn = self.store.conn();
+        let _: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// How many of `tenant`'s jobs are held, in its window, and being fed (one round trip).
+    pub async fn window_counts(&self, tenant: &str) -> Result<(u64, u64, u64), StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut conn = self.store.conn();
+        Ok(redis::pipe()
+            .cmd("LLEN")
+            .arg(keys.held())
+            .cmd("ZCARD")
+            .arg(keys.in_broker())
+            .cmd("LLEN")
+            .arg(keys.feeding())
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// Removes a job whose publish failed (and frees its idempotency key).
@@ -430,6 +574,7 @@ impl Jobs {
             .key(keys.job(id))
             .key(keys.jobs("all"))
             .key(keys.jobs(JobState::Queued.as_str()))
+            .key(keys.in_broker())
             .arg(id)
             .arg(if has_idem { "1" } else { "0" });
         let mut conn = self.store.conn();
@@ -516,7 +661,8 @@ impl Jobs {
             keys.job(id)
         } else {
             keys.campaign(&s.campaign)
-        });
+        })
+        .key(keys.in_broker());
         inv.arg(id)
             .arg(s.now_ms)
             .arg(owner)

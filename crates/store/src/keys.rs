@@ -155,6 +155,25 @@ impl Keys {
         format!("{}campaigns", self.prefix)
     }
 
+    /// `…:in-broker` — sorted set: job id → when it was admitted: the tenant's single-message
+    /// jobs announced on `{ns}.send` (or handed to a feeder to announce) and not yet in a final
+    /// state — its share of the broker, at most `worker.tenant_window` (`jobs`).
+    pub fn in_broker(&self) -> String {
+        format!("{}in-broker", self.prefix)
+    }
+
+    /// `…:held` — list: ids of the tenant's single-message jobs stored while its window was
+    /// full, oldest first; the feeder announces them as the window frees (`jobs`).
+    pub fn held(&self) -> String {
+        format!("{}held", self.prefix)
+    }
+
+    /// `…:feeding` — list: held ids a feeder took and is announcing; removed once each publish
+    /// is confirmed, so the next feeder announces again what a stopped one left (`jobs`).
+    pub fn feeding(&self) -> String {
+        format!("{}feeding", self.prefix)
+    }
+
     /// `…:park:{appid}:{api}` — string, PX: the (account, API) pair is parked after WeChat
     /// said its daily quota is spent (45009); nothing is sent to it until the key expires.
     pub fn park(&self, appid: &str, api: &str) -> String {
@@ -210,6 +229,9 @@ mod tests {
             k.campaign("c1"),
             k.campaign_recipients("c1"),
             k.campaigns(),
+            k.in_broker(),
+            k.held(),
+            k.feeding(),
             k.park("wx1", "/cgi-bin/message/template/send"),
         ] {
             assert!(key.starts_with("wxhub:{acme}:"), "{key}");

@@ -262,3 +262,103 @@ async fn a_report_that_came_before_the_record_is_taken_by_it() {
         1
     );
 }
+
+fn settle_as(state: JobState) -> Settle {
+    Settle {
+        state,
+        msgid: 0,
+        attempt: None,
+        ..sent(0)
+    }
+}
+
+/// The tenant window: at most W announced and not final; the excess held in order, fed as
+/// the window frees, never lost by a feeder that stops before its publishes are confirmed.
+#[tokio::test]
+async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_any() {
+    let ns = Ns::new("jobs-window");
+    let jobs = jobs(&ns).with_tenant_window(2);
+    let id = |n: u32| format!("{T}.{:012x}{n:08x}", 1000);
+    for n in 0..2 {
+        assert_eq!(
+            jobs.create(T, &new_job(&id(n), None)).await.unwrap(),
+            Created::New
+        );
+    }
+    for n in 2..4 {
+        assert_eq!(
+            jobs.create(T, &new_job(&id(n), None)).await.unwrap(),
+            Created::Held
+        );
+        assert_eq!(
+            jobs.get(T, &id(n)).await.unwrap().unwrap().state,
+            JobState::Queued
+        );
+    }
+    // Campaign jobs and other tenants are outside this tenant's window.
+    let campaign = NewJob {
+        campaign: Some("c1".into()),
+        ..new_job(&id(9), None)
+    };
+    assert_eq!(jobs.create(T, &campaign).await.unwrap(), Created::New);
+    let other = new_id("beta", 1000);
+    assert_eq!(
+        jobs.create("beta", &new_job(&other, None)).await.unwrap(),
+        Created::New
+    );
+    assert_eq!(jobs.window_counts(T).await.unwrap(), (2, 2, 0));
+    assert!(jobs.take_held(T, 1500).await.unwrap().is_empty(), "no room");
+
+    // A final state frees a place: the oldest held job takes it.
+    assert!(matches!(
+        jobs.claim(T, &id(0), "w", 1500, 60_000).await.unwrap(),
+        Claim::Claimed { .. }
+    ));
+    assert_eq!(
+        jobs.settle(T, &id(0), "wx1", "w", &sent(5)).await.unwrap(),
+        Settled::Ok
+    );
+    assert_eq!(jobs.take_held(T, 1600).await.unwrap(), vec![id(2)]);
+    // The feeder stopped before confirming: the next take hands it out again, and nothing more
+    // (the window is full again).
+    assert_eq!(jobs.take_held(T, 1700).await.unwrap(), vec![id(2)]);
+    jobs.fed(T, &[id(2)]).await.unwrap();
+    assert!(jobs.take_held(T, 1800).await.unwrap().is_empty());
+    assert_eq!(jobs.window_counts(T).await.unwrap(), (1, 2, 0));
+
+    // A retrying job keeps its place; a failed one leaves it; a new job queues behind the
+    // held one even when there is room.
+    for (n, state) in [(1, JobState::Retrying), (2, JobState::Failed)] {
+        assert!(matches!(
+            jobs.claim(T, &id(n), "w", 1900, 60_000).await.unwrap(),
+            Claim::Claimed { .. }
+        ));
+        assert_eq!(
+            jobs.settle(T, &id(n), "wx1", "w", &settle_as(state))
+                .await
+                .unwrap(),
+            Settled::Ok
+        );
+    }
+    assert_eq!(jobs.window_counts(T).await.unwrap(), (1, 1, 0));
+    assert_eq!(
+        jobs.create(T, &new_job(&id(4), None)).await.unwrap(),
+        Created::Held
+    );
+    assert_eq!(jobs.take_held(T, 2000).await.unwrap(), vec![id(3)]);
+    jobs.fed(T, &[id(3)]).await.unwrap();
+    // An abandoned job (its publish failed) leaves the window.
+    jobs.abandon(T, &id(3), None).await.unwrap();
+    assert_eq!(jobs.take_held(T, 2100).await.unwrap(), vec![id(4)]);
+    jobs.fed(T, &[id(4)]).await.unwrap();
+
+    // Places whose jobs outlived the job TTL (a creator that died before publishing) heal.
+    assert_eq!(
+        jobs.create(T, &new_job(&id(5), None)).await.unwrap(),
+        Created::Held
+    );
+    assert_eq!(
+        jobs.take_held(T, 1000 + 3_600_001).await.unwrap(),
+        vec![id(5)]
+    );
+}

@@ -56,6 +56,10 @@ request_timeout_ms = 5000
 # account's rate for that tick, with at most 2 × burst jobs in flight).
 campaign_max_recipients = 100000
 campaign_tick_ms = 200
+# Most single-message jobs of one tenant announced on {ns}.send and not final at once; the rest
+# wait in Redis, in order, and are fed every campaign tick as the window frees. Another tenant's
+# first job is behind at most this many jobs of each busy tenant (docs/messaging.md, Fairness).
+tenant_window = 500
 
 # Rate limits (GCRA in Redis, shared by every replica). WeChat publishes no per-second figure;
 # these stay under the bursts that drew -1 storms (messaging.md §1) and are per account.
@@ -90,6 +94,7 @@ pub struct WorkerSection {
     pub request_timeout_ms: u64,
     pub campaign_max_recipients: usize,
     pub campaign_tick_ms: u64,
+    pub tenant_window: u32,
     pub limits: Limits,
 }
 
@@ -152,6 +157,7 @@ impl WorkerSection {
             "",
         )?;
         at_least("worker.campaign_tick_ms", self.campaign_tick_ms, 10, "")?;
+        at_least("worker.tenant_window", self.tenant_window, 1, "")?;
         self.limits.custom.validate("worker.limits.custom")?;
         self.limits.template.validate("worker.limits.template")?;
         self.limits.subscribe.validate("worker.limits.subscribe")?;

@@ -5,16 +5,17 @@
 //!   `worker.listen` (enqueue a customer-service, template or subscribe message after
 //!   [`validate`]; jobs, dead letters, replays); [`delivery`] consumes `{ns}.send` and
 //!   `{ns}.send-bulk` and sends through WeChat with [`tokens`] from token-control, the shared
-//!   Redis limiter, retries through delay queues and the job store's claims; [`status`] matches
+//!   Redis limiter, retries through delay queues and the job store's claims; [`feeder`]
+//!   announces campaign slices and the jobs a tenant holds over its window; [`status`] matches
 //!   WeChat's delivery reports to sent jobs.
 //! - The full-network release check's asynchronous step ([`release_check`]).
 //!
 //! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
 //! listeners until a shutdown future resolves, so tests start it in-process.
 
-pub mod campaigns;
 mod config;
 pub mod delivery;
+pub mod feeder;
 pub mod release_check;
 pub mod service;
 pub mod status;
@@ -58,7 +59,7 @@ pub struct Worker {
     send: Arc<Delivery>,
     bulk: Arc<Delivery>,
     status: Arc<status::DeliveryReports>,
-    feeder: Arc<campaigns::Feeder>,
+    feeder: Arc<feeder::Feeder>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -131,10 +132,11 @@ impl Service for Worker {
             store.clone(),
             Duration::from_secs(w.job_ttl_secs),
             Duration::from_secs(w.idempotency_ttl_secs),
-        );
+        )
+        .with_tenant_window(w.tenant_window);
         let bus = infra.bus().cloned().context("the worker uses RabbitMQ")?;
         let campaign_store = Campaigns::new(store.clone(), Duration::from_secs(w.job_ttl_secs));
-        let feeder = Arc::new(campaigns::Feeder {
+        let feeder = Arc::new(feeder::Feeder {
             tenants: tenants.clone(),
             campaigns: campaign_store.clone(),
             jobs: jobs.clone(),

@@ -4,6 +4,8 @@
 //! id, the client's tenants). Enqueue then checks the message (`validate`), the account (known
 //! and authorized), stores the job, publishes it with the broker's confirm, and only then
 //! answers with its id; a failed publish removes the job again (UNAVAILABLE, nothing queued).
+//! A job over its tenant's window (`worker.tenant_window`) is stored and held instead, and the
+//! answer comes once it is stored: the feeder announces it in turn (`crate::feeder`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,6 +242,11 @@ impl MessagingService {
             Created::Existing(existing) => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "existing").increment(1);
                 return self.get(tenant_id, &existing).await;
+            }
+            Created::Held => {
+                // Over the tenant's window: stored, and the feeder announces it in turn.
+                metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "held").increment(1);
+                return self.get(tenant_id, &id).await;
             }
             Created::New => {}
         }

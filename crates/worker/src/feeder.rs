@@ -1,7 +1,20 @@
-//! Campaigns: one template or subscribe message to many recipients, fed to `{ns}.send-bulk`
-//! at the account's allowed rate instead of all at once.
+//! The feeder: what waits in Redis and reaches the broker a window at a time — campaign
+//! slices (to `{ns}.send-bulk`) and the single messages a tenant enqueued over its window (to
+//! `{ns}.send`). One loop, every `worker.campaign_tick_ms`, over every tenant.
 //!
-//! Guarantees:
+//! Guarantees of held single messages:
+//! - **A tenant's backlog never stands in front of another tenant.** At most
+//!   `worker.tenant_window` (W) of a tenant's single messages are announced and not final at
+//!   once (`wxhub_store::jobs`); the rest are held in Redis in arrival order. A quiet tenant's
+//!   first job is therefore behind at most W jobs of each other tenant in `{ns}.send`, however
+//!   many millions they hold.
+//! - **Held is stored, and fed.** Each tick one replica per tenant (a guard key) moves held
+//!   jobs into the freed part of the window and announces them (confirmed); ids stay in the
+//!   tenant's feeding list until their publish is confirmed, so a feeder that stops mid-feed
+//!   leaves them for the next (announced twice at worst; the claim sends once).
+//!
+//! Guarantees of campaigns (one template or subscribe message to many recipients, fed at the
+//! account's allowed rate instead of all at once):
 //! - **Never a flood.** Every `worker.campaign_tick_ms` one replica per campaign (a guard key)
 //!   feeds at most the account's rate for that tick (`[worker.limits]` of the message's
 //!   kind), and never more than `2 × burst` jobs in flight (fed, not settled): the broker holds
@@ -15,10 +28,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::Bus;
-use wxhub_bus::topology::SEND_BULK_KEY;
+use wxhub_bus::topology::{SEND_BULK_KEY, SEND_KEY};
 use wxhub_runtime::TenantsHandle;
 use wxhub_store::jobs::new_id;
 use wxhub_store::{CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate};
@@ -51,7 +66,10 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
     out
 }
 
-/// Feeds every running campaign of every tenant.
+/// Publishes confirmed at once per tenant while feeding held jobs.
+const FEED_PUBLISHES: usize = 32;
+
+/// Feeds every running campaign and every tenant's held jobs.
 pub struct Feeder {
     pub tenants: TenantsHandle,
     pub campaigns: Campaigns,
@@ -82,6 +100,9 @@ impl Feeder {
                 .map(|t| t.id.as_str().to_owned())
                 .collect();
             for tenant in tenants {
+                if let Err(e) = self.feed_held(&tenant).await {
+                    tracing::warn!(tenant, error = e, "cannot feed the held jobs");
+                }
                 let active = match self.campaigns.active(&tenant).await {
                     Ok(a) => a,
                     Err(e) => {
@@ -101,6 +122,58 @@ impl Feeder {
                 }
             }
         }
+    }
+
+    /// Announces the held jobs of `tenant` that fit its window (and any a stopped feeder left),
+    /// if this replica holds the tenant's guard this tick.
+    async fn feed_held(&self, tenant: &str) -> Result<(), String> {
+        if self.jobs.tenant_window() == 0 {
+            return Ok(());
+        }
+        let (held, _, feeding) = self
+            .jobs
+            .window_counts(tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        if held == 0 && feeding == 0 {
+            return Ok(());
+        }
+        if !self
+            .jobs
+            .claim_feed(tenant, self.tick)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        let ids = self
+            .jobs
+            .take_held(tenant, wxhub_runtime::unix_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let results: Vec<(String, Result<(), wxhub_bus::BusError>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id).await;
+                (id, r)
+            })
+            .buffer_unordered(FEED_PUBLISHES)
+            .collect()
+            .await;
+        let mut fed = Vec::with_capacity(results.len());
+        let mut failed = None;
+        for (id, r) in results {
+            match r {
+                Ok(()) => fed.push(id),
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        metrics::counter!("wxhub_worker_held_fed_total").increment(fed.len() as u64);
+        self.jobs
+            .fed(tenant, &fed)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The unconfirmed stay in the feeding list for the next tick.
+        failed.map_or(Ok(()), Err)
     }
 
     fn rate(&self, kind: &str) -> Rate {
@@ -185,7 +258,8 @@ impl Feeder {
                 .await
                 .map_err(|e| e.to_string())?
             {
-                Created::New => id,
+                // Campaign jobs are outside the tenant window: never held.
+                Created::New | Created::Held => id,
                 Created::Existing(existing) => existing,
             };
             publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id)
