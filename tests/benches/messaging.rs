@@ -510,7 +510,9 @@ async fn at_scale(recipients: u64, hold: u64) {
                         Created::Held => {
                             held.fetch_add(1, Ordering::Relaxed);
                         }
-                        Created::Existing(_) => {}
+                        Created::Existing(_)
+                        | Created::UnknownAccount
+                        | Created::RevokedAccount => {}
                     }
                 }
             })
@@ -538,11 +540,11 @@ async fn at_scale(recipients: u64, hold: u64) {
         }
         let (held_now, in_broker, _) = jobs.window_counts(TENANT).await.expect("counts");
         println!(
-            "messaging: one tenant holding {hold} single messages (stored in {:.1} s, {:.0}/s; +{:.0} MB of Redis; {} held, {in_broker} in the broker after): another tenant's first job: {}",
+            "messaging: one tenant storing {hold} single messages ({} over its window held) in {:.1} s ({:.0}/s, +{:.0} MB of Redis); with {held_now} held and {in_broker} in the broker, another tenant's first job: {}",
+            held.load(Ordering::Relaxed),
             took.as_secs_f64(),
             hold as f64 / took.as_secs_f64(),
             mb(memory),
-            held_now,
             summary(&quiet)
         );
     }

@@ -169,6 +169,10 @@ pub enum Created {
     Held,
     /// The idempotency key already names this job; nothing was stored.
     Existing(String),
+    /// [`Jobs::create_as`]: the tenant has no such authorizer; nothing was stored.
+    UnknownAccount,
+    /// [`Jobs::create_as`]: the authorizer revoked the authorization; nothing was stored.
+    RevokedAccount,
 }
 
 /// The answer of [`Jobs::claim`].
@@ -214,10 +218,16 @@ pub enum Settled {
 }
 
 // KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued,
-// in-broker, held. ARGV: id, now, ttl_ms, idem_ttl_ms, has_idem, recent, window (0: outside
-// any window), then field/value pairs.
-// Returns {1, id} (stored, announce it), {2, id} (stored and held) or {0, existing}.
+// in-broker, held, the authorizer record to require (or the job key). ARGV: id, now, ttl_ms,
+// idem_ttl_ms, has_idem, recent, window (0: outside any window), then field/value pairs.
+// Returns {1, id} (stored, announce it), {2, id} (stored and held), {0, existing}, or
+// {3, ''} (no such authorizer) / {4, ''} (revoked), storing nothing.
 const CREATE: &str = r"
+if KEYS[7] ~= KEYS[2] then
+  local status = redis.call('HGET', KEYS[7], 'status')
+  if not status then return {3, ''} end
+  if status == 'revoked' then return {4, ''} end
+end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {0, existing} end
@@ -458,6 +468,17 @@ impl Jobs {
     /// Stores `job` as `queued`, inside the tenant's window or held (campaign jobs are
     /// always [`Created::New`]; see the module docs).
     pub async fn create(&self, tenant: &str, job: &NewJob) -> Result<Created, StoreError> {
+        self.create_as(tenant, job, false).await
+    }
+
+    /// [`Jobs::create`], storing nothing unless the tenant's authorizer `job.appid` is known
+    /// and not revoked (when `check_authorizer`): the Enqueue path's two reads in one script.
+    pub async fn create_as(
+        &self,
+        tenant: &str,
+        job: &NewJob,
+        check_authorizer: bool,
+    ) -> Result<Created, StoreError> {
         let keys = self.store.keys(tenant);
         let (idem, has_idem) = self.idem_key(tenant, job.idempotency_key.as_deref(), &job.id);
         let mut inv = CREATE_SCRIPT.prepare_invoke();
@@ -467,6 +488,11 @@ impl Jobs {
             .key(keys.jobs(JobState::Queued.as_str()))
             .key(keys.in_broker())
             .key(keys.held())
+            .key(if check_authorizer {
+                keys.authorizer(&job.appid)
+            } else {
+                keys.job(&job.id)
+            })
             .arg(&job.id)
             .arg(job.now_ms)
             .arg(px(self.ttl))
@@ -494,6 +520,8 @@ impl Jobs {
         Ok(match new {
             1 => Created::New,
             2 => Created::Held,
+            3 => Created::UnknownAccount,
+            4 => Created::RevokedAccount,
             _ => Created::Existing(id),
         })
     }
@@ -856,6 +884,34 @@ impl Jobs {
             .query_async(&mut conn)
             .await?;
         Ok((ms > 0).then(|| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+}
+
+impl NewJob {
+    /// The record of this job as [`Jobs::create`] stored it (queued, no attempt yet): what a
+    /// caller answers without reading it back.
+    pub fn record(&self, tenant: &str) -> JobRecord {
+        JobRecord {
+            id: self.id.clone(),
+            tenant: tenant.to_owned(),
+            appid: self.appid.clone(),
+            kind: self.kind.clone(),
+            api: self.api.clone(),
+            touser: self.touser.clone(),
+            body: self.body.clone(),
+            state: JobState::Queued,
+            attempts_made: 0,
+            next_at_ms: 0,
+            errcode: 0,
+            reason: String::new(),
+            msgid: 0,
+            delivery: String::new(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            created_at_ms: self.now_ms,
+            updated_at_ms: self.now_ms,
+            attempts: Vec::new(),
+            campaign: self.campaign.clone().unwrap_or_default(),
+        }
     }
 }
 

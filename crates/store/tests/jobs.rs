@@ -362,3 +362,51 @@ async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_
         vec![id(5)]
     );
 }
+
+/// Enqueue's create checks the authorizer in the same script: unknown or revoked, nothing is
+/// stored.
+#[tokio::test]
+async fn create_as_refuses_an_unknown_or_revoked_authorizer_and_stores_nothing() {
+    let ns = Ns::new("jobs-account");
+    let jobs = jobs(&ns).with_tenant_window(5);
+    let id = new_id(T, 1000);
+    assert_eq!(
+        jobs.create_as(T, &new_job(&id, Some("k")), true)
+            .await
+            .unwrap(),
+        Created::UnknownAccount
+    );
+    let mut conn = ns.0.conn();
+    let authorizer = ns.0.keys(T).authorizer("wx1");
+    for (status, answer) in [
+        ("revoked", Created::RevokedAccount),
+        ("authorized", Created::New),
+    ] {
+        let _: () = redis::cmd("HSET")
+            .arg(&authorizer)
+            .arg("status")
+            .arg(status)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if answer != Created::New {
+            assert_eq!(
+                jobs.get(T, &id).await.unwrap(),
+                None,
+                "nothing stored before"
+            );
+        }
+        assert_eq!(
+            jobs.create_as(T, &new_job(&id, Some("k")), true)
+                .await
+                .unwrap(),
+            answer
+        );
+    }
+    // The refusals claimed neither the idempotency key nor a place in the window.
+    assert_eq!(jobs.window_counts(T).await.unwrap(), (0, 1, 0));
+    assert_eq!(
+        jobs.get(T, &id).await.unwrap().unwrap(),
+        new_job(&id, Some("k")).record(T)
+    );
+}

@@ -66,7 +66,7 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
     out
 }
 
-/// Publishes confirmed at once per tenant while feeding held jobs.
+/// Jobs stored and announced at once while feeding (held jobs of a tenant, a campaign's slice).
 const FEED_PUBLISHES: usize = 32;
 
 /// Feeds every running campaign and every tenant's held jobs.
@@ -232,42 +232,63 @@ impl Feeder {
     ) -> Result<(), String> {
         let body: Map<String, Value> = serde_json::from_str(&c.body).map_err(|e| e.to_string())?;
         let now = wxhub_runtime::unix_ms();
-        for (i, r) in slice.iter().enumerate() {
-            let index = first + i as u64;
-            // The recipient's index is the job's idempotency key, so a slice fed again after a
-            // crash finds the jobs it made (and re-announces them; the claim sends each once).
-            let id = new_id(&c.tenant, now);
-            let mut b = recipient_body(&body, r);
-            if c.kind == "template" {
-                b.insert("client_msg_id".into(), json!(id));
-            }
-            let job = NewJob {
-                id: id.clone(),
-                appid: c.appid.clone(),
-                kind: c.kind.clone(),
-                api: c.api.clone(),
-                touser: r.touser.clone(),
-                body: Value::Object(b).to_string(),
-                idempotency_key: Some(format!("campaign:{}:{index}", c.id)),
-                campaign: Some(c.id.clone()),
-                now_ms: now,
-            };
-            let id = match self
-                .jobs
-                .create(&c.tenant, &job)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                // Campaign jobs are outside the tenant window: never held.
-                Created::New | Created::Held => id,
-                Created::Existing(existing) => existing,
-            };
-            publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        // Each recipient's job is stored and announced on its own, FEED_PUBLISHES at once.
+        let feeds: Vec<_> = slice
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.feed_one(c, &body, first + i as u64, r, now))
+            .collect();
+        let results: Vec<Result<(), String>> = futures::stream::iter(feeds)
+            .buffer_unordered(FEED_PUBLISHES)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), String>>()?;
         metrics::counter!("wxhub_worker_campaign_fed_total").increment(slice.len() as u64);
         Ok(())
+    }
+
+    /// Stores the job of recipient `index` (`r`) and announces it on `{ns}.send-bulk`.
+    async fn feed_one(
+        &self,
+        c: &CampaignRecord,
+        body: &Map<String, Value>,
+        index: u64,
+        r: &CampaignRecipient,
+        now: i64,
+    ) -> Result<(), String> {
+        // The recipient's index is the job's idempotency key, so a slice fed again after a
+        // crash finds the jobs it made (and re-announces them; the claim sends each once).
+        let id = new_id(&c.tenant, now);
+        let mut b = recipient_body(body, r);
+        if c.kind == "template" {
+            b.insert("client_msg_id".into(), json!(id));
+        }
+        let job = NewJob {
+            id: id.clone(),
+            appid: c.appid.clone(),
+            kind: c.kind.clone(),
+            api: c.api.clone(),
+            touser: r.touser.clone(),
+            body: Value::Object(b).to_string(),
+            idempotency_key: Some(format!("campaign:{}:{index}", c.id)),
+            campaign: Some(c.id.clone()),
+            now_ms: now,
+        };
+        let id = match self
+            .jobs
+            .create(&c.tenant, &job)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            // Campaign jobs are outside the tenant window: never held.
+            Created::New | Created::Held => id,
+            Created::Existing(existing) => existing,
+            // Not asked for (the campaign's account was checked when it was created).
+            Created::UnknownAccount | Created::RevokedAccount => return Ok(()),
+        };
+        publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -48,6 +48,14 @@ impl std::fmt::Debug for MessagingService {
     }
 }
 
+fn unknown_authorizer(appid: &str) -> Status {
+    Status::not_found(format!("unknown authorizer {appid:?}"))
+}
+
+fn revoked_authorizer(appid: &str) -> Status {
+    Status::failed_precondition(format!("authorizer {appid:?} revoked the authorization"))
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
     tracing::warn!(error = %e, "{what}");
     Status::unavailable(format!("{what}; nothing was queued, retry"))
@@ -159,9 +167,10 @@ impl MessagingService {
         result
     }
 
-    /// The account a request names: the authorizer appid (component tenants, known and not
-    /// revoked) or "" for the tenant's own account.
-    async fn account(&self, tenant: &Tenant, appid: &str) -> Result<String, Status> {
+    /// The account a request names: the authorizer appid (component tenants) or "" for the
+    /// tenant's own account. Whether the authorizer is known and not revoked is checked by
+    /// [`Self::authorized`] or, on Enqueue, by the job store's create script.
+    fn account(tenant: &Tenant, appid: &str) -> Result<String, Status> {
         let own = appid.is_empty() || appid == "-" || appid == tenant.app_id.as_str();
         match tenant.kind {
             TenantKind::Wecom => Err(Status::failed_precondition(
@@ -181,20 +190,27 @@ impl MessagingService {
                         "appid must match (wx|ww)[A-Za-z0-9_-]{1,30}",
                     ));
                 }
-                let record = self
-                    .authorizers
-                    .get(tenant.id.as_str(), appid)
-                    .await
-                    .map_err(|e| unavailable("cannot read the authorizer", e))?
-                    .ok_or_else(|| Status::not_found(format!("unknown authorizer {appid:?}")))?;
-                if record.status == AuthorizerStatus::Revoked {
-                    return Err(Status::failed_precondition(format!(
-                        "authorizer {appid:?} revoked the authorization"
-                    )));
-                }
                 Ok(appid.to_owned())
             }
         }
+    }
+
+    /// Refuses an authorizer `appid` (not "", the tenant's own account) that is unknown or
+    /// revoked.
+    async fn authorized(&self, tenant: &Tenant, appid: &str) -> Result<(), Status> {
+        if appid.is_empty() {
+            return Ok(());
+        }
+        let record = self
+            .authorizers
+            .get(tenant.id.as_str(), appid)
+            .await
+            .map_err(|e| unavailable("cannot read the authorizer", e))?
+            .ok_or_else(|| unknown_authorizer(appid))?;
+        if record.status == AuthorizerStatus::Revoked {
+            return Err(revoked_authorizer(appid));
+        }
+        Ok(())
     }
 
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<pb::Job, Status> {
@@ -210,7 +226,7 @@ impl MessagingService {
         if let Some(k) = key {
             validate::check_idempotency_key(k)?;
         }
-        let appid = self.account(&tenant, &r.appid).await?;
+        let appid = Self::account(&tenant, &r.appid)?;
         let now = wxhub_runtime::unix_ms();
         let tenant_id = tenant.id.as_str();
         let id = new_id(tenant_id, now);
@@ -233,12 +249,15 @@ impl MessagingService {
             campaign: None,
             now_ms: now,
         };
+        // One script checks the authorizer and stores the job.
         match self
             .jobs
-            .create(tenant_id, &job)
+            .create_as(tenant_id, &job, !job.appid.is_empty())
             .await
             .map_err(|e| unavailable("cannot store the job", e))?
         {
+            Created::UnknownAccount => return Err(unknown_authorizer(&job.appid)),
+            Created::RevokedAccount => return Err(revoked_authorizer(&job.appid)),
             Created::Existing(existing) => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "existing").increment(1);
                 return self.get(tenant_id, &existing).await;
@@ -246,7 +265,7 @@ impl MessagingService {
             Created::Held => {
                 // Over the tenant's window: stored, and the feeder announces it in turn.
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "held").increment(1);
-                return self.get(tenant_id, &id).await;
+                return Ok(job_reply(&job.record(tenant_id)));
             }
             Created::New => {}
         }
@@ -265,7 +284,8 @@ impl MessagingService {
         }
         metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "new")
             .increment(1);
-        self.get(tenant_id, &id).await
+        // What was stored, without reading it back.
+        Ok(job_reply(&job.record(tenant_id)))
     }
 
     async fn get(&self, tenant: &str, id: &str) -> Result<pb::Job, Status> {
@@ -361,7 +381,8 @@ impl MessagingService {
                     .collect(),
             });
         }
-        let appid = self.account(&tenant, &r.appid).await?;
+        let appid = Self::account(&tenant, &r.appid)?;
+        self.authorized(&tenant, &appid).await?;
         let now = wxhub_runtime::unix_ms();
         let id = new_id(tenant.id.as_str(), now);
         let campaign = NewCampaign {
