@@ -674,7 +674,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     let sent_id = wxhub_store::jobs::new_id(TENANT, now);
     jobs.create(TENANT, &new(&sent_id)).await.unwrap();
     assert!(matches!(
-        jobs.claim(TENANT, &sent_id, "dead-worker", now, now + 5000)
+        jobs.claim(TENANT, &sent_id, "", "dead-worker", now, now + 5000)
             .await
             .unwrap(),
         Claim::Claimed { .. }
@@ -697,7 +697,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     // A worker died between its send and the record: the lease runs out, the outcome is unknown.
     let mid_id = wxhub_store::jobs::new_id(TENANT, now + 1);
     jobs.create(TENANT, &new(&mid_id)).await.unwrap();
-    jobs.claim(TENANT, &mid_id, "dead-worker", now, now + 1500)
+    jobs.claim(TENANT, &mid_id, "", "dead-worker", now, now + 1500)
         .await
         .unwrap();
     announce(mid_id.clone()).await;
@@ -1102,6 +1102,71 @@ async fn a_campaign_is_fed_at_the_accounts_rate_paused_resumed_and_cancelled() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // Cancelled while its fed jobs wait (WeChat answers 45011, so they are deferred): they are
+    // withdrawn, never sent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_campaign(&mut c, &other.id).await.queued > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled campaign's jobs never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent_before = stack
+        .sim
+        .messages(&MessageFilter {
+            path: Some(TEMPLATE_SEND.into()),
+            ..MessageFilter::default()
+        })
+        .len();
+    let fault = stack
+        .sim
+        .add_fault(FaultSpec::error(TEMPLATE_SEND, 45011, None))
+        .unwrap();
+    let third = c
+        .create_campaign(req(campaign(recipients(30..40)), OPS_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_campaign(&mut c, &third.id).await.fed < 5 {
+        assert!(Instant::now() < deadline, "not fed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = c
+        .cancel_campaign(req(
+            pb::CampaignRequest {
+                campaign_id: third.id.clone(),
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    stack.sim.remove_fault(fault);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let withdrawn = loop {
+        let now = get_campaign(&mut c, &third.id).await;
+        if now.queued == 0 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (withdrawn.fed, withdrawn.cancelled, withdrawn.sent),
+        (cancelled.fed, cancelled.fed, 0),
+        "{withdrawn:?}"
+    );
+    let sent_after = stack
+        .sim
+        .messages(&MessageFilter {
+            path: Some(TEMPLATE_SEND.into()),
+            ..MessageFilter::default()
+        })
+        .len();
+    assert_eq!(sent_after, sent_before, "a withdrawn job was sent");
     stack.stop().await;
 }
 

@@ -140,7 +140,7 @@ pub struct JobArgs {
 #[derive(Debug, Args)]
 pub struct JobsArgs {
     tenant: String,
-    /// queued, sending, retrying, sent, delivered, delivery_failed, failed, unknown, dead.
+    /// queued, sending, retrying, sent, delivered, delivery_failed, failed, unknown, dead, cancelled.
     #[arg(long)]
     state: Option<String>,
     #[arg(long, default_value_t = 100)]
@@ -224,6 +224,7 @@ fn campaign_json(c: &pb::Campaign) -> Value {
         "failed": c.failed,
         "unknown": c.unknown,
         "dead": c.dead,
+        "cancelled": c.cancelled,
         "remaining": c.remaining,
         "created_at_ms": c.created_at_ms,
     })

@@ -7,7 +7,10 @@
 //!   campaign hands out nothing, so pause/cancel take effect at the next slice.
 //! - **Counters follow the jobs.** A job of a campaign carries its id; the job store's settle
 //!   script counts its final state into the campaign (`sent`, `failed`, `unknown`, `dead`),
-//!   atomically with the job's own transition.
+//!   atomically with the job's own transition, and its claim script counts `cancelled`.
+//! - **Cancel withdraws what was fed.** A job of a cancelled campaign that was not yet claimed
+//!   is never claimed: the claim script finds the campaign `cancelled` and moves the job to
+//!   `cancelled` instead (a job already `sending` finishes its send).
 //!
 //! Layout (under the tenant's hash tag): `Keys::campaign(id)` (hash: appid, kind, api, the
 //! message body without recipient, state, total, fed, counters, created), `Keys::campaign_recipients(id)`
@@ -60,6 +63,8 @@ pub struct CampaignRecord {
     pub failed: u64,
     pub unknown: u64,
     pub dead: u64,
+    /// Jobs fed, then withdrawn by a cancel before they were sent.
+    pub cancelled: u64,
     pub created_at_ms: i64,
 }
 
@@ -67,7 +72,7 @@ impl CampaignRecord {
     /// Jobs fed and not yet settled.
     pub fn in_flight(&self) -> u64 {
         self.fed
-            .saturating_sub(self.sent + self.failed + self.unknown + self.dead)
+            .saturating_sub(self.sent + self.failed + self.unknown + self.dead + self.cancelled)
     }
 }
 
@@ -289,6 +294,7 @@ impl Campaigns {
             failed: num("failed"),
             unknown: num("unknown"),
             dead: num("dead"),
+            cancelled: num("cancelled"),
             created_at_ms: map.get("created").and_then(|v| v.parse().ok()).unwrap_or(0),
         };
         if c.state == "running" && c.fed >= c.total && c.in_flight() == 0 {

@@ -61,11 +61,13 @@ pub enum JobState {
     Failed,
     Unknown,
     Dead,
+    /// A campaign job withdrawn by the campaign's cancel before it was claimed.
+    Cancelled,
 }
 
 impl JobState {
     /// Every state, in the order of the scripts' key lists.
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 10] = [
         JobState::Queued,
         JobState::Sending,
         JobState::Retrying,
@@ -75,6 +77,7 @@ impl JobState {
         JobState::Failed,
         JobState::Unknown,
         JobState::Dead,
+        JobState::Cancelled,
     ];
 
     /// As stored and shown.
@@ -89,6 +92,7 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Unknown => "unknown",
             JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -289,14 +293,25 @@ for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 return #ARGV
 ";
 
-// KEYS: job, then the state lists in JobState::ALL order (3..11).
-// ARGV: id, now, owner, lease_until, recent.
+// KEYS: job, then the state lists in JobState::ALL order (2..11), then the job's campaign (or
+// the job key). ARGV: id, now, owner, lease_until, recent.
+// A queued or retrying job of a cancelled campaign becomes `cancelled` instead (counted there).
 const CLAIM: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease')
 local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
 if not state then return {'missing', 0} end
 local now = tonumber(ARGV[2])
 local answer
+local index = {queued = 2, sending = 3, retrying = 4}
+if (state == 'queued' or state == 'retrying') and KEYS[12] ~= KEYS[1]
+    and redis.call('HGET', KEYS[12], 'state') == 'cancelled' then
+  redis.call('ZREM', KEYS[index[state]], ARGV[1])
+  redis.call('ZADD', KEYS[11], ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -(tonumber(ARGV[5]) + 1))
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'the campaign was cancelled', 'updated', ARGV[2], 'next_at', 0)
+  redis.call('HINCRBY', KEYS[12], 'cancelled', 1)
+  return {'done:cancelled', n}
+end
 if state == 'queued' or state == 'retrying' then
   answer = 'claimed'
 elseif state == 'sending' then
@@ -305,7 +320,6 @@ elseif state == 'sending' then
 else
   return {'done:' .. state, n}
 end
-local index = {queued = 2, sending = 3, retrying = 4}
 redis.call('ZREM', KEYS[index[state]], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
@@ -314,7 +328,7 @@ return {answer, n}
 ";
 
 // KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
-// state lists (5..13), then the job's campaign (or the job key), then the tenant's in-broker
+// state lists (5..14), then the job's campaign (or the job key), then the tenant's in-broker
 // window (a final state leaves it).
 // ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
 // errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
@@ -347,11 +361,11 @@ if ARGV[11] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[11])
   redis.call('PEXPIRE', KEYS[2], ARGV[12])
 end
-if KEYS[14] ~= KEYS[1] then
+if KEYS[15] ~= KEYS[1] then
   local counter = ({sent = 'sent', delivered = 'sent', delivery_failed = 'sent', failed = 'failed', unknown = 'unknown', dead = 'dead'})[state]
-  if counter and redis.call('EXISTS', KEYS[14]) == 1 then redis.call('HINCRBY', KEYS[14], counter, 1) end
+  if counter and redis.call('EXISTS', KEYS[15]) == 1 then redis.call('HINCRBY', KEYS[15], counter, 1) end
 end
-if state ~= 'retrying' and state ~= 'sending' and state ~= 'queued' then redis.call('ZREM', KEYS[15], ARGV[1]) end
+if state ~= 'retrying' and state ~= 'sending' and state ~= 'queued' then redis.call('ZREM', KEYS[16], ARGV[1]) end
 return 'ok'
 ";
 
@@ -610,11 +624,14 @@ impl Jobs {
         Ok(())
     }
 
-    /// Claims job `id` for a send by `owner` until `lease_until_ms` (see [`Claim`]).
+    /// Claims job `id` for a send by `owner` until `lease_until_ms` (see [`Claim`]). A job of
+    /// `campaign` (empty: none) that is cancelled becomes [`JobState::Cancelled`] instead
+    /// (`Claim::Done`).
     pub async fn claim(
         &self,
         tenant: &str,
         id: &str,
+        campaign: &str,
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -625,6 +642,11 @@ impl Jobs {
         for list in self.lists(tenant) {
             inv.key(list);
         }
+        inv.key(if campaign.is_empty() {
+            keys.job(id)
+        } else {
+            keys.campaign(campaign)
+        });
         inv.arg(id)
             .arg(now_ms)
             .arg(owner)

@@ -367,7 +367,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     jobs.create(tenant, &new_job(&id, Some("k1")))
         .await
         .unwrap();
-    jobs.claim(tenant, &id, "w1", now, now + 10_000)
+    jobs.claim(tenant, &id, "", "w1", now, now + 10_000)
         .await
         .unwrap();
     jobs.settle(
@@ -415,6 +415,26 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         .await
         .unwrap();
     jobs.abandon(tenant, &other, Some("k2")).await.unwrap();
+    // The tenant window: one announced, one held, fed; the authorizer checked on create.
+    let windowed = jobs.clone().with_tenant_window(1);
+    let mut ids = Vec::new();
+    for n in 3..5 {
+        let id = crate::jobs::new_id(tenant, now + n);
+        windowed.create(tenant, &new_job(&id, None)).await.unwrap();
+        ids.push(id);
+    }
+    let unknown = crate::jobs::new_id(tenant, now + 5);
+    windowed
+        .create_as(tenant, &new_job(&unknown, None), true)
+        .await
+        .unwrap();
+    windowed
+        .claim_feed(tenant, Duration::from_millis(100))
+        .await
+        .unwrap();
+    windowed.take_held(tenant, now).await.unwrap();
+    windowed.fed(tenant, &ids).await.unwrap();
+    windowed.window_counts(tenant).await.unwrap();
 
     let campaigns = crate::Campaigns::new(store.clone(), Duration::from_secs(600));
     let campaign = crate::jobs::new_id(tenant, now + 2);
@@ -619,6 +639,9 @@ fn every_key_builder_hashes_to_the_tenants_slot() {
             k.campaign("acme.0002"),
             k.campaign_recipients("acme.0002"),
             k.campaigns(),
+            k.in_broker(),
+            k.held(),
+            k.feeding(),
         ];
         // Every builder is here: `new` and `prefix` build no key.
         let builders = include_str!("keys.rs").matches("    pub fn ").count() - 2;

@@ -97,12 +97,12 @@ async fn a_job_moves_through_its_states_and_is_never_claimed_after_sent() {
     let job = jobs.get(T, &id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(
-        jobs.claim(T, &id, "w1", 1500, 60_000).await.unwrap(),
+        jobs.claim(T, &id, "", "w1", 1500, 60_000).await.unwrap(),
         Claim::Claimed { attempts_made: 0 }
     );
     // A second claim while the lease lives: busy.
     assert_eq!(
-        jobs.claim(T, &id, "w2", 1600, 60_000).await.unwrap(),
+        jobs.claim(T, &id, "", "w2", 1600, 60_000).await.unwrap(),
         Claim::Busy
     );
     // Another owner cannot settle it.
@@ -121,7 +121,7 @@ async fn a_job_moves_through_its_states_and_is_never_claimed_after_sent() {
     );
     // Redelivered: never claimed again.
     assert_eq!(
-        jobs.claim(T, &id, "w3", 99_999_999, 99_999_999)
+        jobs.claim(T, &id, "", "w3", 99_999_999, 99_999_999)
             .await
             .unwrap(),
         Claim::Done(JobState::Sent)
@@ -150,10 +150,10 @@ async fn an_expired_lease_is_stale_and_dead_jobs_replay() {
     let jobs = jobs(&ns);
     let id = new_id(T, 1000);
     jobs.create(T, &new_job(&id, None)).await.unwrap();
-    jobs.claim(T, &id, "w1", 1000, 2000).await.unwrap();
+    jobs.claim(T, &id, "", "w1", 1000, 2000).await.unwrap();
     // w1 "crashed": after its lease, the next claimer learns the send's outcome is unknown.
     assert_eq!(
-        jobs.claim(T, &id, "w2", 2500, 9000).await.unwrap(),
+        jobs.claim(T, &id, "", "w2", 2500, 9000).await.unwrap(),
         Claim::Stale { attempts_made: 0 }
     );
     let dead = Settle {
@@ -177,7 +177,7 @@ async fn an_expired_lease_is_stale_and_dead_jobs_replay() {
     assert_eq!((job.state, job.attempts_made), (JobState::Queued, 0));
     // Queued stays queued (announced again).
     assert_eq!(jobs.replay(T, &id, 3000).await.unwrap(), None);
-    jobs.claim(T, &id, "w3", 3000, 9000).await.unwrap();
+    jobs.claim(T, &id, "", "w3", 3000, 9000).await.unwrap();
     assert_eq!(
         jobs.replay(T, &id, 3000).await.unwrap(),
         Some(Some(JobState::Sending))
@@ -233,7 +233,7 @@ async fn a_report_that_came_before_the_record_is_taken_by_it() {
     let jobs = jobs(&ns);
     let id = new_id(T, 1000);
     jobs.create(T, &new_job(&id, None)).await.unwrap();
-    jobs.claim(T, &id, "w1", 1500, 60_000).await.unwrap();
+    jobs.claim(T, &id, "", "w1", 1500, 60_000).await.unwrap();
     assert_eq!(jobs.by_msgid(T, "wx1", 9).await.unwrap(), None);
     jobs.hold_report(
         T,
@@ -311,7 +311,7 @@ async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_
 
     // A final state frees a place: the oldest held job takes it.
     assert!(matches!(
-        jobs.claim(T, &id(0), "w", 1500, 60_000).await.unwrap(),
+        jobs.claim(T, &id(0), "", "w", 1500, 60_000).await.unwrap(),
         Claim::Claimed { .. }
     ));
     assert_eq!(
@@ -330,7 +330,7 @@ async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_
     // held one even when there is room.
     for (n, state) in [(1, JobState::Retrying), (2, JobState::Failed)] {
         assert!(matches!(
-            jobs.claim(T, &id(n), "w", 1900, 60_000).await.unwrap(),
+            jobs.claim(T, &id(n), "", "w", 1900, 60_000).await.unwrap(),
             Claim::Claimed { .. }
         ));
         assert_eq!(
@@ -408,5 +408,64 @@ async fn create_as_refuses_an_unknown_or_revoked_authorizer_and_stores_nothing()
     assert_eq!(
         jobs.get(T, &id).await.unwrap().unwrap(),
         new_job(&id, Some("k")).record(T)
+    );
+}
+
+/// A cancelled campaign's jobs that were fed but not claimed are withdrawn by the claim: they
+/// become `cancelled`, counted in the campaign, and are never sent.
+#[tokio::test]
+async fn a_cancelled_campaigns_fed_jobs_are_withdrawn_at_their_claim() {
+    let ns = Ns::new("jobs-cancel");
+    let jobs = jobs(&ns);
+    let campaign = ns.0.keys(T).campaign("c1");
+    let mut conn = ns.0.conn();
+    let set_state = |state: &'static str| {
+        let (campaign, mut conn) = (campaign.clone(), conn.clone());
+        async move {
+            let _: () = redis::cmd("HSET")
+                .arg(&campaign)
+                .arg("state")
+                .arg(state)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    let of_campaign = |id: &str| NewJob {
+        campaign: Some("c1".into()),
+        ..new_job(id, None)
+    };
+    let (a, b) = (new_id(T, 1000), new_id(T, 1001));
+    for id in [&a, &b] {
+        jobs.create(T, &of_campaign(id)).await.unwrap();
+    }
+    set_state("running").await;
+    assert!(matches!(
+        jobs.claim(T, &a, "c1", "w", 1500, 60_000).await.unwrap(),
+        Claim::Claimed { .. }
+    ));
+    set_state("cancelled").await;
+    assert_eq!(
+        jobs.claim(T, &b, "c1", "w", 1600, 60_000).await.unwrap(),
+        Claim::Done(JobState::Cancelled)
+    );
+    let job = jobs.get(T, &b).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(job.state.is_final());
+    let cancelled: i64 = redis::cmd("HGET")
+        .arg(&campaign)
+        .arg("cancelled")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, 1);
+    assert_eq!(
+        jobs.list(T, Some(JobState::Cancelled), 10).await.unwrap()[0].id,
+        b
+    );
+    // Claimed before the cancel: its send goes on and is recorded.
+    assert_eq!(
+        jobs.settle(T, &a, "wx1", "w", &sent(9)).await.unwrap(),
+        Settled::Ok
     );
 }

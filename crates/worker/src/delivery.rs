@@ -253,7 +253,14 @@ impl Delivery {
         let now = now_ms();
         let claim = match self
             .jobs
-            .claim(tenant, id, &owner, now, now + ms(self.settings.lease))
+            .claim(
+                tenant,
+                id,
+                &job.campaign,
+                &owner,
+                now,
+                now + ms(self.settings.lease),
+            )
             .await
         {
             Ok(c) => c,

@@ -73,6 +73,7 @@ pub fn job_reply(j: &JobRecord) -> pb::Job {
         JobState::Failed => pb::JobState::Failed,
         JobState::Unknown => pb::JobState::Unknown,
         JobState::Dead => pb::JobState::Dead,
+        JobState::Cancelled => pb::JobState::Cancelled,
     };
     pb::Job {
         id: j.id.clone(),
@@ -462,6 +463,7 @@ pub fn campaign_reply(c: &CampaignRecord) -> pb::Campaign {
         failed: c.failed,
         unknown: c.unknown,
         dead: c.dead,
+        cancelled: c.cancelled,
         remaining: c.total.saturating_sub(c.fed),
         created_at_ms: c.created_at_ms,
     }
@@ -536,7 +538,7 @@ impl Messaging for MessagingService {
             "" => None,
             s => Some(JobState::parse(s).ok_or_else(|| {
                 Status::invalid_argument(
-                    "state must be one of queued, sending, retrying, sent, delivered, delivery_failed, failed, unknown, dead",
+                    "state must be one of queued, sending, retrying, sent, delivered, delivery_failed, failed, unknown, dead, cancelled",
                 )
             })?),
         };

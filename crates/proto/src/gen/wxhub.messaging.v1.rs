@@ -79,6 +79,9 @@ pub struct Campaign {
     pub remaining: u64,
     #[prost(int64, tag = "14")]
     pub created_at_ms: i64,
+    /// Jobs fed, then withdrawn by CancelCampaign before they were sent.
+    #[prost(uint64, tag = "15")]
+    pub cancelled: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -302,6 +305,8 @@ pub enum JobState {
     Failed = 7,
     Unknown = 8,
     Dead = 9,
+    /// A campaign job withdrawn by CancelCampaign before it was sent.
+    Cancelled = 10,
 }
 impl JobState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -320,6 +325,7 @@ impl JobState {
             Self::Failed => "JOB_STATE_FAILED",
             Self::Unknown => "JOB_STATE_UNKNOWN",
             Self::Dead => "JOB_STATE_DEAD",
+            Self::Cancelled => "JOB_STATE_CANCELLED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -335,6 +341,7 @@ impl JobState {
             "JOB_STATE_FAILED" => Some(Self::Failed),
             "JOB_STATE_UNKNOWN" => Some(Self::Unknown),
             "JOB_STATE_DEAD" => Some(Self::Dead),
+            "JOB_STATE_CANCELLED" => Some(Self::Cancelled),
             _ => None,
         }
     }
