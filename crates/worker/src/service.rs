@@ -270,8 +270,15 @@ impl MessagingService {
             }
             Created::New => {}
         }
-        let published =
-            tokio::time::timeout(self.timeout, publish_job(&self.bus, tenant_id, &id)).await;
+        // A worker that just started (or is reconnecting) waits for its broker connection
+        // within the call's deadline rather than refusing the job at once.
+        let published = tokio::time::timeout(self.timeout, async {
+            if !self.bus.is_connected() {
+                self.bus.wait_connected(self.timeout).await;
+            }
+            publish_job(&self.bus, tenant_id, &id).await
+        })
+        .await;
         let failure = match published {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
