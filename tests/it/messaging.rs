@@ -1311,3 +1311,49 @@ async fn a_noisy_tenants_backlog_delays_a_quiet_tenants_first_job_by_one_window_
     assert!(in_broker <= WINDOW, "{in_broker} in the broker");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stored_but_never_announced_is_announced_by_the_retry_with_its_key() {
+    let stack = stack("msg-orphan", &[]).await;
+    let mut c = client(stack.worker).await;
+    let jobs = Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    // What a worker that died between storing the job and publishing its announcement left
+    // behind: the job queued under its idempotency key, nothing in the broker, and a caller
+    // that got no answer.
+    let now = wxhub_runtime::unix_ms();
+    let id = wxhub_store::jobs::new_id(TENANT, now);
+    let to = user(21);
+    let body = serde_json::json!({"touser": to, "msgtype": "text", "text": {"content": "orphan"}});
+    let created = jobs
+        .create(
+            TENANT,
+            &NewJob {
+                id: id.clone(),
+                appid: AUTH1.into(),
+                kind: "custom".into(),
+                api: CUSTOM.into(),
+                touser: to.clone(),
+                body: body.to_string(),
+                idempotency_key: Some("order-77".into()),
+                campaign: None,
+                now_ms: now,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(created, wxhub_store::Created::New), "{created:?}");
+    // The caller retries with the same key: the same job, announced now, sent once.
+    let again = send(&mut c, enqueue(AUTH1, "order-77", text(&to, "orphan"))).await;
+    assert_eq!(again.id, id);
+    wait_job(&mut c, &id, is("sent")).await;
+    // A second retry of a job already sent announces nothing and sends nothing.
+    let third = send(&mut c, enqueue(AUTH1, "order-77", text(&to, "orphan"))).await;
+    assert_eq!(third.id, id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(messages(&stack, CUSTOM, &to), 1);
+    stack.stop().await;
+}

@@ -261,7 +261,15 @@ impl MessagingService {
             Created::RevokedAccount => return Err(revoked_authorizer(&job.appid)),
             Created::Existing(existing) => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "existing").increment(1);
-                return self.get(tenant_id, &existing).await;
+                let found = self.get(tenant_id, &existing).await?;
+                if found.state == pb::JobState::Queued as i32 {
+                    // A worker that died between storing this job and its confirmed publish
+                    // left it queued and unannounced, and its caller without an answer: the
+                    // caller's retry with the same key announces it (twice at worst; the claim
+                    // lets one send).
+                    self.announce(tenant_id, &existing).await?;
+                }
+                return Ok(found);
             }
             Created::Held => {
                 // Over the tenant's window: stored, and the feeder announces it in turn.
@@ -270,30 +278,37 @@ impl MessagingService {
             }
             Created::New => {}
         }
-        // A worker that just started (or is reconnecting) waits for its broker connection
-        // within the call's deadline rather than refusing the job at once.
-        let published = tokio::time::timeout(self.timeout, async {
-            if !self.bus.is_connected() {
-                self.bus.wait_connected(self.timeout).await;
-            }
-            publish_job(&self.bus, tenant_id, &id).await
-        })
-        .await;
-        let failure = match published {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("the broker did not confirm in time".to_owned()),
-        };
-        if let Some(why) = failure {
+        if let Err(refused) = self.announce(tenant_id, &id).await {
             if let Err(e) = self.jobs.abandon(tenant_id, &id, key).await {
                 tracing::warn!(job = id, error = %e, "cannot remove an unpublished job");
             }
-            return Err(unavailable("cannot publish the job", why));
+            return Err(refused);
         }
         metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "new")
             .increment(1);
         // What was stored, without reading it back.
         Ok(job_reply(&job.record(tenant_id)))
+    }
+
+    /// Publishes a job's announcement with confirm, within the call's deadline. A worker that
+    /// just started (or is reconnecting) waits for its broker connection rather than refusing
+    /// the job at once.
+    async fn announce(&self, tenant: &str, id: &str) -> Result<(), Status> {
+        let published = tokio::time::timeout(self.timeout, async {
+            if !self.bus.is_connected() {
+                self.bus.wait_connected(self.timeout).await;
+            }
+            publish_job(&self.bus, tenant, id).await
+        })
+        .await;
+        match published {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("cannot publish the job", e)),
+            Err(_) => Err(unavailable(
+                "cannot publish the job",
+                "the broker did not confirm in time",
+            )),
+        }
     }
 
     async fn get(&self, tenant: &str, id: &str) -> Result<pb::Job, Status> {
