@@ -95,23 +95,43 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return total
 ";
 
-// KEYS: campaign, recipients, campaigns set. ARGV: id, n.
-// Returns the slice's first index and its recipients ({} when not running or done).
+// KEYS: campaign, recipients, campaigns set. ARGV: id, n, now, lease_ms.
+// Returns the slice's first index and its recipients ({'-1'} when not running, done, or a feeder
+// holds the current slice). A slice stays leased (`lease_from`..`lease_to`, until `lease_until`)
+// until its feeder reports it fed: a slice whose lease ran out (its feeder failed or died) is
+// handed out again before the next one, so no recipient is skipped.
 const TAKE: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'state', 'fed', 'total')
+local h = redis.call('HMGET', KEYS[1], 'state', 'fed', 'total', 'lease_from', 'lease_to', 'lease_until')
 if not h[1] then redis.call('SREM', KEYS[3], ARGV[1]); return {'-1'} end
 if h[1] ~= 'running' then return {'-1'} end
-local fed, total = tonumber(h[2]), tonumber(h[3])
-if fed >= total then
-  redis.call('SREM', KEYS[3], ARGV[1])
-  return {'-1'}
+local now, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
+local from, to
+if h[4] then
+  if tonumber(h[6]) > now then return {'-1'} end
+  from, to = tonumber(h[4]), tonumber(h[5])
+else
+  local fed, total = tonumber(h[2]), tonumber(h[3])
+  if fed >= total then
+    redis.call('SREM', KEYS[3], ARGV[1])
+    return {'-1'}
+  end
+  from = fed
+  to = fed + math.min(tonumber(ARGV[2]), total - fed) - 1
+  redis.call('HSET', KEYS[1], 'fed', to + 1, 'lease_from', from, 'lease_to', to)
 end
-local n = math.min(tonumber(ARGV[2]), total - fed)
-local slice = redis.call('LRANGE', KEYS[2], fed, fed + n - 1)
-redis.call('HINCRBY', KEYS[1], 'fed', #slice)
-local out = {tostring(fed)}
+redis.call('HSET', KEYS[1], 'lease_until', now + lease)
+local slice = redis.call('LRANGE', KEYS[2], from, to)
+local out = {tostring(from)}
 for _, r in ipairs(slice) do out[#out + 1] = r end
 return out
+";
+
+// KEYS: campaign. ARGV: the fed slice's first index.
+const FED: &str = r"
+if redis.call('HGET', KEYS[1], 'lease_from') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'lease_from', 'lease_to', 'lease_until')
+end
+return 0
 ";
 
 // KEYS: campaign, campaigns set. ARGV: id, wanted state, allowed current states (space separated).
@@ -130,6 +150,7 @@ return 'ok'
 
 static CREATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CREATE));
 static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE));
+static FED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FED));
 static SET_STATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SET_STATE));
 
 /// Campaigns of one store. Cheap to clone.
@@ -209,13 +230,17 @@ impl Campaigns {
         Ok(got.is_some())
     }
 
-    /// The next `n` recipients of a running campaign, with the index of the first; `None`
-    /// when it is not running or fully fed.
+    /// The next `n` recipients of a running campaign, with the index of the first, leased to
+    /// the caller for `lease` until it reports them fed ([`Campaigns::fed`]); a slice whose lease
+    /// ran out is handed out again first (its jobs' idempotency keys find what was already
+    /// made). `None` when it is not running, fully fed, or a feeder holds the current slice.
     pub async fn take(
         &self,
         tenant: &str,
         id: &str,
         n: usize,
+        now_ms: i64,
+        lease: Duration,
     ) -> Result<Option<(u64, Vec<CampaignRecipient>)>, StoreError> {
         let keys = self.store.keys(tenant);
         let mut inv = TAKE_SCRIPT.prepare_invoke();
@@ -223,7 +248,9 @@ impl Campaigns {
             .key(keys.campaign_recipients(id))
             .key(keys.campaigns())
             .arg(id)
-            .arg(n.max(1));
+            .arg(n.max(1))
+            .arg(now_ms)
+            .arg(px(lease));
         let mut conn = self.store.conn();
         let out: Vec<String> = inv.invoke_async(&mut conn).await?;
         let mut it = out.into_iter();
@@ -241,6 +268,17 @@ impl Campaigns {
             );
         }
         Ok(Some((u64::try_from(first).unwrap_or(0), recipients)))
+    }
+
+    /// Ends the lease of the slice starting at `first`: every recipient of it has a stored and
+    /// announced job.
+    pub async fn fed(&self, tenant: &str, id: &str, first: u64) -> Result<(), StoreError> {
+        let keys = self.store.keys(tenant);
+        let mut inv = FED_SCRIPT.prepare_invoke();
+        inv.key(keys.campaign(id)).arg(first);
+        let mut conn = self.store.conn();
+        let _: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(())
     }
 
     /// Moves the campaign to `to` if it is in one of `from`.

@@ -467,7 +467,12 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         .claim_tick(tenant, &campaign, Duration::from_millis(100))
         .await
         .unwrap();
-    campaigns.take(tenant, &campaign, 1).await.unwrap();
+    let (first, _) = campaigns
+        .take(tenant, &campaign, 1, now, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a slice");
+    campaigns.fed(tenant, &campaign, first).await.unwrap();
     campaigns
         .set_state(tenant, &campaign, "paused", &["running"])
         .await

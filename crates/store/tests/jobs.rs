@@ -469,3 +469,100 @@ async fn a_cancelled_campaigns_fed_jobs_are_withdrawn_at_their_claim() {
         Settled::Ok
     );
 }
+
+#[tokio::test]
+async fn a_campaign_slice_not_reported_fed_is_handed_out_again_when_its_lease_runs_out() {
+    use wxhub_store::{CampaignRecipient, Campaigns, NewCampaign};
+    let ns = Ns::new("campaign-lease");
+    let campaigns = Campaigns::new(ns.0.clone(), Duration::from_secs(600));
+    let now = 1_000_000;
+    let id = new_id(T, now);
+    let recipients: Vec<_> = (0..5)
+        .map(|i| CampaignRecipient {
+            touser: format!("o_user_{i}"),
+            data: Default::default(),
+        })
+        .collect();
+    campaigns
+        .create(
+            T,
+            &NewCampaign {
+                id: id.clone(),
+                appid: "wx1".into(),
+                kind: "template".into(),
+                api: "/cgi-bin/message/template/send".into(),
+                body: "{}".into(),
+                recipients,
+                now_ms: now,
+            },
+        )
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(10);
+    let names = |s: &[CampaignRecipient]| s.iter().map(|r| r.touser.clone()).collect::<Vec<_>>();
+    let (first, slice) = campaigns
+        .take(T, &id, 2, now, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first, names(&slice)),
+        (0, vec!["o_user_0".into(), "o_user_1".into()])
+    );
+    // Its feeder fails (or dies) before reporting it fed: nobody takes another slice meanwhile…
+    assert_eq!(
+        campaigns.take(T, &id, 2, now + 9_999, lease).await.unwrap(),
+        None
+    );
+    // …and when the lease runs out, the same slice is handed out again, not the next one.
+    let (again, slice) = campaigns
+        .take(T, &id, 2, now + 10_000, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again, names(&slice)),
+        (0, vec!["o_user_0".into(), "o_user_1".into()])
+    );
+    campaigns.fed(T, &id, again).await.unwrap();
+    let (next, slice) = campaigns
+        .take(T, &id, 2, now + 10_001, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next, names(&slice)),
+        (2, vec!["o_user_2".into(), "o_user_3".into()])
+    );
+    campaigns.fed(T, &id, next).await.unwrap();
+    let (last, slice) = campaigns
+        .take(T, &id, 2, now + 10_002, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((last, names(&slice)), (4, vec!["o_user_4".into()]));
+    // Not reported fed: the campaign is not finished until its last slice is.
+    assert_eq!(
+        campaigns
+            .take(T, &id, 2, now + 10_003, lease)
+            .await
+            .unwrap(),
+        None
+    );
+    let (last_again, _) = campaigns
+        .take(T, &id, 2, now + 30_000, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last_again, 4);
+    campaigns.fed(T, &id, 4).await.unwrap();
+    assert_eq!(
+        campaigns
+            .take(T, &id, 2, now + 30_001, lease)
+            .await
+            .unwrap(),
+        None
+    );
+    let c = campaigns.get(T, &id).await.unwrap().unwrap();
+    assert_eq!(c.fed, 5);
+}

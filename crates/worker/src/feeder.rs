@@ -22,7 +22,8 @@
 //! - **Never in the way of single messages.** Campaign jobs go to `{ns}.send-bulk`, consumed
 //!   by handlers of their own (`worker.bulk_concurrency`), and share the account's limiter
 //!   buckets with single messages, which the limiter serves in arrival order.
-//! - Each recipient is fed once (`Campaigns::take` advances the cursor atomically); pause and
+//! - Each recipient is fed (`Campaigns::take` leases a slice until it is reported fed; a slice
+//!   whose feeder failed or died is taken again, its jobs found by their idempotency keys); pause and
 //!   cancel take effect at the next slice; jobs already fed still go out.
 
 use std::sync::Arc;
@@ -65,6 +66,11 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
     }
     out
 }
+
+/// How long a campaign slice is leased to the feeder that took it: far above the time to store
+/// and announce one slice (at most twice the burst, FEED_PUBLISHES at once), short enough that a
+/// failed slice is fed again within seconds.
+const SLICE_LEASE: Duration = Duration::from_secs(10);
 
 /// Jobs stored and announced at once while feeding (held jobs of a tenant, a campaign's slice).
 const FEED_PUBLISHES: usize = 32;
@@ -215,13 +221,25 @@ impl Feeder {
         }
         let Some((first, slice)) = self
             .campaigns
-            .take(tenant, id, usize::try_from(n).unwrap_or(1))
+            .take(
+                tenant,
+                id,
+                usize::try_from(n).unwrap_or(1),
+                wxhub_runtime::unix_ms(),
+                SLICE_LEASE,
+            )
             .await
             .map_err(|e| e.to_string())?
         else {
             return Ok(());
         };
-        self.enqueue(&c, first, &slice).await
+        // Reported fed only once every job of the slice is stored and announced: a slice whose
+        // feeder fails or dies is handed out again when its lease runs out.
+        self.enqueue(&c, first, &slice).await?;
+        self.campaigns
+            .fed(tenant, id, first)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn enqueue(
