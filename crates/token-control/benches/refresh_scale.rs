@@ -14,6 +14,9 @@
 //!   benchmark's own polling and scans; other users of the same Redis add noise). Commands run
 //!   inside Lua scripts are counted individually, next to the `evalsha` that ran them.
 //!
+//! - Redis memory per authorizer (`used_memory` after the import and at the end, less the
+//!   empty Redis's).
+//!
 //! `WXHUB_BENCH_AUTHORIZERS` overrides the 100,000. The benchmark starts its own
 //! `redis-server` on a free port (no persistence) so the command counts are its own; without a
 //! `redis-server` binary it uses the shared one.
@@ -38,6 +41,20 @@ const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
 fn appid(i: usize) -> String {
     format!("wxs{i:015}")
+}
+
+/// `used_memory` of the benchmark's Redis, bytes.
+async fn used_memory(store: &Store) -> i64 {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn commandstats(store: &Store) -> HashMap<String, u64> {
@@ -178,6 +195,7 @@ async fn run(n: usize) {
     let store =
         Store::connect(&wxhub_store::RedisConfig::new(redis_url.clone()), ns.name()).unwrap();
     let creds = Credentials::new(store.clone());
+    let memory_empty = used_memory(&store).await;
     let _ = sim.push_ticket(COMPONENT).await;
     let ticket = sim.component(COMPONENT).unwrap().latest_ticket.unwrap();
     creds
@@ -254,6 +272,7 @@ async fn run(n: usize) {
         "refresh_scale: {n} authorizers imported from api_get_authorizer_list in {:.1} s",
         wall.elapsed().as_secs_f64()
     );
+    let memory_imported = used_memory(&store).await;
     let t0 = clock.now_ms();
     let mut stats_before = HashMap::new();
     let mut violations = (0usize, 0usize);
@@ -287,6 +306,7 @@ async fn run(n: usize) {
         }
     }
     let stats_after = commandstats(&store).await;
+    let memory_end = used_memory(&store).await;
     let end = clock.now_ms();
     let (e, m) = expired(&store, n, end).await;
     violations.0 += e;
@@ -396,6 +416,13 @@ async fn run(n: usize) {
             .map(|(k, d)| format!("{k}={:.2}", *d as f64 / in_window.max(1) as f64))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "refresh_scale: Redis used_memory {:.0} MB after the import ({:.0} bytes per authorizer), {:.0} MB after two lifetimes ({:.0} bytes per authorizer: record, refresh token, token, schedule and index entries, leases)",
+        (memory_imported - memory_empty) as f64 / 1e6,
+        (memory_imported - memory_empty) as f64 / n as f64,
+        (memory_end - memory_empty) as f64 / 1e6,
+        (memory_end - memory_empty) as f64 / n as f64,
     );
     if redis.is_none() {
         ns.cleanup(None, &[]).await;
