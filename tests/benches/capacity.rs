@@ -135,6 +135,8 @@ struct RedisStats {
     calls: HashMap<String, u64>,
     used_memory: i64,
     keys: i64,
+    /// `used_cpu_user + used_cpu_sys` of the server, seconds.
+    cpu: f64,
 }
 
 impl RedisStats {
@@ -153,6 +155,11 @@ impl RedisStats {
                 stats
                     .calls
                     .insert(name.to_owned(), calls.parse().unwrap_or(0));
+            } else if let Some(v) = line
+                .strip_prefix("used_cpu_user:")
+                .or_else(|| line.strip_prefix("used_cpu_sys:"))
+            {
+                stats.cpu += v.trim().parse::<f64>().unwrap_or(0.0);
             } else if let Some(v) = line.strip_prefix("used_memory:") {
                 stats.used_memory = v.trim().parse().unwrap_or(0);
             } else if let Some(v) = line.strip_prefix("db0:keys=") {
@@ -308,7 +315,7 @@ fn sample_event(i: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// 1. Confirmed publishes/s of the bus crate's publisher into one node's quorum queue.
+/// Step 1: confirmed publishes/s of the bus crate's publisher into one node's quorum queue.
 async fn broker(secs: u64) {
     let cancel = CancellationToken::new();
     let ns = Namespace::new("cap-broker");
@@ -477,6 +484,22 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// utime + stime of this process so far, seconds.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
 /// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`; 100 on Linux).
 fn clock_ticks() -> f64 {
     Command::new("getconf")
@@ -513,7 +536,7 @@ async fn drive(cfg: LoadConfig) -> LoadReport {
     .expect("load thread")
 }
 
-/// 2. CPU time, Redis commands and Redis memory per callback of the release gateway binary.
+/// Step 2: CPU time, Redis commands and Redis memory per callback of the release gateway binary.
 async fn callbacks(secs: u64, rate: f64) {
     let ns = Namespace::new("cap-callbacks");
     ns.track_queue(ns.topology().unrouted_queue());
@@ -547,11 +570,12 @@ async fn callbacks(secs: u64, rate: f64) {
         taken += ok;
         let n = ok as f64;
         println!(
-            "capacity callbacks ({what}): {ok} callbacks at {:.0}/s, p99 {:.1} ms; gateway CPU {:.1} µs per callback ({cpu:.2} s of utime+stime, {:.2} cores); Redis commands per callback {}; Redis memory {:.0} bytes and {:.2} keys per callback (dedupe markers, kept gateway.dedupe_done_ttl_secs)",
+            "capacity callbacks ({what}): {ok} callbacks at {:.0}/s, p99 {:.1} ms; gateway CPU {:.1} µs per callback ({cpu:.2} s of utime+stime, {:.2} cores); Redis CPU {:.1} µs per callback; Redis commands per callback {}; Redis memory {:.0} bytes and {:.2} keys per callback (dedupe markers, kept gateway.dedupe_done_ttl_secs)",
             report.throughput,
             report.latency_ms.p99,
             cpu / n * 1e6,
             cpu / report.elapsed_s,
+            (after.cpu - before.cpu) / n * 1e6,
             per_object(&after.since(&before), n),
             (after.used_memory - before.used_memory) as f64 / n,
             (after.keys - before.keys) as f64 / n,
@@ -576,8 +600,8 @@ fn callgrind_total(path: &Path) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// 3. Instructions per callback: callgrind totals with `n` callbacks minus idle, over the same
-/// time, divided by `n`.
+/// Step 3: instructions per callback: callgrind totals with `n` callbacks minus idle, over the
+/// same time, divided by `n`.
 async fn callgrind(n: u64) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!(
@@ -626,7 +650,7 @@ async fn callgrind(n: u64) {
     );
 }
 
-/// 4. Redis commands and memory per messaging job (template, idempotency key), the whole path.
+/// Step 4: Redis commands and memory per messaging job (template, idempotency key), the whole path.
 async fn jobs_cost(jobs: u64) {
     let mut setup = Setup::new("cap-jobs");
     setup.tickets = true;
@@ -683,9 +707,12 @@ async fn jobs_cost(jobs: u64) {
     let idle_secs = 5;
     let before = RedisStats::read(&mut conn).await;
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let idle = RedisStats::read(&mut conn).await.since(&before);
+    let idle_after = RedisStats::read(&mut conn).await;
+    let idle_redis_cpu = idle_after.cpu - before.cpu;
+    let idle = idle_after.since(&before);
 
     let before = RedisStats::read(&mut conn).await;
+    let process_before = own_cpu_secs();
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..16)
@@ -719,6 +746,7 @@ async fn jobs_cost(jobs: u64) {
     // The outcome is recorded just after the send.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let took = started.elapsed().as_secs_f64();
+    let process = own_cpu_secs() - process_before;
     let after = RedisStats::read(&mut conn).await;
     let mut delta = after.since(&before);
     for (name, n) in &idle {
@@ -728,8 +756,11 @@ async fn jobs_cost(jobs: u64) {
         }
     }
     let n = jobs as f64;
+    let idle_cpu = (idle_redis_cpu / idle_secs as f64) * took;
     println!(
-        "capacity jobs: {jobs} template jobs enqueued and sent in {took:.1} s; Redis commands per job {} (the stack's idle commands over the same time subtracted: {:.0}/s); Redis memory {:.0} bytes and {:.2} keys per job (record, attempts, idempotency key, msgid index; kept worker.job_ttl_secs)",
+        "capacity jobs: {jobs} template jobs enqueued and sent in {took:.1} s; CPU per job: {:.0} µs of this process (worker, token-control, sim, gateway and the gRPC client: an upper bound of the worker's), Redis {:.1} µs (less its idle CPU); Redis commands per job {} (the stack's idle commands over the same time subtracted: {:.0}/s); Redis memory {:.0} bytes and {:.2} keys per job (record, attempts, idempotency key, msgid index; kept worker.job_ttl_secs)",
+        process / n * 1e6,
+        (after.cpu - before.cpu - idle_cpu).max(0.0) / n * 1e6,
         per_object(&delta, n),
         idle.values().sum::<u64>() as f64 / idle_secs as f64,
         (after.used_memory - before.used_memory) as f64 / n,

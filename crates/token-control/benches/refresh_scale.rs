@@ -57,6 +57,46 @@ async fn used_memory(store: &Store) -> i64 {
         .unwrap_or(0)
 }
 
+/// CPU time of the benchmark's Redis so far (`used_cpu_user + used_cpu_sys`), seconds.
+async fn redis_cpu(store: &Store) -> f64 {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// utime + stime of this process (the 3 replicas, the simulator and the benchmark's polling)
+/// so far, seconds.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    let hz: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / hz
+}
+
 async fn commandstats(store: &Store) -> HashMap<String, u64> {
     let mut conn = store.conn();
     let info: String = redis::cmd("INFO")
@@ -276,6 +316,8 @@ async fn run(n: usize) {
     let t0 = clock.now_ms();
     let mut stats_before = HashMap::new();
     let mut violations = (0usize, 0usize);
+    // (this process, Redis) CPU seconds when the measured window starts.
+    let mut cpu_before = (0.0, 0.0);
     // Commands this benchmark itself sends, subtracted from the deltas.
     let (mut own_zcount, mut own_hget, mut own_info) = (0u64, 0u64, 0u64);
     let window_start = t0 + LIFETIME_S * 1000;
@@ -297,6 +339,8 @@ async fn run(n: usize) {
         if now >= window_start && stats_before.is_empty() {
             stats_before = commandstats(&store).await;
             own_info += 1;
+            cpu_before = (own_cpu_secs(), redis_cpu(&store).await);
+            own_info += 1;
         }
         if now >= window_start && step % 60 == 0 {
             own_hget += n as u64;
@@ -306,6 +350,10 @@ async fn run(n: usize) {
         }
     }
     let stats_after = commandstats(&store).await;
+    let cpu_window = (
+        own_cpu_secs() - cpu_before.0,
+        redis_cpu(&store).await - cpu_before.1,
+    );
     let memory_end = used_memory(&store).await;
     let end = clock.now_ms();
     let (e, m) = expired(&store, n, end).await;
@@ -416,6 +464,11 @@ async fn run(n: usize) {
             .map(|(k, d)| format!("{k}={:.2}", *d as f64 / in_window.max(1) as f64))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "refresh_scale: CPU per refresh in the window: {:.0} µs of this process (3 replicas, the simulator and the benchmark's polls and scans: an upper bound of token-control's), {:.1} µs of Redis (the scans included)",
+        cpu_window.0 / in_window.max(1) as f64 * 1e6,
+        cpu_window.1 / in_window.max(1) as f64 * 1e6,
     );
     println!(
         "refresh_scale: Redis used_memory {:.0} MB after the import ({:.0} bytes per authorizer), {:.0} MB after two lifetimes ({:.0} bytes per authorizer: record, refresh token, token, schedule and index entries, leases)",
