@@ -204,7 +204,7 @@ fn per_object(delta: &HashMap<String, u64>, per: f64) -> String {
 }
 
 /// The benchmark Redis's keys by shape (a key with each id-like part — six characters or more,
-/// a digit among them — replaced by `*`), for shapes with at least one key per two of `per`
+/// a digit among them — replaced by `*`), for shapes with at least one key per ten of `per`
 /// objects: keys per object, `MEMORY USAGE` bytes per key, and the TTL of one of them.
 async fn key_shapes(conn: &mut redis::aio::MultiplexedConnection, per: f64) -> String {
     let shape = |key: &str| {
@@ -252,7 +252,7 @@ async fn key_shapes(conn: &mut redis::aio::MultiplexedConnection, per: f64) -> S
     }
     let mut shapes: Vec<_> = shapes
         .into_iter()
-        .filter(|(_, (n, _, _))| *n as f64 >= per / 2.0)
+        .filter(|(_, (n, _, _))| *n as f64 >= per / 10.0)
         .collect();
     shapes.sort_by_key(|(_, (_, bytes, _))| std::cmp::Reverse(*bytes));
     shapes
