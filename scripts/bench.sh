@@ -18,3 +18,8 @@ cargo bench --locked -p wxhub-tests --bench messaging 2>/dev/null | grep -E '^me
 
 echo "== relay: the same WeChat call (sim menu/get) direct vs through wxhub-relay, at max and at half the relay's max rate"
 cargo bench --locked -p wxhub-tests --bench relay 2>/dev/null | grep -E '^relay '
+
+echo "== capacity (docs/scaling.md#capacity): confirmed publishes/s of one broker node; per callback the release gateway's CPU time, Redis commands and memory (and instructions, under callgrind); per messaging job Redis commands and memory"
+# The wxhub-gateway binary in target/release (cargo builds a package's binaries with its benches).
+cargo bench --locked -p wxhub-gateway --bench gateway --no-run 2>/dev/null
+cargo bench --locked -p wxhub-tests --bench capacity 2>/dev/null | grep -E '^capacity'

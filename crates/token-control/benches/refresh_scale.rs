@@ -14,6 +14,9 @@
 //!   benchmark's own polling and scans; other users of the same Redis add noise). Commands run
 //!   inside Lua scripts are counted individually, next to the `evalsha` that ran them.
 //!
+//! - Redis memory per authorizer (`used_memory` after the import and at the end, less the
+//!   empty Redis's).
+//!
 //! `WXHUB_BENCH_AUTHORIZERS` overrides the 100,000. The benchmark starts its own
 //! `redis-server` on a free port (no persistence) so the command counts are its own; without a
 //! `redis-server` binary it uses the shared one.
@@ -38,6 +41,60 @@ const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
 fn appid(i: usize) -> String {
     format!("wxs{i:015}")
+}
+
+/// `used_memory` of the benchmark's Redis, bytes.
+async fn used_memory(store: &Store) -> i64 {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of the benchmark's Redis so far (`used_cpu_user + used_cpu_sys`), seconds.
+async fn redis_cpu(store: &Store) -> f64 {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// utime + stime of this process (the 3 replicas, the simulator and the benchmark's polling)
+/// so far, seconds.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    let hz: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / hz
 }
 
 async fn commandstats(store: &Store) -> HashMap<String, u64> {
@@ -178,6 +235,7 @@ async fn run(n: usize) {
     let store =
         Store::connect(&wxhub_store::RedisConfig::new(redis_url.clone()), ns.name()).unwrap();
     let creds = Credentials::new(store.clone());
+    let memory_empty = used_memory(&store).await;
     let _ = sim.push_ticket(COMPONENT).await;
     let ticket = sim.component(COMPONENT).unwrap().latest_ticket.unwrap();
     creds
@@ -254,9 +312,12 @@ async fn run(n: usize) {
         "refresh_scale: {n} authorizers imported from api_get_authorizer_list in {:.1} s",
         wall.elapsed().as_secs_f64()
     );
+    let memory_imported = used_memory(&store).await;
     let t0 = clock.now_ms();
     let mut stats_before = HashMap::new();
     let mut violations = (0usize, 0usize);
+    // (this process, Redis) CPU seconds when the measured window starts.
+    let mut cpu_before = (0.0, 0.0);
     // Commands this benchmark itself sends, subtracted from the deltas.
     let (mut own_zcount, mut own_hget, mut own_info) = (0u64, 0u64, 0u64);
     let window_start = t0 + LIFETIME_S * 1000;
@@ -278,6 +339,8 @@ async fn run(n: usize) {
         if now >= window_start && stats_before.is_empty() {
             stats_before = commandstats(&store).await;
             own_info += 1;
+            cpu_before = (own_cpu_secs(), redis_cpu(&store).await);
+            own_info += 1;
         }
         if now >= window_start && step % 60 == 0 {
             own_hget += n as u64;
@@ -287,6 +350,11 @@ async fn run(n: usize) {
         }
     }
     let stats_after = commandstats(&store).await;
+    let cpu_window = (
+        own_cpu_secs() - cpu_before.0,
+        redis_cpu(&store).await - cpu_before.1,
+    );
+    let memory_end = used_memory(&store).await;
     let end = clock.now_ms();
     let (e, m) = expired(&store, n, end).await;
     violations.0 += e;
@@ -396,6 +464,18 @@ async fn run(n: usize) {
             .map(|(k, d)| format!("{k}={:.2}", *d as f64 / in_window.max(1) as f64))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "refresh_scale: CPU per refresh in the window: {:.0} µs of this process (3 replicas, the simulator and the benchmark's polls and scans: an upper bound of token-control's), {:.1} µs of Redis (the scans included)",
+        cpu_window.0 / in_window.max(1) as f64 * 1e6,
+        cpu_window.1 / in_window.max(1) as f64 * 1e6,
+    );
+    println!(
+        "refresh_scale: Redis used_memory {:.0} MB after the import ({:.0} bytes per authorizer), {:.0} MB after two lifetimes ({:.0} bytes per authorizer: record, refresh token, token, schedule and index entries, leases)",
+        (memory_imported - memory_empty) as f64 / 1e6,
+        (memory_imported - memory_empty) as f64 / n as f64,
+        (memory_end - memory_empty) as f64 / 1e6,
+        (memory_end - memory_empty) as f64 / n as f64,
     );
     if redis.is_none() {
         ns.cleanup(None, &[]).await;
