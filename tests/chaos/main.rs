@@ -34,4 +34,5 @@ mod partition;
 mod redis_failover;
 mod redis_restarted;
 mod token_control_killed;
+mod tokens;
 mod worker_killed;

@@ -9,18 +9,14 @@
 //! - token-control ↔ Redis under token reads: reads fail within their deadline (never hang),
 //!   are served again once the link heals, and the stored tokens are WeChat's.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_sim::SimConfig;
 use wxhub_testkit::Namespace;
 use wxhub_testkit::proxy::{FaultProxy, Mode};
-use wxhub_tests::{AUTH1, AUTH2, COMPONENT, OPS_KEY, TENANT, req};
 
 use crate::harness::{World, address, broker_address, callbacks, full};
+use crate::tokens::{self, Readers};
 
 /// The faults, in order, each for its time; then the link heals. Returns when it healed.
 async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
@@ -141,71 +137,20 @@ async fn token_controls_redis_link_slowed_reset_and_blackholed_fails_reads_in_ti
     world.wait_for_authorizers().await;
 
     const DEADLINE: Duration = Duration::from_secs(5);
-    let reading = Arc::new(AtomicBool::new(true));
-    let reader = {
-        let (url, reading) = (tc_url.clone(), reading.clone());
-        tokio::spawn(async move {
-            // (ok, failed, slowest, last failure)
-            let mut out = (0u64, 0u64, Duration::ZERO, None::<Instant>);
-            while reading.load(Ordering::SeqCst) {
-                for appid in ["", AUTH1, AUTH2] {
-                    let started = Instant::now();
-                    let result = async {
-                        let mut client = TokenControlClient::connect(url.clone()).await?;
-                        let mut request = req(
-                            GetAccessTokenRequest {
-                                tenant: TENANT.into(),
-                                appid: appid.into(),
-                                min_remaining_secs: 0,
-                            },
-                            OPS_KEY,
-                        );
-                        request.set_timeout(DEADLINE);
-                        client.get_access_token(request).await?;
-                        anyhow::Ok(())
-                    };
-                    match tokio::time::timeout(DEADLINE * 2, result).await {
-                        Ok(Ok(())) => out.0 += 1,
-                        _ => {
-                            out.1 += 1;
-                            out.3 = Some(Instant::now());
-                        }
-                    }
-                    out.2 = out.2.max(started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            out
-        })
-    };
+    let readers = Readers::start(
+        std::slice::from_ref(&tc_url),
+        Duration::from_millis(50),
+        DEADLINE,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let blackhole = Duration::from_secs(8);
     let healed = inject(&proxy, blackhole).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    reading.store(false, Ordering::SeqCst);
-    let (ok, failed, slowest, last_failure) = reader.await.expect("reader");
+    let reads = readers.stop().await;
+    let (ok, failed, slowest, last_failure) =
+        (reads.ok, reads.failed, reads.slowest, reads.last_failure);
     // Stored = WeChat's latest, for every credential.
-    let mut wrong = Vec::new();
-    for appid in ["", AUTH1, AUTH2] {
-        let (credential, latest) = if appid.is_empty() {
-            (
-                "component".to_owned(),
-                world.sim.component(COMPONENT).and_then(|c| c.access_token),
-            )
-        } else {
-            (
-                format!("authorizer:{appid}"),
-                world
-                    .sim
-                    .authorizer(COMPONENT, appid)
-                    .and_then(|a| a.access_token),
-            )
-        };
-        let stored = world.creds.token(TENANT, &credential).await.ok().flatten();
-        if stored.map(|t| t.value.expose().to_owned()) != latest {
-            wrong.push(credential);
-        }
-    }
+    let wrong = tokens::not_wechats(&world, false).await;
     let served_again = last_failure.map(|at| at.saturating_duration_since(healed).as_secs_f64());
     println!(
         "chaos network token-control<->Redis via the fault proxy: reads of 3 credentials, 6 s \

@@ -12,20 +12,16 @@
 //! primary had acknowledged a rotation it never replicated).
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_sim::{CallFilter, SimConfig};
 use wxhub_store::{RedisConfig, Store};
-use wxhub_tests::{AUTH1, AUTH2, COMPONENT, OPS_KEY, TENANT, req};
+use wxhub_tests::TENANT;
 
 use crate::harness::{Service, World, callbacks, full, root};
+use crate::tokens::{self, Readers};
 
 const AUTHORIZER_LIST: &str = "/cgi-bin/component/api_get_authorizer_list";
-const CREDENTIALS: [&str; 3] = ["", AUTH1, AUTH2];
 
 /// The test's own cluster; stopped (and its directory deleted) when dropped.
 struct Cluster {
@@ -70,74 +66,6 @@ impl Drop for Cluster {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-async fn read(url: &str, appid: &str) -> Result<String, String> {
-    let mut client = TokenControlClient::connect(url.to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut request = req(
-        GetAccessTokenRequest {
-            tenant: TENANT.into(),
-            appid: appid.into(),
-            min_remaining_secs: 0,
-        },
-        OPS_KEY,
-    );
-    request.set_timeout(Duration::from_secs(10));
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
-        .map_err(|e| format!("{:?} {}", e.code(), e.message()))
-}
-
-async fn mismatches(world: &World) -> Vec<String> {
-    let mut wrong = Vec::new();
-    for appid in CREDENTIALS {
-        let (credential, latest) = if appid.is_empty() {
-            (
-                "component".to_owned(),
-                world.sim.component(COMPONENT).and_then(|c| c.access_token),
-            )
-        } else {
-            (
-                format!("authorizer:{appid}"),
-                world
-                    .sim
-                    .authorizer(COMPONENT, appid)
-                    .and_then(|a| a.access_token),
-            )
-        };
-        let stored = world.creds.token(TENANT, &credential).await.ok().flatten();
-        if stored.map(|t| t.value.expose().to_owned()) != latest {
-            wrong.push(format!("{credential}: stored token is not WeChat's latest"));
-        }
-        if !appid.is_empty() {
-            let record = world.auths.get(TENANT, appid).await.ok().flatten();
-            let current = world
-                .sim
-                .authorizer(COMPONENT, appid)
-                .map(|a| a.refresh_token);
-            if record
-                .and_then(|r| r.refresh_token)
-                .map(|r| r.expose().to_owned())
-                != current
-            {
-                wrong.push(format!("{appid}: refresh token is not WeChat's current"));
-            }
-        }
-    }
-    wrong
-}
-
-#[derive(Default)]
-struct Reads {
-    ok: u64,
-    failed: u64,
-    first_failure: Option<String>,
-    last_failure: Option<Instant>,
-    slowest: Duration,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,30 +138,8 @@ async fn a_redis_primary_killed_during_refreshes_and_dedupe_loses_nothing() {
         })
         .len();
 
-    let reading = Arc::new(AtomicBool::new(true));
-    let mut readers = tokio::task::JoinSet::new();
-    for (_, url, _) in &replicas {
-        let (url, reading) = (url.clone(), reading.clone());
-        readers.spawn(async move {
-            let mut reads = Reads::default();
-            while reading.load(Ordering::SeqCst) {
-                for appid in CREDENTIALS {
-                    let started = Instant::now();
-                    match read(&url, appid).await {
-                        Ok(_) => reads.ok += 1,
-                        Err(e) => {
-                            reads.failed += 1;
-                            reads.last_failure = Some(Instant::now());
-                            reads.first_failure.get_or_insert(e);
-                        }
-                    }
-                    reads.slowest = reads.slowest.max(started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            reads
-        });
-    }
+    let urls: Vec<String> = replicas.iter().map(|(_, url, _)| url.clone()).collect();
+    let readers = Readers::start(&urls, Duration::from_millis(50), Duration::from_secs(10));
     let load = callbacks::load(&url, secs, rate);
     // A third of the way in, acme's primary; two thirds in, the dedupe slot's primary when it
     // is another one (one at a time: the surviving primaries must be a majority to promote).
@@ -271,24 +177,13 @@ async fn a_redis_primary_killed_during_refreshes_and_dedupe_loses_nothing() {
     // Converged: stored = WeChat's (at most 30 s more).
     let converging = Instant::now();
     let (wrong, converged) = loop {
-        let wrong = mismatches(&world).await;
+        let wrong = tokens::not_wechats(&world, true).await;
         if wrong.is_empty() || converging.elapsed() > Duration::from_secs(30) {
             break (wrong, converging.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    reading.store(false, Ordering::SeqCst);
-    let mut reads = Reads::default();
-    while let Some(r) = readers.join_next().await {
-        let r = r.expect("reader");
-        reads.ok += r.ok;
-        reads.failed += r.failed;
-        reads.slowest = reads.slowest.max(r.slowest);
-        reads.last_failure = reads.last_failure.max(r.last_failure);
-        if reads.first_failure.is_none() {
-            reads.first_failure = r.first_failure;
-        }
-    }
+    let reads = readers.stop().await;
     let healed_lists = world
         .sim
         .calls(&CallFilter {

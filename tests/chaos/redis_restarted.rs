@@ -16,41 +16,17 @@
 //! Checked afterwards in Redis and the sim: the ticket is WeChat's latest, every stored token is
 //! WeChat's latest and accepted, every stored refresh token is WeChat's current one.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_sim::{CallFilter, SimConfig};
 use wxhub_store::RedisConfig;
-use wxhub_tests::{AUTH1, AUTH2, COMPONENT, GATEWAY_KEY, OPS_KEY, TENANT, req};
+use wxhub_tests::{COMPONENT, GATEWAY_KEY, TENANT};
 
 use crate::harness::{RedisServer, Service, World, free_port};
+use crate::tokens::{self, CREDENTIALS, Readers};
 
 const PUSH_TICKET: &str = "/cgi-bin/component/api_start_push_ticket";
 const AUTHORIZER_LIST: &str = "/cgi-bin/component/api_get_authorizer_list";
-const CREDENTIALS: [&str; 3] = ["", AUTH1, AUTH2];
-
-async fn read(url: &str, appid: &str) -> Result<String, String> {
-    let mut client = TokenControlClient::connect(url.to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut request = req(
-        GetAccessTokenRequest {
-            tenant: TENANT.into(),
-            appid: appid.into(),
-            min_remaining_secs: 0,
-        },
-        OPS_KEY,
-    );
-    request.set_timeout(Duration::from_secs(5));
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
-        .map_err(|e| format!("{:?} {}", e.code(), e.message()))
-}
 
 fn calls(world: &World, path: &str) -> usize {
     world
@@ -70,51 +46,8 @@ async fn unhealed(world: &World) -> Vec<String> {
     if ticket.map(|t| t.value.expose().to_owned()) != latest {
         wrong.push("ticket".to_owned());
     }
-    for appid in CREDENTIALS {
-        let (credential, latest) = if appid.is_empty() {
-            (
-                "component".to_owned(),
-                world.sim.component(COMPONENT).and_then(|c| c.access_token),
-            )
-        } else {
-            (
-                format!("authorizer:{appid}"),
-                world
-                    .sim
-                    .authorizer(COMPONENT, appid)
-                    .and_then(|a| a.access_token),
-            )
-        };
-        let stored = world.creds.token(TENANT, &credential).await.ok().flatten();
-        if stored.map(|t| t.value.expose().to_owned()) != latest {
-            wrong.push(format!("{credential} token"));
-        }
-        if !appid.is_empty() {
-            let record = world.auths.get(TENANT, appid).await.ok().flatten();
-            let current = world
-                .sim
-                .authorizer(COMPONENT, appid)
-                .map(|a| a.refresh_token);
-            if record
-                .and_then(|r| r.refresh_token)
-                .map(|r| r.expose().to_owned())
-                != current
-            {
-                wrong.push(format!("{appid} refresh token"));
-            }
-        }
-    }
+    wrong.extend(tokens::not_wechats(world, true).await);
     wrong
-}
-
-#[derive(Default)]
-struct Reads {
-    ok: u64,
-    failed: u64,
-    first_failure: Option<String>,
-    /// When the last failed read ended.
-    last_failure: Option<Instant>,
-    slowest: Duration,
 }
 
 async fn scenario(restart_replicas: bool) {
@@ -164,35 +97,13 @@ async fn scenario(restart_replicas: bool) {
         .expect("component urls");
     // Every token exists before the loss.
     for appid in CREDENTIALS {
-        read(&replicas[0].1, appid)
+        tokens::read(&replicas[0].1, appid, Duration::from_secs(5))
             .await
             .expect("read before the loss");
     }
 
-    let reading = Arc::new(AtomicBool::new(true));
-    let mut readers = tokio::task::JoinSet::new();
-    for (_, url, _) in &replicas {
-        let (url, reading) = (url.clone(), reading.clone());
-        readers.spawn(async move {
-            let mut reads = Reads::default();
-            while reading.load(Ordering::SeqCst) {
-                for appid in CREDENTIALS {
-                    let started = Instant::now();
-                    match read(&url, appid).await {
-                        Ok(_) => reads.ok += 1,
-                        Err(e) => {
-                            reads.failed += 1;
-                            reads.last_failure = Some(Instant::now());
-                            reads.first_failure.get_or_insert(e);
-                        }
-                    }
-                    reads.slowest = reads.slowest.max(started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            reads
-        });
-    }
+    let urls: Vec<String> = replicas.iter().map(|(_, url, _)| url.clone()).collect();
+    let readers = Readers::start(&urls, Duration::from_millis(20), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (pushes, lists) = (calls(&world, PUSH_TICKET), calls(&world, AUTHORIZER_LIST));
     let lost = Instant::now();
@@ -214,18 +125,7 @@ async fn scenario(restart_replicas: bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    reading.store(false, Ordering::SeqCst);
-    let mut reads = Reads::default();
-    while let Some(r) = readers.join_next().await {
-        let r = r.expect("reader");
-        reads.ok += r.ok;
-        reads.failed += r.failed;
-        reads.slowest = reads.slowest.max(r.slowest);
-        reads.last_failure = reads.last_failure.max(r.last_failure);
-        if reads.first_failure.is_none() {
-            reads.first_failure = r.first_failure;
-        }
-    }
+    let reads = readers.stop().await;
     let served_again = reads
         .last_failure
         .map(|at| at.saturating_duration_since(lost).as_secs_f64());

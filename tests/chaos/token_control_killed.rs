@@ -25,19 +25,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wxhub_proto::token::v1::GetAccessTokenRequest;
-use wxhub_proto::token::v1::token_control_client::TokenControlClient;
 use wxhub_sim::{CallFilter, FaultSpec, SimConfig};
 use wxhub_testkit::proxy::FaultProxy;
-use wxhub_tests::{AUTH1, AUTH2, COMPONENT, OPS_KEY, TENANT, req};
+use wxhub_tests::{COMPONENT, TENANT};
 
 use crate::harness::{Service, World, full};
+use crate::tokens::{self, CREDENTIALS};
 
 const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
 const COMPONENT_TOKEN: &str = "/cgi-bin/component/api_component_token";
 const LOCK_TTL_MS: u64 = 3000;
-/// The credentials of acme: `""` is the component's own token.
-const CREDENTIALS: [&str; 3] = ["", AUTH1, AUTH2];
 
 fn label(appid: &str) -> &str {
     if appid.is_empty() { "component" } else { appid }
@@ -50,26 +47,6 @@ fn wechat_token(world: &World, appid: &str) -> Option<String> {
     } else {
         world.sim.authorizer(COMPONENT, appid)?.access_token
     }
-}
-
-async fn read(url: &str, appid: &str) -> Result<String, String> {
-    let mut client = TokenControlClient::connect(url.to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut request = req(
-        GetAccessTokenRequest {
-            tenant: TENANT.into(),
-            appid: appid.into(),
-            min_remaining_secs: 0,
-        },
-        OPS_KEY,
-    );
-    request.set_timeout(Duration::from_secs(10));
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
-        .map_err(|e| format!("{:?} {}", e.code(), e.message()))
 }
 
 /// The first of `proxies` to have a WeChat call in flight (waits at most 40 s).
@@ -167,7 +144,7 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
             while reading.load(Ordering::SeqCst) {
                 for appid in CREDENTIALS {
                     let started = Instant::now();
-                    match read(&url, appid).await {
+                    match tokens::read(&url, appid, Duration::from_secs(10)).await {
                         Ok(token) => {
                             reads.ok += 1;
                             reads.refused += u64::from(sim.check_token(&token).is_err());
@@ -248,7 +225,7 @@ async fn token_control_replicas_killed_and_paused_while_refreshing_lose_nothing(
     let mut served_stale = 0;
     for (_, url, _, _) in &replicas {
         for appid in CREDENTIALS {
-            let token = read(url, appid)
+            let token = tokens::read(url, appid, Duration::from_secs(10))
                 .await
                 .expect("a replica answers after the faults");
             served_stale += usize::from(Some(token) != wechat_token(&world, appid));
