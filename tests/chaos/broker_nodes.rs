@@ -77,9 +77,7 @@ async fn scenario(fault: Fault, secs: u64, rate: f64) {
             cluster(&["resume", &victim]);
         }
     }
-    let report: LoadReport = tokio::task::spawn_blocking(move || load.join().expect("load"))
-        .await
-        .expect("join");
+    let report: LoadReport = load.report().await;
     let fault_secs = injected.elapsed().as_secs_f64();
     drop(gateway);
 

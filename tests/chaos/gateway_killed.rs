@@ -26,9 +26,7 @@ async fn the_gateway_killed_mid_publish_loses_no_acknowledged_callback() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ready = gateway.restart().await;
     let recovered = killed.elapsed();
-    let report = tokio::task::spawn_blocking(move || load.join().expect("load"))
-        .await
-        .expect("join");
+    let report = load.report().await;
     drop(gateway);
 
     let (messages, ids) = callbacks::in_broker(&ns, wxhub_testkit::amqp_config()).await;

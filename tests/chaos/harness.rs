@@ -436,6 +436,27 @@ impl Drop for RedisServer {
 
 /// The chaos tenant of the gateway scenarios: one component tenant whose callbacks the load
 /// generator signs and encrypts (the gateway alone: callbacks need no token-control).
+/// How long after `since` the service at `url` answers `/readyz` again (at most 30 s, or the
+/// test fails naming `what` healed).
+pub async fn ready_again(url: &str, since: Instant, what: &str) -> Duration {
+    let http = reqwest::Client::new();
+    loop {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "{url} is not ready 30 s after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub mod callbacks {
     use std::collections::HashMap;
     use std::time::Duration;
@@ -521,14 +542,26 @@ pub mod callbacks {
 
     /// Signed, encrypted callbacks to `url` at `rate` per second for `secs` over 32
     /// connections, on a thread of its own (the test's runtime stays free to inject faults).
-    pub fn load(url: &str, secs: u64, rate: f64) -> std::thread::JoinHandle<LoadReport> {
+    /// A load running on a thread of its own; [`Load::report`] waits for its end.
+    pub struct Load(std::thread::JoinHandle<LoadReport>);
+
+    impl Load {
+        /// Waits (without blocking the test's runtime) for the load to end; its report.
+        pub async fn report(self) -> LoadReport {
+            tokio::task::spawn_blocking(move || self.0.join().expect("load"))
+                .await
+                .expect("join")
+        }
+    }
+
+    pub fn load(url: &str, secs: u64, rate: f64) -> Load {
         let mut cfg = LoadConfig::new(url, TENANT, AUTHORIZER, TOKEN, KEY, COMPONENT);
         cfg.to_user_name = "gh_chaos".into();
         cfg.concurrency = 32;
         cfg.duration = Duration::from_secs(secs);
         cfg.rate = Some(rate);
         cfg.timeout = Duration::from_secs(10);
-        std::thread::spawn(move || {
+        Load(std::thread::spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -536,7 +569,7 @@ pub mod callbacks {
                 .expect("load runtime")
                 .block_on(wxhub_loadgen::run(cfg))
                 .expect("load run")
-        })
+        }))
     }
 
     /// Every callback the broker holds in the namespace's unrouted queue, read through

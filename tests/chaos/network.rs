@@ -15,7 +15,7 @@ use wxhub_sim::SimConfig;
 use wxhub_testkit::Namespace;
 use wxhub_testkit::proxy::{FaultProxy, Mode};
 
-use crate::harness::{World, address, broker_address, callbacks, full};
+use crate::harness::{World, address, broker_address, callbacks, full, ready_again};
 use crate::tokens::{self, Readers};
 
 /// The faults, in order, each for its time; then the link heals. Returns when it healed.
@@ -63,25 +63,8 @@ async fn the_gateways_broker_link_slowed_reset_and_blackholed_loses_no_acknowled
     let blackhole = Duration::from_secs(12);
     let healed = inject(&proxy, blackhole).await;
     // Ready again: the gateway reconnected through the healed link.
-    let http = reqwest::Client::new();
-    let ready_again = loop {
-        if http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(30),
-            "the gateway is not ready 30 s after the link healed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let report = tokio::task::spawn_blocking(move || load.join().expect("load"))
-        .await
-        .expect("join");
+    let ready_again = ready_again(&url, healed, "the link healed").await;
+    let report = load.report().await;
     drop(gateway);
     let (messages, ids) = callbacks::in_broker(&ns, wxhub_testkit::amqp_config()).await;
     println!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use wxhub_testkit::Namespace;
 use wxhub_testkit::proxy::FaultProxy;
 
-use crate::harness::{address, broker_address, callbacks, full};
+use crate::harness::{address, broker_address, callbacks, full, ready_again};
 
 /// `ip ARGS`, asserting success.
 fn ip(args: &[&str]) {
@@ -185,25 +185,8 @@ async fn the_gateway_partitioned_from_the_broker_loses_no_acknowledged_callback(
     tokio::time::sleep(cut_for).await;
     netns.partition(false);
     let healed = Instant::now();
-    let http = reqwest::Client::new();
-    let ready_again = loop {
-        if http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(30),
-            "the gateway is not ready 30 s after the partition healed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let report = tokio::task::spawn_blocking(move || load.join().expect("load"))
-        .await
-        .expect("join");
+    let ready_again = ready_again(&url, healed, "the partition healed").await;
+    let report = load.report().await;
     drop(gateway);
     let (messages, ids) = callbacks::in_broker(&ns, wxhub_testkit::amqp_config()).await;
     println!(

@@ -170,9 +170,7 @@ async fn a_redis_primary_killed_during_refreshes_and_dedupe_loses_nothing() {
         }
     }
     let killed = killed.expect("a kill");
-    let report = tokio::task::spawn_blocking(move || load.join().expect("load"))
-        .await
-        .expect("join");
+    let report = load.report().await;
     drop(gateway);
     // Converged: stored = WeChat's (at most 30 s more).
     let converging = Instant::now();
