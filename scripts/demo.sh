@@ -255,7 +255,8 @@ printf '%s\n' o_acme_alice o_acme_bob o_acme_frank >"$logs/recipients.txt"
 campaign=$(wxhub campaign create acme "$shop" --kind template --json "$logs/campaign.json" --recipients "$logs/recipients.txt" | jq -r .campaign_id)
 for _ in $(seq 1 150); do
   c=$(wxhub campaign get "$campaign")
-  [ "$(jq -r .remaining <<<"$c")" = 0 ] && break
+  # Done: every recipient fed and every job final (remaining counts only the not yet fed).
+  [ "$(jq -r .state <<<"$c")" = done ] && break
   sleep 0.2
 done
 jq -r '"   campaign \(.campaign_id[0:12])…: \(.state); total \(.total), sent \(.sent), failed \(.failed), unknown \(.unknown), remaining \(.remaining)"' <<<"$c"
