@@ -810,20 +810,25 @@ async fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String) {
     .unwrap()
 }
 
+/// A CLI configuration in `dir` for the worker at `worker` with the ops key.
+fn cli_config(dir: &std::path::Path, worker: std::net::SocketAddr) -> std::path::PathBuf {
+    let config = dir.join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[messaging]\nendpoint = \"http://{worker}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_waits_lists_and_replays() {
     let stack = stack("msg-cli", &[]).await;
     client(stack.worker).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
-            stack.worker
-        ),
-    )
-    .unwrap();
+    let config = cli_config(dir.path(), stack.worker);
     let to = user(0);
     let (ok, out) = cli(
         &config,
@@ -1175,15 +1180,7 @@ async fn the_cli_runs_a_campaign() {
     let stack = stack("msg-cli-campaign", &[]).await;
     client(stack.worker).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[messaging]\nendpoint = \"http://{}\"\n\n[client]\napi_key = \"{OPS_KEY}\"\n",
-            stack.worker
-        ),
-    )
-    .unwrap();
+    let config = cli_config(dir.path(), stack.worker);
     let tpl = dir.path().join("t.json");
     std::fs::write(
         &tpl,
