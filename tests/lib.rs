@@ -7,6 +7,7 @@
 //! keys: nothing of the stack writes to Redis or RabbitMQ after the cleanup, which is what would
 //! leave keys behind. The gateways a test starts itself ([`Stack::gateway`]) run there too.
 
+pub mod cpu;
 mod world;
 
 use std::future::Future;

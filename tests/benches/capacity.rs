@@ -40,6 +40,7 @@ use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_testkit::Namespace;
+use wxhub_tests::cpu;
 use wxhub_tests::{AUTH1, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, req, user};
 
 const GW_TENANT: &str = "cap";
@@ -449,14 +450,7 @@ impl GatewayProcess {
 
     /// utime + stime of the process so far, seconds.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("/proc/PID/stat");
-        // The fields after the command name: state is field 3, utime 14, stime 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-        ticks as f64 / clock_ticks()
+        cpu::cpu_secs(&self.child.id().to_string())
     }
 
     /// SIGTERM, then waits for the exit (a callgrind run writes its totals then).
@@ -482,32 +476,6 @@ impl Drop for GatewayProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// utime + stime of this process so far, seconds.
-fn own_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
-    ticks as f64 / clock_ticks()
-}
-
-/// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`; 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn load(url: &str, concurrency: usize, secs: u64, rate: Option<f64>) -> LoadConfig {
@@ -712,7 +680,7 @@ async fn jobs_cost(jobs: u64) {
     let idle = idle_after.since(&before);
 
     let before = RedisStats::read(&mut conn).await;
-    let process_before = own_cpu_secs();
+    let process_before = cpu::cpu_secs("self");
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..16)
@@ -746,7 +714,7 @@ async fn jobs_cost(jobs: u64) {
     // The outcome is recorded just after the send.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let took = started.elapsed().as_secs_f64();
-    let process = own_cpu_secs() - process_before;
+    let process = cpu::cpu_secs("self") - process_before;
     let after = RedisStats::read(&mut conn).await;
     let mut delta = after.since(&before);
     for (name, n) in &idle {

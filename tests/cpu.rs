@@ -1,0 +1,70 @@
+//! CPU time of the processes a benchmark loads (Linux `/proc`): this one, and the Redis and
+//! RabbitMQ servers beside it, so a figure per job or per call can say where the time went.
+
+use std::process::Command;
+
+/// utime + stime of process `pid` (`"self"` for this one) so far, seconds; 0 if unreadable.
+pub fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field(11) + field(12)) as f64 / clock_ticks()
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`; 100 on Linux).
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The pid of the first process whose command name (`/proc/PID/comm`) is `comm`.
+pub fn pid_of(comm: &str) -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_pid = name.bytes().all(|b| b.is_ascii_digit());
+        (is_pid && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+            .then_some(name)
+    })
+}
+
+/// CPU seconds of this process, the Redis server (`redis_pid`, from `INFO server`) and the
+/// RabbitMQ node (`beam.smp`) between [`CpuSplit::start`] and [`CpuSplit::took`].
+pub struct CpuSplit {
+    pids: [Option<String>; 3],
+    start: [f64; 3],
+}
+
+impl CpuSplit {
+    pub fn start(redis_pid: Option<String>) -> Self {
+        let pids = [Some("self".to_owned()), redis_pid, pid_of("beam.smp")];
+        let start = Self::read(&pids);
+        Self { pids, start }
+    }
+
+    fn read(pids: &[Option<String>; 3]) -> [f64; 3] {
+        pids.each_ref().map(|p| p.as_deref().map_or(0.0, cpu_secs))
+    }
+
+    /// "this process X µs, Redis Y µs, RabbitMQ Z µs" per one of `n` units since the start.
+    pub fn per(&self, n: u64) -> String {
+        let now = Self::read(&self.pids);
+        let us = |i: usize| (now[i] - self.start[i]) * 1e6 / n.max(1) as f64;
+        format!(
+            "this process {:.0} µs, Redis {:.0} µs, RabbitMQ {:.0} µs",
+            us(0),
+            us(1),
+            us(2)
+        )
+    }
+}
