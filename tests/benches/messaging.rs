@@ -29,6 +29,7 @@ use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
 use wxhub_store::{Created, Jobs, NewJob, Store};
+use wxhub_tests::cpu::CpuSplit;
 use wxhub_tests::{
     AUTH1, BETA, BETA_AUTH, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, extra_tenant,
     extra_user, req, user,
@@ -120,6 +121,8 @@ async fn run() {
         "{}{TEMPLATE_PATH}?access_token={token}",
         stack.sim.base_url()
     );
+    let redis_pid = redis_pid(&stack.store).await;
+    let cpu = CpuSplit::start(redis_pid.clone());
     let accepted = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..concurrency)
@@ -149,13 +152,15 @@ async fn run() {
     }
     let ceiling = accepted.load(Ordering::Relaxed) as f64 / secs as f64;
     println!(
-        "messaging: sim bare accept rate (ceiling): {ceiling:.0} template sends/s ({concurrency} clients)"
+        "messaging: sim bare accept rate (ceiling): {ceiling:.0} template sends/s ({concurrency} clients); CPU per send: {}",
+        cpu.per(accepted.load(Ordering::Relaxed))
     );
 
     // Through the system: enqueue `jobs` as fast as `concurrency` clients can, until all are sent.
     let url = format!("http://{}", stack.worker);
     let client = MessagingClient::connect(url).await.expect("worker");
     stack.sim.clear_messages();
+    let cpu = CpuSplit::start(redis_pid);
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
@@ -190,10 +195,11 @@ async fn run() {
     let took = started.elapsed();
     let rate = jobs as f64 / took.as_secs_f64();
     println!(
-        "messaging: {jobs} template jobs enqueued in {:.2} s, all sent in {:.2} s: {rate:.0} sends/s = {:.0} % of the ceiling",
+        "messaging: {jobs} template jobs enqueued in {:.2} s, all sent in {:.2} s: {rate:.0} sends/s = {:.0} % of the ceiling; CPU per job: {}",
         enqueued.as_secs_f64(),
         took.as_secs_f64(),
-        100.0 * rate / ceiling
+        100.0 * rate / ceiling,
+        cpu.per(jobs)
     );
 
     // Latency at half that rate (open loop): enqueue → recorded sent, from the job records.
@@ -250,6 +256,19 @@ async fn run() {
 }
 
 const TEMPLATE_PATH: &str = "/cgi-bin/message/template/send";
+
+/// The Redis server's pid (`INFO server`), to read its CPU time.
+async fn redis_pid(store: &Store) -> Option<String> {
+    let mut conn = store.conn();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|v| v.trim().to_owned())
+}
 
 /// Redis's `used_memory` (bytes).
 async fn used_memory(store: &Store) -> u64 {
@@ -510,9 +529,7 @@ async fn at_scale(recipients: u64, hold: u64) {
                         Created::Held => {
                             held.fetch_add(1, Ordering::Relaxed);
                         }
-                        Created::Existing(_)
-                        | Created::UnknownAccount
-                        | Created::RevokedAccount => {}
+                        other => panic!("stored {id}: {other:?}"),
                     }
                 }
             })

@@ -1310,6 +1310,72 @@ async fn a_noisy_tenants_backlog_delays_a_quiet_tenants_first_job_by_one_window_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_held_cap_is_refused_and_nothing_is_stored() {
+    // Window 1 and one custom send a minute: the first job is sent, the second waits in the
+    // window (deferred), the next two are held, and the fifth is over the cap of 2.
+    let stack = stack(
+        "msg-held-cap",
+        &[
+            (
+                "WXHUB_WORKER__LIMITS__CUSTOM",
+                "{ count = 1, period_ms = 60000, burst = 1 }",
+            ),
+            ("WXHUB_WORKER__TENANT_WINDOW", "1"),
+            ("WXHUB_WORKER__TENANT_HELD_MAX", "2"),
+        ],
+    )
+    .await;
+    let mut c = client(stack.worker).await;
+    let first = send(&mut c, enqueue(AUTH1, "", text(&user(1), "one"))).await;
+    wait_job(&mut c, &first.id, is("sent")).await;
+    for i in 2..=4 {
+        let j = send(&mut c, enqueue(AUTH1, "", text(&user(i), "queued"))).await;
+        assert_eq!(j.state_name, "queued");
+    }
+    let window = Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    assert_eq!(window.window_counts(TENANT).await.unwrap().0, 2, "held");
+    let refused = c
+        .enqueue(req(
+            enqueue(AUTH1, "over-cap", text(&user(5), "over")),
+            OPS_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("tenant_held_max"),
+        "{}",
+        refused.message()
+    );
+    // Nothing was stored: not the job, not its idempotency key (the same key is free later).
+    assert_eq!(window.window_counts(TENANT).await.unwrap().0, 2, "held");
+    let listed = c
+        .list_jobs(req(
+            pb::ListJobsRequest {
+                tenant: TENANT.into(),
+                ..Default::default()
+            },
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 4, "{:?}", listed.jobs);
+    // Another tenant is not affected.
+    let other = pb::EnqueueRequest {
+        tenant: BETA.into(),
+        ..enqueue(wxhub_tests::BETA_AUTH, "", text(&user(0), "beta"))
+    };
+    let j = send(&mut c, other).await;
+    wait_job(&mut c, &j.id, is("sent")).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stored_but_never_announced_is_announced_by_the_retry_with_its_key() {
     let stack = stack("msg-orphan", &[]).await;
     let mut c = client(stack.worker).await;

@@ -177,6 +177,9 @@ pub enum Created {
     UnknownAccount,
     /// [`Jobs::create_as`]: the authorizer revoked the authorization; nothing was stored.
     RevokedAccount,
+    /// The tenant already holds [`Jobs::with_most_held`] jobs beyond its window; nothing was
+    /// stored (the caller should retry later).
+    OverHeld,
 }
 
 /// The answer of [`Jobs::claim`].
@@ -191,6 +194,9 @@ pub enum Claim {
     Busy,
     /// In a final state: nothing to do.
     Done(JobState),
+    /// [`Jobs::claim_unless_parked`]: the job's (account, API) pair is parked for this long
+    /// more; the job was left as it was.
+    Parked(Duration),
     /// No such job (expired or never stored).
     Missing,
 }
@@ -223,9 +229,11 @@ pub enum Settled {
 
 // KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued,
 // in-broker, held, the authorizer record to require (or the job key). ARGV: id, now, ttl_ms,
-// idem_ttl_ms, has_idem, recent, window (0: outside any window), then field/value pairs.
+// idem_ttl_ms, has_idem, recent, window (0: outside any window), most held (0: no cap), then
+// field/value pairs.
 // Returns {1, id} (stored, announce it), {2, id} (stored and held), {0, existing}, or
-// {3, ''} (no such authorizer) / {4, ''} (revoked), storing nothing.
+// {3, ''} (no such authorizer) / {4, ''} (revoked) / {5, ''} (held over the cap), storing
+// nothing.
 const CREATE: &str = r"
 if KEYS[7] ~= KEYS[2] then
   local status = redis.call('HGET', KEYS[7], 'status')
@@ -235,17 +243,18 @@ end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 end
+local window, most_held = tonumber(ARGV[7]), tonumber(ARGV[8])
+if window > 0 and most_held > 0 and redis.call('LLEN', KEYS[6]) >= most_held then return {5, ''} end
+if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) end
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], 'state', 'queued', 'n', 0, 'created', ARGV[2], 'updated', ARGV[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 for i = 3, 4 do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(tonumber(ARGV[6]) + 1))
 end
-local window = tonumber(ARGV[7])
 if window > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
   -- Held jobs go first: a new job joins them while any is waiting.
@@ -294,12 +303,14 @@ return #ARGV
 ";
 
 // KEYS: job, then the state lists in JobState::ALL order (2..11), then the job's campaign (or
-// the job key). ARGV: id, now, owner, lease_until, recent.
-// A queued or retrying job of a cancelled campaign becomes `cancelled` instead (counted there).
+// the job key), then the (account, API) pair's park (or the job key). ARGV: id, now, owner,
+// lease_until, recent. Returns {answer, attempts made, the park's ms left when 'parked'}.
+// A queued or retrying job of a cancelled campaign becomes `cancelled` instead (counted there);
+// a job whose pair is parked is left as it is.
 const CLAIM: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease')
 local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
-if not state then return {'missing', 0} end
+if not state then return {'missing', 0, 0} end
 local now = tonumber(ARGV[2])
 local answer
 local index = {queued = 2, sending = 3, retrying = 4}
@@ -310,21 +321,25 @@ if (state == 'queued' or state == 'retrying') and KEYS[12] ~= KEYS[1]
   redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -(tonumber(ARGV[5]) + 1))
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'the campaign was cancelled', 'updated', ARGV[2], 'next_at', 0)
   redis.call('HINCRBY', KEYS[12], 'cancelled', 1)
-  return {'done:cancelled', n}
+  return {'done:cancelled', n, 0}
 end
 if state == 'queued' or state == 'retrying' then
   answer = 'claimed'
 elseif state == 'sending' then
-  if lease > now then return {'busy', n} end
+  if lease > now then return {'busy', n, 0} end
   answer = 'stale'
 else
-  return {'done:' .. state, n}
+  return {'done:' .. state, n, 0}
+end
+if KEYS[13] ~= KEYS[1] then
+  local left = redis.call('PTTL', KEYS[13])
+  if left > 0 then return {'parked', n, left} end
 end
 redis.call('ZREM', KEYS[index[state]], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
 redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[4], 'updated', ARGV[2], 'next_at', 0)
-return {answer, n}
+return {answer, n, 0}
 ";
 
 // KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
@@ -414,6 +429,7 @@ pub struct Jobs {
     ttl: Duration,
     idempotency_ttl: Duration,
     window: u32,
+    most_held: u32,
 }
 
 /// A job id names its tenant: `{tenant}.{12 hex ms}{8 hex random}` (tenant ids have no dot).
@@ -445,7 +461,17 @@ impl Jobs {
             ttl,
             idempotency_ttl,
             window: 0,
+            most_held: 0,
         }
+    }
+
+    /// At most `most_held` of a tenant's jobs held beyond its window; a create over it stores
+    /// nothing ([`Created::OverHeld`]). 0 (the default): no cap. A held job is its full record
+    /// (about 1.2 KB), so the cap bounds a runaway producer's Redis memory.
+    #[must_use]
+    pub fn with_most_held(mut self, most_held: u32) -> Self {
+        self.most_held = most_held;
+        self
     }
 
     /// At most `window` single-message jobs of a tenant announced and not final at once; 0
@@ -517,7 +543,8 @@ impl Jobs {
                 0
             } else {
                 self.window
-            });
+            })
+            .arg(self.most_held);
         for (k, v) in [
             ("appid", job.appid.as_str()),
             ("kind", &job.kind),
@@ -536,6 +563,7 @@ impl Jobs {
             2 => Created::Held,
             3 => Created::UnknownAccount,
             4 => Created::RevokedAccount,
+            5 => Created::OverHeld,
             _ => Created::Existing(id),
         })
     }
@@ -636,6 +664,47 @@ impl Jobs {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<Claim, StoreError> {
+        self.claim_inner(tenant, id, campaign, None, owner, now_ms, lease_until_ms)
+            .await
+    }
+
+    /// [`Jobs::claim`], unless the (account `appid`, `api`) pair is parked ([`Jobs::park`]):
+    /// then `Claim::Parked` and the job is left as it was. The sender's park check and claim
+    /// in one round trip.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_unless_parked(
+        &self,
+        tenant: &str,
+        id: &str,
+        campaign: &str,
+        (appid, api): (&str, &str),
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        self.claim_inner(
+            tenant,
+            id,
+            campaign,
+            Some((appid, api)),
+            owner,
+            now_ms,
+            lease_until_ms,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_inner(
+        &self,
+        tenant: &str,
+        id: &str,
+        campaign: &str,
+        park: Option<(&str, &str)>,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Claim, StoreError> {
         let keys = self.store.keys(tenant);
         let mut inv = CLAIM_SCRIPT.prepare_invoke();
         inv.key(keys.job(id));
@@ -647,16 +716,21 @@ impl Jobs {
         } else {
             keys.campaign(campaign)
         });
+        inv.key(match park {
+            Some((appid, api)) => keys.park(appid, api),
+            None => keys.job(id),
+        });
         inv.arg(id)
             .arg(now_ms)
             .arg(owner)
             .arg(lease_until_ms)
             .arg(RECENT);
         let mut conn = self.store.conn();
-        let (answer, n): (String, i64) = inv.invoke_async(&mut conn).await?;
+        let (answer, n, left): (String, i64, i64) = inv.invoke_async(&mut conn).await?;
         let attempts_made = u32::try_from(n).unwrap_or(0);
         Ok(match answer.as_str() {
             "claimed" => Claim::Claimed { attempts_made },
+            "parked" => Claim::Parked(Duration::from_millis(u64::try_from(left).unwrap_or(0))),
             "stale" => Claim::Stale { attempts_made },
             "busy" => Claim::Busy,
             "missing" => Claim::Missing,

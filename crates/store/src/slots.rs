@@ -367,7 +367,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     jobs.create(tenant, &new_job(&id, Some("k1")))
         .await
         .unwrap();
-    jobs.claim(tenant, &id, "", "w1", now, now + 10_000)
+    jobs.claim_unless_parked(tenant, &id, "", ("wxa1", "custom"), "w1", now, now + 10_000)
         .await
         .unwrap();
     jobs.settle(

@@ -213,18 +213,39 @@ async fn futures_like(jobs: &Jobs, a: &str, b: &str) -> Vec<Created> {
 }
 
 #[tokio::test]
-async fn a_parked_pair_reports_its_remaining_time() {
+async fn a_parked_pair_reports_its_remaining_time_and_refuses_the_claim_until_it_ends() {
     let ns = Ns::new("jobs-park");
     let jobs = jobs(&ns);
     let api = "/cgi-bin/message/template/send";
+    let id = new_id(T, 1);
+    jobs.create(T, &new_job(&id, None)).await.unwrap();
     assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
     jobs.park(T, "wx1", api, Duration::from_millis(300))
         .await
         .unwrap();
     assert!(jobs.parked(T, "wx1", api).await.unwrap().is_some());
     assert_eq!(jobs.parked(T, "wx2", api).await.unwrap(), None);
+    // Parked: the claim is refused with the time left, and the job stays queued.
+    let claim = jobs
+        .claim_unless_parked(T, &id, "", ("wx1", api), "w1", 1500, 60_000)
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, Claim::Parked(left) if left > Duration::ZERO && left <= Duration::from_millis(300)),
+        "{claim:?}"
+    );
+    assert_eq!(
+        jobs.get(T, &id).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
+    assert_eq!(
+        jobs.claim_unless_parked(T, &id, "", ("wx1", api), "w1", 1500, 60_000)
+            .await
+            .unwrap(),
+        Claim::Claimed { attempts_made: 0 }
+    );
 }
 
 #[tokio::test]
@@ -274,6 +295,46 @@ fn settle_as(state: JobState) -> Settle {
 
 /// The tenant window: at most W announced and not final; the excess held in order, fed as
 /// the window frees, never lost by a feeder that stops before its publishes are confirmed.
+#[tokio::test]
+async fn a_create_over_the_held_cap_stores_nothing() {
+    let ns = Ns::new("jobs-held-cap");
+    let jobs = jobs(&ns).with_tenant_window(1).with_most_held(2);
+    let id = |n: u32| format!("{T}.{:012x}{n:08x}", 1000);
+    let expected = [
+        Created::New,
+        Created::Held,
+        Created::Held,
+        Created::OverHeld,
+    ];
+    for (n, want) in (0..).zip(expected) {
+        assert_eq!(
+            jobs.create(T, &new_job(&id(n), Some(&format!("k{n}"))))
+                .await
+                .unwrap(),
+            want,
+            "job {n}"
+        );
+    }
+    // Neither the job nor its idempotency key: the same key stores once there is room.
+    assert!(jobs.get(T, &id(3)).await.unwrap().is_none());
+    assert_eq!(jobs.window_counts(T).await.unwrap().0, 2);
+    let fed = jobs.take_held(T, 1000).await.unwrap();
+    assert!(fed.is_empty(), "the window is full: {fed:?}");
+    // Campaign jobs are outside the window and its cap.
+    let campaign = NewJob {
+        campaign: Some("c1".into()),
+        ..new_job(&id(8), None)
+    };
+    assert_eq!(jobs.create(T, &campaign).await.unwrap(), Created::New);
+    let once_held = jobs
+        .clone()
+        .with_most_held(3)
+        .create(T, &new_job(&id(4), Some("k3")))
+        .await
+        .unwrap();
+    assert_eq!(once_held, Created::Held);
+}
+
 #[tokio::test]
 async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_any() {
     let ns = Ns::new("jobs-window");

@@ -60,6 +60,10 @@ campaign_tick_ms = 200
 # wait in Redis, in order, and are fed every campaign tick as the window frees. Another tenant's
 # first job is behind at most this many jobs of each busy tenant (docs/messaging.md, Fairness).
 tenant_window = 500
+# Most single-message jobs of one tenant held beyond its window (0: no cap). A held job is its
+# stored record, ~1.2 KB of Redis: 200,000 is ~240 MB per tenant. Over it, Enqueue answers
+# RESOURCE_EXHAUSTED and stores nothing, so a runaway producer cannot fill Redis.
+tenant_held_max = 200000
 
 # Rate limits (GCRA in Redis, shared by every replica). WeChat publishes no per-second figure;
 # these stay under the bursts that drew -1 storms (messaging.md §1) and are per account.
@@ -95,6 +99,7 @@ pub struct WorkerSection {
     pub campaign_max_recipients: usize,
     pub campaign_tick_ms: u64,
     pub tenant_window: u32,
+    pub tenant_held_max: u32,
     pub limits: Limits,
 }
 

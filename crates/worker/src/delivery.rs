@@ -228,16 +228,6 @@ impl Delivery {
         let Some(api) = api_path(&job.api) else {
             return Outcome::DeadLetter(format!("job {id} names no send API"));
         };
-        match self.jobs.parked(tenant, &job.appid, api).await {
-            Ok(Some(left)) => {
-                metrics::counter!("wxhub_worker_deferred_total", "reason" => "parked").increment(1);
-                return self
-                    .announce_later(&job, header_attempts, left, false)
-                    .await;
-            }
-            Ok(None) => {}
-            Err(e) => return requeue("read the park", &e),
-        }
         match self.admit_rate(&job).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
@@ -251,12 +241,15 @@ impl Delivery {
         }
         let owner = format!("{:016x}", rand::random::<u64>());
         let now = now_ms();
+        // The park check (45009 spent the pair's daily quota) is part of the claim: one round
+        // trip. The limiter's unit was taken before it; a parked pair sends nothing anyway.
         let claim = match self
             .jobs
-            .claim(
+            .claim_unless_parked(
                 tenant,
                 id,
                 &job.campaign,
+                (&job.appid, api),
                 &owner,
                 now,
                 now + ms(self.settings.lease),
@@ -297,6 +290,12 @@ impl Delivery {
             Claim::Busy => {
                 return self
                     .announce_later(&job, header_attempts, self.settings.lease, false)
+                    .await;
+            }
+            Claim::Parked(left) => {
+                metrics::counter!("wxhub_worker_deferred_total", "reason" => "parked").increment(1);
+                return self
+                    .announce_later(&job, header_attempts, left, false)
                     .await;
             }
             Claim::Done(_) | Claim::Missing => return Outcome::Ack,

@@ -302,7 +302,7 @@ impl Feeder {
             Created::New | Created::Held => id,
             Created::Existing(existing) => existing,
             // Not asked for (the campaign's account was checked when it was created).
-            Created::UnknownAccount | Created::RevokedAccount => return Ok(()),
+            Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => return Ok(()),
         };
         publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id)
             .await

@@ -133,7 +133,8 @@ impl Service for Worker {
             Duration::from_secs(w.job_ttl_secs),
             Duration::from_secs(w.idempotency_ttl_secs),
         )
-        .with_tenant_window(w.tenant_window);
+        .with_tenant_window(w.tenant_window)
+        .with_most_held(w.tenant_held_max);
         let bus = infra.bus().cloned().context("the worker uses RabbitMQ")?;
         let campaign_store = Campaigns::new(store.clone(), Duration::from_secs(w.job_ttl_secs));
         let feeder = Arc::new(feeder::Feeder {

@@ -259,6 +259,13 @@ impl MessagingService {
         {
             Created::UnknownAccount => return Err(unknown_authorizer(&job.appid)),
             Created::RevokedAccount => return Err(revoked_authorizer(&job.appid)),
+            Created::OverHeld => {
+                metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "over_held").increment(1);
+                return Err(Status::resource_exhausted(format!(
+                    "tenant {tenant_id} already holds worker.tenant_held_max messages waiting \
+                     for its window; nothing was stored, retry later"
+                )));
+            }
             Created::Existing(existing) => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "existing").increment(1);
                 let found = self.get(tenant_id, &existing).await?;
