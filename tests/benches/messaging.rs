@@ -523,9 +523,12 @@ async fn at_scale(recipients: u64, hold: u64) {
                         now_ms: now,
                     };
                     match jobs.create(TENANT, &job).await.expect("create") {
-                        Created::New => wxhub_worker::service::publish_job(&bus, TENANT, &id)
-                            .await
-                            .expect("publish"),
+                        Created::New => {
+                            let route = Some(wxhub_worker::service::new_route(&job));
+                            wxhub_worker::service::publish_job(&bus, TENANT, &id, route)
+                                .await
+                                .expect("publish");
+                        }
                         Created::Held => {
                             held.fetch_add(1, Ordering::Relaxed);
                         }

@@ -649,9 +649,11 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     let announce = |id: String| {
         let stack = &stack;
         async move {
+            // No route: the worker reads the job before its claim (as for held jobs).
             let body = SendJob {
                 tenant: TENANT.into(),
                 job_id: id.clone(),
+                route: None,
             }
             .encode_to_vec();
             let exchange = stack.ns.topology().jobs_exchange();

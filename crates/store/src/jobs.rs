@@ -194,11 +194,23 @@ pub enum Claim {
     Busy,
     /// In a final state: nothing to do.
     Done(JobState),
-    /// [`Jobs::claim_unless_parked`]: the job's (account, API) pair is parked for this long
-    /// more; the job was left as it was.
+    /// [`Jobs::claim_to_send`]: the job's (account, API) pair is parked for this long more; the
+    /// job was left as it was.
     Parked(Duration),
+    /// [`Jobs::claim_to_send`]: a limiter bucket refused; all of them would admit after this
+    /// long. The job was left as it was and no unit was taken.
+    Limited(Duration),
     /// No such job (expired or never stored).
     Missing,
+}
+
+/// What a send's claim checks besides the job's state ([`Jobs::claim_to_send`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendGate<'a> {
+    /// The (account appid, API path) pair: no claim while it is parked ([`Jobs::park`]).
+    pub park: Option<(&'a str, &'a str)>,
+    /// The limiter buckets (subject, rate) a send takes one unit from, all or none.
+    pub buckets: &'a [(&'a str, crate::Rate)],
 }
 
 /// An outcome to record with [`Jobs::settle`].
@@ -303,14 +315,20 @@ return #ARGV
 ";
 
 // KEYS: job, then the state lists in JobState::ALL order (2..11), then the job's campaign (or
-// the job key), then the (account, API) pair's park (or the job key). ARGV: id, now, owner,
-// lease_until, recent. Returns {answer, attempts made, the park's ms left when 'parked'}.
+// the job key), then the (account, API) pair's park (or the job key), then the limiter buckets
+// of the send (none: no limit). ARGV: id, now, owner, lease_until, recent, then the limiter's
+// cost and each bucket's interval and burst. Returns {answer, attempts made, the park's ms left
+// ('parked') or the limiter's µs to wait ('limited'), and when claimed or stale the job's
+// fields a send needs}.
 // A queued or retrying job of a cancelled campaign becomes `cancelled` instead (counted there);
-// a job whose pair is parked is left as it is.
-const CLAIM: &str = r"
+// a job whose pair is parked, or that the limiter refuses, is left as it is (no unit taken).
+const CLAIM: &str = concat!(
+    crate::limiter::gcra_lua!(),
+    r"
+-- after gcra
 local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease')
 local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
-if not state then return {'missing', 0, 0} end
+if not state then return {'missing', 0, 0, {}} end
 local now = tonumber(ARGV[2])
 local answer
 local index = {queued = 2, sending = 3, retrying = 4}
@@ -321,26 +339,33 @@ if (state == 'queued' or state == 'retrying') and KEYS[12] ~= KEYS[1]
   redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -(tonumber(ARGV[5]) + 1))
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'the campaign was cancelled', 'updated', ARGV[2], 'next_at', 0)
   redis.call('HINCRBY', KEYS[12], 'cancelled', 1)
-  return {'done:cancelled', n, 0}
+  return {'done:cancelled', n, 0, {}}
 end
 if state == 'queued' or state == 'retrying' then
   answer = 'claimed'
 elseif state == 'sending' then
-  if lease > now then return {'busy', n, 0} end
+  if lease > now then return {'busy', n, 0, {}} end
   answer = 'stale'
 else
-  return {'done:' .. state, n, 0}
+  return {'done:' .. state, n, 0, {}}
 end
 if KEYS[13] ~= KEYS[1] then
   local left = redis.call('PTTL', KEYS[13])
-  if left > 0 then return {'parked', n, left} end
+  if left > 0 then return {'parked', n, left, {}} end
+end
+if #KEYS > 13 then
+  local admitted = gcra(14, #KEYS, 6)
+  if admitted[1] == 0 then return {'limited', n, admitted[2], {}} end
 end
 redis.call('ZREM', KEYS[index[state]], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
 redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[4], 'updated', ARGV[2], 'next_at', 0)
-return {answer, n, 0}
-";
+local f = redis.call('HMGET', KEYS[1], 'appid', 'kind', 'api', 'touser', 'body', 'campaign', 'idem', 'created')
+for i = 1, 8 do f[i] = f[i] or '' end
+return {answer, n, 0, f}
+"
+);
 
 // KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
 // state lists (5..14), then the job's campaign (or the job key), then the tenant's in-broker
@@ -664,34 +689,33 @@ impl Jobs {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<Claim, StoreError> {
-        self.claim_inner(tenant, id, campaign, None, owner, now_ms, lease_until_ms)
-            .await
+        let gate = SendGate::default();
+        let (claim, _) = self
+            .claim_inner(tenant, id, campaign, gate, owner, now_ms, lease_until_ms)
+            .await?;
+        Ok(claim)
     }
 
-    /// [`Jobs::claim`], unless the (account `appid`, `api`) pair is parked ([`Jobs::park`]):
-    /// then `Claim::Parked` and the job is left as it was. The sender's park check and claim
-    /// in one round trip.
+    /// [`Jobs::claim`] for a send, in the same step as what else must allow it: refused while
+    /// the `gate`'s (account, API) pair is parked (`Claim::Parked`), and taking one unit from
+    /// each of its limiter buckets, all or none (`Claim::Limited`, nothing taken) — the
+    /// sender's park check, rate limit and claim in one round trip. A job that is not
+    /// claimable (busy, final, cancelled) takes no unit. When claimed (or stale) the job's
+    /// record as stored comes with it (`sending`, without its attempts), so a sender that knew
+    /// its route need not read it first.
     #[allow(clippy::too_many_arguments)]
-    pub async fn claim_unless_parked(
+    pub async fn claim_to_send(
         &self,
         tenant: &str,
         id: &str,
         campaign: &str,
-        (appid, api): (&str, &str),
+        gate: SendGate<'_>,
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> Result<Claim, StoreError> {
-        self.claim_inner(
-            tenant,
-            id,
-            campaign,
-            Some((appid, api)),
-            owner,
-            now_ms,
-            lease_until_ms,
-        )
-        .await
+    ) -> Result<(Claim, Option<JobRecord>), StoreError> {
+        self.claim_inner(tenant, id, campaign, gate, owner, now_ms, lease_until_ms)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -700,11 +724,11 @@ impl Jobs {
         tenant: &str,
         id: &str,
         campaign: &str,
-        park: Option<(&str, &str)>,
+        gate: SendGate<'_>,
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<(Claim, Option<JobRecord>), StoreError> {
         let keys = self.store.keys(tenant);
         let mut inv = CLAIM_SCRIPT.prepare_invoke();
         inv.key(keys.job(id));
@@ -716,7 +740,7 @@ impl Jobs {
         } else {
             keys.campaign(campaign)
         });
-        inv.key(match park {
+        inv.key(match gate.park {
             Some((appid, api)) => keys.park(appid, api),
             None => keys.job(id),
         });
@@ -725,12 +749,45 @@ impl Jobs {
             .arg(owner)
             .arg(lease_until_ms)
             .arg(RECENT);
+        if !gate.buckets.is_empty()
+            && crate::limiter::add_buckets(&mut inv, &keys, gate.buckets, 1).is_none()
+        {
+            // An unusable rate refuses (rates are checked when the config loads).
+            return Ok((Claim::Limited(Duration::ZERO), None));
+        }
         let mut conn = self.store.conn();
-        let (answer, n, left): (String, i64, i64) = inv.invoke_async(&mut conn).await?;
+        let (answer, n, left, fields): (String, i64, i64, Vec<String>) =
+            inv.invoke_async(&mut conn).await?;
         let attempts_made = u32::try_from(n).unwrap_or(0);
-        Ok(match answer.as_str() {
+        let record = (fields.len() == 8).then(|| {
+            let [appid, kind, api, touser, body, campaign, idem, created]: [String; 8] =
+                fields.try_into().unwrap_or_default();
+            JobRecord {
+                id: id.to_owned(),
+                tenant: tenant.to_owned(),
+                appid,
+                kind,
+                api,
+                touser,
+                body,
+                state: JobState::Sending,
+                attempts_made,
+                next_at_ms: 0,
+                errcode: 0,
+                reason: String::new(),
+                msgid: 0,
+                delivery: String::new(),
+                idempotency_key: idem,
+                created_at_ms: created.parse().unwrap_or(0),
+                updated_at_ms: now_ms,
+                attempts: Vec::new(),
+                campaign,
+            }
+        });
+        let claim = match answer.as_str() {
             "claimed" => Claim::Claimed { attempts_made },
             "parked" => Claim::Parked(Duration::from_millis(u64::try_from(left).unwrap_or(0))),
+            "limited" => Claim::Limited(Duration::from_micros(u64::try_from(left).unwrap_or(0))),
             "stale" => Claim::Stale { attempts_made },
             "busy" => Claim::Busy,
             "missing" => Claim::Missing,
@@ -746,7 +803,8 @@ impl Jobs {
                     }
                 }
             }
-        })
+        };
+        Ok((claim, record))
     }
 
     /// Records the outcome of `owner`'s send of job `id` of account `appid`.

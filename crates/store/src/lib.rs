@@ -50,7 +50,9 @@ pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
 pub use campaigns::{CampaignRecipient, CampaignRecord, Campaigns, NewCampaign, StateChange};
 pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};
-pub use jobs::{AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, Settle, Settled};
+pub use jobs::{
+    AttemptRecord, Claim, Created, JobRecord, JobState, Jobs, NewJob, SendGate, Settle, Settled,
+};
 pub use keys::Keys;
 pub use leased::{Admission, LeasedLimiter};
 pub use ledger::{Ledger, LedgerClaim};

@@ -97,38 +97,64 @@ pub enum Decision {
     },
 }
 
+/// The GCRA rule as a Lua function, for every script that takes units: [`ACQUIRE`] alone, and
+/// the jobs' claim, which takes a send's units in the same step as its lease (`crate::jobs`).
+/// `gcra(first, last, argv)` takes `ARGV[argv]` units from each bucket `KEYS[first..=last]`
+/// (each bucket's interval T in µs and burst follow the cost, in order), all or none, and
+/// returns {1, remaining, 0} or {0, retry_after_us, the refusing bucket (1-based among them)}.
+/// A script that uses it starts with it (`concat!`), which also turns on effects replication
+/// before any write (needed after `TIME` before Redis 5).
+macro_rules! gcra_lua {
+    () => {
+        r"
+-- gcra fragment
+if redis.replicate_commands then redis.replicate_commands() end
+local function gcra(first, last, argv)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local cost = tonumber(ARGV[argv])
+  local wait, worst, remaining = 0, 0, nil
+  local tats = {}
+  for i = first, last do
+    local key = KEYS[i]
+    local j = argv + 2 * (i - first) + 1
+    local interval = tonumber(ARGV[j])
+    local burst = tonumber(ARGV[j + 1])
+    local tat = tonumber(redis.call('GET', key) or '0') or 0
+    if tat < now then tat = now end
+    local new_tat = tat + cost * interval
+    local allow_at = new_tat - burst * interval
+    if allow_at > now then
+      if allow_at - now > wait then wait, worst = allow_at - now, i - first + 1 end
+    else
+      tats[i] = new_tat
+      local left = math.floor((now - allow_at) / interval)
+      if remaining == nil or left < remaining then remaining = left end
+    end
+  end
+  if worst > 0 then return {0, wait, worst} end
+  for i = first, last do
+    local key = KEYS[i]
+    local ttl = math.ceil((tats[i] - now) / 1000)
+    if ttl < 1 then ttl = 1 end
+    redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl)
+  end
+  return {1, remaining or 0, 0}
+end
+"
+    };
+}
+pub(crate) use gcra_lua;
+
 /// KEYS: the buckets. ARGV: cost, then per bucket its interval T (µs) and burst.
 /// Returns {allowed (1|0), retry_after_us or remaining, refusing bucket (1-based) or 0}.
-const ACQUIRE: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[1])
-local wait, worst, remaining = 0, 0, nil
-local tats = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', key) or '0') or 0
-  if tat < now then tat = now end
-  local new_tat = tat + cost * interval
-  local allow_at = new_tat - burst * interval
-  if allow_at > now then
-    if allow_at - now > wait then wait, worst = allow_at - now, i end
-  else
-    tats[i] = new_tat
-    local left = math.floor((now - allow_at) / interval)
-    if remaining == nil or left < remaining then remaining = left end
-  end
-end
-if worst > 0 then return {0, wait, worst} end
-for i, key in ipairs(KEYS) do
-  local ttl = math.ceil((tats[i] - now) / 1000)
-  if ttl < 1 then ttl = 1 end
-  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl)
-end
-return {1, remaining or 0, 0}
-";
+const ACQUIRE: &str = concat!(
+    gcra_lua!(),
+    r"
+-- after gcra
+return gcra(1, #KEYS, 1)
+"
+);
 
 static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
 
@@ -167,6 +193,27 @@ pub enum Grant {
     Limited { retry_after: Duration },
 }
 
+/// Adds `buckets` of `tenant` to a script that calls `gcra` over the KEYS and ARGV it was
+/// given last: each bucket's key, and after `cost` each bucket's interval and burst. `None`
+/// (nothing added) if a rate is unusable: the caller treats that as refusing.
+pub(crate) fn add_buckets(
+    inv: &mut redis::ScriptInvocation<'_>,
+    keys: &crate::keys::Keys,
+    buckets: &[(&str, Rate)],
+    cost: u32,
+) -> Option<()> {
+    if buckets.iter().any(|(_, r)| r.check("").is_err()) {
+        return None;
+    }
+    inv.arg(cost.max(1));
+    for (subject, rate) in buckets {
+        inv.key(keys.limit(subject))
+            .arg(rate.interval_us())
+            .arg(rate.burst);
+    }
+    Some(())
+}
+
 /// Distributed rate limits on one store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Limiter {
@@ -198,15 +245,8 @@ impl Limiter {
                 remaining: u32::MAX,
             });
         }
-        let keys = self.store.keys(tenant);
         let mut invocation = ACQUIRE_SCRIPT.prepare_invoke();
-        invocation.arg(cost.max(1));
-        for (subject, rate) in buckets {
-            invocation
-                .key(keys.limit(subject))
-                .arg(rate.interval_us())
-                .arg(rate.burst);
-        }
+        let _ = add_buckets(&mut invocation, &self.store.keys(tenant), buckets, cost);
         let mut conn = self.store.conn();
         let (allowed, value, bucket): (i64, i64, i64) = invocation.invoke_async(&mut conn).await?;
         let value = u64::try_from(value).unwrap_or(0);

@@ -28,7 +28,8 @@ use crate::dedupe::Dedupe;
 use crate::nonces::Nonces;
 use crate::{
     AttemptRecord, AuthCodes, Authorizers, Credentials, JobState, Jobs, Ledger, Limiter, NewJob,
-    PreAuthCodes, Rate, RedisConfig, Settle, SharedPreAuth, Store, TicketRecord, TokenRecord,
+    PreAuthCodes, Rate, RedisConfig, SendGate, Settle, SharedPreAuth, Store, TicketRecord,
+    TokenRecord,
 };
 
 /// The store's sources, for the script count and the Lua check.
@@ -367,9 +368,20 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     jobs.create(tenant, &new_job(&id, Some("k1")))
         .await
         .unwrap();
-    jobs.claim_unless_parked(tenant, &id, "", ("wxa1", "custom"), "w1", now, now + 10_000)
-        .await
-        .unwrap();
+    jobs.claim_to_send(
+        tenant,
+        &id,
+        "",
+        SendGate {
+            park: Some(("wxa1", "custom")),
+            buckets: &[("send:wxa1:custom", Rate::per_minute(60, 5))],
+        },
+        "w1",
+        now,
+        now + 10_000,
+    )
+    .await
+    .unwrap();
     jobs.settle(
         tenant,
         &id,
@@ -511,7 +523,7 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     assert!(keyed > 50, "the scenario touched only {keyed} keys");
 
     let ran: BTreeSet<String> = sent.iter().filter_map(|s| script_of(&s.args)).collect();
-    let defined = lua_sources();
+    let defined = scripts();
     assert_eq!(
         defined.len(),
         SOURCES
@@ -531,17 +543,45 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
     );
 }
 
-/// Every Lua script of the crate (a raw string literal calling Redis), with its file.
+/// Marks the limiter's GCRA function (`gcra_lua!`), a piece of scripts and not one itself.
+const FRAGMENT: &str = "-- gcra fragment";
+/// Marks the rest of a script that starts with that function (`concat!(gcra_lua!(), r"…")`).
+const AFTER_FRAGMENT: &str = "-- after gcra";
+
+/// Every piece of Lua of the crate (a raw string literal calling Redis, the GCRA fragment
+/// included, or the rest of a script that starts with it), with its file.
 fn lua_sources() -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     for (file, src) in SOURCES {
         for lua in src.split("r\"").skip(1).filter_map(|s| s.split('"').next()) {
-            if lua.contains("redis.call") {
+            if lua.contains("redis.call") || lua.contains(AFTER_FRAGMENT) {
                 out.push((*file, lua));
             }
         }
     }
     out
+}
+
+/// Every script of the crate as Redis runs it: each literal of [`lua_sources`] but the
+/// fragment, with the fragment in front of those that start with it.
+fn scripts() -> Vec<(&'static str, String)> {
+    let pieces = lua_sources();
+    let fragment = pieces
+        .iter()
+        .find(|(_, lua)| lua.contains(FRAGMENT))
+        .map(|(_, lua)| *lua)
+        .expect("the GCRA fragment");
+    pieces
+        .iter()
+        .filter(|(_, lua)| !lua.contains(FRAGMENT))
+        .map(|(file, lua)| {
+            if lua.contains(AFTER_FRAGMENT) {
+                (*file, format!("{fragment}{lua}"))
+            } else {
+                (*file, (*lua).to_owned())
+            }
+        })
+        .collect()
 }
 
 /// The Lua source of every script (the raw strings passed to `Script::new` or kept in a

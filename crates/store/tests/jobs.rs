@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use wxhub_store::jobs::{new_id, tenant_of};
 use wxhub_store::{
-    AttemptRecord, Claim, Created, JobState, Jobs, NewJob, RedisConfig, Settle, Settled, Store,
+    AttemptRecord, Claim, Created, JobState, Jobs, NewJob, Rate, RedisConfig, SendGate, Settle,
+    Settled, Store,
 };
 
 fn redis_url() -> String {
@@ -212,6 +213,92 @@ async fn futures_like(jobs: &Jobs, a: &str, b: &str) -> Vec<Created> {
     vec![ra.unwrap(), rb.unwrap()]
 }
 
+fn park(api: &'static str) -> SendGate<'static> {
+    SendGate {
+        park: Some(("wx1", api)),
+        buckets: &[],
+    }
+}
+
+#[tokio::test]
+async fn a_send_claim_takes_its_limiter_units_with_the_lease_or_nothing() {
+    let ns = Ns::new("jobs-limited");
+    let jobs = jobs(&ns);
+    let buckets = [
+        ("send:wx1:template", Rate::per_minute(60, 2)),
+        ("openid:wx1:o_user_1", Rate::per_minute(1, 1)),
+    ];
+    let gate = SendGate {
+        park: None,
+        buckets: &buckets,
+    };
+    let ids: Vec<String> = (0..3).map(|n| new_id(T, n)).collect();
+    for id in &ids {
+        jobs.create(T, &new_job(id, None)).await.unwrap();
+    }
+    let (claim, record) = jobs
+        .claim_to_send(T, &ids[0], "", gate, "w1", 1500, 60_000)
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Claimed { .. }), "{claim:?}");
+    // The claim brings the stored record a send needs (no read before it).
+    let record = record.expect("the claimed job's record");
+    assert_eq!(
+        (
+            record.appid.as_str(),
+            record.kind.as_str(),
+            record.touser.as_str(),
+            record.body.as_str(),
+            record.state
+        ),
+        ("wx1", "template", "o_user_1", "{}", JobState::Sending)
+    );
+    // A busy job takes no unit: the buckets would refuse the next anyway, so check the send
+    // bucket alone afterwards.
+    assert_eq!(
+        jobs.claim_to_send(T, &ids[0], "", gate, "w2", 1500, 60_000)
+            .await
+            .unwrap()
+            .0,
+        Claim::Busy
+    );
+    // The per-openid bucket (1 a minute) refuses the second job: nothing taken, still queued.
+    let limited = jobs
+        .claim_to_send(T, &ids[1], "", gate, "w1", 1500, 60_000)
+        .await
+        .unwrap()
+        .0;
+    assert!(
+        matches!(limited, Claim::Limited(wait) if wait > Duration::from_secs(50)),
+        "{limited:?}"
+    );
+    assert_eq!(
+        jobs.get(T, &ids[1]).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    // The refusal took nothing from the send bucket (burst 2): one unit is left for another
+    // recipient, then it refuses too.
+    let send_only = [buckets[0]];
+    let gate = SendGate {
+        park: None,
+        buckets: &send_only,
+    };
+    assert!(matches!(
+        jobs.claim_to_send(T, &ids[1], "", gate, "w1", 1500, 60_000)
+            .await
+            .unwrap()
+            .0,
+        Claim::Claimed { .. }
+    ));
+    assert!(matches!(
+        jobs.claim_to_send(T, &ids[2], "", gate, "w1", 1500, 60_000)
+            .await
+            .unwrap()
+            .0,
+        Claim::Limited(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_parked_pair_reports_its_remaining_time_and_refuses_the_claim_until_it_ends() {
     let ns = Ns::new("jobs-park");
@@ -227,9 +314,10 @@ async fn a_parked_pair_reports_its_remaining_time_and_refuses_the_claim_until_it
     assert_eq!(jobs.parked(T, "wx2", api).await.unwrap(), None);
     // Parked: the claim is refused with the time left, and the job stays queued.
     let claim = jobs
-        .claim_unless_parked(T, &id, "", ("wx1", api), "w1", 1500, 60_000)
+        .claim_to_send(T, &id, "", park(api), "w1", 1500, 60_000)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(
         matches!(claim, Claim::Parked(left) if left > Duration::ZERO && left <= Duration::from_millis(300)),
         "{claim:?}"
@@ -241,9 +329,10 @@ async fn a_parked_pair_reports_its_remaining_time_and_refuses_the_claim_until_it
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(jobs.parked(T, "wx1", api).await.unwrap(), None);
     assert_eq!(
-        jobs.claim_unless_parked(T, &id, "", ("wx1", api), "w1", 1500, 60_000)
+        jobs.claim_to_send(T, &id, "", park(api), "w1", 1500, 60_000)
             .await
-            .unwrap(),
+            .unwrap()
+            .0,
         Claim::Claimed { attempts_made: 0 }
     );
 }

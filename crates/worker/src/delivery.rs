@@ -30,10 +30,10 @@ use rand::RngExt as _;
 use serde_json::Value;
 use tonic::Code;
 use wxhub_bus::{Bus, BusError, Outcome, Outgoing, Received};
-use wxhub_proto::jobs::v1::SendJob;
+use wxhub_proto::jobs::v1::{SendJob, SendRoute};
 use wxhub_runtime::Secret;
 use wxhub_store::{
-    AttemptRecord, Claim, Decision, JobRecord, JobState, Jobs, Limiter, Rate, Settle, Settled,
+    AttemptRecord, Claim, JobRecord, JobState, Jobs, Rate, SendGate, Settle, Settled,
 };
 use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
@@ -130,7 +130,6 @@ enum Verdict {
 /// Sends jobs of one queue. Shared by the consumer's handlers.
 pub struct Delivery {
     jobs: Jobs,
-    limiter: Limiter,
     tokens: Arc<TokenCache>,
     wechat: WechatApi,
     bus: Bus,
@@ -170,7 +169,6 @@ fn ms(d: Duration) -> i64 {
 impl Delivery {
     pub fn new(
         jobs: Jobs,
-        limiter: Limiter,
         tokens: Arc<TokenCache>,
         wechat: WechatApi,
         bus: Bus,
@@ -179,7 +177,6 @@ impl Delivery {
     ) -> Self {
         Self {
             jobs,
-            limiter,
             tokens,
             wechat,
             bus,
@@ -210,55 +207,58 @@ impl Delivery {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let (tenant, id) = (msg.tenant.as_str(), msg.job_id.as_str());
-        let job = match self.jobs.get(tenant, id).await {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                tracing::warn!(
-                    tenant,
-                    job = id,
-                    "job record missing (expired?); dropping its message"
-                );
-                return Outcome::Ack;
-            }
-            Err(e) => return requeue("read the job", &e),
+        // The route names the keys the claim checks; an announcement without one (a held job,
+        // a replay) has the job read first.
+        let job = match &msg.route {
+            Some(route) => routed(tenant, id, route),
+            None => match self.jobs.get(tenant, id).await {
+                Ok(Some(job)) if job.state.is_final() => return Outcome::Ack,
+                Ok(Some(job)) => job,
+                Ok(None) => return missing(tenant, id),
+                Err(e) => return requeue("read the job", &e),
+            },
         };
-        if job.state.is_final() {
-            return Outcome::Ack;
-        }
         let Some(api) = api_path(&job.api) else {
             return Outcome::DeadLetter(format!("job {id} names no send API"));
         };
-        match self.admit_rate(&job).await {
-            Ok(None) => {}
-            Ok(Some(wait)) => {
-                metrics::counter!("wxhub_worker_deferred_total", "reason" => "limiter")
-                    .increment(1);
-                return self
-                    .announce_later(&job, header_attempts, wait, false)
-                    .await;
-            }
-            Err(e) => return requeue("rate limit", &e),
-        }
+        // One script: the job's state, the pair's park (45009 spent its daily quota), the
+        // limiter's units and the lease, all or nothing. Short limiter waits are slept here.
         let owner = format!("{:016x}", rand::random::<u64>());
-        let now = now_ms();
-        // The park check (45009 spent the pair's daily quota) is part of the claim: one round
-        // trip. The limiter's unit was taken before it; a parked pair sends nothing anyway.
-        let claim = match self
-            .jobs
-            .claim_unless_parked(
-                tenant,
-                id,
-                &job.campaign,
-                (&job.appid, api),
-                &owner,
-                now,
-                now + ms(self.settings.lease),
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return requeue("claim the job", &e),
+        let (subjects, rates) = self.buckets(&job);
+        let buckets: Vec<(&str, Rate)> = subjects.iter().map(String::as_str).zip(rates).collect();
+        let gate = SendGate {
+            park: Some((&job.appid, api)),
+            buckets: &buckets,
         };
+        let mut tries = 0;
+        let (claim, stored) = loop {
+            let now = now_ms();
+            let claim = match self
+                .jobs
+                .claim_to_send(
+                    tenant,
+                    id,
+                    &job.campaign,
+                    gate,
+                    &owner,
+                    now,
+                    now + ms(self.settings.lease),
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return requeue("claim the job", &e),
+            };
+            match claim {
+                (Claim::Limited(wait), _) if wait <= WAIT_IN_PROCESS && tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                }
+                other => break other,
+            }
+        };
+        // Claimed (or stale): the record as stored, body included, came with the claim.
+        let job = stored.unwrap_or(job);
         let made = match claim {
             Claim::Claimed { attempts_made } => attempts_made,
             Claim::Stale { attempts_made } if job.kind == "template" => {
@@ -298,7 +298,15 @@ impl Delivery {
                     .announce_later(&job, header_attempts, left, false)
                     .await;
             }
-            Claim::Done(_) | Claim::Missing => return Outcome::Ack,
+            Claim::Limited(wait) => {
+                metrics::counter!("wxhub_worker_deferred_total", "reason" => "limiter")
+                    .increment(1);
+                return self
+                    .announce_later(&job, header_attempts, wait.max(WAIT_IN_PROCESS), false)
+                    .await;
+            }
+            Claim::Done(_) => return Outcome::Ack,
+            Claim::Missing => return missing(tenant, id),
         };
         let attempts = made.max(header_attempts);
         let started = now_ms();
@@ -445,12 +453,9 @@ impl Delivery {
         }
     }
 
-    /// Takes one unit from the job's buckets: `None` when sent now may proceed, else how long
-    /// to wait. Short waits are slept here.
-    async fn admit_rate(
-        &self,
-        job: &JobRecord,
-    ) -> Result<Option<Duration>, wxhub_store::StoreError> {
+    /// The limiter buckets a send of `job` takes a unit from: its account's API of its kind
+    /// and, for templates, its recipient (subjects and rates, in order).
+    fn buckets(&self, job: &JobRecord) -> (Vec<String>, Vec<Rate>) {
         let limits = &self.settings.limits;
         let rate: Rate = match job.kind.as_str() {
             "custom" => limits.custom,
@@ -462,22 +467,13 @@ impl Delivery {
         } else {
             &job.appid
         };
-        let api_bucket = format!("send:{account}:{}", job.kind);
-        let user_bucket = format!("openid:{account}:{}", job.touser);
-        let mut buckets: Vec<(&str, Rate)> = vec![(&api_bucket, rate)];
+        let mut subjects = vec![format!("send:{account}:{}", job.kind)];
+        let mut rates = vec![rate];
         if job.kind == "template" {
-            buckets.push((&user_bucket, limits.template_per_openid));
+            subjects.push(format!("openid:{account}:{}", job.touser));
+            rates.push(limits.template_per_openid);
         }
-        for _ in 0..3 {
-            match self.limiter.acquire(&job.tenant, &buckets, 1).await? {
-                Decision::Allowed { .. } => return Ok(None),
-                Decision::Limited { retry_after, .. } if retry_after <= WAIT_IN_PROCESS => {
-                    tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
-                }
-                Decision::Limited { retry_after, .. } => return Ok(Some(retry_after)),
-            }
-        }
-        Ok(Some(WAIT_IN_PROCESS))
+        (subjects, rates)
     }
 
     async fn send(&self, job: &JobRecord, api: &'static str) -> Result<Value, SendError> {
@@ -598,6 +594,7 @@ impl Delivery {
         let body = SendJob {
             tenant: job.tenant.clone(),
             job_id: job.id.clone(),
+            route: Some(route_of(job)),
         }
         .encode_to_vec();
         let exchange = self.bus.topology().retry_exchange();
@@ -627,6 +624,51 @@ impl Delivery {
             }
         }
     }
+}
+
+/// The job an announcement's route describes, before its claim brings the rest (its body).
+fn routed(tenant: &str, id: &str, r: &SendRoute) -> JobRecord {
+    JobRecord {
+        id: id.to_owned(),
+        tenant: tenant.to_owned(),
+        appid: r.appid.clone(),
+        kind: r.kind.clone(),
+        api: r.api.clone(),
+        touser: r.touser.clone(),
+        body: String::new(),
+        state: JobState::Queued,
+        attempts_made: 0,
+        next_at_ms: 0,
+        errcode: 0,
+        reason: String::new(),
+        msgid: 0,
+        delivery: String::new(),
+        idempotency_key: String::new(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        attempts: Vec::new(),
+        campaign: r.campaign.clone(),
+    }
+}
+
+/// The route of `job`, for its announcements.
+pub fn route_of(job: &JobRecord) -> SendRoute {
+    SendRoute {
+        appid: job.appid.clone(),
+        kind: job.kind.clone(),
+        api: job.api.clone(),
+        touser: job.touser.clone(),
+        campaign: job.campaign.clone(),
+    }
+}
+
+fn missing(tenant: &str, id: &str) -> Outcome {
+    tracing::warn!(
+        tenant,
+        job = id,
+        "job record missing (expired?); dropping its message"
+    );
+    Outcome::Ack
 }
 
 fn requeue(what: &str, e: &dyn std::fmt::Display) -> Outcome {

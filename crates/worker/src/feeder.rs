@@ -40,7 +40,7 @@ use wxhub_store::jobs::new_id;
 use wxhub_store::{CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate};
 
 use crate::config::Limits;
-use crate::service::publish_job_to;
+use crate::service::{new_route, publish_job_to};
 
 /// The body of one recipient's message: the campaign's body with its `touser` and the
 /// recipient's data overrides.
@@ -159,7 +159,7 @@ impl Feeder {
             .map_err(|e| e.to_string())?;
         let results: Vec<(String, Result<(), wxhub_bus::BusError>)> = futures::stream::iter(ids)
             .map(|id| async move {
-                let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id).await;
+                let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id, None).await;
                 (id, r)
             })
             .buffer_unordered(FEED_PUBLISHES)
@@ -304,7 +304,9 @@ impl Feeder {
             // Not asked for (the campaign's account was checked when it was created).
             Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => return Ok(()),
         };
-        publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id)
+        // An existing job of this recipient index has the same route.
+        let route = Some(new_route(&job));
+        publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id, route)
             .await
             .map_err(|e| e.to_string())
     }

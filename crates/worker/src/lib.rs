@@ -34,7 +34,7 @@ use wxhub_runtime::ops::{Readiness, WhenDown};
 use wxhub_runtime::service::{Listeners, Service, bind};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::{Infra, Server, TenantsHandle};
-use wxhub_store::{Authorizers, Campaigns, Jobs, Ledger, Limiter};
+use wxhub_store::{Authorizers, Campaigns, Jobs, Ledger};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
 
@@ -159,7 +159,6 @@ impl Service for Worker {
         let delivery = |queue: String| {
             Arc::new(Delivery::new(
                 jobs.clone(),
-                Limiter::new(store.clone()),
                 cache.clone(),
                 wechat.clone(),
                 bus.clone(),

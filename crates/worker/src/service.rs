@@ -14,7 +14,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use wxhub_bus::topology::SEND_KEY;
 use wxhub_bus::{Bus, Outgoing};
-use wxhub_proto::jobs::v1::SendJob;
+use wxhub_proto::jobs::v1::{SendJob, SendRoute};
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_server::Messaging;
@@ -105,20 +105,39 @@ pub fn job_reply(j: &JobRecord) -> pb::Job {
 }
 
 /// Publishes the job announcement (`send` routing key) with confirm.
-pub async fn publish_job(bus: &Bus, tenant: &str, id: &str) -> Result<(), wxhub_bus::BusError> {
-    publish_job_to(bus, SEND_KEY, tenant, id).await
+pub async fn publish_job(
+    bus: &Bus,
+    tenant: &str,
+    id: &str,
+    route: Option<SendRoute>,
+) -> Result<(), wxhub_bus::BusError> {
+    publish_job_to(bus, SEND_KEY, tenant, id, route).await
 }
 
-/// Publishes the job announcement with `routing_key` (`send` or `send-bulk`) with confirm.
+/// The route of a job about to be stored, for its announcement (see `SendJob.route`).
+pub fn new_route(job: &NewJob) -> SendRoute {
+    SendRoute {
+        appid: job.appid.clone(),
+        kind: job.kind.clone(),
+        api: job.api.clone(),
+        touser: job.touser.clone(),
+        campaign: job.campaign.clone().unwrap_or_default(),
+    }
+}
+
+/// Publishes the job announcement with `routing_key` (`send` or `send-bulk`) with confirm;
+/// `route` (when the publisher has it) spares the sender a read before its claim.
 pub async fn publish_job_to(
     bus: &Bus,
     routing_key: &str,
     tenant: &str,
     id: &str,
+    route: Option<SendRoute>,
 ) -> Result<(), wxhub_bus::BusError> {
     let body = SendJob {
         tenant: tenant.to_owned(),
         job_id: id.to_owned(),
+        route,
     }
     .encode_to_vec();
     let exchange = bus.topology().jobs_exchange();
@@ -274,7 +293,7 @@ impl MessagingService {
                     // left it queued and unannounced, and its caller without an answer: the
                     // caller's retry with the same key announces it (twice at worst; the claim
                     // lets one send).
-                    self.announce(tenant_id, &existing).await?;
+                    self.announce(tenant_id, &existing, None).await?;
                 }
                 return Ok(found);
             }
@@ -285,7 +304,7 @@ impl MessagingService {
             }
             Created::New => {}
         }
-        if let Err(refused) = self.announce(tenant_id, &id).await {
+        if let Err(refused) = self.announce(tenant_id, &id, Some(new_route(&job))).await {
             if let Err(e) = self.jobs.abandon(tenant_id, &id, key).await {
                 tracing::warn!(job = id, error = %e, "cannot remove an unpublished job");
             }
@@ -300,12 +319,17 @@ impl MessagingService {
     /// Publishes a job's announcement with confirm, within the call's deadline. A worker that
     /// just started (or is reconnecting) waits for its broker connection rather than refusing
     /// the job at once.
-    async fn announce(&self, tenant: &str, id: &str) -> Result<(), Status> {
+    async fn announce(
+        &self,
+        tenant: &str,
+        id: &str,
+        route: Option<SendRoute>,
+    ) -> Result<(), Status> {
         let published = tokio::time::timeout(self.timeout, async {
             if !self.bus.is_connected() {
                 self.bus.wait_connected(self.timeout).await;
             }
-            publish_job(&self.bus, tenant, id).await
+            publish_job(&self.bus, tenant, id, route).await
         })
         .await;
         match published {
@@ -626,7 +650,7 @@ impl Messaging for MessagingService {
         }
         // A queued job may be announced twice (a replay after a failed publish): the claim
         // lets only one of them send.
-        tokio::time::timeout(self.timeout, publish_job(&self.bus, tenant, &id))
+        tokio::time::timeout(self.timeout, publish_job(&self.bus, tenant, &id, None))
             .await
             .map_err(|_| unavailable("cannot publish the job", "no confirm in time"))?
             .map_err(|e| {

@@ -24,7 +24,7 @@ pub struct ReleaseCheckJob {
     pub received_at_ms: i64,
 }
 /// One message to send (the messaging service). The job itself (the WeChat body, its state and
-/// attempts) lives in Redis; the bus carries only its name.
+/// attempts) lives in Redis; the bus carries its name, and usually its route.
 /// Routing key: `send` (single messages) or `send-bulk` (campaigns). message_id = job_id.
 /// Header `x-wxhub-attempt`: attempts the worker counted so far (absent: 0).
 #[allow(clippy::all)]
@@ -34,4 +34,27 @@ pub struct SendJob {
     pub tenant: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub job_id: ::prost::alloc::string::String,
+    /// A copy of the stored job's routing fields, which name the Redis keys its claim checks (the
+    /// account's park, its limiter buckets, its campaign): with it the claim is the sender's first
+    /// Redis call. Absent (held jobs the feeder announces, replays), the sender reads the job.
+    #[prost(message, optional, tag = "3")]
+    pub route: ::core::option::Option<SendRoute>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SendRoute {
+    /// Empty: the tenant's own account.
+    #[prost(string, tag = "1")]
+    pub appid: ::prost::alloc::string::String,
+    /// custom, template, subscribe, bizsend.
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    /// The WeChat API path.
+    #[prost(string, tag = "3")]
+    pub api: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub touser: ::prost::alloc::string::String,
+    /// Empty for a single message.
+    #[prost(string, tag = "5")]
+    pub campaign: ::prost::alloc::string::String,
 }
