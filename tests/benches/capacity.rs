@@ -21,7 +21,8 @@
 //! The benchmark runs itself again against a private `redis-server` on a free port (no
 //! persistence), so the counts are its own; without `redis-server` it uses the shared Redis and
 //! says so. `cargo bench -p wxhub-tests --bench capacity` (part of `make bench`). Knobs (env):
-//! `CAP_SECS` (10), `CAP_RATE` (1000), `CAP_JOBS` (2000), `CAP_CALLGRIND_CALLBACKS` (1000).
+//! `CAP_SECS` (10), `CAP_RATE` (1000), `CAP_JOBS` (2000), `CAP_CALLGRIND_CALLBACKS` (1000),
+//! `CAP_PARTS` (`broker,callbacks,jobs`: which of 1, 2–3 and 4 to run).
 
 #![allow(clippy::print_stdout)] // the figures of a run are its output
 
@@ -286,10 +287,18 @@ async fn run() {
     wxhub_runtime::telemetry::init_for_tests();
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    broker(secs).await;
-    callbacks(secs, rate).await;
-    callgrind(callgrind_callbacks).await;
-    jobs_cost(jobs).await;
+    let parts = std::env::var("CAP_PARTS").unwrap_or_else(|_| "broker,callbacks,jobs".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("broker") {
+        broker(secs).await;
+    }
+    if part("callbacks") {
+        callbacks(secs, rate).await;
+        callgrind(callgrind_callbacks).await;
+    }
+    if part("jobs") {
+        jobs_cost(jobs).await;
+    }
 }
 
 /// A CallbackEvent like the gateway publishes for a text callback.
