@@ -50,8 +50,9 @@ use crate::{Store, StoreError, px};
 pub const RECENT: usize = 10_000;
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum JobState {
+    #[default]
     Queued,
     Sending,
     Retrying,
@@ -139,7 +140,7 @@ pub struct NewJob {
 }
 
 /// A stored job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRecord {
     pub id: String,
     pub tenant: String,
@@ -691,7 +692,7 @@ impl Jobs {
     ) -> Result<Claim, StoreError> {
         let gate = SendGate::default();
         let (claim, _) = self
-            .claim_inner(tenant, id, campaign, gate, owner, now_ms, lease_until_ms)
+            .claim_to_send(tenant, id, campaign, gate, owner, now_ms, lease_until_ms)
             .await?;
         Ok(claim)
     }
@@ -705,21 +706,6 @@ impl Jobs {
     /// its route need not read it first.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_to_send(
-        &self,
-        tenant: &str,
-        id: &str,
-        campaign: &str,
-        gate: SendGate<'_>,
-        owner: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<(Claim, Option<JobRecord>), StoreError> {
-        self.claim_inner(tenant, id, campaign, gate, owner, now_ms, lease_until_ms)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_inner(
         &self,
         tenant: &str,
         id: &str,
@@ -772,16 +758,11 @@ impl Jobs {
                 body,
                 state: JobState::Sending,
                 attempts_made,
-                next_at_ms: 0,
-                errcode: 0,
-                reason: String::new(),
-                msgid: 0,
-                delivery: String::new(),
                 idempotency_key: idem,
                 created_at_ms: created.parse().unwrap_or(0),
                 updated_at_ms: now_ms,
-                attempts: Vec::new(),
                 campaign,
+                ..JobRecord::default()
             }
         });
         let claim = match answer.as_str() {
@@ -1053,18 +1034,11 @@ impl NewJob {
             api: self.api.clone(),
             touser: self.touser.clone(),
             body: self.body.clone(),
-            state: JobState::Queued,
-            attempts_made: 0,
-            next_at_ms: 0,
-            errcode: 0,
-            reason: String::new(),
-            msgid: 0,
-            delivery: String::new(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             created_at_ms: self.now_ms,
             updated_at_ms: self.now_ms,
-            attempts: Vec::new(),
             campaign: self.campaign.clone().unwrap_or_default(),
+            ..JobRecord::default()
         }
     }
 }

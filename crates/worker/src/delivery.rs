@@ -635,19 +635,8 @@ fn routed(tenant: &str, id: &str, r: &SendRoute) -> JobRecord {
         kind: r.kind.clone(),
         api: r.api.clone(),
         touser: r.touser.clone(),
-        body: String::new(),
-        state: JobState::Queued,
-        attempts_made: 0,
-        next_at_ms: 0,
-        errcode: 0,
-        reason: String::new(),
-        msgid: 0,
-        delivery: String::new(),
-        idempotency_key: String::new(),
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        attempts: Vec::new(),
         campaign: r.campaign.clone(),
+        ..JobRecord::default()
     }
 }
 
