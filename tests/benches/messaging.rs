@@ -257,30 +257,29 @@ async fn run() {
 
 const TEMPLATE_PATH: &str = "/cgi-bin/message/template/send";
 
-/// The Redis server's pid (`INFO server`), to read its CPU time.
-async fn redis_pid(store: &Store) -> Option<String> {
+/// One field of Redis's `INFO section`.
+async fn info(store: &Store, section: &str, field: &str) -> Option<String> {
     let mut conn = store.conn();
     let info: String = redis::cmd("INFO")
-        .arg("server")
+        .arg(section)
         .query_async(&mut conn)
         .await
         .unwrap_or_default();
     info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_owned())
+}
+
+/// The Redis server's pid, to read its CPU time.
+async fn redis_pid(store: &Store) -> Option<String> {
+    info(store, "server", "process_id").await
 }
 
 /// Redis's `used_memory` (bytes).
 async fn used_memory(store: &Store) -> u64 {
-    let mut conn = store.conn();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
+    info(store, "memory", "used_memory")
         .await
-        .unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
