@@ -313,8 +313,11 @@ pub fn token_refusal(status: &tonic::Status) -> Refusal {
 pub struct Tokens {
     client: TokenClient,
     ttl: Duration,
-    cache: std::sync::Mutex<std::collections::HashMap<(String, String), Cached>>,
+    /// By tenant, then appid (so that a lookup allocates nothing).
+    cache: std::sync::Mutex<Cache>,
 }
+
+type Cache = std::collections::HashMap<String, std::collections::HashMap<String, Cached>>;
 
 /// A cached token: the token, when it was fetched, its expiry (Unix ms).
 type Cached = (Token, Instant, i64);
@@ -345,11 +348,11 @@ impl Tokens {
         };
         if !self.ttl.is_zero() {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() > 100_000 {
+            if cache.values().map(|of| of.len()).sum::<usize>() > 100_000 {
                 cache.clear();
             }
-            cache.insert(
-                (tenant.to_owned(), appid.to_owned()),
+            cache.entry(tenant.to_owned()).or_default().insert(
+                appid.to_owned(),
                 (token.clone(), Instant::now(), t.expires_at_ms),
             );
         }
@@ -360,8 +363,7 @@ impl Tokens {
         let appid = target.token_appid();
         if !self.ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((token, at, expires_at_ms)) =
-                cache.get(&(tenant.to_owned(), appid.to_owned()))
+            if let Some((token, at, expires_at_ms)) = cache.get(tenant).and_then(|of| of.get(appid))
                 && at.elapsed() < self.ttl
                 && *expires_at_ms - wxhub_runtime::unix_ms() > 60_000
             {
