@@ -11,10 +11,9 @@
 //!    `BENCH_WINDOW_SECS` (6 s). In each, one open-loop schedule sends the relayed call at half
 //!    the relay's max rate and, spread evenly among those, the direct call at
 //!    `BENCH_DIRECT_SHARE` (0.25) of that rate, so both paths meet the same scheduler, Redis
-//!    and timer in the same window. (The direct path at the full rate as well would add its
-//!    client and sim work to the 2 cores — about 0.4 of a core here — and overload the machine:
-//!    both paths then queue for seconds. Its quarter share still gives ~19,000 samples a
-//!    window.) Latency is from each request's scheduled time (a late generator counts against
+//!    and timer in the same window. (The direct path at the full rate as well adds its client
+//!    and sim work, about 0.3 of a core, to 2 cores already half busy; its quarter share still
+//!    gives 14,000–18,000 samples a window.) Latency is from each request's scheduled time (a late generator counts against
 //!    the request, as in any open loop). **Added p50/p99** is the relayed path's quantile minus
 //!    the direct path's, of that window (a difference of quantiles, not a quantile of
 //!    per-request differences); each window is printed, then the median over windows. Nothing
