@@ -12,8 +12,9 @@
 //!    the relay's max rate and, spread evenly among those, the direct call at
 //!    `BENCH_DIRECT_SHARE` (0.25) of that rate, so both paths meet the same scheduler, Redis
 //!    and timer in the same window. (The direct path at the full rate as well adds its client
-//!    and sim work, about 0.3 of a core, to 2 cores already half busy; its quarter share still
-//!    gives 14,000–18,000 samples a window.) Latency is from each request's scheduled time (a late generator counts against
+//!    and sim work to 2 cores already half busy: tried, the process saturated and both paths
+//!    queued for seconds, so the difference of the two quantiles measured queues, not the
+//!    relay. Its quarter share still gives 14,000–18,000 samples a window.) Latency is from each request's scheduled time (a late generator counts against
 //!    the request, as in any open loop). **Added p50/p99** is the relayed path's quantile minus
 //!    the direct path's, of that window (a difference of quantiles, not a quantile of
 //!    per-request differences); each window is printed, then the median over windows. Nothing
