@@ -48,6 +48,8 @@ pub struct Setup {
     pub extra_tenants: usize,
     /// Users of each extra tenant's account ([`extra_user`]).
     pub extra_users: usize,
+    /// Worker threads of the services' runtime (2; benchmarks choose theirs).
+    pub service_threads: usize,
 }
 
 impl Setup {
@@ -59,6 +61,7 @@ impl Setup {
             worker_env: Vec::new(),
             extra_tenants: 0,
             extra_users: 0,
+            service_threads: 2,
         }
     }
 }
@@ -134,9 +137,9 @@ struct Services {
 }
 
 impl Services {
-    fn start() -> anyhow::Result<Self> {
+    fn start(threads: usize) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(threads.max(1))
             .thread_name("stack-services")
             .enable_all()
             .build()?;
@@ -239,7 +242,7 @@ impl Stack {
         let (token_listener, token_control) = bind()?;
         let cancel = CancellationToken::new();
         let mut stack = Self {
-            services: Services::start()?,
+            services: Services::start(setup.service_threads)?,
             gateway: None,
             gateway_url: String::new(),
             token_control,
@@ -405,7 +408,14 @@ impl Stack {
         ];
         settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let config = wxhub_relay::Config::load(&self.source(&settings))?;
-        let relay = wxhub_relay::Relay::build(config, Default::default()).await?;
+        // Built on the services' runtime, as the other services are: what it spawns while
+        // building (its Redis connection's driver, the token client's channel) runs there too,
+        // not on the caller's runtime (a benchmark's load generator).
+        let relay = self
+            .services
+            .runtime
+            .spawn(wxhub_relay::Relay::build(config, Default::default()))
+            .await??;
         let shared = relay.shared();
         let stop = self.services.stop.child_token();
         let task = self

@@ -5,14 +5,39 @@
 //! lease of rate-limit units) and one with `rate_limit_lease = 1` (a Redis script per call),
 //! so the limiter's share is measured in the same run.
 //!
-//! 1. **Max rate**, closed loop, `BENCH_CONCURRENCY` (32) workers each: direct, then each relay.
-//! 2. **Half the (default) relay's max rate**, open loop (latency from the scheduled send
-//!    time): direct, then each relay. The added p50/p99 is relayed minus direct.
-//! 3. The rate-limit script alone (`Limiter::acquire`, closed loop, the same workers).
+//! 1. **Max rate**, closed loop, `BENCH_CONCURRENCY` (32) workers each: direct, then each relay
+//!    (`BENCH_SECS`, 10 s each).
+//! 2. **Half the (default) relay's max rate, paired**: `BENCH_WINDOWS` (5) windows of
+//!    `BENCH_WINDOW_SECS` (6 s). In each, one open-loop schedule sends the relayed call at half
+//!    the relay's max rate and, spread evenly among those, the direct call at
+//!    `BENCH_DIRECT_SHARE` (0.25) of that rate, so both paths meet the same scheduler, Redis
+//!    and timer in the same window. (The direct path at the full rate as well adds its client
+//!    and sim work to 2 cores already half busy: tried, the process saturated and both paths
+//!    queued for seconds, so the difference of the two quantiles measured queues, not the
+//!    relay. Its quarter share still gives 14,000–18,000 samples a window.) Latency is from each request's scheduled time (a late generator counts against
+//!    the request, as in any open loop). **Added p50/p99** is the relayed path's quantile minus
+//!    the direct path's, of that window (a difference of quantiles, not a quantile of
+//!    per-request differences); each window is printed, then the median over windows. Nothing
+//!    is excluded.
+//! 3. **The relay's own time**, server side, in the same windows: `wxhub_relay_own_seconds`
+//!    (each call's time in the relay's handler minus its exchanges with WeChat), read from the
+//!    relay's `/metrics` before and after each window. The quantile is the upper bound of the
+//!    bucket it falls in (buckets 10 µs … 1 s), so "≤".
+//! 4. The rate-limit script alone (`Limiter::acquire`, closed loop, the same workers).
 //!
-//! Each run also reports CPU time per call of this process and of redis-server (from /proc;
-//! Redis is shared, so its figure includes whatever else used it meanwhile).
-//! `BENCH_SECS` (default 10) sets each measured run's length. Prints one block of figures.
+//! **Threads.** The machine has 2 cores for everything: this process (load generator, sim,
+//! relays, token-control) and redis-server. With the services' runtime and the client's at 2
+//! worker threads each (the earlier bench), 4 busy threads plus Redis shared 2 cores, and
+//! either path's p99 was a preempted thread's time slice (9–20 ms direct). Here the services'
+//! runtime (relays, token-control) gets `BENCH_SERVICE_THREADS` (1) worker and the client's
+//! runtime (generator, sim) `BENCH_CLIENT_THREADS` (1): one busy thread per core, with Redis
+//! the only other. The relay's max rate
+//! is then one core's; half of it leaves both cores about half busy. Set both to 2 to see the
+//! oversubscribed case.
+//!
+//! Each phase also reports CPU: µs per request of this process and of redis-server (from /proc;
+//! Redis is shared, so its figure includes whatever else used it meanwhile), and for the paired
+//! windows the cores used. Prints one block of figures.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -187,40 +212,105 @@ async fn closed(target: &Target, workers: usize, secs: f64) -> Run {
     run
 }
 
-async fn open(target: &Target, rate: f64, secs: f64) -> Run {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let n = (rate * secs) as u64;
+/// One paired window of `secs`: `b` at `rate` per second and `a` at `share × rate`, in one
+/// evenly spaced schedule (`a`'s requests spread among `b`'s). The schedule runs as a task of
+/// this runtime (tokio's timer has 1 ms ticks: a tick's due requests start together, which
+/// both paths share); latency counts from each request's scheduled time.
+async fn paired(a: &Target, b: &Target, rate: f64, share: f64, secs: f64) -> (Run, Run) {
+    let total = rate * (1.0 + share);
+    let interval = Duration::from_secs_f64(1.0 / total);
+    let n = (total * secs) as u64;
+    let of_a = share / (1.0 + share);
+    let results = Arc::new(std::sync::Mutex::new([
+        (histogram(), 0u64, 0u64, None::<String>),
+        (histogram(), 0u64, 0u64, None::<String>),
+    ]));
     let started = Instant::now();
-    let latency = Arc::new(std::sync::Mutex::new((histogram(), 0u64, None)));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Vec::with_capacity(n as usize);
     for i in 0..n {
         let due = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let (t, latency) = (target.clone(), Arc::clone(&latency));
-        tasks.spawn(async move {
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        // Slot i is `a`'s when the running count of `a`'s due requests steps up.
+        let which = usize::from(((i + 1) as f64 * of_a).floor() == (i as f64 * of_a).floor());
+        let t = if which == 0 { a.clone() } else { b.clone() };
+        let sink = Arc::clone(&results);
+        tasks.push(tokio::spawn(async move {
             let result = t.once().await;
-            let mut l = latency.lock().expect("latency");
-            let _ = l.0.record(due.elapsed().as_micros() as u64);
+            let took = due.elapsed().as_micros() as u64;
+            let mut r = sink.lock().expect("results");
+            let r = &mut r[which];
+            let _ = r.0.record(took);
+            r.1 += 1;
             if let Err(e) = result {
-                l.1 += 1;
-                l.2.get_or_insert(e);
+                r.2 += 1;
+                r.3.get_or_insert(e);
             }
-        });
+        }));
     }
-    while tasks.join_next().await.is_some() {}
+    for t in tasks {
+        let _ = t.await;
+    }
     let secs = started.elapsed().as_secs_f64();
-    let (h, errors, first_error) = {
-        let l = latency.lock().expect("latency");
-        (l.0.clone(), l.1, l.2.clone())
+    let [ra, rb] = results.lock().expect("results").clone();
+    let run =
+        |(latency, requests, errors, first_error): (Histogram<u64>, u64, u64, Option<String>)| {
+            Run {
+                requests,
+                errors,
+                first_error,
+                secs,
+                latency,
+                cpu: (0.0, 0.0),
+            }
+        };
+    (run(ra), run(rb))
+}
+
+/// The cumulative buckets of histogram `name` on a `/metrics` page: (upper bound in s, count).
+async fn buckets(client: &reqwest::Client, url: &str, name: &str) -> Vec<(f64, u64)> {
+    let Ok(page) = client.get(format!("{url}/metrics")).send().await else {
+        return Vec::new();
     };
-    Run {
-        requests: n,
-        errors,
-        first_error,
-        secs,
-        latency: h,
-        cpu: (0.0, 0.0),
-    }
+    let page = page.text().await.unwrap_or_default();
+    let prefix = format!("{name}_bucket{{le=\"");
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Upper bound (ms) of the bucket holding quantile `q` of the counts between two scrapes,
+/// and how many calls that was.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> (f64, u64) {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(l, _)| l == le).map_or(0, |(_, n)| *n);
+            (*le, n.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.last().map_or(0, |(_, n)| *n);
+    let rank = (q * total as f64).ceil() as u64;
+    let le = delta
+        .iter()
+        .find(|(_, n)| *n >= rank.max(1))
+        .map_or(f64::NAN, |(le, _)| *le);
+    (le * 1000.0, total)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn env(name: &str, default: f64) -> f64 {
@@ -232,6 +322,7 @@ fn env(name: &str, default: f64) -> f64 {
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env("BENCH_CLIENT_THREADS", 1.0).max(1.0) as usize)
         .enable_all()
         .build()
         .expect("runtime");
@@ -241,8 +332,14 @@ fn main() {
 async fn bench() {
     let secs = env("BENCH_SECS", 10.0);
     let workers = env("BENCH_CONCURRENCY", 32.0) as usize;
+    let windows = env("BENCH_WINDOWS", 5.0).max(1.0) as usize;
+    let window_secs = env("BENCH_WINDOW_SECS", 6.0);
+    let share = env("BENCH_DIRECT_SHARE", 0.25);
+    let service_threads = env("BENCH_SERVICE_THREADS", 1.0).max(1.0) as usize;
+    let client_threads = env("BENCH_CLIENT_THREADS", 1.0).max(1.0) as usize;
     let stack = Stack::start_with(Setup {
         tickets: true,
+        service_threads,
         ..Setup::new("bench-relay")
     })
     .await
@@ -327,10 +424,6 @@ async fn bench() {
     let e_max = measured(pid, closed(&relayed_exact, workers, secs)).await;
     let r_max = measured(pid, closed(&relayed, workers, secs)).await;
     let half = r_max.rate() / 2.0;
-    let d_half = measured(pid, open(&direct, half, secs)).await;
-    let e_half = measured(pid, open(&relayed_exact, half, secs)).await;
-    let r_half = measured(pid, open(&relayed, half, secs)).await;
-    let s_max = measured(pid, closed(&script, workers, secs)).await;
 
     let mut out = std::io::stdout().lock();
     let line = |name: &str, r: &Run| {
@@ -344,38 +437,103 @@ async fn bench() {
             r.cpu.1
         )
     };
+    let _ = writeln!(
+        out,
+        "relay threads: services {service_threads}, client {client_threads}; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let _ = writeln!(out, "{}", line("direct max", &d_max));
     let _ = writeln!(out, "{}", line("relayed (lease 1) max", &e_max));
     let _ = writeln!(out, "{}", line("relayed max", &r_max));
-    let _ = writeln!(out, "{}", line(&format!("direct @{half:.0}/s"), &d_half));
-    let _ = writeln!(
-        out,
-        "{}",
-        line(&format!("relayed (lease 1) @{half:.0}/s"), &e_half)
-    );
-    let _ = writeln!(out, "{}", line(&format!("relayed @{half:.0}/s"), &r_half));
+    let _ = out.flush();
+
+    let (mut added50, mut added99, mut own99) = (Vec::new(), Vec::new(), Vec::new());
+    let mut errors = Vec::new();
+    for w in 1..=windows {
+        let before = buckets(&client, &relay.url, wxhub_relay::OWN_SECONDS).await;
+        let stages = [
+            wxhub_relay::LIMIT_WAIT_SECONDS,
+            wxhub_relay::TOKEN_WAIT_SECONDS,
+        ];
+        let mut stage_before = Vec::new();
+        for st in stages {
+            stage_before.push(buckets(&client, &relay.url, st).await);
+        }
+        let (me, redis) = (cpu_us("self"), cpu_us(pid));
+        let (d, r) = paired(&direct, &relayed, half, share, window_secs).await;
+        let cores = (
+            (cpu_us("self") - me) / 1e6 / d.secs,
+            (cpu_us(pid) - redis) / 1e6 / d.secs,
+        );
+        let after = buckets(&client, &relay.url, wxhub_relay::OWN_SECONDS).await;
+        let (own50, calls) = bucket_quantile(&before, &after, 0.50);
+        let (own_99, _) = bucket_quantile(&before, &after, 0.99);
+        for (st, b0) in stages.iter().zip(&stage_before) {
+            let b1 = buckets(&client, &relay.url, st).await;
+            let _ = writeln!(
+                out,
+                "relay stage {st}: p50 <= {:.3} p99 <= {:.3} p999 <= {:.3} ms",
+                bucket_quantile(b0, &b1, 0.5).0,
+                bucket_quantile(b0, &b1, 0.99).0,
+                bucket_quantile(b0, &b1, 0.999).0
+            );
+        }
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "relay window {w}: relayed @{half:.0}/s, direct @{:.0}/s  direct p50 {:.3} p99 {:.3} ms ({} req, {} errors)  relayed p50 {:.3} p99 {:.3} ms ({} req, {} errors)  added p50 {:+.3} p99 {:+.3} ms  relay's own (server, {calls} calls) p50 <= {own50:.3} p99 <= {own_99:.3} ms  cores: process {:.2} redis {:.2}  load {}",
+            half * share,
+            d.ms(0.50),
+            d.ms(0.99),
+            d.requests,
+            d.errors,
+            r.ms(0.50),
+            r.ms(0.99),
+            r.requests,
+            r.errors,
+            r.ms(0.50) - d.ms(0.50),
+            r.ms(0.99) - d.ms(0.99),
+            cores.0,
+            cores.1,
+            load.split_whitespace().next().unwrap_or("?"),
+        );
+        let _ = out.flush();
+        added50.push(r.ms(0.50) - d.ms(0.50));
+        added99.push(r.ms(0.99) - d.ms(0.99));
+        own99.push(own_99);
+        for (name, run) in [("direct", d), ("relayed", r)] {
+            if let Some(e) = run.first_error {
+                errors.push(format!("window {w} {name}: {e}"));
+            }
+        }
+    }
+    let s_max = measured(pid, closed(&script, workers, secs)).await;
     let _ = writeln!(out, "{}", line("rate-limit script max", &s_max));
     for (name, r) in [
         ("direct max", &d_max),
         ("relayed (lease 1) max", &e_max),
         ("relayed max", &r_max),
-        ("direct half", &d_half),
-        ("relayed (lease 1) half", &e_half),
-        ("relayed half", &r_half),
         ("rate-limit script", &s_max),
     ] {
         if let Some(e) = &r.first_error {
-            let _ = writeln!(out, "relay {name}: first error: {e}");
+            errors.push(format!("{name}: {e}"));
         }
     }
-    for (name, r) in [("relay", &r_half), ("relay (lease 1)", &e_half)] {
-        let _ = writeln!(
-            out,
-            "{name} overhead at half the relay's max: +{:.3} ms p50, +{:.3} ms p99",
-            r.ms(0.50) - d_half.ms(0.50),
-            r.ms(0.99) - d_half.ms(0.99),
-        );
+    for e in errors {
+        let _ = writeln!(out, "relay first error: {e}");
     }
+    let _ = writeln!(
+        out,
+        "relay overhead at half the relay's max ({half:.0}/s), median of {windows} paired windows: {:+.3} ms p50, {:+.3} ms p99 (windows: {}); relay's own p99 <= {:.3} ms (median)",
+        median(added50.clone()),
+        median(added99.clone()),
+        added99
+            .iter()
+            .map(|v| format!("{v:+.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        median(own99),
+    );
     let _ = writeln!(
         out,
         "max rate {:.0} (lease 1: {:.0}) vs {:.0} req/s direct ({workers} workers, {secs} s runs)",

@@ -255,6 +255,9 @@ pub struct Forwarded {
     pub errcode: Option<i64>,
     pub attempts: u32,
     pub outcome: &'static str,
+    /// Time spent in WeChat's exchanges (request sent until the answer was read, or handed on
+    /// to stream), every attempt: the rest of a call's time is the relay's own.
+    pub upstream: Duration,
 }
 
 /// A token as the relay uses it.
@@ -310,8 +313,11 @@ pub fn token_refusal(status: &tonic::Status) -> Refusal {
 pub struct Tokens {
     client: TokenClient,
     ttl: Duration,
-    cache: std::sync::Mutex<std::collections::HashMap<(String, String), Cached>>,
+    /// By tenant, then appid (so that a lookup allocates nothing).
+    cache: std::sync::Mutex<Cache>,
 }
+
+type Cache = std::collections::HashMap<String, std::collections::HashMap<String, Cached>>;
 
 /// A cached token: the token, when it was fetched, its expiry (Unix ms).
 type Cached = (Token, Instant, i64);
@@ -342,11 +348,11 @@ impl Tokens {
         };
         if !self.ttl.is_zero() {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() > 100_000 {
+            if cache.values().map(|of| of.len()).sum::<usize>() > 100_000 {
                 cache.clear();
             }
-            cache.insert(
-                (tenant.to_owned(), appid.to_owned()),
+            cache.entry(tenant.to_owned()).or_default().insert(
+                appid.to_owned(),
                 (token.clone(), Instant::now(), t.expires_at_ms),
             );
         }
@@ -357,8 +363,7 @@ impl Tokens {
         let appid = target.token_appid();
         if !self.ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((token, at, expires_at_ms)) =
-                cache.get(&(tenant.to_owned(), appid.to_owned()))
+            if let Some((token, at, expires_at_ms)) = cache.get(tenant).and_then(|of| of.get(appid))
                 && at.elapsed() < self.ttl
                 && *expires_at_ms - wxhub_runtime::unix_ms() > 60_000
             {
@@ -423,6 +428,7 @@ impl Upstream {
         call: &Call<'_>,
         token: &Token,
         body: &mut Option<Outbound>,
+        upstream: &mut Duration,
     ) -> Result<Answer, Failure> {
         let mut url = url::Url::parse(&format!("{}{}", self.base(call.target.host), call.path))
             .map_err(|e| Failure {
@@ -476,7 +482,9 @@ impl Upstream {
                 }
             }
         };
+        let sent = Instant::now();
         let response = request.send().await.map_err(|e| {
+            *upstream += sent.elapsed();
             let e = e.without_url();
             Failure {
                 unsent: e.is_connect(),
@@ -501,6 +509,7 @@ impl Upstream {
             .content_length()
             .is_none_or(|n| n <= self.inspect_limit);
         if !(json_like(&headers) && small) {
+            *upstream += sent.elapsed();
             let stream = response.bytes_stream().map_err(std::io::Error::other);
             return Ok(Answer::Stream {
                 status,
@@ -512,14 +521,18 @@ impl Upstream {
         let mut stream = response.bytes_stream();
         let mut buf = BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Failure {
-                unsent: false,
-                timeout: e.is_timeout(),
-                oversize: false,
-                detail: source_chain(&e.without_url()),
+            let chunk = chunk.map_err(|e| {
+                *upstream += sent.elapsed();
+                Failure {
+                    unsent: false,
+                    timeout: e.is_timeout(),
+                    oversize: false,
+                    detail: source_chain(&e.without_url()),
+                }
             })?;
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > self.inspect_limit {
+                *upstream += sent.elapsed();
                 headers.remove(header::CONTENT_LENGTH);
                 let prefix = buf.freeze();
                 let rest = stream.map_err(std::io::Error::other);
@@ -531,6 +544,7 @@ impl Upstream {
                 });
             }
         }
+        *upstream += sent.elapsed();
         let body = buf.freeze();
         let held = self.held.hold(body.len());
         let errcode = serde_json::from_slice::<Probe>(&body)
@@ -554,15 +568,18 @@ impl Upstream {
         body: Outbound,
     ) -> Result<Forwarded, Refusal> {
         let idempotent = matches!(call.method, Method::GET | Method::HEAD);
+        let t_token = Instant::now();
         let mut token = tokens.get(call.tenant, call.target).await?;
+        metrics::histogram!(crate::TOKEN_WAIT_SECONDS).record(t_token.elapsed().as_secs_f64());
         let mut body = Some(body);
         let mut attempts = 0u32;
         let mut note: Option<&'static str> = None;
+        let mut upstream = Duration::ZERO;
         loop {
             attempts += 1;
             let replayable = body.as_ref().is_none_or(Outbound::replayable);
             let last = attempts >= 2;
-            match self.attempt(&call, &token, &mut body).await {
+            match self.attempt(&call, &token, &mut body, &mut upstream).await {
                 Ok(Answer::Read {
                     status,
                     headers,
@@ -614,6 +631,7 @@ impl Upstream {
                         errcode: Some(errcode),
                         attempts,
                         outcome: "answered",
+                        upstream,
                     });
                 }
                 Ok(Answer::Stream {
@@ -627,6 +645,7 @@ impl Upstream {
                         errcode: None,
                         attempts,
                         outcome: "streamed",
+                        upstream,
                     });
                 }
                 Err(failure) => {
@@ -666,6 +685,7 @@ impl Upstream {
                         errcode: None,
                         attempts,
                         outcome: reason,
+                        upstream,
                     });
                 }
             }

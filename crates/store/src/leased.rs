@@ -101,15 +101,17 @@ impl Local {
     }
 }
 
-/// This replica's state of each bucket it used, by (tenant, subject).
-type Buckets = HashMap<(String, String), Arc<tokio::sync::Mutex<Local>>>;
+/// This replica's state of each bucket it used, by tenant, then subject (so that a lookup
+/// allocates nothing).
+type Buckets = HashMap<String, HashMap<String, Arc<tokio::sync::Mutex<Local>>>>;
 
 /// Per-replica leases of shared rate-limit buckets. Share one per process (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct LeasedLimiter {
     limiter: Limiter,
     max_lease: u32,
-    buckets: Arc<Mutex<Buckets>>,
+    /// The buckets, and how many there are.
+    buckets: Arc<Mutex<(Buckets, usize)>>,
 }
 
 impl LeasedLimiter {
@@ -172,20 +174,29 @@ impl LeasedLimiter {
     }
 
     fn bucket(&self, tenant: &str, subject: &str) -> Arc<tokio::sync::Mutex<Local>> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = buckets.get(&(tenant.to_owned(), subject.to_owned())) {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (buckets, count) = &mut *guard;
+        if let Some(b) = buckets.get(tenant).and_then(|of| of.get(subject)) {
             return Arc::clone(b);
         }
-        if buckets.len() >= MAX_BUCKETS {
+        if *count >= MAX_BUCKETS {
             // Forget idle buckets: no request waiting and nothing spendable left.
             let now = Instant::now();
-            buckets.retain(|_, b| {
-                Arc::strong_count(b) > 1
-                    || b.try_lock().map_or(true, |l| l.left > 0 && now < l.until)
-            });
+            for of in buckets.values_mut() {
+                of.retain(|_, b| {
+                    Arc::strong_count(b) > 1
+                        || b.try_lock().map_or(true, |l| l.left > 0 && now < l.until)
+                });
+            }
+            buckets.retain(|_, of| !of.is_empty());
+            *count = buckets.values().map(HashMap::len).sum();
         }
         let b = Arc::new(tokio::sync::Mutex::new(Local::new(Instant::now())));
-        buckets.insert((tenant.to_owned(), subject.to_owned()), Arc::clone(&b));
+        buckets
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(subject.to_owned(), Arc::clone(&b));
+        *count += 1;
         b
     }
 }
