@@ -267,12 +267,21 @@ def helm_env(text, values):
 
 
 def metric_labels():
-    """Every metric the code records, with the label names of its `metrics::` macro calls."""
+    """Every metric the code records, with the label names of its `metrics::` macro calls. A
+    name is a string literal or a `const` holding one (`metrics::histogram!(crate::NAME)`)."""
     found = {}
-    call = re.compile(r'metrics::(?:counter|gauge|histogram)!\(\s*"(wxhub_[a-z0-9_]+)"(.*?)\)\s*\.', re.S)
-    for path in (ROOT / "crates").rglob("*.rs"):
-        text = path.read_text(encoding="utf-8")
-        for name, rest in call.findall(text):
+    call = re.compile(
+        r'metrics::(?:counter|gauge|histogram)!\(\s*(?:"(wxhub_[a-z0-9_]+)"|(?:[a-z_]+::)*([A-Z][A-Z0-9_]*))(.*?)\)\s*\.',
+        re.S,
+    )
+    const = re.compile(r'const ([A-Z][A-Z0-9_]*): &str = "(wxhub_[a-z0-9_]+)";')
+    texts = [p.read_text(encoding="utf-8") for p in (ROOT / "crates").rglob("*.rs")]
+    consts = {k: v for text in texts for k, v in const.findall(text)}
+    for text in texts:
+        for literal, ident, rest in call.findall(text):
+            name = literal or consts.get(ident)
+            if name is None:
+                continue
             found.setdefault(name, set()).update(re.findall(r'"([a-z_]+)"\s*=>', rest))
     return found
 
