@@ -940,6 +940,46 @@ impl Jobs {
         Ok(())
     }
 
+    /// The routing fields (account, kind, API, recipient, campaign) of each of `ids`, in one
+    /// round trip: what a feeder announcing held jobs puts in their `SendJob`s, so that their
+    /// senders claim without reading them first. `None` for a job that is gone.
+    pub async fn routes(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobRecord>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.store.keys(tenant);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(keys.job(id))
+                .arg(&["appid", "kind", "api", "touser", "campaign"]);
+        }
+        let mut conn = self.store.conn();
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .map(|(id, row)| {
+                let [appid, kind, api, touser, campaign]: [Option<String>; 5] =
+                    row.try_into().ok()?;
+                Some(JobRecord {
+                    id: id.clone(),
+                    tenant: tenant.to_owned(),
+                    appid: appid.unwrap_or_default(),
+                    kind: kind?,
+                    api: api?,
+                    touser: touser.unwrap_or_default(),
+                    campaign: campaign.unwrap_or_default(),
+                    ..JobRecord::default()
+                })
+            })
+            .collect())
+    }
+
     /// One job with its attempts.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let keys = self.store.keys(tenant);

@@ -444,7 +444,8 @@ async fn every_key_of_a_tenant_is_in_the_tenants_slot() {
         .claim_feed(tenant, Duration::from_millis(100))
         .await
         .unwrap();
-    windowed.take_held(tenant, now).await.unwrap();
+    let fed = windowed.take_held(tenant, now).await.unwrap();
+    windowed.routes(tenant, &fed).await.unwrap();
     windowed.fed(tenant, &ids).await.unwrap();
     windowed.window_counts(tenant).await.unwrap();
 

@@ -469,6 +469,26 @@ async fn a_tenants_window_holds_the_excess_and_feeds_it_in_order_without_losing_
         Settled::Ok
     );
     assert_eq!(jobs.take_held(T, 1600).await.unwrap(), vec![id(2)]);
+    // The feeder announces it with its route, read for the batch in one round trip.
+    let routes = jobs.routes(T, &[id(2), id(99)]).await.unwrap();
+    let route = routes[0].as_ref().expect("a held job's route");
+    assert_eq!(
+        (
+            route.appid.as_str(),
+            route.kind.as_str(),
+            route.api.as_str(),
+            route.touser.as_str(),
+            route.campaign.as_str()
+        ),
+        (
+            "wx1",
+            "template",
+            "/cgi-bin/message/template/send",
+            "o_user_1",
+            ""
+        )
+    );
+    assert_eq!(routes[1], None, "no such job");
     // The feeder stopped before confirming: the next take hands it out again, and nothing more
     // (the window is full again).
     assert_eq!(jobs.take_held(T, 1700).await.unwrap(), vec![id(2)]);

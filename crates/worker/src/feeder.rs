@@ -40,6 +40,7 @@ use wxhub_store::jobs::new_id;
 use wxhub_store::{CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate};
 
 use crate::config::Limits;
+use crate::delivery::route_of;
 use crate::service::{new_route, publish_job_to};
 
 /// The body of one recipient's message: the campaign's body with its `touser` and the
@@ -157,14 +158,22 @@ impl Feeder {
             .take_held(tenant, wxhub_runtime::unix_ms())
             .await
             .map_err(|e| e.to_string())?;
-        let results: Vec<(String, Result<(), wxhub_bus::BusError>)> = futures::stream::iter(ids)
-            .map(|id| async move {
-                let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id, None).await;
-                (id, r)
-            })
-            .buffer_unordered(FEED_PUBLISHES)
-            .collect()
-            .await;
+        // Their routes (one round trip for the batch), so that each sender claims without a
+        // read. Without them (a failed read) the senders read the jobs themselves.
+        let routes = self.jobs.routes(tenant, &ids).await.unwrap_or_default();
+        let announced = ids
+            .into_iter()
+            .zip(routes.into_iter().map(Some).chain(std::iter::repeat(None)));
+        let results: Vec<(String, Result<(), wxhub_bus::BusError>)> =
+            futures::stream::iter(announced)
+                .map(|(id, record)| async move {
+                    let route = record.flatten().as_ref().map(route_of);
+                    let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id, route).await;
+                    (id, r)
+                })
+                .buffer_unordered(FEED_PUBLISHES)
+                .collect()
+                .await;
         let mut fed = Vec::with_capacity(results.len());
         let mut failed = None;
         for (id, r) in results {
