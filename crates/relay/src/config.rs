@@ -56,8 +56,9 @@ oauth_callbacks = {}
 rate_limit = { count = 600, period_ms = 60000, burst = 100 }
 # A replica takes up to this many units of a rate_limit bucket from Redis at once and spends
 # them on its next calls of that account and path (sized by its own demand; never more than a
-# quarter of the burst; unspent units expire after 200 ms). Across R replicas a bucket admits
-# at most R x (lease - 1) more than rate_limit in any interval. 1: one Redis script per call.
+# quarter of the burst; unspent units expire after 200 ms; the next lease is asked for in the
+# background when a quarter is left). Across R replicas a bucket admits at most
+# R x (lease + lease/4) more than rate_limit in any interval. 1: one Redis script per call.
 rate_limit_lease = 32
 "#;
 

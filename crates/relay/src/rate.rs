@@ -2,8 +2,8 @@
 //!
 //! Guarantee: across every relay replica, calls of one account to one WeChat path are admitted
 //! at most at `relay.rate_limit` (default 600 a minute, bursts of 100), plus at most
-//! `R × (lease − 1)` in any interval across `R` replicas (`lease`: `relay.rate_limit_lease`, at
-//! most a quarter of the burst); a call past it is refused with 429 before anything is sent to
+//! `R × (lease + ⌊lease/4⌋)` in any interval across `R` replicas (`lease`:
+//! `relay.rate_limit_lease`, at most a quarter of the burst); a call past it is refused with 429 before anything is sent to
 //! WeChat, and a refused call takes nothing from the bucket. Why a limit at all: one runaway
 //! internal client must not spend an account's WeChat quota (45009 ends a path's day for every
 //! system of that account) or trip WeChat's minute limits (45011) for the others.

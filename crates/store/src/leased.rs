@@ -2,12 +2,12 @@
 //! a few units of a [`Limiter`] bucket in one call and spends them locally.
 //!
 //! Guarantee: over any interval `t`, one bucket admits at most
-//! `burst + count·t/period + R·(L − 1)` requests across `R` replicas, where `L` is the largest
-//! lease ([`LeasedLimiter::lease_size`]): every admitted request spends a unit the bucket gave
-//! out, and a replica enters an interval holding at most `L − 1` unspent units. Over the long
-//! run the bucket's rate is exact (units are never created locally). A refused request takes
-//! nothing. With leases of 1 (`max_lease = 1`) every request asks Redis: exactly
-//! [`Limiter::acquire`].
+//! `burst + count·t/period + R·(L + ⌊L/4⌋)` requests across `R` replicas, where `L` is the
+//! largest lease ([`LeasedLimiter::lease_size`]): every admitted request spends a unit the bucket
+//! gave out, and a replica enters an interval holding at most `L + ⌊L/4⌋` unspent units (a lease
+//! arriving while at most `⌊L/4⌋` are left). Over the long run the bucket's rate is exact (units
+//! are never created locally). A refused request takes nothing. With leases of 1
+//! (`max_lease = 1`) every request asks Redis: exactly [`Limiter::acquire`].
 //!
 //! How it is kept:
 //! - A lease is sized by this replica's own demand for the bucket: the requests it saw in the
@@ -16,8 +16,12 @@
 //!   (they are lost, not returned: the bucket refills at its rate).
 //! - Unspent units expire [`LIFETIME`] after the lease: a replica cannot save units up and
 //!   spend them in a burst later.
-//! - One request per bucket and replica asks Redis at a time; the others wait for its lease
-//!   (so a replica never holds more than `L − 1` units of a bucket). When that ask fails, the
+//! - **Refilled ahead, off the request path.** When a spend leaves at most `⌊L/4⌋` units, a
+//!   background task leases the next ones while the rest are spent: a busy bucket's requests
+//!   do not wait for a Redis round trip (its tail is what a p99 sees). Only a request that finds
+//!   nothing left waits — for the refill in flight, or for its own ask when none is.
+//! - One ask per bucket and replica is in flight at a time (a refill, or a request's own ask,
+//!   which the others wait for). When that ask fails, the
 //!   bucket's next requests for [`WINDOW`] are [`Admission::Unchecked`] without asking (what
 //!   the caller does without Redis is its decision), so a hanging Redis delays them once, not
 //!   once per queued request.
@@ -65,6 +69,8 @@ struct Local {
     last: u32,
     /// When asking Redis for this bucket last failed, until it succeeds again.
     failed: Option<Instant>,
+    /// A refill is in flight: requests that find nothing left wait for it.
+    refilling: bool,
 }
 
 impl Local {
@@ -76,7 +82,22 @@ impl Local {
             this: 0,
             last: 0,
             failed: None,
+            refilling: false,
         }
+    }
+
+    /// How many units to lease: this replica's demand of the last window, within `1..=most`.
+    fn wanted(&self, most: u32) -> u32 {
+        self.this.max(self.last).clamp(1, most)
+    }
+
+    /// Adds `n` leased units, spendable for [`LIFETIME`].
+    fn add(&mut self, n: u32, now: Instant) {
+        if now >= self.until {
+            self.left = 0;
+        }
+        self.left = self.left.saturating_add(n);
+        self.until = now + LIFETIME;
     }
 
     /// Counts a request at `now` in the demand windows.
@@ -101,9 +122,16 @@ impl Local {
     }
 }
 
+/// One bucket on this replica: its state, and the refill's signal to the requests waiting.
+#[derive(Debug)]
+struct Bucket {
+    local: tokio::sync::Mutex<Local>,
+    refilled: tokio::sync::Notify,
+}
+
 /// This replica's state of each bucket it used, by tenant, then subject (so that a lookup
 /// allocates nothing).
-type Buckets = HashMap<String, HashMap<String, Arc<tokio::sync::Mutex<Local>>>>;
+type Buckets = HashMap<String, HashMap<String, Arc<Bucket>>>;
 
 /// Per-replica leases of shared rate-limit buckets. Share one per process (cheap to clone).
 #[derive(Debug, Clone)]
@@ -147,33 +175,79 @@ impl LeasedLimiter {
             );
         }
         let bucket = self.bucket(tenant, subject);
-        let mut local = bucket.lock().await;
-        let now = Instant::now();
-        local.seen(now);
-        if local.spend(now) {
-            return Ok(Admission::Admitted);
-        }
-        if local
-            .failed
-            .is_some_and(|at| now.duration_since(at) < WINDOW)
-        {
-            return Ok(Admission::Unchecked);
-        }
-        let wanted = local.this.max(local.last).clamp(1, most);
-        let grant = self.limiter.take_up_to(tenant, subject, rate, wanted).await;
-        local.failed = grant.is_err().then(Instant::now);
-        match grant? {
-            Grant::Taken(n) => {
-                // One for this request; the rest (at most `most − 1`) for the next ones.
-                local.left = n.min(most) - 1;
-                local.until = Instant::now() + LIFETIME;
-                Ok(Admission::Admitted)
+        let mut local = bucket.local.lock().await;
+        local.seen(Instant::now());
+        let mut waited = false;
+        let admission = loop {
+            let now = Instant::now();
+            if local.spend(now) {
+                if local.left <= most / 4 && !local.refilling && local.failed.is_none() {
+                    local.refilling = true;
+                    let wanted = local.wanted(most);
+                    self.refill(Arc::clone(&bucket), tenant, subject, rate, wanted);
+                }
+                break Ok(Admission::Admitted);
             }
-            Grant::Limited { retry_after } => Ok(Admission::Limited { retry_after }),
+            if local
+                .failed
+                .is_some_and(|at| now.duration_since(at) < WINDOW)
+            {
+                break Ok(Admission::Unchecked);
+            }
+            if !local.refilling {
+                // Nothing left and no refill: ask now, holding the bucket (the others wait).
+                let wanted = local.wanted(most);
+                let grant = self.limiter.take_up_to(tenant, subject, rate, wanted).await;
+                local.failed = grant.is_err().then(Instant::now);
+                break match grant {
+                    Err(e) => Err(e),
+                    Ok(Grant::Taken(n)) => {
+                        // One for this request; the rest (at most `most − 1`) for the next.
+                        local.add(n.min(most) - 1, Instant::now());
+                        Ok(Admission::Admitted)
+                    }
+                    Ok(Grant::Limited { retry_after }) => Ok(Admission::Limited { retry_after }),
+                };
+            }
+            // Nothing left, a refill in flight: wait for it (registered before the lock is
+            // released, so its signal cannot be missed), then look again.
+            let refilled = bucket.refilled.notified();
+            tokio::pin!(refilled);
+            refilled.as_mut().enable();
+            waited = true;
+            drop(local);
+            refilled.await;
+            local = bucket.local.lock().await;
+        };
+        drop(local);
+        if waited {
+            // Waiters are woken one at a time, each waking the next as it leaves: a refill does
+            // not wake every queued request at once to fight over a few units.
+            bucket.refilled.notify_one();
         }
+        admission
     }
 
-    fn bucket(&self, tenant: &str, subject: &str) -> Arc<tokio::sync::Mutex<Local>> {
+    /// Leases the next `wanted` units of `bucket` in the background and wakes the requests
+    /// waiting for them (which ask themselves if it was refused or failed).
+    fn refill(&self, bucket: Arc<Bucket>, tenant: &str, subject: &str, rate: Rate, wanted: u32) {
+        let limiter = self.limiter.clone();
+        let (tenant, subject) = (tenant.to_owned(), subject.to_owned());
+        tokio::spawn(async move {
+            let grant = limiter.take_up_to(&tenant, &subject, rate, wanted).await;
+            let mut local = bucket.local.lock().await;
+            local.refilling = false;
+            match grant {
+                Ok(Grant::Taken(n)) => local.add(n, Instant::now()),
+                Ok(Grant::Limited { .. }) => {}
+                Err(_) => local.failed = Some(Instant::now()),
+            }
+            drop(local);
+            bucket.refilled.notify_one();
+        });
+    }
+
+    fn bucket(&self, tenant: &str, subject: &str) -> Arc<Bucket> {
         let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let (buckets, count) = &mut *guard;
         if let Some(b) = buckets.get(tenant).and_then(|of| of.get(subject)) {
@@ -185,13 +259,18 @@ impl LeasedLimiter {
             for of in buckets.values_mut() {
                 of.retain(|_, b| {
                     Arc::strong_count(b) > 1
-                        || b.try_lock().map_or(true, |l| l.left > 0 && now < l.until)
+                        || b.local
+                            .try_lock()
+                            .map_or(true, |l| l.left > 0 && now < l.until)
                 });
             }
             buckets.retain(|_, of| !of.is_empty());
             *count = buckets.values().map(HashMap::len).sum();
         }
-        let b = Arc::new(tokio::sync::Mutex::new(Local::new(Instant::now())));
+        let b = Arc::new(Bucket {
+            local: tokio::sync::Mutex::new(Local::new(Instant::now())),
+            refilled: tokio::sync::Notify::new(),
+        });
         buckets
             .entry(tenant.to_owned())
             .or_default()
