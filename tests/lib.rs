@@ -8,6 +8,7 @@
 //! leave keys behind. The gateways a test starts itself ([`Stack::gateway`]) run there too.
 
 pub mod cpu;
+pub mod messaging;
 mod world;
 
 use std::future::Future;

@@ -42,6 +42,7 @@ use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_testkit::Namespace;
 use wxhub_tests::cpu;
+use wxhub_tests::messaging::enqueue_all;
 use wxhub_tests::{AUTH1, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, req, user};
 
 const GW_TENANT: &str = "cap";
@@ -691,27 +692,7 @@ async fn jobs_cost(jobs: u64) {
     let before = RedisStats::read(&mut conn).await;
     let process_before = cpu::cpu_secs("self");
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let (mut client, next) = (client.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
-                        break;
-                    }
-                    client
-                        .enqueue(req(template(i), OPS_KEY))
-                        .await
-                        .expect("enqueue");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("enqueuer");
-    }
+    enqueue_all(&client, jobs, 16, template).await;
     let target = usize::try_from(jobs).unwrap_or(usize::MAX);
     while stack.sim.messages(&Default::default()).len() < target {
         assert!(

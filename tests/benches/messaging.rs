@@ -30,6 +30,7 @@ use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
 use wxhub_store::{Created, Jobs, NewJob, Store};
 use wxhub_tests::cpu::CpuSplit;
+use wxhub_tests::messaging::{enqueue_all, sent_after};
 use wxhub_tests::{
     AUTH1, BETA, BETA_AUTH, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, extra_tenant,
     extra_user, req, user,
@@ -162,27 +163,7 @@ async fn run() {
     stack.sim.clear_messages();
     let cpu = CpuSplit::start(redis_pid);
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (mut client, next) = (client.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
-                        break;
-                    }
-                    client
-                        .enqueue(req(template(i), OPS_KEY))
-                        .await
-                        .expect("enqueue");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
+    enqueue_all(&client, jobs, concurrency, template).await;
     let enqueued = started.elapsed();
     let target = usize::try_from(jobs).unwrap_or(usize::MAX);
     while stack.sim.messages(&Default::default()).len() < target {
@@ -227,24 +208,8 @@ async fn run() {
     let mut histogram = Histogram::<u64>::new(3).expect("histogram");
     let mut client = client.clone();
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let j = client
-                .get_job(req(pb::GetJobRequest { job_id: id.clone() }, OPS_KEY))
-                .await
-                .expect("job")
-                .into_inner();
-            if matches!(
-                j.state_name.as_str(),
-                "sent" | "delivered" | "delivery_failed"
-            ) {
-                let sent_at = j.attempts.last().map_or(j.updated_at_ms, |a| a.at_ms);
-                let _ = histogram.record(u64::try_from(sent_at - j.created_at_ms).unwrap_or(0));
-                break;
-            }
-            assert!(Instant::now() < deadline, "job not sent: {j:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let took = sent_after(&mut client, id, Duration::from_secs(60)).await;
+        let _ = histogram.record(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
     }
     println!(
         "messaging: latency at {half:.0} sends/s ({n} jobs), enqueue → WeChat call: p50 {} ms, p99 {} ms, max {} ms",
@@ -323,32 +288,13 @@ async fn first_job_latency(
     client: &mut MessagingClient<tonic::transport::Channel>,
     request: pb::EnqueueRequest,
 ) -> Duration {
-    let started = Instant::now();
     let id = client
         .enqueue(req(request, OPS_KEY))
         .await
         .expect("enqueue")
         .into_inner()
         .id;
-    loop {
-        let j = client
-            .get_job(req(pb::GetJobRequest { job_id: id.clone() }, OPS_KEY))
-            .await
-            .expect("job")
-            .into_inner();
-        if matches!(
-            j.state_name.as_str(),
-            "sent" | "delivered" | "delivery_failed"
-        ) {
-            let sent_at = j.attempts.last().map_or(j.updated_at_ms, |a| a.at_ms);
-            return Duration::from_millis(u64::try_from(sent_at - j.created_at_ms).unwrap_or(0));
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "job not sent: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    sent_after(client, &id, Duration::from_secs(120)).await
 }
 
 fn summary(latencies: &[Duration]) -> String {
