@@ -218,16 +218,9 @@ impl Campaigns {
         id: &str,
         tick: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.store.conn();
-        let got: Option<String> = redis::cmd("SET")
-            .arg(self.store.keys(tenant).guard(&format!("campaign:{id}")))
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(px(tick))
-            .query_async(&mut conn)
-            .await?;
-        Ok(got.is_some())
+        self.store
+            .guard(tenant, &format!("campaign:{id}"), tick)
+            .await
     }
 
     /// The next `n` recipients of a running campaign, with the index of the first, leased to

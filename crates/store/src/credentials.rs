@@ -584,17 +584,7 @@ impl Credentials {
 
     /// Sets `…:guard:{what}` for `ttl` unless present; true when this caller got it.
     pub async fn guard(&self, tenant: &str, what: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = self.store.keys(tenant).guard(what);
-        let mut conn = self.store.conn();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
+        self.store.guard(tenant, what, ttl).await
     }
 
     /// Sets `…:guard:{what}` to `value` for `ttl` (with `only_if_absent`, only when unset);

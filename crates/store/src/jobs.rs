@@ -614,16 +614,7 @@ impl Jobs {
     /// Whether this caller feeds `tenant`'s held jobs this tick: one replica per `tick` (a
     /// guard key that expires with it).
     pub async fn claim_feed(&self, tenant: &str, tick: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.store.conn();
-        let got: Option<String> = redis::cmd("SET")
-            .arg(self.store.keys(tenant).guard("held"))
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(px(tick))
-            .query_async(&mut conn)
-            .await?;
-        Ok(got.is_some())
+        self.store.guard(tenant, "held", tick).await
     }
 
     /// Forgets `ids` from the feeding list: their announcements were confirmed.

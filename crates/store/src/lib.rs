@@ -311,6 +311,26 @@ impl Store {
         self.conn.clone()
     }
 
+    /// Sets `tenant`'s `…:guard:{what}` for `ttl` unless present; true when this caller got it
+    /// (one replica does a periodic step per `ttl`).
+    pub(crate) async fn guard(
+        &self,
+        tenant: &str,
+        what: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys(tenant).guard(what))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Tests: the same store, its commands written to `log`.
     #[cfg(test)]
     pub(crate) fn recording(
