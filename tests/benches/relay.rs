@@ -127,9 +127,15 @@ impl Target {
                 if let Some(k) = key {
                     r = r.bearer_auth(k);
                 }
-                let resp = r.send().await.map_err(|e| chain(&e.without_url()))?;
+                let resp = r
+                    .send()
+                    .await
+                    .map_err(|e| wxhub_wechat_api::source_chain(&e.without_url()))?;
                 let status = resp.status();
-                let body = resp.bytes().await.map_err(|e| chain(&e.without_url()))?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| wxhub_wechat_api::source_chain(&e.without_url()))?;
                 let ok = status.is_success()
                     && (!body.windows(9).any(|w| w == b"\"errcode\"")
                         || body.windows(11).any(|w| w == b"\"errcode\":0"));
@@ -152,17 +158,6 @@ impl Target {
             },
         }
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn histogram() -> Histogram<u64> {

@@ -490,7 +490,7 @@ impl Upstream {
                 unsent: e.is_connect(),
                 timeout: e.is_timeout(),
                 oversize: oversize.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)),
-                detail: source_chain(&e),
+                detail: wxhub_wechat_api::source_chain(&e),
             }
         })?;
         let status = response.status();
@@ -527,7 +527,7 @@ impl Upstream {
                     unsent: false,
                     timeout: e.is_timeout(),
                     oversize: false,
-                    detail: source_chain(&e.without_url()),
+                    detail: wxhub_wechat_api::source_chain(&e.without_url()),
                 }
             })?;
             buf.extend_from_slice(&chunk);
@@ -738,17 +738,6 @@ pub fn error_response(status: StatusCode, reason: &str, message: &str) -> Respon
         axum::Json(serde_json::json!({"error": reason, "message": message})),
     )
         .into_response()
-}
-
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out.chars().take(300).collect()
 }
 
 /// Elapsed seconds since `started` (metrics).

@@ -470,7 +470,9 @@ fn transport(api: &'static str, e: reqwest::Error) -> WechatError {
     }
 }
 
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, `: `-joined, at most 300 characters (what a transport failure
+/// says in errors and logs; a URL with a token must be stripped from `e` before).
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
