@@ -12,7 +12,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use wxhub_bus::Outgoing;
 use wxhub_bus::topology::SEND_KEY;
-use wxhub_proto::jobs::v1::SendJob;
+use wxhub_proto::jobs::v1::{SendBatch, SendJob};
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
@@ -22,6 +22,7 @@ use wxhub_tests::{
     AUTH_MP, AUTH1, AUTH2, BETA, BLOCKED_USER, GATEWAY_KEY, OPS_KEY, SUBSCRIBE_TEMPLATE, Setup,
     Stack, TEMPLATE, TENANT, req, user,
 };
+use wxhub_worker::announce::{Announcer, SEND_BATCH_TYPE, SEND_JOB_TYPE, new_route, send_job};
 
 const CUSTOM: &str = "/cgi-bin/message/custom/send";
 const TEMPLATE_SEND: &str = "/cgi-bin/message/template/send";
@@ -721,6 +722,134 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
         0,
         "nothing was sent again"
     );
+    stack.stop().await;
+}
+
+/// Concurrent announcements are group-committed: they share messages, and each job is in
+/// exactly one message (a SendJob alone, or a SendBatch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_announcements_share_messages_and_each_job_is_in_exactly_one() {
+    let ns = wxhub_testkit::Namespace::new("msg-announce");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let bus = ns.bus(&cancel).await;
+    let announcer = Announcer::start(bus.clone(), 64);
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("job-{i:04}")).collect();
+    let results = futures::future::join_all(
+        ids.iter()
+            .map(|id| announcer.announce(send_job(TENANT, id, None))),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let messages = ns
+        .drain_queue(&bus, &ns.topology().send_queue(), Duration::from_secs(5))
+        .await;
+    let mut seen = Vec::new();
+    for m in &messages {
+        let kind = m.properties.kind().as_ref().map(ToString::to_string);
+        match kind.as_deref() {
+            Some(SEND_BATCH_TYPE) => {
+                let batch = SendBatch::decode(m.data.as_slice()).unwrap();
+                assert!(batch.jobs.len() > 1 && batch.jobs.len() <= 64);
+                seen.extend(batch.jobs.into_iter().map(|j| j.job_id));
+            }
+            Some(SEND_JOB_TYPE) => seen.push(SendJob::decode(m.data.as_slice()).unwrap().job_id),
+            other => panic!("unexpected message type {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ids, "every job announced exactly once");
+    assert!(
+        messages.len() <= n / 4,
+        "{n} concurrent announcements took {} messages",
+        messages.len()
+    );
+    drop(announcer);
+    ns.cleanup(Some(&bus), &[]).await;
+    cancel.cancel();
+}
+
+/// A batch's jobs are each sent on their own; one that cannot be sent is dead-lettered alone,
+/// and the others are not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_jobs_are_sent_alone_and_only_the_bad_one_is_dead_lettered() {
+    let stack = stack("msg-batch", &[]).await;
+    let mut c = client(stack.worker).await;
+    let jobs = Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    let now = wxhub_runtime::unix_ms();
+    let new = |i: usize, api: &str| {
+        let to = user(i);
+        let body = serde_json::json!({"touser": to, "msgtype": "text", "text": {"content": "b"}});
+        NewJob {
+            id: wxhub_store::jobs::new_id(TENANT, now + i as i64),
+            appid: AUTH1.into(),
+            kind: "custom".into(),
+            api: api.into(),
+            touser: to,
+            body: body.to_string(),
+            idempotency_key: None,
+            campaign: None,
+            now_ms: now,
+        }
+    };
+    let (good, unrouted, bad) = (
+        new(0, CUSTOM),
+        new(1, CUSTOM),
+        new(2, "/cgi-bin/no/such/send"),
+    );
+    for j in [&good, &unrouted, &bad] {
+        jobs.create(TENANT, j).await.unwrap();
+    }
+    let batch = [
+        send_job(TENANT, &good.id, Some(new_route(&good))),
+        // No route: the worker reads this one before its claim.
+        send_job(TENANT, &unrouted.id, None),
+        send_job(TENANT, &bad.id, Some(new_route(&bad))),
+    ];
+    wxhub_worker::announce::publish(&stack.bus, SEND_KEY, &batch)
+        .await
+        .unwrap();
+    wait_job(&mut c, &good.id, is("sent")).await;
+    wait_job(&mut c, &unrouted.id, is("sent")).await;
+    let letters = stack
+        .ns
+        .drain_queue(
+            &stack.bus,
+            &stack.ns.topology().dead_queue(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(letters.len(), 1, "only the bad job is dead-lettered");
+    let letter = &letters[0];
+    assert_eq!(
+        letter
+            .properties
+            .kind()
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some(SEND_JOB_TYPE)
+    );
+    assert_eq!(
+        SendJob::decode(letter.data.as_slice()).unwrap().job_id,
+        bad.id
+    );
+    let reason = letter
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-wxhub-reason").cloned());
+    assert!(
+        matches!(&reason, Some(lapin::types::AMQPValue::LongString(r)) if r.to_string().contains("names no send API")),
+        "{reason:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(messages(&stack, CUSTOM, &user(i)), 1, "sent once");
+    }
     stack.stop().await;
 }
 

@@ -43,6 +43,38 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
+/// Publishes a copy of `received` (taken from `queue`) to `{ns}.dead` with `reason` in
+/// `x-wxhub-reason` (and its queue and routing key), confirmed: what [`Outcome::DeadLetter`]
+/// does before the ack, and what a handler does for one part of a message it acks.
+pub async fn dead_letter(
+    bus: &Bus,
+    queue: &str,
+    received: &Received,
+    reason: &str,
+) -> Result<(), crate::BusError> {
+    let mut headers: Vec<(String, String)> = received
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.push(("x-wxhub-reason".into(), reason.to_owned()));
+    headers.push(("x-wxhub-queue".into(), queue.to_owned()));
+    headers.push(("x-wxhub-routing-key".into(), received.routing_key.clone()));
+    let dead = bus.topology().dead_exchange();
+    let message_id = received.message_id.as_deref().unwrap_or_default();
+    bus.publish(&Outgoing {
+        exchange: &dead,
+        routing_key: &received.routing_key,
+        body: &received.body,
+        message_id,
+        message_type: received.message_type.as_deref().unwrap_or(""),
+        headers: &headers,
+    })
+    .await?;
+    tracing::warn!(queue, message_id, reason, "dead-lettered");
+    Ok(())
+}
+
 /// Consumes `queue` until `cancel`, running up to `concurrency` handlers at once, re-subscribing
 /// after every reconnect. On cancel it stops taking deliveries and waits (at most `grace`) for
 /// in-flight handlers, whose outcomes are still acked.
@@ -180,24 +212,8 @@ where
         Outcome::DeadLetter(reason) => {
             // Rare: rebuild the view of the delivery rather than keep a copy of every body.
             let received = to_received(&delivery);
-            let mut headers: Vec<(String, String)> = received.headers.into_iter().collect();
-            headers.push(("x-wxhub-reason".into(), reason.clone()));
-            headers.push(("x-wxhub-queue".into(), queue.to_owned()));
-            headers.push(("x-wxhub-routing-key".into(), received.routing_key.clone()));
-            let dead = bus.topology().dead_exchange();
-            let copy = Outgoing {
-                exchange: &dead,
-                routing_key: &received.routing_key,
-                body: &received.body,
-                message_id: &message_id,
-                message_type: received.message_type.as_deref().unwrap_or(""),
-                headers: &headers,
-            };
-            match bus.publish(&copy).await {
-                Ok(()) => {
-                    tracing::warn!(queue, message_id, reason, "dead-lettered");
-                    delivery.acker.ack(BasicAckOptions::default()).await
-                }
+            match dead_letter(bus, queue, &received, reason).await {
+                Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
                 Err(e) => {
                     tracing::warn!(queue, message_id, error = %e, "cannot dead-letter; requeueing");
                     delivery.acker.nack(requeue).await

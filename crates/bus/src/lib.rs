@@ -16,7 +16,7 @@ mod consume;
 pub mod topology;
 
 pub use bus::{AmqpConfig, Bus, BusError, Outgoing};
-pub use consume::{Outcome, Received, consume};
+pub use consume::{Outcome, Received, consume, dead_letter};
 pub use topology::Topology;
 
 /// AMQP content type of protobuf bodies.

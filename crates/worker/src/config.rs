@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use wxhub_bus::AmqpConfig;
-use wxhub_runtime::config::{ConfigError, ShutdownConfig, Source, at_least, validate_identifier};
+use wxhub_runtime::config::{
+    ConfigError, ShutdownConfig, Source, at_least, validate_identifier, within,
+};
 use wxhub_runtime::telemetry::TelemetryConfig;
 use wxhub_runtime::tenants::TenantsConfig;
 use wxhub_store::{Rate, RedisConfig};
@@ -52,6 +54,10 @@ job_ttl_secs = 604800
 idempotency_ttl_secs = 86400
 # Deadline of an Enqueue (store + confirmed publish).
 request_timeout_ms = 5000
+# Most jobs announced in one broker message: Enqueue's concurrent calls share one (a group
+# commit, never a wait to fill it) and a feed goes out this many to a message. The broker's
+# cost is per message (docs/messaging.md, Announcements); 1 announces every job alone.
+announce_batch = 64
 # Most recipients of one campaign, and how often campaigns are fed (each tick feeds at most the
 # account's rate for that tick, with at most 2 × burst jobs in flight).
 campaign_max_recipients = 100000
@@ -96,6 +102,7 @@ pub struct WorkerSection {
     pub job_ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
     pub request_timeout_ms: u64,
+    pub announce_batch: usize,
     pub campaign_max_recipients: usize,
     pub campaign_tick_ms: u64,
     pub tenant_window: u32,
@@ -163,6 +170,7 @@ impl WorkerSection {
         )?;
         at_least("worker.campaign_tick_ms", self.campaign_tick_ms, 10, "")?;
         at_least("worker.tenant_window", self.tenant_window, 1, "")?;
+        within("worker.announce_batch", self.announce_batch, 1..=1000, "")?;
         self.limits.custom.validate("worker.limits.custom")?;
         self.limits.template.validate("worker.limits.template")?;
         self.limits.subscribe.validate("worker.limits.subscribe")?;

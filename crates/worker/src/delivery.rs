@@ -28,17 +28,18 @@ use std::time::Duration;
 use prost::Message as _;
 use rand::RngExt as _;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tonic::Code;
 use wxhub_bus::{Bus, BusError, Outcome, Outgoing, Received};
-use wxhub_proto::jobs::v1::{SendJob, SendRoute};
+use wxhub_proto::jobs::v1::{SendBatch, SendJob, SendRoute};
 use wxhub_runtime::Secret;
 use wxhub_store::{
     AttemptRecord, Claim, JobRecord, JobState, Jobs, Rate, SendGate, Settle, Settled,
 };
 use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
+use crate::announce::{SEND_BATCH_TYPE, SEND_JOB_TYPE};
 use crate::config::{Limits, WorkerSection};
-use crate::service::SEND_JOB_TYPE;
 use crate::tokens::TokenCache;
 use crate::validate::api_path;
 
@@ -135,6 +136,9 @@ pub struct Delivery {
     bus: Bus,
     queue: String,
     settings: Settings,
+    /// Jobs of this queue handled at once (`worker.send_concurrency`/`bulk_concurrency`): a
+    /// batch's jobs wait here for their turn.
+    sending: Semaphore,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -174,6 +178,7 @@ impl Delivery {
         bus: Bus,
         queue: String,
         settings: Settings,
+        concurrency: usize,
     ) -> Self {
         Self {
             jobs,
@@ -182,30 +187,67 @@ impl Delivery {
             bus,
             queue,
             settings,
+            sending: Semaphore::new(concurrency.max(1)),
         }
     }
 
-    /// Handles one delivery of a [`SendJob`].
+    /// Handles one delivery: a [`SendJob`], or a [`SendBatch`] whose jobs are handled at once
+    /// (each claimed, sent and settled on its own, at most `concurrency` jobs of this queue at
+    /// a time). A batch is acked once every job of it is settled or re-announced; a job that
+    /// is dead goes to the dead letters alone. A job that needs its message back (Redis or the
+    /// broker failing) has the whole batch requeued: the jobs settled meanwhile are final or
+    /// re-announced, and their claims make the second delivery of them harmless.
     pub async fn handle(&self, received: Received) -> Outcome {
-        let outcome = self.process(&received).await;
-        let label = match &outcome {
-            Outcome::Ack => "ack",
-            Outcome::Requeue => "requeue",
-            Outcome::DeadLetter(_) => "dead_letter",
-        };
-        metrics::counter!("wxhub_worker_send_deliveries_total", "outcome" => label).increment(1);
-        outcome
-    }
-
-    async fn process(&self, received: &Received) -> Outcome {
-        let Ok(msg) = SendJob::decode(received.body.as_slice()) else {
-            return Outcome::DeadLetter("undecodable SendJob".into());
-        };
-        let header_attempts: u32 = received
+        let attempts: u32 = received
             .headers
             .get(ATTEMPT_HEADER)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if received.message_type.as_deref() != Some(SEND_BATCH_TYPE) {
+            let Ok(msg) = SendJob::decode(received.body.as_slice()) else {
+                return counted(Outcome::DeadLetter("undecodable SendJob".into()));
+            };
+            return counted(self.process(&msg, attempts).await);
+        }
+        let Ok(batch) = SendBatch::decode(received.body.as_slice()) else {
+            return counted(Outcome::DeadLetter("undecodable SendBatch".into()));
+        };
+        let outcomes = futures::future::join_all(
+            batch
+                .jobs
+                .iter()
+                .map(|job| async move { counted(self.process(job, attempts).await) }),
+        )
+        .await;
+        let mut outcome = Outcome::Ack;
+        for (job, o) in batch.jobs.iter().zip(outcomes) {
+            match o {
+                Outcome::Ack => {}
+                Outcome::Requeue => outcome = Outcome::Requeue,
+                Outcome::DeadLetter(reason) => {
+                    let alone = Received {
+                        message_id: Some(job.job_id.clone()),
+                        message_type: Some(SEND_JOB_TYPE.into()),
+                        body: job.encode_to_vec(),
+                        ..received.clone()
+                    };
+                    if let Err(e) =
+                        wxhub_bus::dead_letter(&self.bus, &self.queue, &alone, &reason).await
+                    {
+                        tracing::warn!(job = job.job_id, error = %e, "cannot dead-letter a job of a batch; requeueing the batch");
+                        outcome = Outcome::Requeue;
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Handles job `msg`, announced with `header_attempts` counted.
+    async fn process(&self, msg: &SendJob, header_attempts: u32) -> Outcome {
+        let Ok(_sending) = self.sending.acquire().await else {
+            return Outcome::Requeue;
+        };
         let (tenant, id) = (msg.tenant.as_str(), msg.job_id.as_str());
         // The route names the keys the claim checks; an announcement without one (a held job,
         // a replay) has the job read first.
@@ -649,6 +691,17 @@ pub fn route_of(job: &JobRecord) -> SendRoute {
         touser: job.touser.clone(),
         campaign: job.campaign.clone(),
     }
+}
+
+/// `outcome`, counted in `wxhub_worker_send_deliveries_total` (one per job).
+fn counted(outcome: Outcome) -> Outcome {
+    let label = match &outcome {
+        Outcome::Ack => "ack",
+        Outcome::Requeue => "requeue",
+        Outcome::DeadLetter(_) => "dead_letter",
+    };
+    metrics::counter!("wxhub_worker_send_deliveries_total", "outcome" => label).increment(1);
+    outcome
 }
 
 fn missing(tenant: &str, id: &str) -> Outcome {

@@ -11,7 +11,8 @@
 //! - **Held is stored, and fed.** Each tick one replica per tenant (a guard key) moves held
 //!   jobs into the freed part of the window and announces them (confirmed); ids stay in the
 //!   tenant's feeding list until their publish is confirmed, so a feeder that stops mid-feed
-//!   leaves them for the next (announced twice at worst; the claim sends once).
+//!   leaves them for the next (announced twice at worst; the claim sends once). A feed goes
+//!   out `worker.announce_batch` jobs to a message.
 //!
 //! Guarantees of campaigns (one template or subscribe message to many recipients, fed at the
 //! account's allowed rate instead of all at once):
@@ -35,13 +36,14 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use wxhub_bus::Bus;
 use wxhub_bus::topology::{SEND_BULK_KEY, SEND_KEY};
+use wxhub_proto::jobs::v1::SendJob;
 use wxhub_runtime::TenantsHandle;
 use wxhub_store::jobs::new_id;
 use wxhub_store::{CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate};
 
+use crate::announce::{self, new_route, send_job};
 use crate::config::Limits;
 use crate::delivery::route_of;
-use crate::service::{new_route, publish_job_to};
 
 /// The body of one recipient's message: the campaign's body with its `touser` and the
 /// recipient's data overrides.
@@ -73,8 +75,11 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
 /// failed slice is fed again within seconds.
 const SLICE_LEASE: Duration = Duration::from_secs(10);
 
-/// Jobs stored and announced at once while feeding (held jobs of a tenant, a campaign's slice).
+/// A campaign slice's jobs stored at once.
 const FEED_PUBLISHES: usize = 32;
+
+/// A feed's messages (of up to `worker.announce_batch` jobs) awaiting their confirms at once.
+const FEED_MESSAGES: usize = 4;
 
 /// Feeds every running campaign and every tenant's held jobs.
 pub struct Feeder {
@@ -84,6 +89,8 @@ pub struct Feeder {
     pub bus: Bus,
     pub limits: Limits,
     pub tick: Duration,
+    /// Jobs to a message (`worker.announce_batch`).
+    pub batch: usize,
 }
 
 impl std::fmt::Debug for Feeder {
@@ -161,24 +168,18 @@ impl Feeder {
         // Their routes (one round trip for the batch), so that each sender claims without a
         // read. Without them (a failed read) the senders read the jobs themselves.
         let routes = self.jobs.routes(tenant, &ids).await.unwrap_or_default();
-        let announced = ids
-            .into_iter()
-            .zip(routes.into_iter().map(Some).chain(std::iter::repeat(None)));
-        let results: Vec<(String, Result<(), wxhub_bus::BusError>)> =
-            futures::stream::iter(announced)
-                .map(|(id, record)| async move {
-                    let route = record.flatten().as_ref().map(route_of);
-                    let r = publish_job_to(&self.bus, SEND_KEY, tenant, &id, route).await;
-                    (id, r)
-                })
-                .buffer_unordered(FEED_PUBLISHES)
-                .collect()
-                .await;
-        let mut fed = Vec::with_capacity(results.len());
+        let announced: Vec<SendJob> = ids
+            .iter()
+            .zip(routes.into_iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|(id, record)| send_job(tenant, id, record.flatten().as_ref().map(route_of)))
+            .collect();
+        let mut fed = Vec::with_capacity(announced.len());
         let mut failed = None;
-        for (id, r) in results {
+        for (jobs, r) in
+            announce::publish_all(&self.bus, SEND_KEY, announced, self.batch, FEED_MESSAGES).await
+        {
             match r {
-                Ok(()) => fed.push(id),
+                Ok(()) => fed.extend(jobs.into_iter().map(|j| j.job_id)),
                 Err(e) => failed = Some(e.to_string()),
             }
         }
@@ -259,30 +260,46 @@ impl Feeder {
     ) -> Result<(), String> {
         let body: Map<String, Value> = serde_json::from_str(&c.body).map_err(|e| e.to_string())?;
         let now = wxhub_runtime::unix_ms();
-        // Each recipient's job is stored and announced on its own, FEED_PUBLISHES at once.
+        // Each recipient's job is stored on its own, FEED_PUBLISHES at once; then the slice is
+        // announced, BATCH_MAX jobs to a message.
         let feeds: Vec<_> = slice
             .iter()
             .enumerate()
-            .map(|(i, r)| self.feed_one(c, &body, first + i as u64, r, now))
+            .map(|(i, r)| self.store_one(c, &body, first + i as u64, r, now))
             .collect();
-        let results: Vec<Result<(), String>> = futures::stream::iter(feeds)
+        let stored: Vec<Result<Option<SendJob>, String>> = futures::stream::iter(feeds)
             .buffer_unordered(FEED_PUBLISHES)
             .collect()
             .await;
-        results.into_iter().collect::<Result<(), String>>()?;
+        let announced: Vec<SendJob> = stored
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<_, String>>()?;
+        for (_, r) in announce::publish_all(
+            &self.bus,
+            SEND_BULK_KEY,
+            announced,
+            self.batch,
+            FEED_MESSAGES,
+        )
+        .await
+        {
+            r.map_err(|e| e.to_string())?;
+        }
         metrics::counter!("wxhub_worker_campaign_fed_total").increment(slice.len() as u64);
         Ok(())
     }
 
-    /// Stores the job of recipient `index` (`r`) and announces it on `{ns}.send-bulk`.
-    async fn feed_one(
+    /// Stores the job of recipient `index` (`r`) and returns its announcement (for
+    /// `{ns}.send-bulk`), or nothing when there is none to make.
+    async fn store_one(
         &self,
         c: &CampaignRecord,
         body: &Map<String, Value>,
         index: u64,
         r: &CampaignRecipient,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<Option<SendJob>, String> {
         // The recipient's index is the job's idempotency key, so a slice fed again after a
         // crash finds the jobs it made (and re-announces them; the claim sends each once).
         let id = new_id(&c.tenant, now);
@@ -311,13 +328,12 @@ impl Feeder {
             Created::New | Created::Held => id,
             Created::Existing(existing) => existing,
             // Not asked for (the campaign's account was checked when it was created).
-            Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => return Ok(()),
+            Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => {
+                return Ok(None);
+            }
         };
         // An existing job of this recipient index has the same route.
-        let route = Some(new_route(&job));
-        publish_job_to(&self.bus, SEND_BULK_KEY, &c.tenant, &id, route)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(Some(send_job(&c.tenant, &id, Some(new_route(&job)))))
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - The messaging service (design §7): [`service`] serves `wxhub.messaging.v1.Messaging` on
 //!   `worker.listen` (enqueue a customer-service, template or subscribe message after
-//!   [`validate`]; jobs, dead letters, replays); [`delivery`] consumes `{ns}.send` and
+//!   [`validate`]; jobs, dead letters, replays); [`announce`] puts stored jobs on the broker,
+//!   many to a message; [`delivery`] consumes `{ns}.send` and
 //!   `{ns}.send-bulk` and sends through WeChat with [`tokens`] from token-control, the shared
 //!   Redis limiter, retries through delay queues and the job store's claims; [`feeder`]
 //!   announces campaign slices and the jobs a tenant holds over its window; [`status`] matches
@@ -13,6 +14,7 @@
 //! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
 //! listeners until a shutdown future resolves, so tests start it in-process.
 
+pub mod announce;
 mod config;
 pub mod delivery;
 pub mod feeder;
@@ -37,6 +39,8 @@ use wxhub_runtime::{Infra, Server, TenantsHandle};
 use wxhub_store::{Authorizers, Campaigns, Jobs, Ledger};
 use wxhub_token_client::TokenClient;
 use wxhub_wechat_api::WechatApi;
+
+use crate::announce::Announcer;
 
 pub use config::{Config, DEFAULTS, Limits, WorkerSection};
 pub use delivery::Delivery;
@@ -144,6 +148,7 @@ impl Service for Worker {
             bus: bus.clone(),
             limits: w.limits,
             tick: Duration::from_millis(w.campaign_tick_ms),
+            batch: w.announce_batch,
         });
         let service = MessagingService::new(
             tenants,
@@ -151,12 +156,12 @@ impl Service for Worker {
             campaign_store,
             w.campaign_max_recipients,
             Authorizers::new(store.clone()),
-            bus.clone(),
+            Announcer::start(bus.clone(), w.announce_batch),
             Duration::from_millis(w.request_timeout_ms),
         );
         let cache = Arc::new(tokens::TokenCache::new(tokens));
         let settings = delivery::Settings::from_config(w);
-        let delivery = |queue: String| {
+        let delivery = |queue: String, concurrency: usize| {
             Arc::new(Delivery::new(
                 jobs.clone(),
                 cache.clone(),
@@ -164,10 +169,11 @@ impl Service for Worker {
                 bus.clone(),
                 queue,
                 settings.clone(),
+                concurrency,
             ))
         };
-        let send = delivery(bus.topology().send_queue());
-        let bulk = delivery(bus.topology().send_bulk_queue());
+        let send = delivery(bus.topology().send_queue(), w.send_concurrency);
+        let bulk = delivery(bus.topology().send_bulk_queue(), w.bulk_concurrency);
         let status = Arc::new(status::DeliveryReports::new(jobs));
         Ok(Self {
             config,

@@ -2,19 +2,16 @@
 //!
 //! Every call is admitted like token-control's (`wxhub_runtime::grpc::admit`: API key, tenant
 //! id, the client's tenants). Enqueue then checks the message (`validate`), the account (known
-//! and authorized), stores the job, publishes it with the broker's confirm, and only then
-//! answers with its id; a failed publish removes the job again (UNAVAILABLE, nothing queued).
+//! and authorized), stores the job, publishes it with the broker's confirm (in one message with
+//! the calls that arrive meanwhile: `crate::announce`), and only then answers with its id; a failed publish removes the job again (UNAVAILABLE, nothing queued).
 //! A job over its tenant's window (`worker.tenant_window`) is stored and held instead, and the
 //! answer comes once it is stored: the feeder announces it in turn (`crate::feeder`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use tonic::{Request, Response, Status};
-use wxhub_bus::topology::SEND_KEY;
-use wxhub_bus::{Bus, Outgoing};
-use wxhub_proto::jobs::v1::{SendJob, SendRoute};
+use wxhub_proto::jobs::v1::SendRoute;
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_server::Messaging;
@@ -25,10 +22,8 @@ use wxhub_store::{
     JobRecord, JobState, Jobs, NewCampaign, NewJob, StateChange,
 };
 
+use crate::announce::{Announcer, new_route, publish_job, send_job};
 use crate::validate::{self, Prepared};
-
-/// AMQP `type` of [`SendJob`].
-pub const SEND_JOB_TYPE: &str = "wxhub.jobs.v1.SendJob";
 
 /// The messaging service.
 #[derive(Clone)]
@@ -38,7 +33,7 @@ pub struct MessagingService {
     campaigns: Campaigns,
     max_recipients: usize,
     authorizers: Authorizers,
-    bus: Bus,
+    announcer: Announcer,
     timeout: Duration,
 }
 
@@ -104,54 +99,6 @@ pub fn job_reply(j: &JobRecord) -> pb::Job {
     }
 }
 
-/// Publishes the job announcement (`send` routing key) with confirm.
-pub async fn publish_job(
-    bus: &Bus,
-    tenant: &str,
-    id: &str,
-    route: Option<SendRoute>,
-) -> Result<(), wxhub_bus::BusError> {
-    publish_job_to(bus, SEND_KEY, tenant, id, route).await
-}
-
-/// The route of a job about to be stored, for its announcement (see `SendJob.route`).
-pub fn new_route(job: &NewJob) -> SendRoute {
-    SendRoute {
-        appid: job.appid.clone(),
-        kind: job.kind.clone(),
-        api: job.api.clone(),
-        touser: job.touser.clone(),
-        campaign: job.campaign.clone().unwrap_or_default(),
-    }
-}
-
-/// Publishes the job announcement with `routing_key` (`send` or `send-bulk`) with confirm;
-/// `route` (when the publisher has it) spares the sender a read before its claim.
-pub async fn publish_job_to(
-    bus: &Bus,
-    routing_key: &str,
-    tenant: &str,
-    id: &str,
-    route: Option<SendRoute>,
-) -> Result<(), wxhub_bus::BusError> {
-    let body = SendJob {
-        tenant: tenant.to_owned(),
-        job_id: id.to_owned(),
-        route,
-    }
-    .encode_to_vec();
-    let exchange = bus.topology().jobs_exchange();
-    bus.publish(&Outgoing {
-        exchange: &exchange,
-        routing_key,
-        body: &body,
-        message_id: id,
-        message_type: SEND_JOB_TYPE,
-        headers: &[],
-    })
-    .await
-}
-
 impl MessagingService {
     pub fn new(
         tenants: TenantsHandle,
@@ -159,7 +106,7 @@ impl MessagingService {
         campaigns: Campaigns,
         max_recipients: usize,
         authorizers: Authorizers,
-        bus: Bus,
+        announcer: Announcer,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -168,7 +115,7 @@ impl MessagingService {
             campaigns,
             max_recipients,
             authorizers,
-            bus,
+            announcer,
             timeout,
         }
     }
@@ -326,10 +273,10 @@ impl MessagingService {
         route: Option<SendRoute>,
     ) -> Result<(), Status> {
         let published = tokio::time::timeout(self.timeout, async {
-            if !self.bus.is_connected() {
-                self.bus.wait_connected(self.timeout).await;
+            if !self.announcer.bus().is_connected() {
+                self.announcer.bus().wait_connected(self.timeout).await;
             }
-            publish_job(&self.bus, tenant, id, route).await
+            self.announcer.announce(send_job(tenant, id, route)).await
         })
         .await;
         match published {
@@ -650,12 +597,13 @@ impl Messaging for MessagingService {
         }
         // A queued job may be announced twice (a replay after a failed publish): the claim
         // lets only one of them send.
-        tokio::time::timeout(self.timeout, publish_job(&self.bus, tenant, &id, None))
-            .await
-            .map_err(|_| unavailable("cannot publish the job", "no confirm in time"))?
-            .map_err(|e| {
-                unavailable("cannot publish the job (it stays queued; replay again)", e)
-            })?;
+        tokio::time::timeout(
+            self.timeout,
+            publish_job(self.announcer.bus(), tenant, &id, None),
+        )
+        .await
+        .map_err(|_| unavailable("cannot publish the job", "no confirm in time"))?
+        .map_err(|e| unavailable("cannot publish the job (it stays queued; replay again)", e))?;
         metrics::counter!("wxhub_messaging_replayed_total").increment(1);
         self.get(tenant, &id).await.map(Response::new)
     }

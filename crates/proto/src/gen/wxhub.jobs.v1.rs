@@ -58,3 +58,14 @@ pub struct SendRoute {
     #[prost(string, tag = "5")]
     pub campaign: ::prost::alloc::string::String,
 }
+/// Several jobs announced in one message (a group commit): what Enqueue's concurrent calls and
+/// the feeder's slices publish, so the broker stores, delivers and acks one message for many
+/// jobs. Each job is claimed, sent and settled on its own; the message is acked once every job
+/// of it is settled or re-announced. Routing key and header as `SendJob`; message_id = the first
+/// job's id.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SendBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub jobs: ::prost::alloc::vec::Vec<SendJob>,
+}
