@@ -38,6 +38,26 @@ pub fn pid_of(comm: &str) -> Option<String> {
     })
 }
 
+/// Waits until this process, the Redis server (`redis_pid`) and the RabbitMQ node are quiet
+/// together — under a tenth of one core over a quarter second — or `limit` has passed, and
+/// returns how long it waited. Between a benchmark's phases: one phase's leftover work (the
+/// delivery reports the sim still pushes, and their handling) must not be charged to the
+/// next.
+pub async fn quiesce(redis_pid: Option<String>, limit: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let pids = [Some("self".to_owned()), redis_pid, pid_of("beam.smp")];
+    let total = |pids: &[Option<String>; 3]| CpuSplit::read(pids).iter().sum::<f64>();
+    let window = std::time::Duration::from_millis(250);
+    while started.elapsed() < limit {
+        let before = total(&pids);
+        tokio::time::sleep(window).await;
+        if total(&pids) - before < window.as_secs_f64() / 10.0 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 /// CPU seconds of this process, the Redis server (`redis_pid`, from `INFO server`) and the
 /// RabbitMQ node (`beam.smp`) between [`CpuSplit::start`] and [`CpuSplit::took`].
 pub struct CpuSplit {

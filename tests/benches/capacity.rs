@@ -53,6 +53,10 @@ const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 /// Set in the re-run against the private Redis.
 const CHILD: &str = "WXHUB_CAPACITY_REDIS";
 
+// The allocator of the services' binaries (gateway, worker, relay).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -675,7 +679,7 @@ async fn jobs_cost(jobs: u64) {
     c.enqueue(req(template(u64::MAX), OPS_KEY))
         .await
         .expect("enqueue");
-    while stack.sim.messages(&Default::default()).is_empty() {
+    while stack.sim.message_count(&Default::default()) == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -694,7 +698,7 @@ async fn jobs_cost(jobs: u64) {
     let started = Instant::now();
     enqueue_all(&client, jobs, 16, template).await;
     let target = usize::try_from(jobs).unwrap_or(usize::MAX);
-    while stack.sim.messages(&Default::default()).len() < target {
+    while stack.sim.message_count(&Default::default()) < target {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "sends stalled"

@@ -14,7 +14,7 @@
 //! `cargo bench -p wxhub-tests --bench messaging` (part of `make bench`). Knobs (env):
 //! `MSG_BENCH_JOBS` (default 3000), `MSG_BENCH_CONCURRENCY` (64), `MSG_BENCH_SECS` (3),
 //! `MSG_BENCH_CAMPAIGN` (100000, 0 skips), `MSG_BENCH_TENANTS` (10), `MSG_BENCH_HOLD`
-//! (1000000, 0 skips).
+//! (1000000, 0 skips), `MSG_BENCH_ANNOUNCE_BATCH` (64: `worker.announce_batch`).
 
 #![allow(clippy::print_stdout)] // the figures of a run are its output
 
@@ -29,12 +29,16 @@ use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
 use wxhub_store::{Created, Jobs, NewJob, Store};
-use wxhub_tests::cpu::CpuSplit;
+use wxhub_tests::cpu::{CpuSplit, quiesce};
 use wxhub_tests::messaging::{enqueue_all, sent_after};
 use wxhub_tests::{
     AUTH1, BETA, BETA_AUTH, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, extra_tenant,
     extra_user, req, user,
 };
+
+// The allocator of the services' binaries (gateway, worker, relay).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -82,6 +86,8 @@ async fn run() {
     let jobs = env("MSG_BENCH_JOBS", 3000);
     let concurrency = env("MSG_BENCH_CONCURRENCY", 64);
     let secs = env("MSG_BENCH_SECS", 3);
+    // 1 announces every job in a message of its own (no group commit), for comparison.
+    let announce_batch = env("MSG_BENCH_ANNOUNCE_BATCH", 64).to_string();
     let mut setup = Setup::new("bench-messaging");
     setup.tickets = true;
     let unlimited = "{ count = 1000000, period_ms = 1000, burst = 1000000 }";
@@ -90,6 +96,7 @@ async fn run() {
         ("WXHUB_WORKER__LIMITS__TEMPLATE_PER_OPENID", unlimited),
         ("WXHUB_WORKER__SEND_CONCURRENCY", "64"),
         ("WXHUB_AMQP__PREFETCH", "128"),
+        ("WXHUB_WORKER__ANNOUNCE_BATCH", &announce_batch),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -123,6 +130,10 @@ async fn run() {
         stack.sim.base_url()
     );
     let redis_pid = redis_pid(&stack.store).await;
+    // Each phase starts on a quiet machine: the previous one's delivery reports (pushed by the
+    // sim 100 ms after each send, then handled by the gateway and the worker) are done.
+    let settled = quiesce(redis_pid.clone(), Duration::from_secs(60)).await;
+    println!("messaging: quiet after {:.1} s", settled.as_secs_f64());
     let cpu = CpuSplit::start(redis_pid.clone());
     let accepted = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(secs);
@@ -161,12 +172,17 @@ async fn run() {
     let url = format!("http://{}", stack.worker);
     let client = MessagingClient::connect(url).await.expect("worker");
     stack.sim.clear_messages();
+    let settled = quiesce(redis_pid.clone(), Duration::from_secs(60)).await;
+    println!(
+        "messaging: quiet after {:.1} s (the ceiling's delivery reports handled)",
+        settled.as_secs_f64()
+    );
     let cpu = CpuSplit::start(redis_pid);
     let started = Instant::now();
     enqueue_all(&client, jobs, concurrency, template).await;
     let enqueued = started.elapsed();
     let target = usize::try_from(jobs).unwrap_or(usize::MAX);
-    while stack.sim.messages(&Default::default()).len() < target {
+    while stack.sim.message_count(&Default::default()) < target {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "sends stalled"
@@ -183,6 +199,19 @@ async fn run() {
         cpu.per(jobs)
     );
 
+    if std::env::var_os("MSG_BENCH_METRICS").is_some() {
+        for line in wxhub_runtime::ops::prometheus().render().lines() {
+            if !line.starts_with('#')
+                && (line.contains("announce_batch_jobs_")
+                    || line.contains("wxhub_bus_")
+                    || line.contains("send_deliveries")
+                    || line.contains("deferred")
+                    || line.contains("held_fed"))
+            {
+                println!("metric {line}");
+            }
+        }
+    }
     // Latency at half that rate (open loop): enqueue → recorded sent, from the job records.
     let half = (rate / 2.0).max(1.0);
     let n = (half * secs as f64) as u64;
@@ -469,8 +498,8 @@ async fn at_scale(recipients: u64, hold: u64) {
                     };
                     match jobs.create(TENANT, &job).await.expect("create") {
                         Created::New => {
-                            let route = Some(wxhub_worker::service::new_route(&job));
-                            wxhub_worker::service::publish_job(&bus, TENANT, &id, route)
+                            let route = Some(wxhub_worker::announce::new_route(&job));
+                            wxhub_worker::announce::publish_job(&bus, TENANT, &id, route)
                                 .await
                                 .expect("publish");
                         }

@@ -208,6 +208,12 @@ impl SimHandle {
         self.sim.messages(filter)
     }
 
+    /// How many accepted messages match `filter`, without copying them (what a benchmark
+    /// polls).
+    pub fn message_count(&self, filter: &MessageFilter) -> usize {
+        self.sim.message_count(filter)
+    }
+
     /// Forgets the accepted messages.
     pub fn clear_messages(&self) {
         lock(&self.sim.records).messages.clear();

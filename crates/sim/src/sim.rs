@@ -211,6 +211,14 @@ impl Sim {
             .collect()
     }
 
+    pub(crate) fn message_count(&self, filter: &MessageFilter) -> usize {
+        lock(&self.records)
+            .messages
+            .iter()
+            .filter(|m| filter.matches(m))
+            .count()
+    }
+
     /// Waits (bounded) for an accepted message matching `pred`.
     pub(crate) async fn wait_message(
         &self,
