@@ -1,5 +1,6 @@
 //! CPU time of the processes a benchmark loads (Linux `/proc`): this one, and the Redis and
 //! RabbitMQ servers beside it, so a figure per job or per call can say where the time went.
+//! And which CPUs this process's threads run on: [`pin_current_thread`], [`thread_cpus`].
 
 use std::process::Command;
 
@@ -87,4 +88,39 @@ impl CpuSplit {
             us(2)
         )
     }
+}
+
+/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`); threads it starts afterwards
+/// inherit that.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    Ok(rustix::thread::sched_setaffinity(None, &set)?)
+}
+
+/// The CPUs this process's threads may run on, by thread name, as
+/// `/proc/self/task/*/status` says (`Cpus_allowed_list`): "main ×1: 0, stack-services ×2: 1".
+pub fn thread_cpus() -> String {
+    let mut seen = std::collections::BTreeMap::<(String, String), usize>::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let status = read("status");
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("?")
+            .trim()
+            .to_owned();
+        *seen
+            .entry((read("comm").trim().to_owned(), cpus))
+            .or_default() += 1;
+    }
+    seen.iter()
+        .map(|((name, cpus), n)| format!("{name} ×{n}: {cpus}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -51,6 +51,10 @@ pub struct Setup {
     pub extra_users: usize,
     /// Worker threads of the services' runtime (2; benchmarks choose theirs).
     pub service_threads: usize,
+    /// Pin the services' runtime threads to this CPU (each as it starts,
+    /// [`cpu::pin_current_thread`]). `None` (the default): the scheduler places them. For
+    /// benchmarks that keep the services off the load generator's core.
+    pub services_cpu: Option<usize>,
 }
 
 impl Setup {
@@ -63,6 +67,7 @@ impl Setup {
             extra_tenants: 0,
             extra_users: 0,
             service_threads: 2,
+            services_cpu: None,
         }
     }
 }
@@ -138,12 +143,21 @@ struct Services {
 }
 
 impl Services {
-    fn start(threads: usize) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+    /// `cpu`: pin every thread of the runtime (and the one that waits for the stop) to it.
+    fn start(threads: usize, cpu: Option<usize>) -> anyhow::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder
             .worker_threads(threads.max(1))
             .thread_name("stack-services")
-            .enable_all()
-            .build()?;
+            .enable_all();
+        let pin = move || {
+            if let Some(cpu) = cpu {
+                cpu::pin_current_thread(cpu)
+                    .unwrap_or_else(|e| panic!("pin a services thread to CPU {cpu}: {e}"));
+            }
+        };
+        builder.on_thread_start(pin);
+        let runtime = builder.build()?;
         let (handle, tasks, stop) = (
             runtime.handle().clone(),
             TaskTracker::new(),
@@ -152,6 +166,7 @@ impl Services {
         let thread = std::thread::spawn({
             let (tasks, stop) = (tasks.clone(), stop.clone());
             move || {
+                pin();
                 runtime.block_on(async {
                     stop.cancelled().await;
                     tasks.close();
@@ -243,7 +258,7 @@ impl Stack {
         let (token_listener, token_control) = bind()?;
         let cancel = CancellationToken::new();
         let mut stack = Self {
-            services: Services::start(setup.service_threads)?,
+            services: Services::start(setup.service_threads, setup.services_cpu)?,
             gateway: None,
             gateway_url: String::new(),
             token_control,

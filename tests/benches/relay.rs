@@ -35,6 +35,14 @@
 //! is then one core's; half of it leaves both cores about half busy. Set both to 2 to see the
 //! oversubscribed case.
 //!
+//! **Pinning** (`BENCH_PIN=1`; off by default): the services' runtime threads (relays,
+//! token-control) are pinned to CPU 1 and the client's (generator, sim; and the main thread,
+//! which polls the open-loop schedule) to CPU 0, with `sched_setaffinity` as each thread starts,
+//! as a deployment gives the relay a CPU of its own. The bench does not pin Redis: the shared
+//! server stays where the scheduler puts it; for one of its own, start one (e.g.
+//! `taskset -c 0 redis-server --port 6390 --save ''`) and set
+//! `WXHUB_TEST_REDIS_URL=redis://127.0.0.1:6390`. The bench prints each thread's allowed CPUs.
+//!
 //! Each phase also reports CPU: µs per request of this process and of redis-server (from /proc;
 //! Redis is shared, so its figure includes whatever else used it meanwhile), and for the paired
 //! windows the cores used. Prints one block of figures.
@@ -315,16 +323,31 @@ fn env(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// With `BENCH_PIN=1`: the CPU of the client's runtime (generator, sim) and of the main thread.
+const CLIENT_CPU: usize = 0;
+/// With `BENCH_PIN=1`: the CPU of the services' runtime (relays, token-control).
+const SERVICES_CPU: usize = 1;
+
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let pin = std::env::var("BENCH_PIN").is_ok_and(|v| v == "1");
+    // Before pinning, which narrows what this thread (and the count) sees to one CPU.
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
         .worker_threads(env("BENCH_CLIENT_THREADS", 1.0).max(1.0) as usize)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(bench());
+        .enable_all();
+    if pin {
+        // `block_on` polls `bench` itself (the open-loop schedule) on this thread.
+        cpu::pin_current_thread(CLIENT_CPU).expect("pin the main thread");
+        builder.on_thread_start(|| {
+            cpu::pin_current_thread(CLIENT_CPU).expect("pin a client runtime thread");
+        });
+    }
+    let runtime = builder.build().expect("runtime");
+    runtime.block_on(bench(pin, cores));
 }
 
-async fn bench() {
+async fn bench(pin: bool, cores: usize) {
     let secs = env("BENCH_SECS", 10.0);
     let workers = env("BENCH_CONCURRENCY", 32.0) as usize;
     let windows = env("BENCH_WINDOWS", 5.0).max(1.0) as usize;
@@ -335,6 +358,7 @@ async fn bench() {
     let stack = Stack::start_with(Setup {
         tickets: true,
         service_threads,
+        services_cpu: pin.then_some(SERVICES_CPU),
         ..Setup::new("bench-relay")
     })
     .await
@@ -434,8 +458,19 @@ async fn bench() {
     };
     let _ = writeln!(
         out,
-        "relay threads: services {service_threads}, client {client_threads}; {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "relay threads: services {service_threads}, client {client_threads}; {cores} cores"
+    );
+    let pinning = if pin {
+        format!(
+            "on: services' runtime (relays, token-control) on CPU {SERVICES_CPU}, client runtime (generator, sim) and main thread on CPU {CLIENT_CPU}; Redis not pinned by the bench"
+        )
+    } else {
+        "off (BENCH_PIN=1 pins)".to_owned()
+    };
+    let _ = writeln!(
+        out,
+        "relay pinning {pinning}; threads' allowed CPUs: {}",
+        cpu::thread_cpus()
     );
     let _ = writeln!(out, "{}", line("direct max", &d_max));
     let _ = writeln!(out, "{}", line("relayed (lease 1) max", &e_max));
@@ -519,7 +554,8 @@ async fn bench() {
     }
     let _ = writeln!(
         out,
-        "relay overhead at half the relay's max ({half:.0}/s), median of {windows} paired windows: {:+.3} ms p50, {:+.3} ms p99 (windows: {}); relay's own p99 <= {:.3} ms (median)",
+        "relay overhead (pinning {}) at half the relay's max ({half:.0}/s), median of {windows} paired windows: {:+.3} ms p50, {:+.3} ms p99 (windows: {}); relay's own p99 <= {:.3} ms (median)",
+        if pin { "on" } else { "off" },
         median(added50.clone()),
         median(added99.clone()),
         added99
