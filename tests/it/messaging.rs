@@ -660,6 +660,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
                 tenant: TENANT.into(),
                 job_id: id.clone(),
                 route: None,
+                trace: Default::default(),
             }
             .encode_to_vec();
             let exchange = stack.ns.topology().jobs_exchange();

@@ -35,8 +35,8 @@ pub use error::ErrorCode;
 pub use infra::{Infra, Server};
 pub use service::{Listeners, Service};
 pub use tenants::TenantsHandle;
-pub use wxhub_domain::clock;
 pub use wxhub_domain::{
     AccessError, Admitted, AppId, Client, Clock, FnClock, Secret, SecretUrl, SystemClock, Tenant,
     TenantId, TenantKind, Tenants, unix_ms,
 };
+pub use wxhub_domain::{clock, trace};

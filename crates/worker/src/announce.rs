@@ -43,12 +43,13 @@ pub const BATCH_MAX: usize = 1000;
 /// caller behind one slow confirm; two keep the broker busy while the next batch gathers.
 pub const IN_FLIGHT: usize = 2;
 
-/// The announcement of job `id` of `tenant`.
+/// The announcement of job `id` of `tenant`, carrying the current trace context.
 pub fn send_job(tenant: &str, id: &str, route: Option<SendRoute>) -> SendJob {
     SendJob {
         tenant: tenant.to_owned(),
         job_id: id.to_owned(),
         route,
+        trace: wxhub_runtime::trace::inject_current(),
     }
 }
 
@@ -70,7 +71,11 @@ pub async fn publish(bus: &Bus, routing_key: &str, jobs: &[SendJob]) -> Result<(
     let Some(first) = jobs.first() else {
         return Ok(());
     };
+    // A job alone carries its trace in the message's headers too, so the consumer's span of
+    // the delivery continues it; a batch's jobs each carry their own.
+    let mut headers = Vec::new();
     let (body, message_type) = if let [one] = jobs {
+        headers.extend(one.trace.iter().map(|(k, v)| (k.clone(), v.clone())));
         (one.encode_to_vec(), SEND_JOB_TYPE)
     } else {
         let batch = SendBatch {
@@ -85,7 +90,7 @@ pub async fn publish(bus: &Bus, routing_key: &str, jobs: &[SendJob]) -> Result<(
         body: &body,
         message_id: &first.job_id,
         message_type,
-        headers: &[],
+        headers: &headers,
     })
     .await
 }

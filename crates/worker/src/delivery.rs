@@ -30,6 +30,7 @@ use rand::RngExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tonic::Code;
+use tracing::Instrument as _;
 use wxhub_bus::{Bus, BusError, Outcome, Outgoing, Received};
 use wxhub_proto::jobs::v1::{SendBatch, SendJob, SendRoute};
 use wxhub_runtime::Secret;
@@ -212,12 +213,18 @@ impl Delivery {
         let Ok(batch) = SendBatch::decode(received.body.as_slice()) else {
             return counted(Outcome::DeadLetter("undecodable SendBatch".into()));
         };
-        let outcomes = futures::future::join_all(
-            batch
-                .jobs
-                .iter()
-                .map(|job| async move { counted(self.process(job, attempts).await) }),
-        )
+        // Each job continues its own trace (the call that enqueued it), in a span of its own.
+        let outcomes = futures::future::join_all(batch.jobs.iter().map(|job| {
+            let span = tracing::info_span!(
+                "consume",
+                queue = self.queue.as_str(),
+                routing_key = received.routing_key.as_str(),
+                message_id = job.job_id.as_str(),
+                batch = batch.jobs.len(),
+            );
+            wxhub_runtime::trace::set_parent_from(&span, &job.trace);
+            async move { counted(self.process(job, attempts).await) }.instrument(span)
+        }))
         .await;
         let mut outcome = Outcome::Ack;
         for (job, o) in batch.jobs.iter().zip(outcomes) {
@@ -633,12 +640,8 @@ impl Delivery {
             f64::from(wanted).clamp(floor, f64::from(tier))
         };
         let ttl = Duration::from_millis(ttl as u64);
-        let body = SendJob {
-            tenant: job.tenant.clone(),
-            job_id: job.id.clone(),
-            route: Some(route_of(job)),
-        }
-        .encode_to_vec();
+        let body =
+            crate::announce::send_job(&job.tenant, &job.id, Some(route_of(job))).encode_to_vec();
         let exchange = self.bus.topology().retry_exchange();
         let key = format!("{}.{tier}", self.queue);
         let headers = [(ATTEMPT_HEADER.to_owned(), attempts.to_string())];

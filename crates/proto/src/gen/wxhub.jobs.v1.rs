@@ -28,7 +28,7 @@ pub struct ReleaseCheckJob {
 /// Routing key: `send` (single messages) or `send-bulk` (campaigns). message_id = job_id.
 /// Header `x-wxhub-attempt`: attempts the worker counted so far (absent: 0).
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SendJob {
     #[prost(string, tag = "1")]
     pub tenant: ::prost::alloc::string::String,
@@ -39,6 +39,13 @@ pub struct SendJob {
     /// Redis call. Absent (held jobs the feeder announces, replays), the sender reads the job.
     #[prost(message, optional, tag = "3")]
     pub route: ::core::option::Option<SendRoute>,
+    /// The W3C trace context (`traceparent`, `tracestate`) of the call that announced it, when
+    /// tracing is on: the job's consume span continues that trace, in a batch as alone.
+    #[prost(map = "string, string", tag = "4")]
+    pub trace: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
