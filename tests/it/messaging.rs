@@ -156,6 +156,15 @@ fn is(state: &'static str) -> impl Fn(&pb::Job) -> bool {
     move |j| j.state_name == state
 }
 
+/// The stack's job store, as a test reads and writes it directly.
+fn job_store(stack: &Stack) -> Jobs {
+    Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+}
+
 fn messages(stack: &Stack, path: &str, to: &str) -> usize {
     stack
         .sim
@@ -635,11 +644,7 @@ async fn quota_parks_the_api_and_unknown_outcomes_are_never_resent_blindly() {
 async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     let stack = stack("msg-redeliver", &[("WXHUB_WORKER__LEASE_MS", "6000")]).await;
     let mut c = client(stack.worker).await;
-    let jobs = Jobs::new(
-        stack.store.clone(),
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
+    let jobs = job_store(&stack);
     let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
     let new = |id: &str| NewJob {
         id: id.to_owned(),
@@ -776,11 +781,7 @@ async fn concurrent_announcements_share_messages_and_each_job_is_in_exactly_one(
 async fn a_batchs_jobs_are_sent_alone_and_only_the_bad_one_is_dead_lettered() {
     let stack = stack("msg-batch", &[]).await;
     let mut c = client(stack.worker).await;
-    let jobs = Jobs::new(
-        stack.store.clone(),
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
+    let jobs = job_store(&stack);
     let now = wxhub_runtime::unix_ms();
     let new = |i: usize, api: &str| {
         let to = user(i);
@@ -1506,11 +1507,7 @@ async fn a_tenant_over_its_held_cap_is_refused_and_nothing_is_stored() {
 async fn a_job_stored_but_never_announced_is_announced_by_the_retry_with_its_key() {
     let stack = stack("msg-orphan", &[]).await;
     let mut c = client(stack.worker).await;
-    let jobs = Jobs::new(
-        stack.store.clone(),
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
+    let jobs = job_store(&stack);
     // What a worker that died between storing the job and publishing its announcement left
     // behind: the job queued under its idempotency key, nothing in the broker, and a caller
     // that got no answer.

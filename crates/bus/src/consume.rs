@@ -43,6 +43,17 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
+impl Outcome {
+    /// Its metrics label: `ack`, `requeue` or `dead_letter`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::Requeue => "requeue",
+            Outcome::DeadLetter(_) => "dead_letter",
+        }
+    }
+}
+
 /// Publishes a copy of `received` (taken from `queue`) to `{ns}.dead` with `reason` in
 /// `x-wxhub-reason` (and its queue and routing key), confirmed: what [`Outcome::DeadLetter`]
 /// does before the ack, and what a handler does for one part of a message it acks.
@@ -221,11 +232,7 @@ where
             }
         }
     };
-    let label = match outcome {
-        Outcome::Ack => "ack",
-        Outcome::Requeue => "requeue",
-        Outcome::DeadLetter(_) => "dead_letter",
-    };
+    let label = outcome.label();
     metrics::counter!("wxhub_bus_consumed_total", "outcome" => label).increment(1);
     match result {
         Ok(true) => {}

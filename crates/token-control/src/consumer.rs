@@ -25,11 +25,7 @@ use crate::error::Error;
 /// Handles one delivery of a queue that dead-letters after `delivery_limit` deliveries.
 pub async fn handle(engine: Arc<Engine>, msg: Received, delivery_limit: u32) -> Outcome {
     let outcome = handle_inner(&engine, &msg, delivery_limit).await;
-    let label = match &outcome {
-        Outcome::Ack => "ack",
-        Outcome::Requeue => "requeue",
-        Outcome::DeadLetter(_) => "dead_letter",
-    };
+    let label = outcome.label();
     metrics::counter!("wxhub_token_events_total", "outcome" => label).increment(1);
     outcome
 }

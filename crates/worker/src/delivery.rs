@@ -698,11 +698,7 @@ pub fn route_of(job: &JobRecord) -> SendRoute {
 
 /// `outcome`, counted in `wxhub_worker_send_deliveries_total` (one per job).
 fn counted(outcome: Outcome) -> Outcome {
-    let label = match &outcome {
-        Outcome::Ack => "ack",
-        Outcome::Requeue => "requeue",
-        Outcome::DeadLetter(_) => "dead_letter",
-    };
+    let label = outcome.label();
     metrics::counter!("wxhub_worker_send_deliveries_total", "outcome" => label).increment(1);
     outcome
 }
