@@ -14,7 +14,9 @@
 //! `cargo bench -p wxhub-tests --bench messaging` (part of `make bench`). Knobs (env):
 //! `MSG_BENCH_JOBS` (default 3000), `MSG_BENCH_CONCURRENCY` (64), `MSG_BENCH_SECS` (3),
 //! `MSG_BENCH_CAMPAIGN` (100000, 0 skips), `MSG_BENCH_TENANTS` (10), `MSG_BENCH_HOLD`
-//! (1000000, 0 skips), `MSG_BENCH_ANNOUNCE_BATCH` (64: `worker.announce_batch`).
+//! (1000000, 0 skips), `MSG_BENCH_ANNOUNCE_BATCH` (64: `worker.announce_batch`), and
+//! `MSG_BENCH_METRICS` (set: print the broker and announcement counters after the throughput
+//! phase).
 
 #![allow(clippy::print_stdout)] // the figures of a run are its output
 

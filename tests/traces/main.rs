@@ -326,3 +326,98 @@ async fn a_messaging_job_and_a_relay_call_are_one_trace_each() {
         trace.by_id.len()
     );
 }
+
+/// Jobs announced together (one `SendBatch` message) each continue the trace of the call
+/// that announced them: every job's `consume` span and its `wechat` call are in its own
+/// caller's trace, not in the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_jobs_each_continue_their_own_trace() {
+    let (exporter, provider) = capture_spans();
+    let stack = Stack::start_with(Setup {
+        tickets: true,
+        ..Setup::new("traces-batch")
+    })
+    .await
+    .unwrap();
+    let jobs = wxhub_store::Jobs::new(
+        stack.store.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    let now = wxhub_runtime::unix_ms();
+    let callers = [
+        tracing::info_span!("caller-a"),
+        tracing::info_span!("caller-b"),
+    ];
+    let mut batch = Vec::new();
+    let mut ids = Vec::new();
+    for (i, caller) in callers.iter().enumerate() {
+        let to = user(i);
+        let job = wxhub_store::NewJob {
+            id: wxhub_store::jobs::new_id(TENANT, now + i as i64),
+            appid: AUTH1.into(),
+            kind: "custom".into(),
+            api: "/cgi-bin/message/custom/send".into(),
+            touser: to.clone(),
+            body: serde_json::json!({"touser": to, "msgtype": "text", "text": {"content": "b"}})
+                .to_string(),
+            idempotency_key: None,
+            campaign: None,
+            now_ms: now,
+        };
+        jobs.create(TENANT, &job).await.unwrap();
+        // Announced inside its caller's span, as Enqueue does.
+        let announced = caller.in_scope(|| {
+            wxhub_worker::announce::send_job(
+                TENANT,
+                &job.id,
+                Some(wxhub_worker::announce::new_route(&job)),
+            )
+        });
+        assert!(announced.trace.contains_key("traceparent"));
+        batch.push(announced);
+        ids.push(job.id);
+    }
+    wxhub_worker::announce::publish(&stack.bus, wxhub_bus::topology::SEND_KEY, &batch)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        while jobs.get(TENANT, id).await.unwrap().map(|j| j.state)
+            != Some(wxhub_store::JobState::Sent)
+        {
+            assert!(Instant::now() < deadline, "job {id} was not sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stack.stop().await;
+    drop(callers);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    for (name, id) in [("caller-a", &ids[0]), ("caller-b", &ids[1])] {
+        let root = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name}'s span"));
+        let trace = Trace::of(&spans, root.span_context.trace_id());
+        let consumed = trace
+            .named("consume")
+            .find(|s| attr(s, "message_id").as_deref() == Some(id.as_str()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "job {id}'s consume span is in {name}'s trace: {:?}",
+                    names(&spans)
+                )
+            });
+        assert!(trace.descends(consumed, root));
+        let calls = trace
+            .named("wechat")
+            .filter(|s| {
+                attr(s, "api").as_deref() == Some("/cgi-bin/message/custom/send")
+                    && trace.descends(s, consumed)
+            })
+            .count();
+        assert_eq!(calls, 1, "{name}'s job's send is in its trace, once");
+    }
+}
