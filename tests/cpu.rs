@@ -46,15 +46,16 @@ pub fn pid_of(comm: &str) -> Option<String> {
 /// next.
 pub async fn quiesce(redis_pid: Option<String>, limit: std::time::Duration) -> std::time::Duration {
     let started = std::time::Instant::now();
-    let pids = [Some("self".to_owned()), redis_pid, pid_of("beam.smp")];
-    let total = |pids: &[Option<String>; 3]| CpuSplit::read(pids).iter().sum::<f64>();
+    let mut split = CpuSplit::start(redis_pid);
     let window = std::time::Duration::from_millis(250);
     while started.elapsed() < limit {
-        let before = total(&pids);
         tokio::time::sleep(window).await;
-        if total(&pids) - before < window.as_secs_f64() / 10.0 {
+        let now = CpuSplit::read(&split.pids);
+        let used: f64 = now.iter().zip(&split.start).map(|(n, s)| n - s).sum();
+        if used < window.as_secs_f64() / 10.0 {
             break;
         }
+        split.start = now;
     }
     started.elapsed()
 }
