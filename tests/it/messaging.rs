@@ -731,6 +731,84 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     stack.stop().await;
 }
 
+/// A store that fails a job's every delivery for longer than the broker's delivery limit
+/// (5 deliveries here) loses nothing: the job waits in the delay queues, not in the dead
+/// letters, and is sent once once the store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_store_fails_past_the_delivery_limit_is_sent_when_it_answers() {
+    let stack = stack("msg-store-fails", &[]).await;
+    let mut c = client(stack.worker).await;
+    let jobs = job_store(&stack);
+    let id = wxhub_store::jobs::new_id(TENANT, wxhub_runtime::unix_ms());
+    let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
+    let new = NewJob {
+        id: id.clone(),
+        appid: AUTH1.into(),
+        kind: "custom".into(),
+        api: CUSTOM.into(),
+        touser: user(0),
+        body: body.to_string(),
+        idempotency_key: None,
+        campaign: None,
+        now_ms: wxhub_runtime::unix_ms(),
+    };
+    jobs.create(TENANT, &new).await.unwrap();
+    // The account's send bucket holds a list: every claim of the job fails with WRONGTYPE,
+    // as a store that refuses or does not answer fails it.
+    let bucket = stack
+        .store
+        .keys(TENANT)
+        .limit(&format!("send:{AUTH1}:custom"));
+    let mut conn = stack.store.conn();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&bucket)
+        .arg("not a bucket")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let announcement = SendJob {
+        tenant: TENANT.into(),
+        job_id: id.clone(),
+        route: Some(new_route(&new)),
+        trace: Default::default(),
+    }
+    .encode_to_vec();
+    let exchange = stack.ns.topology().jobs_exchange();
+    stack
+        .bus
+        .publish(&Outgoing {
+            exchange: &exchange,
+            routing_key: SEND_KEY,
+            body: &announcement,
+            message_id: &id,
+            message_type: SEND_JOB_TYPE,
+            headers: &[],
+        })
+        .await
+        .unwrap();
+    // Five requeues would take about a second (200 ms apart); the store fails for three.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(job(&mut c, &id).await.state_name, "queued");
+    assert_eq!(messages(&stack, CUSTOM, &user(0)), 0);
+    let dead = stack
+        .ns
+        .drain_queue(
+            &stack.bus,
+            &stack.ns.topology().dead_queue(),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&bucket)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_job(&mut c, &id, is("sent")).await;
+    assert_eq!(messages(&stack, CUSTOM, &user(0)), 1);
+    stack.stop().await;
+}
+
 /// Concurrent announcements are group-committed: they share messages, and each job is in
 /// exactly one message (a SendJob alone, or a SendBatch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

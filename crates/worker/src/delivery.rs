@@ -16,6 +16,13 @@
 //! - **Waiting is not failing**: the limiter's refusals, 45011 (minute quota), 43117/45066
 //!   (per-user cool-downs) and 45009 (daily quota: the (account, API) pair is parked) defer
 //!   the job without counting an attempt.
+//! - **A store that does not answer loses nothing**: a job whose record cannot be read or
+//!   claimed (Redis down, failing over, or refusing) goes back through the delay queues, the
+//!   smallest first and longer each time (`x-wxhub-store-failures`), up to the first of a
+//!   minute or more; its message is acked. A requeue would count toward the queue's delivery
+//!   limit: an outage of a few seconds would have the broker dead-letter the message while the
+//!   job stays `queued` in Redis, announced by nothing. Only when that publish fails too is
+//!   the message requeued.
 //!
 //! Classification (messaging.md §4): token (40001/40014/42001) → replace the token and send
 //! again at once, once; transient (-1, -1000, HTTP 5xx, connection refused, config errors an
@@ -47,10 +54,26 @@ use crate::validate::api_path;
 /// Header carrying the attempts the worker counted so far.
 pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";
 
+/// Header carrying how many deliveries in a row could not read or claim the job in Redis.
+pub const STORE_FAILURES_HEADER: &str = "x-wxhub-store-failures";
+
+/// The longest wait of a job for its store to answer again (the first delay queue at least
+/// as long).
+const STORE_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// A limiter wait this short is slept in process rather than sent through a delay queue: a
 /// sleeping handler holds a consumer slot, which a backlog of another tenant's refused jobs
 /// must not be allowed to fill.
 const WAIT_IN_PROCESS: Duration = Duration::from_millis(50);
+
+/// What an announcement's headers count for its job.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Send attempts so far ([`ATTEMPT_HEADER`]).
+    attempts: u32,
+    /// Deliveries in a row whose store failed ([`STORE_FAILURES_HEADER`]).
+    store_failures: u32,
+}
 
 /// The delivery's settings (from `[worker]`).
 #[derive(Debug, Clone)]
@@ -199,16 +222,22 @@ impl Delivery {
     /// broker failing) has the whole batch requeued: the jobs settled meanwhile are final or
     /// re-announced, and their claims make the second delivery of them harmless.
     pub async fn handle(&self, received: Received) -> Outcome {
-        let attempts: u32 = received
-            .headers
-            .get(ATTEMPT_HEADER)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let header = |name: &str| -> u32 {
+            received
+                .headers
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let counts = Counts {
+            attempts: header(ATTEMPT_HEADER),
+            store_failures: header(STORE_FAILURES_HEADER),
+        };
         if received.message_type.as_deref() != Some(SEND_BATCH_TYPE) {
             let Ok(msg) = SendJob::decode(received.body.as_slice()) else {
                 return counted(Outcome::DeadLetter("undecodable SendJob".into()));
             };
-            return counted(self.process(&msg, attempts).await);
+            return counted(self.process(&msg, counts).await);
         }
         let Ok(batch) = SendBatch::decode(received.body.as_slice()) else {
             return counted(Outcome::DeadLetter("undecodable SendBatch".into()));
@@ -223,7 +252,7 @@ impl Delivery {
                 batch = batch.jobs.len(),
             );
             wxhub_runtime::trace::set_parent_from(&span, &job.trace);
-            async move { counted(self.process(job, attempts).await) }.instrument(span)
+            async move { counted(self.process(job, counts).await) }.instrument(span)
         }))
         .await;
         let mut outcome = Outcome::Ack;
@@ -250,8 +279,9 @@ impl Delivery {
         outcome
     }
 
-    /// Handles job `msg`, announced with `header_attempts` counted.
-    async fn process(&self, msg: &SendJob, header_attempts: u32) -> Outcome {
+    /// Handles job `msg`, announced with `counts` in its headers.
+    async fn process(&self, msg: &SendJob, counts: Counts) -> Outcome {
+        let header_attempts = counts.attempts;
         let Ok(_sending) = self.sending.acquire().await else {
             return Outcome::Requeue;
         };
@@ -264,7 +294,7 @@ impl Delivery {
                 Ok(Some(job)) if job.state.is_final() => return Outcome::Ack,
                 Ok(Some(job)) => job,
                 Ok(None) => return missing(tenant, id),
-                Err(e) => return requeue("read the job", &e),
+                Err(e) => return self.store_failed(msg, counts, "read the job", &e).await,
             },
         };
         let Some(api) = api_path(&job.api) else {
@@ -296,7 +326,7 @@ impl Delivery {
                 .await
             {
                 Ok(c) => c,
-                Err(e) => return requeue("claim the job", &e),
+                Err(e) => return self.store_failed(msg, counts, "claim the job", &e).await,
             };
             match claim {
                 (Claim::Limited(wait), _) if wait <= WAIT_IN_PROCESS && tries < 3 => {
@@ -614,13 +644,63 @@ impl Delivery {
         Err(Outcome::Requeue)
     }
 
-    /// Publishes the job's announcement to the delay queue that fits `delay` (the smallest
-    /// tier at least as long, else the longest), with `attempts` in the header; then the
-    /// current delivery is acked. `jitter`: up to 20 % earlier (retries of one burst spread).
+    /// Announces `job` again after `delay` ([`Self::publish_later`]), with `attempts` in the
+    /// header.
     async fn announce_later(
         &self,
         job: &JobRecord,
         attempts: u32,
+        delay: Duration,
+        jitter: bool,
+    ) -> Outcome {
+        let msg = crate::announce::send_job(&job.tenant, &job.id, Some(route_of(job)));
+        let headers = [(ATTEMPT_HEADER.to_owned(), attempts.to_string())];
+        self.publish_later(&msg, &headers, delay, jitter).await
+    }
+
+    /// Job `msg` could not be read or claimed (`what` failed with `e`): it goes back through
+    /// the delay queues with one more store failure counted, as announced otherwise (its route,
+    /// trace and attempts), and this delivery is acked.
+    async fn store_failed(
+        &self,
+        msg: &SendJob,
+        counts: Counts,
+        what: &str,
+        e: &(dyn std::fmt::Display + Sync),
+    ) -> Outcome {
+        let failures = counts.store_failures.saturating_add(1);
+        // The smallest delay queue first, then each next one, up to STORE_RETRY_MAX.
+        let index = usize::try_from(counts.store_failures).unwrap_or(usize::MAX);
+        let tier = self
+            .settings
+            .tiers
+            .get(index)
+            .or(self.settings.tiers.last());
+        let delay = tier
+            .map_or(STORE_RETRY_MAX, |ms| Duration::from_millis(u64::from(*ms)))
+            .min(STORE_RETRY_MAX);
+        tracing::warn!(
+            tenant = msg.tenant,
+            job = msg.job_id,
+            failures,
+            error = %e,
+            "cannot {what}; the job waits {delay:?} in a delay queue"
+        );
+        metrics::counter!("wxhub_worker_deferred_total", "reason" => "store").increment(1);
+        let headers = [
+            (ATTEMPT_HEADER.to_owned(), counts.attempts.to_string()),
+            (STORE_FAILURES_HEADER.to_owned(), failures.to_string()),
+        ];
+        self.publish_later(msg, &headers, delay, false).await
+    }
+
+    /// Publishes `msg` with `headers` to the delay queue that fits `delay` (the smallest tier
+    /// at least as long, else the longest); then the current delivery is acked (requeued if the
+    /// publish fails). `jitter`: up to 20 % earlier (retries of one burst spread).
+    async fn publish_later(
+        &self,
+        msg: &SendJob,
+        headers: &[(String, String)],
         delay: Duration,
         jitter: bool,
     ) -> Outcome {
@@ -640,31 +720,29 @@ impl Delivery {
             f64::from(wanted).clamp(floor, f64::from(tier))
         };
         let ttl = Duration::from_millis(ttl as u64);
-        let body =
-            crate::announce::send_job(&job.tenant, &job.id, Some(route_of(job))).encode_to_vec();
+        let body = msg.encode_to_vec();
         let exchange = self.bus.topology().retry_exchange();
         let key = format!("{}.{tier}", self.queue);
-        let headers = [(ATTEMPT_HEADER.to_owned(), attempts.to_string())];
-        let msg = Outgoing {
+        let out = Outgoing {
             exchange: &exchange,
             routing_key: &key,
             body: &body,
-            message_id: &job.id,
+            message_id: &msg.job_id,
             message_type: SEND_JOB_TYPE,
-            headers: &headers,
+            headers,
         };
-        let mut result = self.bus.publish_expiring(&msg, ttl).await;
+        let mut result = self.bus.publish_expiring(&out, ttl).await;
         if matches!(result, Err(BusError::Unroutable { .. })) {
             // The delay queues are declared at start; a broker that lost them gets them again.
             if let Err(e) = declare_tiers(&self.bus, &self.queue, &self.settings.tiers).await {
                 tracing::warn!(error = e, "cannot declare the delay queues");
             }
-            result = self.bus.publish_expiring(&msg, ttl).await;
+            result = self.bus.publish_expiring(&out, ttl).await;
         }
         match result {
             Ok(()) => Outcome::Ack,
             Err(e) => {
-                tracing::warn!(job = job.id, error = %e, "cannot publish to the delay queue; requeueing");
+                tracing::warn!(job = msg.job_id, error = %e, "cannot publish to the delay queue; requeueing");
                 Outcome::Requeue
             }
         }
@@ -710,11 +788,6 @@ fn missing(tenant: &str, id: &str) -> Outcome {
         "job record missing (expired?); dropping its message"
     );
     Outcome::Ack
-}
-
-fn requeue(what: &str, e: &dyn std::fmt::Display) -> Outcome {
-    tracing::warn!(error = %e, "cannot {what}; requeueing");
-    Outcome::Requeue
 }
 
 fn kind_label(kind: &str) -> &'static str {
