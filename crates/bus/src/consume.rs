@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,8 +36,9 @@ pub struct Received {
 pub enum Outcome {
     /// Done (or a duplicate): remove it.
     Ack,
-    /// Transient failure: put it back (counts toward the delivery limit, after which the broker
-    /// dead-letters it).
+    /// Transient failure: put it back after a pause (counts toward the delivery limit, after
+    /// which the broker dead-letters it). The pause is 200 ms, and grows while all of a
+    /// consumer's deliveries fail (up to 30 s), so that the limit spans an outage.
     Requeue,
     /// Permanent failure: publish it to `{ns}.dead` with the reason in `x-wxhub-reason`, then
     /// ack. Never silently dropped.
@@ -52,6 +54,28 @@ impl Outcome {
             Outcome::DeadLetter(_) => "dead_letter",
         }
     }
+}
+
+/// The first pause before a requeue: a failing dependency is not hammered in a tight loop.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(200);
+
+/// The longest pause before a requeue.
+const REQUEUE_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// The pause before requeueing, after `streak` requeues in a row of a consumer running
+/// `concurrency` handlers (no ack or dead letter between them): 200 ms, doubled for each
+/// round of `concurrency` failures, at most 30 s.
+///
+/// Why it grows: a requeue counts toward the queue's delivery limit (20 by default). At a
+/// fixed 200 ms a dependency down for four seconds (a Redis failover) would have the broker
+/// dead-letter every message in flight, each still unhandled. When every delivery fails, the
+/// limit now spans minutes (about seven at 20). A poison message among healthy ones still goes
+/// quickly: the others' acks keep the streak short.
+fn requeue_pause(streak: u32, concurrency: usize) -> Duration {
+    let rounds = streak / u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+    REQUEUE_PAUSE
+        .saturating_mul(1 << rounds.min(8))
+        .min(REQUEUE_PAUSE_MAX)
 }
 
 /// Publishes a copy of `received` (taken from `queue`) to `{ns}.dead` with `reason` in
@@ -103,6 +127,8 @@ pub async fn consume<F, Fut>(
     let handler = Arc::new(handler);
     let concurrency = concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
+    // Requeues in a row, across this consumer's handlers (see `requeue_pause`).
+    let streak = Arc::new(AtomicU32::new(0));
     let tag = format!(
         "{queue}-{}-{:08x}",
         std::process::id(),
@@ -163,8 +189,17 @@ pub async fn consume<F, Fut>(
                         let handler = handler.clone();
                         let bus = bus.clone();
                         let queue = queue.clone();
+                        let streak = streak.clone();
                         tokio::spawn(async move {
-                            handle(&bus, &queue, delivery, handler.as_ref()).await;
+                            let pause = |failed: bool| {
+                                if failed {
+                                    requeue_pause(streak.fetch_add(1, Ordering::Relaxed), concurrency)
+                                } else {
+                                    streak.store(0, Ordering::Relaxed);
+                                    Duration::ZERO
+                                }
+                            };
+                            handle(&bus, &queue, delivery, handler.as_ref(), pause).await;
                             drop(permit);
                         });
                     }
@@ -187,8 +222,15 @@ pub async fn consume<F, Fut>(
     drop(subscribed_on);
 }
 
-async fn handle<F, Fut>(bus: &Bus, queue: &str, delivery: Delivery, handler: &F)
-where
+/// Runs `handler` on `delivery` and settles it as the handler decided; `pause(requeued)`
+/// counts the outcome and names the pause before a requeue.
+async fn handle<F, Fut>(
+    bus: &Bus,
+    queue: &str,
+    delivery: Delivery,
+    handler: &F,
+    pause: impl FnOnce(bool) -> Duration,
+) where
     F: Fn(Received) -> Fut,
     Fut: Future<Output = Outcome>,
 {
@@ -213,11 +255,11 @@ where
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
+    let pause = pause(outcome == Outcome::Requeue);
     let result = match &outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => {
-            // A short pause so a failing dependency is not hammered in a tight loop.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(pause).await;
             delivery.acker.nack(requeue).await
         }
         Outcome::DeadLetter(reason) => {
@@ -280,5 +322,23 @@ fn to_received(d: &Delivery) -> Received {
         body: d.data.clone(),
         redelivered: d.redelivered,
         delivery_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_requeue_pause_doubles_per_round_of_failures_up_to_thirty_seconds() {
+        let ms = |streak, concurrency| requeue_pause(streak, concurrency).as_millis();
+        assert_eq!(ms(0, 1), 200);
+        assert_eq!(ms(1, 1), 400);
+        assert_eq!(ms(3, 1), 1600);
+        assert_eq!(ms(31, 32), 200, "the first round of 32 handlers");
+        assert_eq!(ms(32, 32), 400);
+        assert_eq!(ms(8, 1), 30_000);
+        assert_eq!(ms(u32::MAX, 1), 30_000);
+        assert_eq!(ms(5, 0), 6_400, "no handlers counts as one");
     }
 }

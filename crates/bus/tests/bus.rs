@@ -396,6 +396,62 @@ async fn consumer_acks_requeues_and_dead_letters_with_a_reason() {
     cleanup(&bus, &[]).await;
 }
 
+/// A dependency down for longer than the delivery limit's requeues took at a fixed 200 ms
+/// (3 here: about 0.6 s) loses nothing: while every delivery fails the pauses grow, and the
+/// message is handled once the dependency is back instead of being dead-lettered.
+#[tokio::test]
+async fn requeues_while_a_dependency_is_down_outlast_the_delivery_limit() {
+    let (bus, cancel) = bus("requeue-outage").await;
+    let t = bus.topology().clone();
+    let key = Topology::component_key("acme", "unauthorized");
+    bus.publish(&msg(&t.events_exchange(), &key, "waits", &[]))
+        .await
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let (h, d) = (handled.clone(), deliveries.clone());
+    let down_until = std::time::Instant::now() + Duration::from_millis(1200);
+    let consumer_cancel = cancel.child_token();
+    let task = tokio::spawn(consume(
+        bus.clone(),
+        t.token_control_queue(),
+        1,
+        Duration::from_secs(2),
+        move |_| {
+            let (h, d) = (h.clone(), d.clone());
+            async move {
+                d.fetch_add(1, Ordering::SeqCst);
+                if std::time::Instant::now() < down_until {
+                    Outcome::Requeue
+                } else {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Ack
+                }
+            }
+        },
+        consumer_cancel.clone(),
+    ));
+    for _ in 0..100 {
+        if handled.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer_cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "handled once the dependency was back ({} deliveries)",
+        deliveries.load(Ordering::SeqCst)
+    );
+    assert!(
+        get_all(&bus, &t.dead_queue()).await.is_empty(),
+        "nothing was dead-lettered"
+    );
+    cleanup(&bus, &[]).await;
+}
+
 /// With several nodes (a cluster), a node that refuses connections is passed over, and after a
 /// lost connection the bus tries the following node first.
 #[tokio::test]
