@@ -62,17 +62,17 @@ const REQUEUE_PAUSE: Duration = Duration::from_millis(200);
 /// The longest pause before a requeue.
 const REQUEUE_PAUSE_MAX: Duration = Duration::from_secs(30);
 
-/// The pause before requeueing, after `streak` requeues in a row of a consumer running
-/// `concurrency` handlers (no ack or dead letter between them): 200 ms, doubled for each
-/// round of `concurrency` failures, at most 30 s.
+/// The pause before requeueing, after `streak` requeues in a row of a consumer (no ack or
+/// dead letter between them) with `in_flight` deliveries being handled: 200 ms, doubled for
+/// each round of `in_flight` failures, at most 30 s.
 ///
 /// Why it grows: a requeue counts toward the queue's delivery limit (20 by default). At a
 /// fixed 200 ms a dependency down for four seconds (a Redis failover) would have the broker
 /// dead-letter every message in flight, each still unhandled. When every delivery fails, the
-/// limit now spans minutes (about seven at 20). A poison message among healthy ones still goes
-/// quickly: the others' acks keep the streak short.
-fn requeue_pause(streak: u32, concurrency: usize) -> Duration {
-    let rounds = streak / u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+/// limit now spans minutes (about seven at 20), however many are in flight. A poison message
+/// among healthy ones still goes within seconds: the others' acks keep the streak short.
+fn requeue_pause(streak: u32, in_flight: usize) -> Duration {
+    let rounds = streak / u32::try_from(in_flight.max(1)).unwrap_or(u32::MAX);
     REQUEUE_PAUSE
         .saturating_mul(1 << rounds.min(8))
         .min(REQUEUE_PAUSE_MAX)
@@ -189,11 +189,13 @@ pub async fn consume<F, Fut>(
                         let handler = handler.clone();
                         let bus = bus.clone();
                         let queue = queue.clone();
-                        let streak = streak.clone();
+                        let (streak, permits) = (streak.clone(), permits.clone());
                         tokio::spawn(async move {
                             let pause = |failed: bool| {
                                 if failed {
-                                    requeue_pause(streak.fetch_add(1, Ordering::Relaxed), concurrency)
+                                    // This handler holds a permit: at least one is in flight.
+                                    let in_flight = concurrency.saturating_sub(permits.available_permits());
+                                    requeue_pause(streak.fetch_add(1, Ordering::Relaxed), in_flight)
                                 } else {
                                     streak.store(0, Ordering::Relaxed);
                                     Duration::ZERO
@@ -331,14 +333,14 @@ mod tests {
 
     #[test]
     fn the_requeue_pause_doubles_per_round_of_failures_up_to_thirty_seconds() {
-        let ms = |streak, concurrency| requeue_pause(streak, concurrency).as_millis();
+        let ms = |streak, in_flight| requeue_pause(streak, in_flight).as_millis();
         assert_eq!(ms(0, 1), 200);
-        assert_eq!(ms(1, 1), 400);
+        assert_eq!(ms(1, 1), 400, "one in flight: each failure is a round");
         assert_eq!(ms(3, 1), 1600);
-        assert_eq!(ms(31, 32), 200, "the first round of 32 handlers");
+        assert_eq!(ms(31, 32), 200, "the first round of 32 in flight");
         assert_eq!(ms(32, 32), 400);
         assert_eq!(ms(8, 1), 30_000);
         assert_eq!(ms(u32::MAX, 1), 30_000);
-        assert_eq!(ms(5, 0), 6_400, "no handlers counts as one");
+        assert_eq!(ms(5, 0), 6_400, "none in flight counts as one");
     }
 }
