@@ -152,6 +152,46 @@ async fn wait_job(
     }
 }
 
+/// Job `id` as Enqueue stores it: a customer-service text to user 0 of AUTH1.
+fn custom_job(id: &str) -> NewJob {
+    let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
+    NewJob {
+        id: id.to_owned(),
+        appid: AUTH1.into(),
+        kind: "custom".into(),
+        api: CUSTOM.into(),
+        touser: user(0),
+        body: body.to_string(),
+        idempotency_key: None,
+        campaign: None,
+        now_ms: wxhub_runtime::unix_ms(),
+    }
+}
+
+/// Publishes `job`'s announcement to the send queue by hand (one message, no headers).
+async fn announce_by_hand(stack: &Stack, job: SendJob) {
+    let body = job.encode_to_vec();
+    let exchange = stack.ns.topology().jobs_exchange();
+    stack
+        .bus
+        .publish(&Outgoing {
+            exchange: &exchange,
+            routing_key: SEND_KEY,
+            body: &body,
+            message_id: &job.job_id,
+            message_type: SEND_JOB_TYPE,
+            headers: &[],
+        })
+        .await
+        .unwrap();
+}
+
+/// Takes the stack's dead letters (acking them); waits up to `wait` for the first.
+async fn dead_letters(stack: &Stack, wait: Duration) -> Vec<lapin::message::BasicGetMessage> {
+    let dead = stack.ns.topology().dead_queue();
+    stack.ns.drain_queue(&stack.bus, &dead, wait).await
+}
+
 fn is(state: &'static str) -> impl Fn(&pb::Job) -> bool {
     move |j| j.state_name == state
 }
@@ -442,14 +482,7 @@ async fn every_classification_row_ends_where_it_should() {
                 .into_inner();
             assert!(dead.jobs.iter().any(|d| d.id == j.id));
             // The dead letter carries the reason.
-            let letters = stack
-                .ns
-                .drain_queue(
-                    &stack.bus,
-                    &stack.ns.topology().dead_queue(),
-                    Duration::from_secs(5),
-                )
-                .await;
+            let letters = dead_letters(&stack, Duration::from_secs(5)).await;
             assert!(!letters.is_empty());
             // An operator replays it once WeChat is well again.
             stack.sim.clear_faults();
@@ -645,48 +678,12 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     let stack = stack("msg-redeliver", &[("WXHUB_WORKER__LEASE_MS", "6000")]).await;
     let mut c = client(stack.worker).await;
     let jobs = job_store(&stack);
-    let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
-    let new = |id: &str| NewJob {
-        id: id.to_owned(),
-        appid: AUTH1.into(),
-        kind: "custom".into(),
-        api: CUSTOM.into(),
-        touser: user(0),
-        body: body.to_string(),
-        idempotency_key: None,
-        campaign: None,
-        now_ms: wxhub_runtime::unix_ms(),
-    };
-    let announce = |id: String| {
-        let stack = &stack;
-        async move {
-            // No route: the worker reads the job before its claim (as for held jobs).
-            let body = SendJob {
-                tenant: TENANT.into(),
-                job_id: id.clone(),
-                route: None,
-                trace: Default::default(),
-            }
-            .encode_to_vec();
-            let exchange = stack.ns.topology().jobs_exchange();
-            stack
-                .bus
-                .publish(&Outgoing {
-                    exchange: &exchange,
-                    routing_key: SEND_KEY,
-                    body: &body,
-                    message_id: &id,
-                    message_type: "wxhub.jobs.v1.SendJob",
-                    headers: &[],
-                })
-                .await
-                .unwrap();
-        }
-    };
+    // No route: the worker reads the job before its claim (as for held jobs).
+    let announce = |id: String| announce_by_hand(&stack, send_job(TENANT, &id, None));
     let now = wxhub_runtime::unix_ms();
     // A worker sent it and recorded it, then died before its ack: the broker redelivers.
     let sent_id = wxhub_store::jobs::new_id(TENANT, now);
-    jobs.create(TENANT, &new(&sent_id)).await.unwrap();
+    jobs.create(TENANT, &custom_job(&sent_id)).await.unwrap();
     assert!(matches!(
         jobs.claim(TENANT, &sent_id, "", "dead-worker", now, now + 5000)
             .await
@@ -710,7 +707,7 @@ async fn a_redelivered_job_recorded_sent_or_mid_send_is_not_sent_again() {
     announce(sent_id.clone()).await;
     // A worker died between its send and the record: the lease runs out, the outcome is unknown.
     let mid_id = wxhub_store::jobs::new_id(TENANT, now + 1);
-    jobs.create(TENANT, &new(&mid_id)).await.unwrap();
+    jobs.create(TENANT, &custom_job(&mid_id)).await.unwrap();
     jobs.claim(TENANT, &mid_id, "", "dead-worker", now, now + 1500)
         .await
         .unwrap();
@@ -742,18 +739,7 @@ async fn a_job_whose_store_fails_past_the_delivery_limit_is_sent_when_it_answers
     let mut c = client(stack.worker).await;
     let jobs = job_store(&stack);
     let id = wxhub_store::jobs::new_id(TENANT, wxhub_runtime::unix_ms());
-    let body = serde_json::json!({"touser": user(0), "msgtype": "text", "text": {"content": "x"}});
-    let new = NewJob {
-        id: id.clone(),
-        appid: AUTH1.into(),
-        kind: "custom".into(),
-        api: CUSTOM.into(),
-        touser: user(0),
-        body: body.to_string(),
-        idempotency_key: None,
-        campaign: None,
-        now_ms: wxhub_runtime::unix_ms(),
-    };
+    let new = custom_job(&id);
     jobs.create(TENANT, &new).await.unwrap();
     // The account's send bucket holds a list: every claim of the job fails with WRONGTYPE,
     // as a store that refuses or does not answer fails it.
@@ -768,26 +754,7 @@ async fn a_job_whose_store_fails_past_the_delivery_limit_is_sent_when_it_answers
         .query_async(&mut conn)
         .await
         .unwrap();
-    let announcement = SendJob {
-        tenant: TENANT.into(),
-        job_id: id.clone(),
-        route: Some(new_route(&new)),
-        trace: Default::default(),
-    }
-    .encode_to_vec();
-    let exchange = stack.ns.topology().jobs_exchange();
-    stack
-        .bus
-        .publish(&Outgoing {
-            exchange: &exchange,
-            routing_key: SEND_KEY,
-            body: &announcement,
-            message_id: &id,
-            message_type: SEND_JOB_TYPE,
-            headers: &[],
-        })
-        .await
-        .unwrap();
+    announce_by_hand(&stack, send_job(TENANT, &id, Some(new_route(&new)))).await;
     // Five requeues would take about a second (200 ms apart while other jobs are acked); the
     // store fails for three, and templates go through meanwhile.
     let mut others = Vec::new();
@@ -808,14 +775,7 @@ async fn a_job_whose_store_fails_past_the_delivery_limit_is_sent_when_it_answers
     }
     assert_eq!(job(&mut c, &id).await.state_name, "queued");
     assert_eq!(messages(&stack, CUSTOM, &user(0)), 0);
-    let dead = stack
-        .ns
-        .drain_queue(
-            &stack.bus,
-            &stack.ns.topology().dead_queue(),
-            Duration::from_millis(300),
-        )
-        .await;
+    let dead = dead_letters(&stack, Duration::from_millis(300)).await;
     assert!(dead.is_empty(), "dead-lettered: {dead:?}");
     let _: () = redis::cmd("DEL")
         .arg(&bucket)
@@ -913,14 +873,7 @@ async fn a_batchs_jobs_are_sent_alone_and_only_the_bad_one_is_dead_lettered() {
         .unwrap();
     wait_job(&mut c, &good.id, is("sent")).await;
     wait_job(&mut c, &unrouted.id, is("sent")).await;
-    let letters = stack
-        .ns
-        .drain_queue(
-            &stack.bus,
-            &stack.ns.topology().dead_queue(),
-            Duration::from_secs(10),
-        )
-        .await;
+    let letters = dead_letters(&stack, Duration::from_secs(10)).await;
     assert_eq!(letters.len(), 1, "only the bad job is dead-lettered");
     let letter = &letters[0];
     assert_eq!(
