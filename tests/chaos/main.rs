@@ -13,8 +13,8 @@
 //! - `redis_failover` (2a): the Redis Cluster primary of a tenant's slot SIGKILLed during
 //!   refreshes and callback dedupe (a cluster of its own, `scripts/redis-cluster.sh`).
 //! - `redis_restarted` (2b): a private single `redis-server` restarted empty under load.
-//! - `network` (5): the gateway's broker link and token-control's Redis link slowed, reset and
-//!   blackholed through the test kit's fault proxy.
+//! - `network` (5): the gateway's broker link, token-control's Redis link and a sending
+//!   worker's Redis link slowed, reset and blackholed through the test kit's fault proxy.
 //! - `partition` (5): the gateway partitioned from the broker with a network namespace and veth
 //!   links (`ip netns`; root).
 //! - `token_control_killed` (3): token-control replicas SIGKILLed and SIGSTOPped past their

@@ -11,12 +11,16 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use tokio_util::sync::CancellationToken;
 use wxhub_sim::SimConfig;
 use wxhub_testkit::Namespace;
 use wxhub_testkit::proxy::{FaultProxy, Mode};
 
 use crate::harness::{World, address, broker_address, callbacks, full, ready_again};
 use crate::tokens::{self, Readers};
+use crate::worker_killed::{enqueue_texts, sending_world, sends_by_content, settle_all, worker};
 
 /// The faults, in order, each for its time; then the link heals. Returns when it healed.
 async fn inject(proxy: &FaultProxy, blackhole: Duration) -> Instant {
@@ -155,5 +159,83 @@ async fn token_controls_redis_link_slowed_reset_and_blackholed_fails_reads_in_ti
     );
     assert!(wrong.is_empty(), "stale stored tokens: {wrong:?}");
     drop(_tc);
+    world.stop(&[]).await;
+}
+
+/// The worker's Redis link slowed, reset and blackholed (8 s: past the requeues of the
+/// delivery limit, 5 here) while it takes and sends jobs. Every job it accepted ends `sent`,
+/// or `unknown` when the link went down between its send and its record; none is sent twice,
+/// and nothing goes to the dead letters (a job whose claim fails waits in a delay queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "part of `make chaos` (about 40 s), not of `make test`"]
+async fn the_workers_redis_link_slowed_reset_and_blackholed_loses_no_job_and_sends_none_twice() {
+    let redis = wxhub_testkit::redis_url();
+    assert!(
+        wxhub_testkit::redis_cluster_nodes().is_empty(),
+        "this scenario proxies a single Redis"
+    );
+    // Sends are in flight when the link goes: WeChat answers each 300 ms later.
+    let (world, _tc, tc_url) = sending_world("chaos-net-worker", Duration::from_millis(300)).await;
+    let proxy = FaultProxy::start(address(&redis)).await.expect("proxy");
+    let via_proxy = format!("redis://{}", proxy.addr());
+    let (_worker, url) = worker(&world, &tc_url, &[("WXHUB_REDIS__URL", via_proxy)]).await;
+
+    // Enqueues through the same worker (they fail while its Redis is gone) for the whole fault.
+    let (secs, rate) = (22u64, 20.0);
+    let enqueue = enqueue_texts(url.clone(), (secs as f64 * rate) as usize, rate);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blackhole = Duration::from_secs(8);
+    let healed = inject(&proxy, blackhole).await;
+    let (jobs, refused) = enqueue.await.expect("enqueue");
+    let records = settle_all(&url, &jobs).await;
+    let settled = healed.elapsed().as_secs_f64();
+
+    let sends = sends_by_content(&world);
+    let mut by_state: HashMap<String, usize> = HashMap::new();
+    let (mut twice, mut sent_not_once) = (0, 0);
+    for job in &records {
+        *by_state.entry(job.state_name.clone()).or_default() += 1;
+        let n = sends.get(&jobs[&job.id]).copied().unwrap_or(0);
+        twice += usize::from(n > 1);
+        sent_not_once += usize::from(job.state_name == "sent" && n != 1);
+    }
+    let cancel = CancellationToken::new();
+    let bus = world.ns.bus(&cancel).await;
+    let dead = world
+        .ns
+        .drain_queue(
+            &bus,
+            &world.ns.topology().dead_queue(),
+            Duration::from_secs(1),
+        )
+        .await;
+    cancel.cancel();
+    println!(
+        "chaos network worker<->Redis via the fault proxy: {rate}/s for {secs} s through one \
+         worker, WeChat answering in 300 ms; 200 ms latency 4 s, reset 2 s, pass 3 s, blackhole \
+         {} s, healed; enqueued {} (refused {refused}); final states {by_state:?}; sent twice \
+         {twice}; recorded sent but not sent once {sent_not_once}; dead letters {}; every job \
+         final {settled:.1} s after the link healed; proxied connections {}",
+        blackhole.as_secs(),
+        jobs.len(),
+        dead.len(),
+        proxy.connections(),
+    );
+    assert!(!jobs.is_empty(), "nothing was enqueued");
+    assert_eq!(twice, 0, "jobs sent twice");
+    assert_eq!(
+        sent_not_once, 0,
+        "jobs recorded sent but not sent exactly once"
+    );
+    assert!(
+        dead.is_empty(),
+        "messages were dead-lettered: {}",
+        dead.len()
+    );
+    assert_eq!(
+        by_state.get("sent").copied().unwrap_or(0) + by_state.get("unknown").copied().unwrap_or(0),
+        jobs.len(),
+        "every job is sent or, when the link went down mid-send, unknown: {by_state:?}"
+    );
     world.stop(&[]).await;
 }

@@ -25,13 +25,18 @@ use wxhub_tests::{AUTH1, OPS_KEY, TENANT, WORKER_KEY, req, user};
 
 use crate::harness::{Service, World, free_port, full};
 
-const CUSTOM: &str = "/cgi-bin/message/custom/send";
+pub(crate) const CUSTOM: &str = "/cgi-bin/message/custom/send";
 const LEASE_MS: u64 = 4000;
 
-/// A worker replica: its process and its Messaging API URL.
-async fn worker(world: &World, token_control: &str) -> (Service, String) {
+/// A worker replica: its process and its Messaging API URL; `extra` are more settings (they
+/// win).
+pub(crate) async fn worker(
+    world: &World,
+    token_control: &str,
+    extra: &[(&str, String)],
+) -> (Service, String) {
     let (port, ops) = (free_port(), free_port());
-    let env = world.env(&[
+    let mut settings = vec![
         ("WXHUB_CLIENT__API_KEY", WORKER_KEY.to_owned()),
         ("WXHUB_TOKEN_CONTROL__ENDPOINT", token_control.to_owned()),
         ("WXHUB_WORKER__LISTEN", format!("127.0.0.1:{port}")),
@@ -49,7 +54,9 @@ async fn worker(world: &World, token_control: &str) -> (Service, String) {
         // The load, not the account's rate, is what this scenario is about.
         ("WXHUB_WORKER__LIMITS__CUSTOM__COUNT", "1000".to_owned()),
         ("WXHUB_WORKER__LIMITS__CUSTOM__BURST", "1000".to_owned()),
-    ]);
+    ];
+    settings.extend_from_slice(extra);
+    let env = world.env(&settings);
     // Its delay queues go with the namespace.
     let config = wxhub_worker::Config::load(&Source {
         file: None,
@@ -71,7 +78,7 @@ async fn worker(world: &World, token_control: &str) -> (Service, String) {
     (service, format!("http://127.0.0.1:{port}"))
 }
 
-async fn messaging(url: &str) -> MessagingClient<Channel> {
+pub(crate) async fn messaging(url: &str) -> MessagingClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match MessagingClient::connect(url.to_owned()).await {
@@ -82,7 +89,7 @@ async fn messaging(url: &str) -> MessagingClient<Channel> {
     }
 }
 
-fn text(i: usize) -> (String, pb::EnqueueRequest) {
+pub(crate) fn text(i: usize) -> (String, pb::EnqueueRequest) {
     let content = format!("chaos job {i}");
     let request = pb::EnqueueRequest {
         tenant: TENANT.into(),
@@ -98,18 +105,19 @@ fn text(i: usize) -> (String, pb::EnqueueRequest) {
     (content, request)
 }
 
-fn is_final(state: &str) -> bool {
+pub(crate) fn is_final(state: &str) -> bool {
     matches!(
         state,
         "sent" | "delivered" | "delivery_failed" | "failed" | "unknown" | "dead"
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none() {
-    let (secs, rate) = if full() { (30u64, 40.0) } else { (9, 30.0) };
+/// A world for sending customer-service texts (no per-interaction limit) with token-control
+/// running (its process and URL); WeChat performs each send at once and answers it
+/// `answer_after` later.
+pub(crate) async fn sending_world(label: &str, answer_after: Duration) -> (World, Service, String) {
     let world = World::start(
-        "chaos-worker",
+        label,
         SimConfig {
             custom_messages_per_interaction: 1_000_000,
             ..SimConfig::default()
@@ -117,65 +125,58 @@ async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none(
     )
     .await;
     world.give_ticket().await;
-    let (_tc, tc_url, _) = world.token_control(wxhub_testkit::redis_env(), &[]).await;
+    let (tc, tc_url, _) = world.token_control(wxhub_testkit::redis_env(), &[]).await;
     world.wait_for_authorizers().await;
-    // WeChat performs each send at once and answers 800 ms later.
     world
         .sim
-        .add_fault(FaultSpec::respond_after(
-            CUSTOM,
-            Duration::from_millis(800),
-            None,
-        ))
+        .add_fault(FaultSpec::respond_after(CUSTOM, answer_after, None))
         .expect("fault");
-    let (mut victim, _) = worker(&world, &tc_url).await;
-    let (_survivor, survivor_url) = worker(&world, &tc_url).await;
+    (world, tc, tc_url)
+}
 
-    // Enqueue at `rate` through the survivor; remember each job's content.
-    let total = (secs as f64 * rate) as usize;
-    let enqueue = {
-        let url = survivor_url.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..total {
-                tick.tick().await;
-                let url = url.clone();
-                tasks.spawn(async move {
-                    let (content, request) = text(i);
-                    let mut client = messaging(&url).await;
-                    let job = client
-                        .enqueue(req(request, OPS_KEY))
-                        .await
-                        .map(|r| r.into_inner().id);
-                    (content, job)
-                });
-            }
-            let mut jobs = HashMap::new();
-            let mut refused = 0usize;
-            while let Some(done) = tasks.join_next().await {
-                match done.expect("enqueue task") {
-                    (content, Ok(id)) => {
-                        jobs.insert(id, content);
-                    }
-                    (_, Err(_)) => refused += 1,
+/// Enqueues `total` texts ([`text`]) through the worker at `url`, at `rate` a second. Returns
+/// the jobs accepted (id → content) and how many enqueues were refused.
+pub(crate) fn enqueue_texts(
+    url: String,
+    total: usize,
+    rate: f64,
+) -> tokio::task::JoinHandle<(HashMap<String, String>, usize)> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            tick.tick().await;
+            let url = url.clone();
+            tasks.spawn(async move {
+                let (content, request) = text(i);
+                let mut client = messaging(&url).await;
+                let job = client
+                    .enqueue(req(request, OPS_KEY))
+                    .await
+                    .map(|r| r.into_inner().id);
+                (content, job)
+            });
+        }
+        let mut jobs = HashMap::new();
+        let mut refused = 0usize;
+        while let Some(done) = tasks.join_next().await {
+            match done.expect("enqueue task") {
+                (content, Ok(id)) => {
+                    jobs.insert(id, content);
                 }
+                (_, Err(_)) => refused += 1,
             }
-            (jobs, refused)
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-    let killed = Instant::now();
-    let killed_ms = world.sim.clock().now_ms();
-    victim.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let restart = victim.restart().await;
-    let (jobs, refused) = enqueue.await.expect("enqueue");
+        }
+        (jobs, refused)
+    })
+}
 
-    // Every job settles: those left `sending` by the dead replica once its lease ran out.
-    let mut client = messaging(&survivor_url).await;
+/// The records of `jobs`, read through the worker at `url` once every one is final (at most
+/// 60 s).
+pub(crate) async fn settle_all(url: &str, jobs: &HashMap<String, String>) -> Vec<pb::Job> {
+    let mut client = messaging(url).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let records = loop {
+    loop {
         let mut records = Vec::with_capacity(jobs.len());
         for id in jobs.keys() {
             let job = client
@@ -187,17 +188,18 @@ async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none(
         }
         let open = records.iter().filter(|j| !is_final(&j.state_name)).count();
         if open == 0 {
-            break records;
+            return records;
         }
         assert!(
             Instant::now() < deadline,
             "{open} jobs not settled 60 s after the load"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let settled_secs = killed.elapsed().as_secs_f64();
+    }
+}
 
-    // Sends per job, from what WeChat accepted.
+/// How many times WeChat (the sim) accepted each customer-service content.
+pub(crate) fn sends_by_content(world: &World) -> HashMap<String, u32> {
     let mut sends: HashMap<String, u32> = HashMap::new();
     for m in world.sim.messages(&MessageFilter {
         path: Some(CUSTOM.into()),
@@ -205,6 +207,34 @@ async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none(
     }) {
         *sends.entry(m.content.unwrap_or_default()).or_default() += 1;
     }
+    sends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_send_and_ack_sends_no_job_twice_and_loses_none() {
+    let (secs, rate) = if full() { (30u64, 40.0) } else { (9, 30.0) };
+    // WeChat performs each send at once and answers 800 ms later.
+    let (world, _tc, tc_url) = sending_world("chaos-worker", Duration::from_millis(800)).await;
+    let (mut victim, _) = worker(&world, &tc_url, &[]).await;
+    let (_survivor, survivor_url) = worker(&world, &tc_url, &[]).await;
+
+    // Enqueue at `rate` through the survivor; remember each job's content.
+    let total = (secs as f64 * rate) as usize;
+    let enqueue = enqueue_texts(survivor_url.clone(), total, rate);
+    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+    let killed = Instant::now();
+    let killed_ms = world.sim.clock().now_ms();
+    victim.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restart = victim.restart().await;
+    let (jobs, refused) = enqueue.await.expect("enqueue");
+
+    // Every job settles: those left `sending` by the dead replica once its lease ran out.
+    let records = settle_all(&survivor_url, &jobs).await;
+    let settled_secs = killed.elapsed().as_secs_f64();
+
+    // Sends per job, from what WeChat accepted.
+    let sends = sends_by_content(&world);
     let mut by_state: HashMap<String, usize> = HashMap::new();
     let (mut twice, mut sent_not_once, mut unknown_delivered) = (0, 0, 0);
     let mut last_stale_ms = killed_ms;
