@@ -258,7 +258,9 @@ if ARGV[5] == '1' then
   if existing then return {0, existing} end
 end
 local window, most_held = tonumber(ARGV[7]), tonumber(ARGV[8])
-if window > 0 and most_held > 0 and redis.call('LLEN', KEYS[6]) >= most_held then return {5, ''} end
+local held = 0
+if window > 0 then held = redis.call('LLEN', KEYS[6]) end
+if most_held > 0 and held >= most_held then return {5, ''} end
 if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -271,7 +273,7 @@ end
 if window > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
   -- Held jobs go first: a new job joins them while any is waiting.
-  if redis.call('LLEN', KEYS[6]) > 0 or redis.call('ZCARD', KEYS[5]) >= window then
+  if held > 0 or redis.call('ZCARD', KEYS[5]) >= window then
     redis.call('RPUSH', KEYS[6], ARGV[1])
     redis.call('PEXPIRE', KEYS[6], ARGV[3])
     return {2, ARGV[1]}
@@ -327,7 +329,8 @@ const CLAIM: &str = concat!(
     crate::limiter::gcra_lua!(),
     r"
 -- after gcra
-local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease')
+-- The fields a send needs come with the state: the HSET below does not change them.
+local h = redis.call('HMGET', KEYS[1], 'state', 'n', 'lease', 'appid', 'kind', 'api', 'touser', 'body', 'campaign', 'idem', 'created')
 local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
 if not state then return {'missing', 0, 0, {}} end
 local now = tonumber(ARGV[2])
@@ -362,8 +365,8 @@ redis.call('ZREM', KEYS[index[state]], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
 redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[4], 'updated', ARGV[2], 'next_at', 0)
-local f = redis.call('HMGET', KEYS[1], 'appid', 'kind', 'api', 'touser', 'body', 'campaign', 'idem', 'created')
-for i = 1, 8 do f[i] = f[i] or '' end
+local f = {}
+for i = 1, 8 do f[i] = h[i + 3] or '' end
 return {answer, n, 0, f}
 "
 );
@@ -375,7 +378,7 @@ return {answer, n, 0, f}
 // errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
 // A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
 const SETTLE: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'state', 'owner')
+local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'n')
 if h[1] ~= 'sending' or h[2] ~= ARGV[3] then return 'lost' end
 local state, index = ARGV[4], tonumber(ARGV[5])
 local delivery = nil
@@ -391,13 +394,15 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 local list = KEYS[4 + index]
 redis.call('ZADD', list, ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', list, 0, -(tonumber(ARGV[13]) + 1))
-redis.call('HSET', KEYS[1], 'state', state, 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0)
-if delivery then redis.call('HSET', KEYS[1], 'delivery', delivery) end
-if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'n', 1) end
+-- One HSET of everything the outcome changes.
+local fields = {'state', state, 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0}
+if delivery then fields[#fields + 1] = 'delivery'; fields[#fields + 1] = delivery end
+if ARGV[6] == '1' then fields[#fields + 1] = 'n'; fields[#fields + 1] = (tonumber(h[3] or '0') or 0) + 1 end
 if ARGV[9] ~= '0' then
-  redis.call('HSET', KEYS[1], 'msgid', ARGV[9])
+  fields[#fields + 1] = 'msgid'; fields[#fields + 1] = ARGV[9]
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[12])
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[11] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[11])
   redis.call('PEXPIRE', KEYS[2], ARGV[12])
