@@ -78,6 +78,30 @@ fn requeue_pause(streak: u32, in_flight: usize) -> Duration {
         .min(REQUEUE_PAUSE_MAX)
 }
 
+/// A consumer's requeues in a row (across its handlers) and the pause they call for.
+struct Backoff {
+    streak: AtomicU32,
+    /// The consumer's handler permits: those taken are the deliveries in flight.
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+}
+
+impl Backoff {
+    /// Counts `outcome` (a requeue extends the streak, anything else ends it) and returns the
+    /// pause before settling it: [`requeue_pause`] for a requeue, none otherwise.
+    fn after(&self, outcome: &Outcome) -> Duration {
+        if *outcome != Outcome::Requeue {
+            self.streak.store(0, Ordering::Relaxed);
+            return Duration::ZERO;
+        }
+        // The caller's handler holds a permit: at least one is in flight.
+        let in_flight = self
+            .concurrency
+            .saturating_sub(self.permits.available_permits());
+        requeue_pause(self.streak.fetch_add(1, Ordering::Relaxed), in_flight)
+    }
+}
+
 /// Publishes a copy of `received` (taken from `queue`) to `{ns}.dead` with `reason` in
 /// `x-wxhub-reason` (and its queue and routing key), confirmed: what [`Outcome::DeadLetter`]
 /// does before the ack, and what a handler does for one part of a message it acks.
@@ -127,8 +151,11 @@ pub async fn consume<F, Fut>(
     let handler = Arc::new(handler);
     let concurrency = concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
-    // Requeues in a row, across this consumer's handlers (see `requeue_pause`).
-    let streak = Arc::new(AtomicU32::new(0));
+    let backoff = Arc::new(Backoff {
+        streak: AtomicU32::new(0),
+        permits: permits.clone(),
+        concurrency,
+    });
     let tag = format!(
         "{queue}-{}-{:08x}",
         std::process::id(),
@@ -189,19 +216,9 @@ pub async fn consume<F, Fut>(
                         let handler = handler.clone();
                         let bus = bus.clone();
                         let queue = queue.clone();
-                        let (streak, permits) = (streak.clone(), permits.clone());
+                        let backoff = backoff.clone();
                         tokio::spawn(async move {
-                            let pause = |failed: bool| {
-                                if failed {
-                                    // This handler holds a permit: at least one is in flight.
-                                    let in_flight = concurrency.saturating_sub(permits.available_permits());
-                                    requeue_pause(streak.fetch_add(1, Ordering::Relaxed), in_flight)
-                                } else {
-                                    streak.store(0, Ordering::Relaxed);
-                                    Duration::ZERO
-                                }
-                            };
-                            handle(&bus, &queue, delivery, handler.as_ref(), pause).await;
+                            handle(&bus, &queue, delivery, handler.as_ref(), &backoff).await;
                             drop(permit);
                         });
                     }
@@ -224,15 +241,10 @@ pub async fn consume<F, Fut>(
     drop(subscribed_on);
 }
 
-/// Runs `handler` on `delivery` and settles it as the handler decided; `pause(requeued)`
-/// counts the outcome and names the pause before a requeue.
-async fn handle<F, Fut>(
-    bus: &Bus,
-    queue: &str,
-    delivery: Delivery,
-    handler: &F,
-    pause: impl FnOnce(bool) -> Duration,
-) where
+/// Runs `handler` on `delivery` and settles it as the handler decided, a requeue after the
+/// pause `backoff` calls for.
+async fn handle<F, Fut>(bus: &Bus, queue: &str, delivery: Delivery, handler: &F, backoff: &Backoff)
+where
     F: Fn(Received) -> Fut,
     Fut: Future<Output = Outcome>,
 {
@@ -257,7 +269,7 @@ async fn handle<F, Fut>(
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
-    let pause = pause(outcome == Outcome::Requeue);
+    let pause = backoff.after(&outcome);
     let result = match &outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => {

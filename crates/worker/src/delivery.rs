@@ -218,9 +218,10 @@ impl Delivery {
     /// Handles one delivery: a [`SendJob`], or a [`SendBatch`] whose jobs are handled at once
     /// (each claimed, sent and settled on its own, at most `concurrency` jobs of this queue at
     /// a time). A batch is acked once every job of it is settled or re-announced; a job that
-    /// is dead goes to the dead letters alone. A job that needs its message back (Redis or the
-    /// broker failing) has the whole batch requeued: the jobs settled meanwhile are final or
-    /// re-announced, and their claims make the second delivery of them harmless.
+    /// is dead goes to the dead letters alone. A job that needs its message back (its outcome
+    /// not recorded, or a publish the broker refused) has the whole batch requeued: the jobs
+    /// settled meanwhile are final or re-announced, and their claims make the second delivery
+    /// of them harmless.
     pub async fn handle(&self, received: Received) -> Outcome {
         let header = |name: &str| -> u32 {
             received
