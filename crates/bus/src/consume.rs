@@ -10,7 +10,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -81,6 +81,9 @@ fn requeue_pause(streak: u32, in_flight: usize) -> Duration {
 /// A consumer's requeues in a row (across its handlers) and the pause they call for.
 struct Backoff {
     streak: AtomicU32,
+    /// Signalled when a delivery succeeds again: requeues pausing past the first
+    /// [`REQUEUE_PAUSE`] go back at once (the dependency is back; their pause no longer helps).
+    recovered: Notify,
     /// The consumer's handler permits: those taken are the deliveries in flight.
     permits: Arc<Semaphore>,
     concurrency: usize,
@@ -91,7 +94,9 @@ impl Backoff {
     /// pause before settling it: [`requeue_pause`] for a requeue, none otherwise.
     fn after(&self, outcome: &Outcome) -> Duration {
         if *outcome != Outcome::Requeue {
-            self.streak.store(0, Ordering::Relaxed);
+            if self.streak.swap(0, Ordering::Relaxed) > 0 {
+                self.recovered.notify_waiters();
+            }
             return Duration::ZERO;
         }
         // The caller's handler holds a permit: at least one is in flight.
@@ -99,6 +104,21 @@ impl Backoff {
             .concurrency
             .saturating_sub(self.permits.available_permits());
         requeue_pause(self.streak.fetch_add(1, Ordering::Relaxed), in_flight)
+    }
+
+    /// Waits `pause`: at least [`REQUEUE_PAUSE`] (or all of it, if shorter), then until the
+    /// rest has passed or a delivery of the consumer succeeded.
+    async fn wait(&self, pause: Duration) {
+        // Listening from now: a success during the first pause ends the rest.
+        let recovered = self.recovered.notified();
+        tokio::pin!(recovered);
+        recovered.as_mut().enable();
+        let floor = pause.min(REQUEUE_PAUSE);
+        tokio::time::sleep(floor).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause - floor) => {}
+            () = recovered => {}
+        }
     }
 }
 
@@ -153,6 +173,7 @@ pub async fn consume<F, Fut>(
     let permits = Arc::new(Semaphore::new(concurrency));
     let backoff = Arc::new(Backoff {
         streak: AtomicU32::new(0),
+        recovered: Notify::new(),
         permits: permits.clone(),
         concurrency,
     });
@@ -273,7 +294,7 @@ where
     let result = match &outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => {
-            tokio::time::sleep(pause).await;
+            backoff.wait(pause).await;
             delivery.acker.nack(requeue).await
         }
         Outcome::DeadLetter(reason) => {
@@ -354,5 +375,44 @@ mod tests {
         assert_eq!(ms(8, 1), 30_000);
         assert_eq!(ms(u32::MAX, 1), 30_000);
         assert_eq!(ms(5, 0), 6_400, "none in flight counts as one");
+    }
+
+    /// After a run of failures a requeue pauses 30 s; a success of the consumer ends the
+    /// pause of those waiting (the dependency is back), after the first 200 ms.
+    #[tokio::test]
+    async fn a_success_ends_the_long_pauses_of_the_requeues_waiting() {
+        let backoff = Arc::new(Backoff {
+            streak: AtomicU32::new(0),
+            recovered: Notify::new(),
+            permits: Arc::new(Semaphore::new(1)),
+            concurrency: 1,
+        });
+        for _ in 0..8 {
+            backoff.after(&Outcome::Requeue);
+        }
+        let pause = backoff.after(&Outcome::Requeue);
+        assert_eq!(pause, REQUEUE_PAUSE_MAX);
+        let unrelieved = backoff.clone();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), unrelieved.wait(pause))
+                .await
+                .is_err(),
+            "without a success the pause lasts"
+        );
+        let waiting = tokio::spawn({
+            let backoff = backoff.clone();
+            async move { backoff.wait(pause).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(backoff.after(&Outcome::Ack), Duration::ZERO);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the success ended the pause")
+            .unwrap();
+        assert_eq!(
+            backoff.after(&Outcome::Requeue),
+            REQUEUE_PAUSE,
+            "the streak starts again"
+        );
     }
 }
