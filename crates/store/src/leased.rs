@@ -21,7 +21,17 @@
 //!   do not wait for a Redis round trip (its tail is what a p99 sees). Only a request that finds
 //!   nothing left waits — for the refill in flight, or for its own ask when none is.
 //! - One ask per bucket and replica is in flight at a time (a refill, or a request's own ask,
-//!   which the others wait for). When that ask fails, the
+//!   which the others wait for). Every ask runs as a task of its own, so a request dropped
+//!   while asking leaves nobody waiting.
+//! - **An answer wakes the requests waiting for it at once**: as many as it brought units
+//!   (at least one, to ask next; all of them for a refusal or a failure). Each spends a unit
+//!   or waits for the next ask. The bucket's state is behind a plain mutex that nothing holds across an
+//!   await: a lock handed from request to request, or waiters woken one by one as each leaves,
+//!   passes every waiting request through the runtime's run queue in turn, so under load one
+//!   slow round trip became a wait of tens of milliseconds for the requests behind it
+//!   (docs/relay.md#performance).
+//! - A refused ask is remembered until one unit fits: the bucket's requests meanwhile are
+//!   refused at once, with the time left. When an ask fails, the
 //!   bucket's next requests for [`WINDOW`] are [`Admission::Unchecked`] without asking (what
 //!   the caller does without Redis is its decision), so a hanging Redis delays them once, not
 //!   once per queued request.
@@ -69,8 +79,10 @@ struct Local {
     last: u32,
     /// When asking Redis for this bucket last failed, until it succeeds again.
     failed: Option<Instant>,
-    /// A refill is in flight: requests that find nothing left wait for it.
-    refilling: bool,
+    /// Until when the last ask was refused (no unit fits before).
+    limited_until: Option<Instant>,
+    /// An ask is in flight: requests that find nothing left wait for it.
+    asking: bool,
 }
 
 impl Local {
@@ -82,7 +94,8 @@ impl Local {
             this: 0,
             last: 0,
             failed: None,
-            refilling: false,
+            limited_until: None,
+            asking: false,
         }
     }
 
@@ -122,11 +135,18 @@ impl Local {
     }
 }
 
-/// One bucket on this replica: its state, and the refill's signal to the requests waiting.
+/// One bucket on this replica: its state, and the ask's signal to the requests waiting.
 #[derive(Debug)]
 struct Bucket {
-    local: tokio::sync::Mutex<Local>,
-    refilled: tokio::sync::Notify,
+    /// Never held across an await: a request checks and spends under it, and waits outside.
+    local: Mutex<Local>,
+    answered: tokio::sync::Notify,
+}
+
+impl Bucket {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// This replica's state of each bucket it used, by tenant, then subject (so that a lookup
@@ -175,76 +195,116 @@ impl LeasedLimiter {
             );
         }
         let bucket = self.bucket(tenant, subject);
-        let mut local = bucket.local.lock().await;
-        local.seen(Instant::now());
-        let mut waited = false;
-        let admission = loop {
-            let now = Instant::now();
-            if local.spend(now) {
-                if local.left <= most / 4 && !local.refilling && local.failed.is_none() {
-                    local.refilling = true;
-                    let wanted = local.wanted(most);
-                    self.refill(Arc::clone(&bucket), tenant, subject, rate, wanted);
+        let mut seen = false;
+        loop {
+            // Decided under the lock, carried out after it is released.
+            let mut answered = std::pin::pin!(bucket.answered.notified());
+            let ask = {
+                let mut local = bucket.lock();
+                let now = Instant::now();
+                if !seen {
+                    local.seen(now);
+                    seen = true;
                 }
-                break Ok(Admission::Admitted);
-            }
-            if local
-                .failed
-                .is_some_and(|at| now.duration_since(at) < WINDOW)
-            {
-                break Ok(Admission::Unchecked);
-            }
-            if !local.refilling {
-                // Nothing left and no refill: ask now, holding the bucket (the others wait).
-                let wanted = local.wanted(most);
-                let grant = self.limiter.take_up_to(tenant, subject, rate, wanted).await;
-                local.failed = grant.is_err().then(Instant::now);
-                break match grant {
-                    Err(e) => Err(e),
-                    Ok(Grant::Taken(n)) => {
-                        // One for this request; the rest (at most `most − 1`) for the next.
-                        local.add(n.min(most) - 1, Instant::now());
-                        Ok(Admission::Admitted)
+                if local.spend(now) {
+                    if local.left <= most / 4 && !local.asking && local.failed.is_none() {
+                        local.asking = true;
+                        // The next lease, while the rest is spent; nobody waits for it.
+                        drop(self.ask(&bucket, tenant, subject, rate, local.wanted(most), 0));
                     }
-                    Ok(Grant::Limited { retry_after }) => Ok(Admission::Limited { retry_after }),
-                };
-            }
-            // Nothing left, a refill in flight: wait for it (registered before the lock is
-            // released, so its signal cannot be missed), then look again.
-            let refilled = bucket.refilled.notified();
-            tokio::pin!(refilled);
-            refilled.as_mut().enable();
-            waited = true;
-            drop(local);
-            refilled.await;
-            local = bucket.local.lock().await;
-        };
-        drop(local);
-        if waited {
-            // Waiters are woken one at a time, each waking the next as it leaves: a refill does
-            // not wake every queued request at once to fight over a few units.
-            bucket.refilled.notify_one();
+                    return Ok(Admission::Admitted);
+                }
+                if let Some(left) = local
+                    .limited_until
+                    .and_then(|t| t.checked_duration_since(now))
+                {
+                    return Ok(Admission::Limited { retry_after: left });
+                }
+                if local
+                    .failed
+                    .is_some_and(|at| now.duration_since(at) < WINDOW)
+                {
+                    return Ok(Admission::Unchecked);
+                }
+                if local.asking {
+                    // Nothing left, an ask in flight: wait for it. Registered under the lock
+                    // the ask's answer is recorded under, so its wake cannot be missed.
+                    answered.as_mut().enable();
+                    None
+                } else {
+                    // Nothing left and no ask: this request asks, for itself (one unit held
+                    // back for it) and for those that arrive meanwhile.
+                    local.asking = true;
+                    Some(self.ask(&bucket, tenant, subject, rate, local.wanted(most), 1))
+                }
+            };
+            let Some(ask) = ask else {
+                answered.await;
+                continue;
+            };
+            return Ok(match ask.await {
+                Ok(Ok(Grant::Taken(_))) => Admission::Admitted,
+                Ok(Ok(Grant::Limited { retry_after })) => Admission::Limited { retry_after },
+                Ok(Err(e)) => return Err(e),
+                // The ask's task did not finish (the runtime is stopping).
+                Err(_) => Admission::Unchecked,
+            });
         }
-        admission
     }
 
-    /// Leases the next `wanted` units of `bucket` in the background and wakes the requests
-    /// waiting for them (which ask themselves if it was refused or failed).
-    fn refill(&self, bucket: Arc<Bucket>, tenant: &str, subject: &str, rate: Rate, wanted: u32) {
-        let limiter = self.limiter.clone();
+    /// Leases `wanted` units of `bucket` in a task of its own (the request that asked may be
+    /// dropped; the requests waiting are not left waiting), keeps `held` of them back for the
+    /// asker and makes the rest spendable, then wakes every request waiting: each spends a unit
+    /// or, when none is left, waits for the next ask or makes it. A refusal is remembered until
+    /// a unit fits (the requests meanwhile are refused without asking); a failure for
+    /// [`WINDOW`].
+    fn ask(
+        &self,
+        bucket: &Arc<Bucket>,
+        tenant: &str,
+        subject: &str,
+        rate: Rate,
+        wanted: u32,
+        held: u32,
+    ) -> tokio::task::JoinHandle<Result<Grant, StoreError>> {
+        let (limiter, bucket) = (self.limiter.clone(), Arc::clone(bucket));
         let (tenant, subject) = (tenant.to_owned(), subject.to_owned());
         tokio::spawn(async move {
             let grant = limiter.take_up_to(&tenant, &subject, rate, wanted).await;
-            let mut local = bucket.local.lock().await;
-            local.refilling = false;
-            match grant {
-                Ok(Grant::Taken(n)) => local.add(n, Instant::now()),
-                Ok(Grant::Limited { .. }) => {}
-                Err(_) => local.failed = Some(Instant::now()),
+            let added = {
+                let mut local = bucket.lock();
+                let now = Instant::now();
+                local.asking = false;
+                local.failed = grant.is_err().then_some(now);
+                local.limited_until = None;
+                match &grant {
+                    Ok(Grant::Taken(n)) => {
+                        let added = n.saturating_sub(held);
+                        local.add(added, now);
+                        Some(added)
+                    }
+                    Ok(Grant::Limited { retry_after }) => {
+                        local.limited_until = Some(now + *retry_after);
+                        None
+                    }
+                    Err(_) => None,
+                }
+            };
+            // At once, not one by one (a chain of wakes passes each waiting request through
+            // the runtime's queue in turn, and under load that queue is long); but only as many
+            // as there are units, and at least one to ask next: waking every request for a
+            // few units makes each refill cost as much as the queue is long. A refusal or a
+            // failure answers them all.
+            match added {
+                Some(units) => {
+                    for _ in 0..units.max(1) {
+                        bucket.answered.notify_one();
+                    }
+                }
+                None => bucket.answered.notify_waiters(),
             }
-            drop(local);
-            bucket.refilled.notify_one();
-        });
+            grant
+        })
     }
 
     fn bucket(&self, tenant: &str, subject: &str) -> Arc<Bucket> {
@@ -268,8 +328,8 @@ impl LeasedLimiter {
             *count = buckets.values().map(HashMap::len).sum();
         }
         let b = Arc::new(Bucket {
-            local: tokio::sync::Mutex::new(Local::new(Instant::now())),
-            refilled: tokio::sync::Notify::new(),
+            local: Mutex::new(Local::new(Instant::now())),
+            answered: tokio::sync::Notify::new(),
         });
         buckets
             .entry(tenant.to_owned())
