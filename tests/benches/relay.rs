@@ -1,7 +1,7 @@
 //! The relay's overhead (`make bench`): the same WeChat call — `GET /cgi-bin/menu/get` of an
 //! authorizer, answered by wxhub-sim — made directly with the token and through the relay with
 //! an API key, in one run on one stack (sim, token-control, relays in-process; real Redis).
-//! Two relays: one as configured by default (`relay.rate_limit_lease` 32: a Redis script per
+//! Two relays: one as configured by default (`relay.rate_limit_lease` 256: a Redis script per
 //! lease of rate-limit units) and one with `rate_limit_lease = 1` (a Redis script per call),
 //! so the limiter's share is measured in the same run.
 //!

@@ -59,7 +59,7 @@ rate_limit = { count = 600, period_ms = 60000, burst = 100 }
 # quarter of the burst; unspent units expire after 200 ms; the next lease is asked for in the
 # background when a quarter is left). Across R replicas a bucket admits at most
 # R x (lease + lease/4) more than rate_limit in any interval. 1: one Redis script per call.
-rate_limit_lease = 32
+rate_limit_lease = 256
 "#;
 
 /// `[relay]` (a key it does not know is refused).
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(c.relay.listen, "0.0.0.0:8090");
         assert_eq!(c.relay.endpoint, "http://127.0.0.1:8090");
         assert_eq!(c.relay.public_base(), "http://127.0.0.1:8090");
-        assert_eq!(c.relay.rate_limit_lease, 32);
+        assert_eq!(c.relay.rate_limit_lease, 256);
         assert!(!config::dump(&c).contains("relay-key"));
     }
 
