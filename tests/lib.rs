@@ -470,10 +470,8 @@ impl Stack {
         settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let config = wxhub_worker::Config::load(&self.source(&settings))?;
         let topology = self.ns.topology();
-        for queue in [topology.send_queue(), topology.send_bulk_queue()] {
-            for q in wxhub_worker::delay_queues(&config, &queue) {
-                self.ns.track_queue(q);
-            }
+        for q in wxhub_worker::delay_queues(&config, &topology) {
+            self.ns.track_queue(q);
         }
         let (listener, addr) = bind()?;
         let (ops, _) = bind()?;

@@ -64,10 +64,8 @@ pub(crate) async fn worker(
     })
     .expect("worker config");
     let topology = world.ns.topology();
-    for queue in [topology.send_queue(), topology.send_bulk_queue()] {
-        for q in wxhub_worker::delay_queues(&config, &queue) {
-            world.ns.track_queue(q);
-        }
+    for q in wxhub_worker::delay_queues(&config, &topology) {
+        world.ns.track_queue(q);
     }
     let service = Service::start(
         "wxhub-worker",

@@ -787,6 +787,120 @@ async fn a_job_whose_store_fails_past_the_delivery_limit_is_sent_when_it_answers
     stack.stop().await;
 }
 
+/// How many delivery reports this process's workers put in a delay queue because their store
+/// failed (`wxhub_worker_deferred_total{reason="report_store"}`).
+fn report_store_deferrals() -> f64 {
+    wxhub_runtime::ops::prometheus()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("wxhub_worker_deferred_total") && l.contains("report_store"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A delivery report whose job the store cannot look up, for more deliveries than the broker's
+/// delivery limit (5 here), is not dead-lettered: it waits in the delay queues and is recorded
+/// when the store answers again. Requeued instead (before), the broker dead-lettered it after
+/// its fifth delivery and the job stayed `sent` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_report_whose_store_fails_past_the_delivery_limit_is_recorded_when_it_answers() {
+    let stack = stack("msg-report-store", &[]).await;
+    let mut c = client(stack.worker).await;
+    let jobs = job_store(&stack);
+    let now = wxhub_runtime::unix_ms();
+    // A job sent by a worker, with the msgid WeChat gave it.
+    let id = wxhub_store::jobs::new_id(TENANT, now);
+    jobs.create(TENANT, &custom_job(&id)).await.unwrap();
+    assert!(matches!(
+        jobs.claim(TENANT, &id, "", "a-worker", now, now + 5000)
+            .await
+            .unwrap(),
+        Claim::Claimed { .. }
+    ));
+    let msgid: i64 = 987_654_321_012;
+    let settle = Settle {
+        state: JobState::Sent,
+        errcode: 0,
+        reason: String::new(),
+        msgid,
+        next_at_ms: 0,
+        attempt: None,
+        count_attempt: true,
+        now_ms: now,
+        campaign: String::new(),
+    };
+    jobs.settle(TENANT, &id, AUTH1, "a-worker", &settle)
+        .await
+        .unwrap();
+    // The msgid's index holds a list: every lookup of the report's job fails with WRONGTYPE,
+    // as a store that refuses or does not answer fails it.
+    let index = stack.store.keys(TENANT).msgid(AUTH1, msgid);
+    let mut conn = stack.store.conn();
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&index)
+        .cmd("RPUSH")
+        .arg(&index)
+        .arg("not a job id")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = report_store_deferrals();
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[{}]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msgid}</MsgID><Status><![CDATA[success]]></Status></xml>",
+        user(0),
+        now / 1000
+    );
+    let report = wxhub_proto::events::v1::CallbackEvent {
+        tenant: TENANT.into(),
+        appid: AUTH1.into(),
+        kind: "event.templatesendjobfinish".into(),
+        xml,
+        dedupe_key: format!("report-{msgid}"),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let queue = stack.ns.topology().send_status_queue();
+    stack
+        .bus
+        .publish(&Outgoing {
+            exchange: "",
+            routing_key: &queue,
+            body: &report,
+            message_id: &format!("report-{msgid}"),
+            message_type: "wxhub.events.v1.CallbackEvent",
+            headers: &[],
+        })
+        .await
+        .unwrap();
+    // Seven failed handlings, two more than the delivery limit (the delay queues: 300 ms,
+    // 600 ms, then 1 s each). Requeued, the report was handled six times and dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while report_store_deferrals() - before < 7.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the report was put off {} times in 20 s",
+            report_store_deferrals() - before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = dead_letters(&stack, Duration::from_millis(300)).await;
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    assert_eq!(job(&mut c, &id).await.state_name, "sent");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&index)
+        .cmd("SET")
+        .arg(&index)
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let j = wait_job(&mut c, &id, is("delivered")).await;
+    assert_eq!(j.delivery_status, "success");
+    stack.stop().await;
+}
+
 /// Concurrent announcements are group-committed: they share messages, and each job is in
 /// exactly one message (a SendJob alone, or a SendBatch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

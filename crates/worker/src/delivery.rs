@@ -33,12 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use rand::RngExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tracing::Instrument as _;
-use wxhub_bus::{Bus, BusError, Outcome, Outgoing, Received};
+use wxhub_bus::{Bus, Outcome, Outgoing, Received};
 use wxhub_proto::jobs::v1::{SendBatch, SendJob, SendRoute};
 use wxhub_runtime::Secret;
 use wxhub_store::{
@@ -48,18 +47,12 @@ use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
 use crate::announce::{SEND_BATCH_TYPE, SEND_JOB_TYPE};
 use crate::config::{Limits, WorkerSection};
+use crate::delay::{self, STORE_FAILURES_HEADER};
 use crate::tokens::TokenCache;
 use crate::validate::api_path;
 
 /// Header carrying the attempts the worker counted so far.
 pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";
-
-/// Header carrying how many deliveries in a row could not read or claim the job in Redis.
-pub const STORE_FAILURES_HEADER: &str = "x-wxhub-store-failures";
-
-/// The longest wait of a job for its store to answer again (the first delay queue at least
-/// as long).
-const STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A limiter wait this short is slept in process rather than sent through a delay queue: a
 /// sleeping handler holds a consumer slot, which a backlog of another tenant's refused jobs
@@ -108,19 +101,6 @@ impl Settings {
     pub fn max_attempts(&self) -> u32 {
         u32::try_from(self.retry_delays.len()).unwrap_or(u32::MAX - 1) + 1
     }
-}
-
-/// Declares the delay queues of `queue` (idempotent).
-pub async fn declare_tiers(bus: &Bus, queue: &str, tiers: &[u32]) -> Result<(), String> {
-    let ch = bus.channel().await.map_err(|e| e.to_string())?;
-    for tier in tiers {
-        bus.topology()
-            .declare_retry_tier(&ch, queue, *tier)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let _ = ch.close(200, "declared".into()).await;
-    Ok(())
 }
 
 /// Why a send did not succeed.
@@ -670,16 +650,7 @@ impl Delivery {
         e: &(dyn std::fmt::Display + Sync),
     ) -> Outcome {
         let failures = counts.store_failures.saturating_add(1);
-        // The smallest delay queue first, then each next one, up to STORE_RETRY_MAX.
-        let index = usize::try_from(counts.store_failures).unwrap_or(usize::MAX);
-        let tier = self
-            .settings
-            .tiers
-            .get(index)
-            .or(self.settings.tiers.last());
-        let delay = tier
-            .map_or(STORE_RETRY_MAX, |ms| Duration::from_millis(u64::from(*ms)))
-            .min(STORE_RETRY_MAX);
+        let delay = delay::store_retry(&self.settings.tiers, counts.store_failures);
         tracing::warn!(
             tenant = msg.tenant,
             job = msg.job_id,
@@ -705,41 +676,24 @@ impl Delivery {
         delay: Duration,
         jitter: bool,
     ) -> Outcome {
-        let wanted = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1);
-        let tier = self
-            .settings
-            .tiers
-            .iter()
-            .copied()
-            .find(|t| *t >= wanted)
-            .or_else(|| self.settings.tiers.last().copied())
-            .unwrap_or(wanted);
-        let floor = f64::from(tier) * 0.8;
-        let ttl = if jitter {
-            rand::rng().random_range(floor..=f64::from(tier))
-        } else {
-            f64::from(wanted).clamp(floor, f64::from(tier))
-        };
-        let ttl = Duration::from_millis(ttl as u64);
         let body = msg.encode_to_vec();
-        let exchange = self.bus.topology().retry_exchange();
-        let key = format!("{}.{tier}", self.queue);
         let out = Outgoing {
-            exchange: &exchange,
-            routing_key: &key,
+            exchange: "",
+            routing_key: "",
             body: &body,
             message_id: &msg.job_id,
             message_type: SEND_JOB_TYPE,
             headers,
         };
-        let mut result = self.bus.publish_expiring(&out, ttl).await;
-        if matches!(result, Err(BusError::Unroutable { .. })) {
-            // The delay queues are declared at start; a broker that lost them gets them again.
-            if let Err(e) = declare_tiers(&self.bus, &self.queue, &self.settings.tiers).await {
-                tracing::warn!(error = e, "cannot declare the delay queues");
-            }
-            result = self.bus.publish_expiring(&out, ttl).await;
-        }
+        let result = delay::publish(
+            &self.bus,
+            &self.queue,
+            &self.settings.tiers,
+            &out,
+            delay,
+            jitter,
+        )
+        .await;
         match result {
             Ok(()) => Outcome::Ack,
             Err(e) => {

@@ -8,7 +8,8 @@
 //!   `{ns}.send-bulk` and sends through WeChat with [`tokens`] from token-control, the shared
 //!   Redis limiter, retries through delay queues and the job store's claims; [`feeder`]
 //!   announces campaign slices and the jobs a tenant holds over its window; [`status`] matches
-//!   WeChat's delivery reports to sent jobs.
+//!   WeChat's delivery reports to sent jobs; [`delay`] holds what waits (a retry, a limit, a
+//!   store that does not answer) in delay queues rather than in the broker's requeues.
 //! - The full-network release check's asynchronous step ([`release_check`]).
 //!
 //! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
@@ -16,6 +17,7 @@
 
 pub mod announce;
 mod config;
+pub mod delay;
 pub mod delivery;
 pub mod feeder;
 pub mod release_check;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wxhub_bus::consume;
+use wxhub_bus::{Topology, consume};
 use wxhub_proto::messaging::v1::messaging_server::MessagingServer;
 use wxhub_runtime::config::{ConfigError, Source};
 use wxhub_runtime::ops::{Readiness, WhenDown};
@@ -74,13 +76,22 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// The delay queues the worker declares for `queue` (tests clean them up).
-pub fn delay_queues(config: &Config, queue: &str) -> Vec<String> {
-    config
-        .worker
-        .delay_tiers()
-        .iter()
-        .map(|t| format!("{queue}.retry.{t}"))
+/// Each queue the worker consumes with delay queues, and their tiers (`crate::delay`): the
+/// sends' with every tier, the delivery reports' with those a store failure waits in.
+fn delayed_queues(config: &Config, topology: &Topology) -> Vec<(String, Vec<u32>)> {
+    let tiers = config.worker.delay_tiers();
+    vec![
+        (topology.send_queue(), tiers.clone()),
+        (topology.send_bulk_queue(), tiers.clone()),
+        (topology.send_status_queue(), delay::store_tiers(&tiers)),
+    ]
+}
+
+/// The delay queues the worker declares (tests clean them up).
+pub fn delay_queues(config: &Config, topology: &Topology) -> Vec<String> {
+    delayed_queues(config, topology)
+        .into_iter()
+        .flat_map(|(queue, tiers)| tiers.into_iter().map(move |t| format!("{queue}.retry.{t}")))
         .collect()
 }
 
@@ -174,7 +185,13 @@ impl Service for Worker {
         };
         let send = delivery(bus.topology().send_queue(), w.send_concurrency);
         let bulk = delivery(bus.topology().send_bulk_queue(), w.bulk_concurrency);
-        let status = Arc::new(status::DeliveryReports::new(jobs));
+        let status_queue = bus.topology().send_status_queue();
+        let status = Arc::new(status::DeliveryReports::new(
+            jobs,
+            bus.clone(),
+            delay::store_tiers(&w.delay_tiers()),
+            status_queue,
+        ));
         Ok(Self {
             config,
             infra,
@@ -222,17 +239,14 @@ impl Service for Worker {
             )
             .rabbitmq(&bus, WhenDown::Unready("no job arrives".into()));
         let w = &config.worker;
-        let tiers = w.delay_tiers();
         let (grace, work) = (infra.grace(), infra.background().child_token());
         {
             let bus = bus.clone();
+            let delayed = delayed_queues(&config, bus.topology());
             tokio::spawn(async move {
                 if bus.wait_connected(Duration::from_secs(30)).await {
-                    for queue in [
-                        bus.topology().send_queue(),
-                        bus.topology().send_bulk_queue(),
-                    ] {
-                        if let Err(e) = delivery::declare_tiers(&bus, &queue, &tiers).await {
+                    for (queue, tiers) in delayed {
+                        if let Err(e) = delay::declare_tiers(&bus, &queue, &tiers).await {
                             tracing::warn!(error = e, queue, "cannot declare the delay queues yet");
                         }
                     }

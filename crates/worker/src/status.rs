@@ -9,12 +9,22 @@
 //! resent with the same `client_msg_id` (WeChat reports the one message once); the job takes
 //! it when it is recorded sent. A report for a job not in `sent` (already reported,
 //! replayed) changes nothing.
+//!
+//! **A store that does not answer loses no report.** A report whose job cannot be looked up or
+//! recorded goes to the queue's delay queues (`crate::delay`: the smallest first, longer each
+//! time, at most a minute; `x-wxhub-store-failures` counts them) and its delivery is acked, as
+//! a send's does. Requeued instead, it counted toward the queue's delivery limit, and an outage
+//! longer than the limit spans (about 7 minutes at 20) had the broker dead-letter it: the job
+//! stayed `sent` for good. Recording a report twice changes nothing, so a report of several
+//! messages whose first was recorded before the failure is handled again whole.
 
 use prost::Message as _;
-use wxhub_bus::{Outcome, Received};
+use wxhub_bus::{Bus, Outcome, Outgoing, Received};
 use wxhub_message::{EventKind, Inbound, Message};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_store::Jobs;
+
+use crate::delay::{self, STORE_FAILURES_HEADER};
 
 /// How long a report waits for its job.
 const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -23,6 +33,11 @@ const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 #[derive(Debug, Clone)]
 pub struct DeliveryReports {
     jobs: Jobs,
+    bus: Bus,
+    /// The delay tiers of `queue` ([`crate::delay::store_tiers`]).
+    tiers: Vec<u32>,
+    /// The queue it consumes (`{ns}.send-status`), whose delay queues a report waits in.
+    queue: String,
 }
 
 /// One report: msgid, success, WeChat's status text.
@@ -54,8 +69,13 @@ fn reports(xml: &str) -> Vec<(i64, bool, String)> {
 }
 
 impl DeliveryReports {
-    pub fn new(jobs: Jobs) -> Self {
-        Self { jobs }
+    pub fn new(jobs: Jobs, bus: Bus, tiers: Vec<u32>, queue: String) -> Self {
+        Self {
+            jobs,
+            bus,
+            tiers,
+            queue,
+        }
     }
 
     /// Handles one `CallbackEvent` carrying a delivery report.
@@ -72,16 +92,18 @@ impl DeliveryReports {
                         .hold_report(&event.tenant, &event.appid, msgid, ok, &status, HOLD)
                         .await
                     {
-                        tracing::warn!(error = %e, "cannot keep a delivery report; requeueing");
-                        return Outcome::Requeue;
+                        return self
+                            .store_failed(&received, "keep a delivery report", &e)
+                            .await;
                     }
                     metrics::counter!("wxhub_worker_delivery_reports_total", "outcome" => "held")
                         .increment(1);
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot match a delivery report; requeueing");
-                    return Outcome::Requeue;
+                    return self
+                        .store_failed(&received, "match a delivery report", &e)
+                        .await;
                 }
             };
             let now = wxhub_runtime::unix_ms();
@@ -102,12 +124,57 @@ impl DeliveryReports {
                         .increment(1);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record a delivery report; requeueing");
-                    return Outcome::Requeue;
+                    return self
+                        .store_failed(&received, "record a delivery report", &e)
+                        .await;
                 }
             }
         }
         Outcome::Ack
+    }
+
+    /// The store failed (`what`, with `e`): the report waits in a delay queue, one more store
+    /// failure counted, and this delivery is acked; requeued only if that publish fails.
+    async fn store_failed(
+        &self,
+        received: &Received,
+        what: &str,
+        e: &(dyn std::fmt::Display + Sync),
+    ) -> Outcome {
+        let before = received
+            .headers
+            .get(STORE_FAILURES_HEADER)
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        let wait = delay::store_retry(&self.tiers, before);
+        tracing::warn!(failures = before + 1, error = %e, "cannot {what}; the report waits {wait:?} in a delay queue");
+        metrics::counter!("wxhub_worker_deferred_total", "reason" => "report_store").increment(1);
+        // Its headers (the trace context) go with it.
+        let mut headers: Vec<(String, String)> = received
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str() != STORE_FAILURES_HEADER)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.push((
+            STORE_FAILURES_HEADER.to_owned(),
+            before.saturating_add(1).to_string(),
+        ));
+        let out = Outgoing {
+            exchange: "",
+            routing_key: "",
+            body: &received.body,
+            message_id: received.message_id.as_deref().unwrap_or(""),
+            message_type: received.message_type.as_deref().unwrap_or(""),
+            headers: &headers,
+        };
+        match delay::publish(&self.bus, &self.queue, &self.tiers, &out, wait, false).await {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish a delivery report to a delay queue; requeueing");
+                Outcome::Requeue
+            }
+        }
     }
 }
 
