@@ -115,9 +115,10 @@ pub fn wechat_path(rest: &str) -> Result<String, Refusal> {
 pub fn allowed(client: &Client, path: &str) -> Result<(), Refusal> {
     let ok = match &client.relay_paths {
         Some(prefixes) => prefixes.iter().any(|p| path.starts_with(p.as_str())),
-        None => !DENY_LIST
-            .iter()
-            .any(|d| path == *d || path.starts_with(&format!("{d}/"))),
+        None => !DENY_LIST.iter().any(|d| {
+            path.strip_prefix(d)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }),
     };
     if ok {
         Ok(())
@@ -357,6 +358,8 @@ mod tests {
         assert!(allowed(&default, "/cgi-bin/tokenizer").is_ok());
         for denied in [
             "/cgi-bin/token",
+            "/cgi-bin/token/",
+            "/cgi-bin/token/more",
             "/cgi-bin/component/api_query_auth",
             "/cgi-bin/clear_quota",
         ] {
