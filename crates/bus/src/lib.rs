@@ -13,6 +13,7 @@
 
 mod bus;
 mod consume;
+pub mod delay;
 pub mod topology;
 
 pub use bus::{AmqpConfig, Bus, BusError, Outgoing};

@@ -70,6 +70,11 @@ heal_ticket_grace_ms = 2000
 relist_interval_ms = 60000
 # Bus consumer of {namespace}.token-control.
 consumer_concurrency = 8
+# A notice that fails for a passing reason (Redis or WeChat not answering) waits this long in a
+# delay queue ({namespace}.token-control.retry.{ms}), the next delay each time, the last one
+# repeating, until the notice is an hour old (an authorization code lives an hour); then it is
+# dead-lettered with the reason. Waiting there does not count toward amqp.delivery_limit.
+retry_delays_ms = [1000, 5000, 30000, 60000]
 # Official Accounts: "stable_token" (POST /cgi-bin/stable_token; a second fetch within the
 # validity returns the same token, so a duplicate refresh is harmless) or "token" (GET
 # /cgi-bin/token; every fetch invalidates the previous token after 5 minutes).
@@ -110,6 +115,7 @@ pub struct TokenControlConfig {
     pub heal_ticket_grace_ms: u64,
     pub relist_interval_ms: u64,
     pub consumer_concurrency: usize,
+    pub retry_delays_ms: Vec<u32>,
     pub oa_token_api: OaTokenApi,
     pub pre_auth_share_ms: u64,
 }
@@ -159,6 +165,12 @@ impl TokenControlConfig {
             ("consumer_concurrency", self.consumer_concurrency),
         ] {
             at_least(&key(name), value, 1, "")?;
+        }
+        if self.retry_delays_ms.is_empty() || self.retry_delays_ms.contains(&0) {
+            return Err(ConfigError::value(
+                key("retry_delays_ms"),
+                "needs at least one delay, each positive",
+            ));
         }
         within(&key("refresh_at"), self.refresh_at, 0.1..=0.95, "")?;
         if !(0.0..=0.2).contains(&self.refresh_jitter) || self.refresh_jitter >= self.refresh_at {

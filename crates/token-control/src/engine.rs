@@ -199,6 +199,11 @@ impl Engine {
         &self.shared.tenants
     }
 
+    /// Now, by the engine's clock (ms).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.shared.now_ms()
+    }
+
     // ---------------------------------------------------------------- tokens
 
     /// A token of `cred` with at least `min_remaining_ms` of life (before its due time: any

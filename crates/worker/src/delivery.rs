@@ -47,9 +47,9 @@ use wxhub_wechat_api::{ErrorClass, Host, WechatApi, WechatError};
 
 use crate::announce::{SEND_BATCH_TYPE, SEND_JOB_TYPE};
 use crate::config::{Limits, WorkerSection};
-use crate::delay::{self, STORE_FAILURES_HEADER};
 use crate::tokens::TokenCache;
 use crate::validate::api_path;
+use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 
 /// Header carrying the attempts the worker counted so far.
 pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";

@@ -8,8 +8,8 @@
 //!   `{ns}.send-bulk` and sends through WeChat with [`tokens`] from token-control, the shared
 //!   Redis limiter, retries through delay queues and the job store's claims; [`feeder`]
 //!   announces campaign slices and the jobs a tenant holds over its window; [`status`] matches
-//!   WeChat's delivery reports to sent jobs; [`delay`] holds what waits (a retry, a limit, a
-//!   store that does not answer) in delay queues rather than in the broker's requeues.
+//!   WeChat's delivery reports to sent jobs; what waits (a retry, a limit, a store that does not
+//!   answer) waits in delay queues (`wxhub_bus::delay`), not in the broker's requeues.
 //! - The full-network release check's asynchronous step ([`release_check`]).
 //!
 //! [`Worker`] is a [`Service`]: built from its config, then served on its gRPC and ops
@@ -17,7 +17,6 @@
 
 pub mod announce;
 mod config;
-pub mod delay;
 pub mod delivery;
 pub mod feeder;
 pub mod release_check;
@@ -31,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wxhub_bus::{Topology, consume};
+use wxhub_bus::{Topology, consume, delay};
 use wxhub_proto::messaging::v1::messaging_server::MessagingServer;
 use wxhub_runtime::config::{ConfigError, Source};
 use wxhub_runtime::ops::{Readiness, WhenDown};
@@ -76,7 +75,7 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// Each queue the worker consumes with delay queues, and their tiers (`crate::delay`): the
+/// Each queue the worker consumes with delay queues, and their tiers (`wxhub_bus::delay`): the
 /// sends' with every tier, the delivery reports' with those a store failure waits in.
 fn delayed_queues(config: &Config, topology: &Topology) -> Vec<(String, Vec<u32>)> {
     let tiers = config.worker.delay_tiers();

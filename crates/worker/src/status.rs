@@ -11,7 +11,7 @@
 //! replayed) changes nothing.
 //!
 //! **A store that does not answer loses no report.** A report whose job cannot be looked up or
-//! recorded goes to the queue's delay queues (`crate::delay`: the smallest first, longer each
+//! recorded goes to the queue's delay queues (`wxhub_bus::delay`: the smallest first, longer each
 //! time, at most a minute; `x-wxhub-store-failures` counts them) and its delivery is acked, as
 //! a send's does. Requeued instead, it counted toward the queue's delivery limit, and an outage
 //! longer than the limit spans (about 7 minutes at 20) had the broker dead-letter it: the job
@@ -24,7 +24,7 @@ use wxhub_message::{EventKind, Inbound, Message};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_store::Jobs;
 
-use crate::delay::{self, STORE_FAILURES_HEADER};
+use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 
 /// How long a report waits for its job.
 const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -34,7 +34,7 @@ const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 pub struct DeliveryReports {
     jobs: Jobs,
     bus: Bus,
-    /// The delay tiers of `queue` ([`crate::delay::store_tiers`]).
+    /// The delay tiers of `queue` ([`wxhub_bus::delay::store_tiers`]).
     tiers: Vec<u32>,
     /// The queue it consumes (`{ns}.send-status`), whose delay queues a report waits in.
     queue: String,

@@ -498,3 +498,67 @@ async fn an_authorization_before_any_ticket_is_retried_not_dead_lettered() {
     );
     env.shutdown().await;
 }
+
+/// A notice that fails for a passing reason (here its dedupe record reads WRONGTYPE, as a Redis
+/// that refuses or does not answer fails it) for more deliveries than the broker's delivery
+/// limit (5 here) waits in the delay queues instead of the broker's requeues: nothing is
+/// dead-lettered, and it applies once Redis answers. Requeued instead (before), the broker
+/// dead-lettered it after its sixth delivery: a Redis outage of about 7 minutes (at the default
+/// limit of 20) lost every notice that arrived meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notice_failing_past_the_delivery_limit_waits_and_applies_when_redis_answers() {
+    let delays = [200u32, 400];
+    let mut env = Env::start(
+        Setup::new("tc-notice-later", 1).with("WXHUB_TOKEN_CONTROL__RETRY_DELAYS_MS", "[200, 400]"),
+    )
+    .await;
+    let bus = env.bus().await;
+    // Declared when the first notice is put off: deleted with the namespace.
+    for ms in delays {
+        env.ns.track_queue(format!(
+            "{}.retry.{ms}",
+            bus.topology().token_control_queue()
+        ));
+    }
+    let clock = env.sim.clock();
+    let record = env.store.keys(ACME).consumed("revoke-later");
+    let mut conn = env.store.conn();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&record)
+        .arg("not a ledger entry")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.sim.revoke(ACME_APPID, AUTH2).await.unwrap();
+    let xml = unauthorized_xml(ACME_APPID, AUTH2, clock.now_secs());
+    env.publish_notice(ACME, ACME_APPID, "unauthorized", &xml, "revoke-later")
+        .await;
+    // Seven failed deliveries, two more than the delivery limit.
+    env.wait_for(|| async {
+        env.metric("wxhub_token_events_total{outcome=\"deferred\"}")
+            .await
+            >= 7.0
+    })
+    .await;
+    let dead = env
+        .ns
+        .drain_queue(
+            &bus,
+            &bus.topology().dead_queue(),
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(dead.is_empty(), "dead-lettered: {}", dead.len());
+    assert_eq!(
+        env.auths.get(ACME, AUTH2).await.unwrap().unwrap().status,
+        AuthorizerStatus::Authorized
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.wait_authorizer(AUTH2, |r| r.status == AuthorizerStatus::Revoked)
+        .await;
+    env.shutdown().await;
+}

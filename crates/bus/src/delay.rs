@@ -1,20 +1,22 @@
-//! Delay queues: a message the worker cannot handle now is published to wait, and comes back.
+//! Delay queues: a message a consumer cannot handle now is published to wait, and comes back.
 //!
-//! **A message put off this way is never counted toward its queue's delivery limit.** Each
-//! consumed queue of the worker has TTL queues `{queue}.retry.{ms}`, one per delay tier
-//! (`worker.delay_tiers`), that dead-letter back into it; no delayed-message plugin. A handler
+//! **A message put off this way is never counted toward its queue's delivery limit.** A
+//! consumed queue may have TTL queues `{queue}.retry.{ms}`, one per delay tier (the worker's
+//! `worker.delay_tiers`, token-control's `token_control.retry_delays_ms`), that dead-letter back
+//! into it ([`crate::Topology::declare_retry_tier`]); no delayed-message plugin. A handler
 //! that publishes its message there (with the broker's confirm) acks the delivery, so a wait of
 //! any length — a retry's backoff, a rate limit, a store that does not answer — costs the
 //! message nothing. Requeueing instead would count each try, and after `amqp.delivery_limit`
 //! of them the broker dead-letters the message, whatever it was waiting for.
 //!
-//! Used by the sends (`crate::delivery`: retries, deferrals, store failures) and the delivery
-//! reports (`crate::status`: store failures).
+//! Used by the worker's sends (retries, deferrals, store failures) and delivery reports (store
+//! failures), and by token-control's notices (transient failures).
 
 use std::time::Duration;
 
 use rand::RngExt as _;
-use wxhub_bus::{Bus, BusError, Outgoing};
+
+use crate::{Bus, BusError, Outgoing};
 
 /// Header carrying how many deliveries in a row could not use the store (a job's record, a
 /// report's job).
@@ -45,15 +47,20 @@ pub async fn declare_tiers(bus: &Bus, queue: &str, tiers: &[u32]) -> Result<(), 
     Ok(())
 }
 
+/// The wait after `failures` failures in a row before this one: `delays[failures]`, the last
+/// one repeating ([`STORE_RETRY_MAX`] for none).
+pub fn nth(delays: &[u32], failures: u32) -> Duration {
+    let index = usize::try_from(failures).unwrap_or(usize::MAX);
+    delays
+        .get(index)
+        .or(delays.last())
+        .map_or(STORE_RETRY_MAX, |ms| Duration::from_millis(u64::from(*ms)))
+}
+
 /// How long a message waits after `failures` store failures in a row before this one: the
 /// smallest delay tier first, then each next one, at most [`STORE_RETRY_MAX`].
 pub fn store_retry(tiers: &[u32], failures: u32) -> Duration {
-    let index = usize::try_from(failures).unwrap_or(usize::MAX);
-    tiers
-        .get(index)
-        .or(tiers.last())
-        .map_or(STORE_RETRY_MAX, |ms| Duration::from_millis(u64::from(*ms)))
-        .min(STORE_RETRY_MAX)
+    nth(tiers, failures).min(STORE_RETRY_MAX)
 }
 
 /// Publishes `out` (its exchange and routing key are replaced) to the delay queue of `queue`
@@ -113,6 +120,8 @@ mod tests {
             [300, 1_000, 30_000, 60_000, 60_000, 60_000].map(Duration::from_millis)
         );
         assert_eq!(store_retry(&[], 3), STORE_RETRY_MAX);
+        assert_eq!(nth(&[5_000, 1_000], 0), Duration::from_secs(5));
+        assert_eq!(nth(&[5_000, 1_000], 9), Duration::from_secs(1));
         assert_eq!(store_tiers(&tiers), [300, 1_000, 30_000]);
         assert_eq!(store_tiers(&[120_000]), [60_000]);
     }
