@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 
-use crate::{Bus, BusError, Outgoing};
+use crate::{Bus, BusError, Outgoing, Received};
 
 /// Header carrying how many deliveries in a row could not use the store (a job's record, a
 /// report's job).
@@ -105,6 +105,48 @@ pub async fn publish(
         tracing::warn!(error = e, queue, "cannot declare the delay queues");
     }
     bus.publish_expiring(&out, ttl).await
+}
+
+/// How many failures in a row `header` of `received` counts (0 without it).
+pub fn failures(received: &Received, header: &str) -> u32 {
+    received
+        .headers
+        .get(header)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+/// Publishes `received` again — its body, id, type and headers (the trace context with them),
+/// `header` counting one more failure — to the delay queue of `queue` that fits `wait`
+/// ([`publish`]); the caller then acks the delivery.
+pub async fn put_off(
+    bus: &Bus,
+    queue: &str,
+    tiers: &[u32],
+    received: &Received,
+    header: &str,
+    wait: Duration,
+    jitter: bool,
+) -> Result<(), BusError> {
+    let mut headers: Vec<(String, String)> = received
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != header)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.push((
+        header.to_owned(),
+        failures(received, header).saturating_add(1).to_string(),
+    ));
+    let out = Outgoing {
+        exchange: "",
+        routing_key: "",
+        body: &received.body,
+        message_id: received.message_id.as_deref().unwrap_or(""),
+        message_type: received.message_type.as_deref().unwrap_or(""),
+        headers: &headers,
+    };
+    publish(bus, queue, tiers, &out, wait, jitter).await
 }
 
 #[cfg(test)]

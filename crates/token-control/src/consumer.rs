@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use wxhub_bus::{Bus, Outcome, Outgoing, Received, delay};
+use wxhub_bus::{Bus, Outcome, Received, delay};
 use wxhub_message::parse_notice;
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_runtime::{ErrorCode, TenantKind};
@@ -86,11 +86,7 @@ impl Later {
                 "dead_letter",
             );
         }
-        let before = msg
-            .headers
-            .get(FAILURES_HEADER)
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0);
+        let before = delay::failures(msg, FAILURES_HEADER);
         let wait = delay::nth(&self.delays, before);
         tracing::warn!(
             what,
@@ -98,26 +94,18 @@ impl Later {
             failures = before + 1,
             "transient failure; the notice waits {wait:?} in a delay queue"
         );
-        // Its headers (the trace context) go with it.
-        let mut headers: Vec<(String, String)> = msg
-            .headers
-            .iter()
-            .filter(|(k, _)| k.as_str() != FAILURES_HEADER)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        headers.push((
-            FAILURES_HEADER.to_owned(),
-            before.saturating_add(1).to_string(),
-        ));
-        let out = Outgoing {
-            exchange: "",
-            routing_key: "",
-            body: &msg.body,
-            message_id: msg.message_id.as_deref().unwrap_or(""),
-            message_type: msg.message_type.as_deref().unwrap_or(""),
-            headers: &headers,
-        };
-        match delay::publish(&self.bus, &self.queue, &self.tiers(), &out, wait, true).await {
+        let tiers = self.tiers();
+        match delay::put_off(
+            &self.bus,
+            &self.queue,
+            &tiers,
+            msg,
+            FAILURES_HEADER,
+            wait,
+            true,
+        )
+        .await
+        {
             Ok(()) => (Outcome::Ack, "deferred"),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish a notice to a delay queue; requeueing");

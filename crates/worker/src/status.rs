@@ -19,7 +19,7 @@
 //! messages whose first was recorded before the failure is handled again whole.
 
 use prost::Message as _;
-use wxhub_bus::{Bus, Outcome, Outgoing, Received};
+use wxhub_bus::{Bus, Outcome, Received};
 use wxhub_message::{EventKind, Inbound, Message};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_store::Jobs;
@@ -141,34 +141,21 @@ impl DeliveryReports {
         what: &str,
         e: &(dyn std::fmt::Display + Sync),
     ) -> Outcome {
-        let before = received
-            .headers
-            .get(STORE_FAILURES_HEADER)
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0);
+        let before = delay::failures(received, STORE_FAILURES_HEADER);
         let wait = delay::store_retry(&self.tiers, before);
         tracing::warn!(failures = before + 1, error = %e, "cannot {what}; the report waits {wait:?} in a delay queue");
         metrics::counter!("wxhub_worker_deferred_total", "reason" => "report_store").increment(1);
-        // Its headers (the trace context) go with it.
-        let mut headers: Vec<(String, String)> = received
-            .headers
-            .iter()
-            .filter(|(k, _)| k.as_str() != STORE_FAILURES_HEADER)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        headers.push((
-            STORE_FAILURES_HEADER.to_owned(),
-            before.saturating_add(1).to_string(),
-        ));
-        let out = Outgoing {
-            exchange: "",
-            routing_key: "",
-            body: &received.body,
-            message_id: received.message_id.as_deref().unwrap_or(""),
-            message_type: received.message_type.as_deref().unwrap_or(""),
-            headers: &headers,
-        };
-        match delay::publish(&self.bus, &self.queue, &self.tiers, &out, wait, false).await {
+        match delay::put_off(
+            &self.bus,
+            &self.queue,
+            &self.tiers,
+            received,
+            STORE_FAILURES_HEADER,
+            wait,
+            false,
+        )
+        .await
+        {
             Ok(()) => Outcome::Ack,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish a delivery report to a delay queue; requeueing");

@@ -128,11 +128,7 @@ async fn ticket_and_authorization_notices_change_the_store() {
     // A malformed event goes to the dead letters, not back to the queue forever.
     env.publish_notice(ACME, ACME_APPID, "authorized", "<xml><oops", "bad-1")
         .await;
-    let bus = env.bus().await;
-    let dead = env
-        .ns
-        .drain_queue(&bus, &bus.topology().dead_queue(), Duration::from_secs(10))
-        .await;
+    let dead = env.dead_letters(Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0]
@@ -439,15 +435,7 @@ async fn an_authorization_before_any_ticket_is_retried_not_dead_lettered() {
         r.status == AuthorizerStatus::Authorized && r.refresh_token.is_some()
     })
     .await;
-    let bus = env.bus().await;
-    let dead = env
-        .ns
-        .drain_queue(
-            &bus,
-            &bus.topology().dead_queue(),
-            Duration::from_millis(200),
-        )
-        .await;
+    let dead = env.dead_letters(Duration::from_millis(200)).await;
     assert!(dead.is_empty(), "nothing dead-lettered");
 
     // A code that cannot be exchanged still falls back to the list (which brings back AUTH2's
@@ -481,10 +469,7 @@ async fn an_authorization_before_any_ticket_is_retried_not_dead_lettered() {
         "never-a-ticket",
     )
     .await;
-    let dead = env
-        .ns
-        .drain_queue(&bus, &bus.topology().dead_queue(), Duration::from_secs(30))
-        .await;
+    let dead = env.dead_letters(Duration::from_secs(30)).await;
     assert_eq!(dead.len(), 1);
     let headers = dead[0].delivery.properties.headers().as_ref().unwrap();
     let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-wxhub-reason")
@@ -540,14 +525,7 @@ async fn a_notice_failing_past_the_delivery_limit_waits_and_applies_when_redis_a
             >= 7.0
     })
     .await;
-    let dead = env
-        .ns
-        .drain_queue(
-            &bus,
-            &bus.topology().dead_queue(),
-            Duration::from_millis(200),
-        )
-        .await;
+    let dead = env.dead_letters(Duration::from_millis(200)).await;
     assert!(dead.is_empty(), "dead-lettered: {}", dead.len());
     assert_eq!(
         env.auths.get(ACME, AUTH2).await.unwrap().unwrap().status,

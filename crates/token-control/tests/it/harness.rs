@@ -508,6 +508,13 @@ impl Env {
         self.bus.clone().unwrap()
     }
 
+    /// Takes the namespace's dead letters (acking them); waits up to `wait` for the first.
+    pub async fn dead_letters(&mut self, wait: Duration) -> Vec<lapin::message::BasicGetMessage> {
+        let bus = self.bus().await;
+        let dead = bus.topology().dead_queue();
+        self.ns.drain_queue(&bus, &dead, wait).await
+    }
+
     /// Publishes a component notice to the events exchange, as the gateway would.
     pub async fn publish_notice(
         &mut self,
