@@ -100,7 +100,7 @@ pub async fn publish(
     if !matches!(result, Err(BusError::Unroutable { .. })) {
         return result;
     }
-    // The delay queues are declared at start; a broker that lost them gets them again.
+    // Not declared yet (a service that declares them on first use) or lost by the broker.
     if let Err(e) = declare_tiers(bus, queue, tiers).await {
         tracing::warn!(error = e, queue, "cannot declare the delay queues");
     }

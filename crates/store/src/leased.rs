@@ -254,10 +254,10 @@ impl LeasedLimiter {
 
     /// Leases `wanted` units of `bucket` in a task of its own (the request that asked may be
     /// dropped; the requests waiting are not left waiting), keeps `held` of them back for the
-    /// asker and makes the rest spendable, then wakes every request waiting: each spends a unit
-    /// or, when none is left, waits for the next ask or makes it. A refusal is remembered until
-    /// a unit fits (the requests meanwhile are refused without asking); a failure for
-    /// [`WINDOW`].
+    /// asker and makes the rest spendable, then wakes as many waiting requests as it made units
+    /// spendable (at least one): each spends a unit or, when none is left, waits for the next
+    /// ask or makes it. A refusal is remembered until a unit fits (the requests meanwhile are
+    /// refused without asking), a failure for [`WINDOW`]; either wakes every request waiting.
     fn ask(
         &self,
         bucket: &Arc<Bucket>,

@@ -185,24 +185,22 @@ async fn handle_inner(
         .clone()
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| notice.dedupe_key());
-    Ok(
-        match engine.apply_notice(&tenant, &message_id, &notice).await {
-            Ok(_) => Outcome::Ack,
-            // No ticket yet (WeChat was asked for one): the code is fine, try again later.
-            Err(e) if e.no_ticket() => {
-                let delivery = msg.delivery_count + 1;
-                if delivery < u64::from(delivery_limit) {
-                    tracing::warn!(tenant = %tenant.id, appid = notice.authorizer_appid(), delivery, "no component_verify_ticket yet; requeueing the authorization");
-                    Outcome::Requeue
-                } else {
-                    Outcome::DeadLetter(format!(
-                        "{}: no usable component_verify_ticket in {delivery_limit} deliveries: {e}",
-                        notice.info_type()
-                    ))
-                }
+    match engine.apply_notice(&tenant, &message_id, &notice).await {
+        Ok(_) => Ok(Outcome::Ack),
+        // No ticket yet (WeChat was asked for one): the code is fine, try again later.
+        Err(e) if e.no_ticket() => {
+            let delivery = msg.delivery_count + 1;
+            if delivery < u64::from(delivery_limit) {
+                tracing::warn!(tenant = %tenant.id, appid = notice.authorizer_appid(), delivery, "no component_verify_ticket yet; requeueing the authorization");
+                Ok(Outcome::Requeue)
+            } else {
+                Ok(Outcome::DeadLetter(format!(
+                    "{}: no usable component_verify_ticket in {delivery_limit} deliveries: {e}",
+                    notice.info_type()
+                )))
             }
-            Err(e @ Error::NotStored { .. }) => Outcome::DeadLetter(e.to_string()),
-            Err(e) => return transient_or_dead(&e, notice.info_type(), event.received_at_ms),
-        },
-    )
+        }
+        Err(e @ Error::NotStored { .. }) => Ok(Outcome::DeadLetter(e.to_string())),
+        Err(e) => transient_or_dead(&e, notice.info_type(), event.received_at_ms),
+    }
 }

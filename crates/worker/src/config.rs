@@ -191,6 +191,11 @@ impl WorkerSection {
         tiers.dedup();
         tiers
     }
+
+    /// The delay queues' delays of the delivery reports, which wait only for their store.
+    pub fn report_delay_tiers(&self) -> Vec<u32> {
+        wxhub_bus::delay::store_tiers(&self.delay_tiers())
+    }
 }
 
 /// The whole configuration of the binary.

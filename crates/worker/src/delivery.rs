@@ -37,6 +37,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tracing::Instrument as _;
+use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 use wxhub_bus::{Bus, Outcome, Outgoing, Received};
 use wxhub_proto::jobs::v1::{SendBatch, SendJob, SendRoute};
 use wxhub_runtime::Secret;
@@ -49,7 +50,6 @@ use crate::announce::{SEND_BATCH_TYPE, SEND_JOB_TYPE};
 use crate::config::{Limits, WorkerSection};
 use crate::tokens::TokenCache;
 use crate::validate::api_path;
-use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 
 /// Header carrying the attempts the worker counted so far.
 pub const ATTEMPT_HEADER: &str = "x-wxhub-attempt";

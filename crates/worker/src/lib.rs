@@ -81,8 +81,11 @@ fn delayed_queues(config: &Config, topology: &Topology) -> Vec<(String, Vec<u32>
     let tiers = config.worker.delay_tiers();
     vec![
         (topology.send_queue(), tiers.clone()),
-        (topology.send_bulk_queue(), tiers.clone()),
-        (topology.send_status_queue(), delay::store_tiers(&tiers)),
+        (topology.send_bulk_queue(), tiers),
+        (
+            topology.send_status_queue(),
+            config.worker.report_delay_tiers(),
+        ),
     ]
 }
 
@@ -188,7 +191,7 @@ impl Service for Worker {
         let status = Arc::new(status::DeliveryReports::new(
             jobs,
             bus.clone(),
-            delay::store_tiers(&w.delay_tiers()),
+            w.report_delay_tiers(),
             status_queue,
         ));
         Ok(Self {

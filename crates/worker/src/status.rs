@@ -19,12 +19,11 @@
 //! messages whose first was recorded before the failure is handled again whole.
 
 use prost::Message as _;
+use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 use wxhub_bus::{Bus, Outcome, Received};
 use wxhub_message::{EventKind, Inbound, Message};
 use wxhub_proto::events::v1::CallbackEvent;
 use wxhub_store::Jobs;
-
-use wxhub_bus::delay::{self, STORE_FAILURES_HEADER};
 
 /// How long a report waits for its job.
 const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -34,7 +33,7 @@ const HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 pub struct DeliveryReports {
     jobs: Jobs,
     bus: Bus,
-    /// The delay tiers of `queue` ([`wxhub_bus::delay::store_tiers`]).
+    /// The delay tiers of `queue` (`worker.report_delay_tiers()`).
     tiers: Vec<u32>,
     /// The queue it consumes (`{ns}.send-status`), whose delay queues a report waits in.
     queue: String,
