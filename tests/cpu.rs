@@ -125,3 +125,92 @@ pub fn thread_cpus() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The whole machine's CPU time (`/proc/stat`, first line) over a stretch of a benchmark,
+/// sampled every 50 ms by a thread of its own: how busy all CPUs were, and how much time the
+/// hypervisor took from this virtual machine's CPUs (steal) — in all and in the worst 50 ms.
+/// A stall that hits both paths of a paired window alike, with nothing of this process's own
+/// to show for it, is told apart by these.
+pub struct Machine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<MachineTime>>,
+}
+
+/// What a [`Machine`] saw, in seconds of CPU time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MachineTime {
+    /// Every CPU's non-idle time, steal excluded.
+    pub busy: f64,
+    pub steal: f64,
+    /// The most steal in one 50 ms sample (both CPUs together).
+    pub worst_steal: f64,
+    /// TCP connections this machine opened (`/proc/net/snmp`, `ActiveOpens`).
+    pub connections: u64,
+}
+
+/// `ActiveOpens` of `/proc/net/snmp`: TCP connections opened by this machine so far.
+fn active_opens() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ActiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (non-idle without steal, steal) so far, in clock ticks, from `/proc/stat`'s `cpu` line.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
+}
+
+impl Machine {
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let ticks = clock_ticks();
+            let (busy0, steal0) = machine_ticks();
+            let opens0 = active_opens();
+            let (mut last_steal, mut worst) = (steal0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let (_, steal) = machine_ticks();
+                worst = worst.max(steal.saturating_sub(last_steal));
+                last_steal = steal;
+            }
+            let (busy, steal) = machine_ticks();
+            MachineTime {
+                busy: busy.saturating_sub(busy0) as f64 / ticks,
+                steal: steal.saturating_sub(steal0) as f64 / ticks,
+                worst_steal: worst as f64 / ticks,
+                connections: active_opens().saturating_sub(opens0),
+            }
+        });
+        Self {
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    pub fn took(mut self) -> MachineTime {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.sampler
+            .take()
+            .and_then(|s| s.join().ok())
+            .unwrap_or_default()
+    }
+}
