@@ -339,6 +339,12 @@ impl Recovery {
                 ));
             }
         } else {
+            // The re-list that healed the epoch may have completed between the read above and
+            // `restore`: it stores the records before marking the epoch healed, so read again
+            // before taking the interval's re-list for an account that is only late.
+            if let Some(r) = auths.get(tenant.id.as_str(), appid).await? {
+                return Ok(Some(r));
+            }
             let interval = Duration::from_millis(self.s.cfg.relist_interval_ms);
             if self
                 .s
