@@ -1352,3 +1352,115 @@ async fn calls_of_one_account_to_one_path_are_rate_limited_before_wechat() {
     drop((a, b));
     stack.stop().await;
 }
+
+/// Polls `f` every 20 ms until it holds, for at most 5 s; says whether it did.
+async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_max_in_flight_are_refused_at_once_and_a_streaming_answer_keeps_its_slot() {
+    let stack = Stack::start_with(tickets("relay-in-flight")).await.unwrap();
+    let relay = stack
+        .relay(&[("WXHUB_RELAY__MAX_IN_FLIGHT", "1")])
+        .await
+        .unwrap();
+    let get = format!("/v1/{TENANT}/{AUTH1}/cgi-bin/menu/get");
+    let warm = call(&relay, CRM_KEY, Method::GET, &get, None).await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.json);
+
+    // A call WeChat answers slowly holds the one slot: the next is refused, nothing sent.
+    stack
+        .sim
+        .add_fault(FaultSpec::latency(
+            "/cgi-bin/menu/get",
+            Duration::from_millis(1500),
+            Some(1),
+        ))
+        .unwrap();
+    let before = stack.calls("/cgi-bin/menu/get", Some(AUTH1));
+    let slow = tokio::spawn({
+        let url = format!("{}{get}", relay.url);
+        async move {
+            http()
+                .get(url)
+                .bearer_auth(CRM_KEY)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    });
+    assert!(
+        eventually(async || relay.shared.calls_in_progress() == 1).await,
+        "the slow call is in progress"
+    );
+    let refused = call(&relay, CRM_KEY, Method::GET, &get, None).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(
+        refused.json["error"], "relay_overloaded",
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(refused.header("x-wxhub-attempts"), "0");
+    assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
+    assert_eq!(
+        stack.calls("/cgi-bin/menu/get", Some(AUTH1)),
+        before + 1,
+        "only the slow call was forwarded"
+    );
+    assert_eq!(relay.shared.calls_in_progress(), 0);
+    let after = call(&relay, CRM_KEY, Method::GET, &get, None).await;
+    assert_eq!(after.status, StatusCode::OK, "the slot was given back");
+
+    // A download the caller reads slowly keeps the slot after its headers came back (32 MB:
+    // more than the socket buffers of both hops hold), and gives it back when the caller
+    // hangs up.
+    let big: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let big_id = stack.sim.put_media(AUTH1, "image", "big.png", big);
+    let mut down = http()
+        .get(format!(
+            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/get?media_id={big_id}",
+            relay.url
+        ))
+        .bearer_auth(CRM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), StatusCode::OK);
+    assert!(!down.chunk().await.unwrap().unwrap_or_default().is_empty());
+    assert_eq!(
+        relay.shared.calls_in_progress(),
+        1,
+        "the download holds its slot"
+    );
+    let during = call(&relay, CRM_KEY, Method::GET, &get, None).await;
+    assert_eq!(
+        (during.status, during.json["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("relay_overloaded")),
+        "the streaming answer holds the slot: {}",
+        during.json
+    );
+    drop(down);
+    assert!(
+        eventually(
+            async || call(&relay, CRM_KEY, Method::GET, &get, None).await.status == StatusCode::OK
+        )
+        .await,
+        "the slot came back once the caller hung up"
+    );
+    drop(relay);
+    stack.stop().await;
+}

@@ -60,6 +60,11 @@ rate_limit = { count = 600, period_ms = 60000, burst = 100 }
 # background when a quarter is left). Across R replicas a bucket admits at most
 # R x (lease + lease/4) more than rate_limit in any interval. 1: one Redis script per call.
 rate_limit_lease = 256
+# Calls this replica forwards to WeChat at once (answers still streaming included). Past it a
+# call is refused at once (503 relay_overloaded, Retry-After: 1), nothing sent: when WeChat
+# stalls, callers keep calling, and without a bound every waiting call holds an outbound
+# connection until the replica runs out of descriptors and fails every call.
+max_in_flight = 1024
 "#;
 
 /// `[relay]` (a key it does not know is refused).
@@ -84,6 +89,8 @@ pub struct RelaySection {
     pub rate_limit: wxhub_store::Rate,
     /// The most units of a `rate_limit` bucket one replica leases at once (1: none).
     pub rate_limit_lease: u32,
+    /// Calls forwarded to WeChat at once by one replica; past it: 503, nothing sent.
+    pub max_in_flight: u32,
 }
 
 impl RelaySection {
@@ -123,6 +130,7 @@ impl RelaySection {
             1..=1000,
             "",
         )?;
+        within("relay.max_in_flight", self.max_in_flight, 1..=100_000, "")?;
         if !self.public_base_url.trim().is_empty() {
             config::http_url("relay.public_base_url", &self.public_base_url)?;
         }
@@ -251,6 +259,7 @@ mod tests {
         assert_eq!(c.relay.endpoint, "http://127.0.0.1:8090");
         assert_eq!(c.relay.public_base(), "http://127.0.0.1:8090");
         assert_eq!(c.relay.rate_limit_lease, 256);
+        assert_eq!(c.relay.max_in_flight, 1024);
         assert!(!config::dump(&c).contains("relay-key"));
     }
 
@@ -274,6 +283,7 @@ mod tests {
                 "0",
                 "relay.rate_limit_lease",
             ),
+            ("WXHUB_RELAY__MAX_IN_FLIGHT", "0", "relay.max_in_flight"),
             ("WXHUB_RELAY__TYPO", "1", "typo"),
         ] {
             let err = Config::load(&source(&[("WXHUB_CLIENT__API_KEY", "k"), (key, value)]))

@@ -42,6 +42,9 @@ use wxhub_wechat_api::Host;
 
 use crate::access::{Credential, Refusal, Target};
 
+/// [`Forwarded::outcome`] of an answer that streams on after the call returns.
+pub const STREAMED: &str = "streamed";
+
 /// errcodes that mean "this token is not (or no longer) valid".
 pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
 
@@ -644,7 +647,7 @@ impl Upstream {
                         response,
                         errcode: None,
                         attempts,
-                        outcome: "streamed",
+                        outcome: STREAMED,
                         upstream,
                     });
                 }

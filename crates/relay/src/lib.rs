@@ -67,9 +67,19 @@ pub struct Shared {
     pub store: Store,
     /// `relay.rate_limit`'s buckets, leased a few units at a time.
     pub limits: LeasedLimiter,
+    /// One permit per call in progress, up to `relay.max_in_flight`.
+    in_flight: Arc<tokio::sync::Semaphore>,
     pub config: Config,
     /// Whether spans are exported (then the relay's own span context is what it passes on).
     export_spans: bool,
+}
+
+impl Shared {
+    /// Calls in progress on this replica now (counted against `relay.max_in_flight`).
+    pub fn calls_in_progress(&self) -> usize {
+        (self.config.relay.max_in_flight as usize)
+            .saturating_sub(self.in_flight.available_permits())
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -186,6 +196,9 @@ impl Service for Relay {
             upstream,
             store: infra.store().clone(),
             limits: LeasedLimiter::new(infra.store().clone(), config.relay.rate_limit_lease),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.relay.max_in_flight as usize,
+            )),
             export_spans: !config.telemetry.otlp_endpoint.is_empty(),
             config,
         });
@@ -320,6 +333,11 @@ async fn relay_call(
     };
     let family = access::family(&path);
     tracing::Span::current().record("family", family);
+    // Past the bound, refused before a rate-limit unit is spent or anything is sent: a stalled
+    // WeChat must not make this replica hold a connection (and a descriptor) per waiting call.
+    let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+        return overloaded(shared.config.relay.max_in_flight);
+    };
     let t_rate = Instant::now();
     if let Err(r) = rate::admit(&shared, &tenant, &target, &path).await {
         return refused(&r);
@@ -365,5 +383,34 @@ async fn relay_call(
     // URL, reading the answer's errcode, retry backoffs). Hyper's parsing of the request and
     // writing of the answer happen outside this handler and are not in it.
     metrics::histogram!(OWN_SECONDS).record(took.saturating_sub(forwarded.upstream).as_secs_f64());
-    forwarded.response
+    if forwarded.outcome != forward::STREAMED {
+        return forwarded.response;
+    }
+    // A streamed answer is still coming from WeChat after this returns: its permit goes with
+    // it, released when the last chunk is sent or the caller hangs up.
+    forwarded.response.map(|body| {
+        Body::from_stream(futures::StreamExt::map(
+            body.into_data_stream(),
+            move |chunk| {
+                let _held = &permit;
+                chunk
+            },
+        ))
+    })
+}
+
+/// 503 for a call past `relay.max_in_flight`, with `Retry-After`.
+fn overloaded(max_in_flight: u32) -> Response {
+    let mut response = refused(&Refusal::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "relay_overloaded",
+        format!(
+            "this relay replica has relay.max_in_flight ({max_in_flight}) calls in progress; \
+             retry shortly"
+        ),
+    ));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
 }
