@@ -92,6 +92,35 @@ fn forwarded(stack: &Stack) -> usize {
     .sum()
 }
 
+/// `GET …/cgi-bin/media/get?media_id=` of AUTH1 through `relay`, as CRM.
+async fn media_get(
+    client: &reqwest::Client,
+    relay: &RelayHandle,
+    media_id: &str,
+) -> reqwest::Response {
+    client
+        .get(format!(
+            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/get?media_id={media_id}",
+            relay.url
+        ))
+        .bearer_auth(CRM_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The sim answers the next call of `path` 1.5 s late.
+fn answer_slowly_once(stack: &Stack, path: &str) {
+    stack
+        .sim
+        .add_fault(FaultSpec::latency(
+            path,
+            Duration::from_millis(1500),
+            Some(1),
+        ))
+        .unwrap();
+}
+
 fn tickets(label: &str) -> Setup {
     Setup {
         tickets: true,
@@ -347,14 +376,7 @@ async fn a_post_is_never_retried_after_it_was_written_a_get_is() {
     assert_eq!(stack.calls("/cgi-bin/menu/create", None) - before, 1);
 
     // A POST WeChat answers slower than the deadline: 504, once.
-    stack
-        .sim
-        .add_fault(FaultSpec::latency(
-            "/cgi-bin/menu/create",
-            Duration::from_millis(1500),
-            Some(1),
-        ))
-        .unwrap();
+    answer_slowly_once(&stack, "/cgi-bin/menu/create");
     let before = stack.calls("/cgi-bin/menu/create", None);
     let a = call(
         &relay,
@@ -466,15 +488,7 @@ async fn media_streams_through_both_ways() {
         "upload held {} bytes",
         relay.shared.upstream.held.peak()
     );
-    let down = client
-        .get(format!(
-            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/get?media_id={media_id}",
-            relay.url
-        ))
-        .bearer_auth(CRM_KEY)
-        .send()
-        .await
-        .unwrap();
+    let down = media_get(&client, &relay, &media_id).await;
     assert_eq!(down.headers()["content-type"], "image/jpeg");
     assert!(
         down.headers()["content-disposition"]
@@ -503,15 +517,7 @@ async fn media_streams_through_both_ways() {
             }
         })
     };
-    let mut down = client
-        .get(format!(
-            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/get?media_id={big_id}",
-            relay.url
-        ))
-        .bearer_auth(CRM_KEY)
-        .send()
-        .await
-        .unwrap();
+    let mut down = media_get(&client, &relay, &big_id).await;
     let (mut n, mut chunks, mut digest) = (0usize, 0usize, 0u64);
     while let Some(chunk) = down.chunk().await.unwrap() {
         for (i, b) in chunk.iter().enumerate() {
@@ -1377,14 +1383,7 @@ async fn calls_past_max_in_flight_are_refused_at_once_and_a_streaming_answer_kee
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.json);
 
     // A call WeChat answers slowly holds the one slot: the next is refused, nothing sent.
-    stack
-        .sim
-        .add_fault(FaultSpec::latency(
-            "/cgi-bin/menu/get",
-            Duration::from_millis(1500),
-            Some(1),
-        ))
-        .unwrap();
+    answer_slowly_once(&stack, "/cgi-bin/menu/get");
     let before = stack.calls("/cgi-bin/menu/get", Some(AUTH1));
     let slow = tokio::spawn({
         let url = format!("{}{get}", relay.url);
@@ -1430,15 +1429,7 @@ async fn calls_past_max_in_flight_are_refused_at_once_and_a_streaming_answer_kee
     // hangs up.
     let big: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let big_id = stack.sim.put_media(AUTH1, "image", "big.png", big);
-    let mut down = http()
-        .get(format!(
-            "{}/v1/{TENANT}/{AUTH1}/cgi-bin/media/get?media_id={big_id}",
-            relay.url
-        ))
-        .bearer_auth(CRM_KEY)
-        .send()
-        .await
-        .unwrap();
+    let mut down = media_get(&http(), &relay, &big_id).await;
     assert_eq!(down.status(), StatusCode::OK);
     assert!(!down.chunk().await.unwrap().unwrap_or_default().is_empty());
     assert_eq!(
