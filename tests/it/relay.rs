@@ -92,6 +92,27 @@ fn forwarded(stack: &Stack) -> usize {
     .sum()
 }
 
+/// The relay's `wxhub_relay_calls_in_progress`, as its `/metrics` says.
+async fn calls_in_progress_gauge(relay: &RelayHandle) -> f64 {
+    let metrics = http()
+        .get(format!("{}/metrics", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(wxhub_relay::CALLS_IN_PROGRESS)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {} in\n{metrics}", wxhub_relay::CALLS_IN_PROGRESS))
+}
+
 /// `GET …/cgi-bin/media/get?media_id=` of AUTH1 through `relay`, as CRM.
 async fn media_get(
     client: &reqwest::Client,
@@ -1437,6 +1458,7 @@ async fn calls_past_max_in_flight_are_refused_at_once_and_a_streaming_answer_kee
         1,
         "the download holds its slot"
     );
+    assert_eq!(calls_in_progress_gauge(&relay).await, 1.0);
     let during = call(&relay, CRM_KEY, Method::GET, &get, None).await;
     assert_eq!(
         (during.status, during.json["error"].as_str()),
@@ -1452,6 +1474,7 @@ async fn calls_past_max_in_flight_are_refused_at_once_and_a_streaming_answer_kee
         .await,
         "the slot came back once the caller hung up"
     );
+    assert_eq!(calls_in_progress_gauge(&relay).await, 0.0);
     drop(relay);
     stack.stop().await;
 }

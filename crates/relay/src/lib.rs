@@ -59,6 +59,9 @@ pub const LIMIT_WAIT_SECONDS: &str = "wxhub_relay_limit_wait_seconds";
 /// Histogram: seconds a relayed call waited for its token (cached, or from token-control).
 pub const TOKEN_WAIT_SECONDS: &str = "wxhub_relay_token_wait_seconds";
 
+/// Gauge: calls in progress on this replica (its bound is `relay.max_in_flight`).
+pub const CALLS_IN_PROGRESS: &str = "wxhub_relay_calls_in_progress";
+
 /// What every request handler shares.
 pub struct Shared {
     pub tenants: TenantsHandle,
@@ -338,6 +341,7 @@ async fn relay_call(
     let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
         return overloaded(shared.config.relay.max_in_flight);
     };
+    let permit = InProgress::counted(permit);
     let t_rate = Instant::now();
     if let Err(r) = rate::admit(&shared, &tenant, &target, &path).await {
         return refused(&r);
@@ -397,6 +401,23 @@ async fn relay_call(
             },
         ))
     })
+}
+
+/// A call's place among `relay.max_in_flight`, counted in `wxhub_relay_calls_in_progress`
+/// until dropped.
+struct InProgress(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl InProgress {
+    fn counted(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(CALLS_IN_PROGRESS).increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        metrics::gauge!(CALLS_IN_PROGRESS).decrement(1.0);
+    }
 }
 
 /// 503 for a call past `relay.max_in_flight`, with `Retry-After`.
