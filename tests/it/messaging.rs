@@ -1696,3 +1696,74 @@ async fn a_job_stored_but_never_announced_is_announced_by_the_retry_with_its_key
     assert_eq!(messages(&stack, CUSTOM, &to), 1);
     stack.stop().await;
 }
+
+/// Tenants the worker's feeder visited so far (`wxhub_worker_feeder_visits_total`).
+fn feeder_visits() -> f64 {
+    wxhub_runtime::ops::prometheus()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(wxhub_worker::feeder::VISITS))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The feeder visits only the tenants with held jobs or campaigns, once its first pass over
+/// every tenant is done: an idle tenant costs it nothing per tick, and a tenant whose held jobs
+/// were all fed drops out. Before, it read every tenant's counts every tick on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feeder_visits_only_the_tenants_with_held_jobs_or_campaigns() {
+    // Window 1 and one custom send a second: the first job is sent, the second waits in the
+    // window for the limiter, the third is held.
+    let stack = stack(
+        "msg-feeder-busy",
+        &[
+            (
+                "WXHUB_WORKER__LIMITS__CUSTOM",
+                "{ count = 1, period_ms = 1000, burst = 1 }",
+            ),
+            ("WXHUB_WORKER__TENANT_WINDOW", "1"),
+            ("WXHUB_WORKER__CAMPAIGN_TICK_MS", "50"),
+        ],
+    )
+    .await;
+    let busy = wxhub_store::BusyTenants::new(stack.store.clone());
+    let mut c = client(stack.worker).await;
+    // The first pass visits every tenant; idle, the next ten ticks visit none.
+    stack.wait_for(|| async { feeder_visits() > 0.0 }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let idle = feeder_visits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(feeder_visits(), idle, "idle tenants were visited");
+    assert!(busy.list().await.unwrap().is_empty());
+
+    let first = send(&mut c, enqueue(AUTH1, "", text(&user(1), "one"))).await;
+    wait_job(&mut c, &first.id, is("sent")).await;
+    let mut later = Vec::new();
+    for i in 2..=3 {
+        later.push(send(&mut c, enqueue(AUTH1, "", text(&user(i), "later"))).await);
+    }
+    assert_eq!(
+        busy.list().await.unwrap(),
+        vec![TENANT.to_owned()],
+        "the held job marked its tenant"
+    );
+    for j in &later {
+        wait_job(&mut c, &j.id, is("sent")).await;
+    }
+    // Fed, the tenant drops out, and the feeder goes back to visiting nobody.
+    stack
+        .wait_for(|| {
+            let busy = busy.clone();
+            async move { busy.list().await.unwrap().is_empty() }
+        })
+        .await;
+    let visited = feeder_visits();
+    assert!(visited > idle, "the marked tenant was visited");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        feeder_visits(),
+        visited,
+        "a drained tenant was visited again"
+    );
+    stack.stop().await;
+}

@@ -198,6 +198,10 @@ impl Campaigns {
         }
         let mut conn = self.store.conn();
         let total: u64 = inv.invoke_async(&mut conn).await?;
+        // The feeder visits only the tenants marked (crate::busy).
+        crate::BusyTenants::new(self.store.clone())
+            .mark_after_write(tenant)
+            .await;
         Ok(total)
     }
 
@@ -291,6 +295,12 @@ impl Campaigns {
             .arg(from.join(" "));
         let mut conn = self.store.conn();
         let answer: String = inv.invoke_async(&mut conn).await?;
+        if answer == "ok" && to == "running" {
+            // The feeder visits only the tenants marked (crate::busy).
+            crate::BusyTenants::new(self.store.clone())
+                .mark_after_write(tenant)
+                .await;
+        }
         Ok(match answer.as_str() {
             "ok" => StateChange::Ok,
             "missing" => StateChange::Missing,

@@ -244,7 +244,8 @@ pub enum Settled {
 // in-broker, held, the authorizer record to require (or the job key). ARGV: id, now, ttl_ms,
 // idem_ttl_ms, has_idem, recent, window (0: outside any window), most held (0: no cap), then
 // field/value pairs.
-// Returns {1, id} (stored, announce it), {2, id} (stored and held), {0, existing}, or
+// Returns {1, id} (stored, announce it), {2, id} (stored and held; {6, id} when it is the first
+// held: mark the tenant), {0, existing}, or
 // {3, ''} (no such authorizer) / {4, ''} (revoked) / {5, ''} (held over the cap), storing
 // nothing.
 const CREATE: &str = r"
@@ -276,6 +277,8 @@ if window > 0 then
   if held > 0 or redis.call('ZCARD', KEYS[5]) >= window then
     redis.call('RPUSH', KEYS[6], ARGV[1])
     redis.call('PEXPIRE', KEYS[6], ARGV[3])
+    -- The first held job marks its tenant for the feeder (crate::busy); later ones find it marked.
+    if held == 0 then return {6, ARGV[1]} end
     return {2, ARGV[1]}
   end
   redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
@@ -589,9 +592,15 @@ impl Jobs {
         }
         let mut conn = self.store.conn();
         let (new, id): (i64, String) = inv.invoke_async(&mut conn).await?;
+        if new == 6 {
+            // The first held job: the feeder visits only the tenants marked (crate::busy).
+            crate::BusyTenants::new(self.store.clone())
+                .mark_after_write(tenant)
+                .await;
+        }
         Ok(match new {
             1 => Created::New,
-            2 => Created::Held,
+            2 | 6 => Created::Held,
             3 => Created::UnknownAccount,
             4 => Created::RevokedAccount,
             5 => Created::OverHeld,

@@ -23,6 +23,7 @@
 
 pub mod auth_codes;
 pub mod authorizers;
+pub mod busy;
 pub mod campaigns;
 pub mod connection;
 pub mod credentials;
@@ -47,6 +48,7 @@ use wxhub_domain::config::{ConfigError, at_least};
 
 pub use auth_codes::{AuthCodes, CodeClaim};
 pub use authorizers::{AuthorizerRecord, AuthorizerStatus, Authorizers};
+pub use busy::BusyTenants;
 pub use campaigns::{CampaignRecipient, CampaignRecord, Campaigns, NewCampaign, StateChange};
 pub use connection::StoreConn;
 pub use credentials::{Credentials, Lease, TicketRecord, TokenRecord, WriteOutcome, WriteReport};

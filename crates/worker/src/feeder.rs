@@ -1,6 +1,8 @@
 //! The feeder: what waits in Redis and reaches the broker a window at a time — campaign
 //! slices (to `{ns}.send-bulk`) and the single messages a tenant enqueued over its window (to
-//! `{ns}.send`). One loop, every `worker.campaign_tick_ms`, over every tenant.
+//! `{ns}.send`). One loop, every `worker.campaign_tick_ms`, over the tenants with work
+//! (`wxhub_store::busy`: those with held jobs or campaigns), and over every tenant at its first
+//! tick and every [`FULL_PASS`] after, for work whose tenant a writer failed to mark.
 //!
 //! Guarantees of held single messages:
 //! - **A tenant's backlog never stands in front of another tenant.** At most
@@ -39,7 +41,9 @@ use wxhub_bus::topology::{SEND_BULK_KEY, SEND_KEY};
 use wxhub_proto::jobs::v1::SendJob;
 use wxhub_runtime::TenantsHandle;
 use wxhub_store::jobs::new_id;
-use wxhub_store::{CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate};
+use wxhub_store::{
+    BusyTenants, CampaignRecipient, CampaignRecord, Campaigns, Created, Jobs, NewJob, Rate,
+};
 
 use crate::announce::{self, new_route, send_job};
 use crate::config::Limits;
@@ -81,11 +85,20 @@ const FEED_PUBLISHES: usize = 32;
 /// A feed's messages (of up to `worker.announce_batch` jobs) awaiting their confirms at once.
 const FEED_MESSAGES: usize = 4;
 
+/// How often the feeder visits every tenant, not only the marked ones: a writer that stopped
+/// between storing work and marking its tenant delays that work by at most this.
+pub const FULL_PASS: Duration = Duration::from_secs(60);
+
+/// Counter: tenants the feeder visited (read their held jobs and campaigns).
+pub const VISITS: &str = "wxhub_worker_feeder_visits_total";
+
 /// Feeds every running campaign and every tenant's held jobs.
 pub struct Feeder {
     pub tenants: TenantsHandle,
     pub campaigns: Campaigns,
     pub jobs: Jobs,
+    /// The tenants with work (visited every tick).
+    pub busy: BusyTenants,
     pub bus: Bus,
     pub limits: Limits,
     pub tick: Duration,
@@ -102,47 +115,95 @@ impl std::fmt::Debug for Feeder {
 impl Feeder {
     /// Runs until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_full: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(self.tick) => {}
             }
-            let tenants: Vec<String> = self
-                .tenants
-                .current()
-                .iter()
-                .map(|t| t.id.as_str().to_owned())
-                .collect();
-            for tenant in tenants {
-                if let Err(e) = self.feed_held(&tenant).await {
-                    tracing::warn!(tenant, error = e, "cannot feed the held jobs");
+            let full = last_full.is_none_or(|at| at.elapsed() >= FULL_PASS);
+            let configured = self.tenants.current();
+            let marked = match self.busy.list().await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the tenants with work; visiting every tenant");
+                    None
                 }
-                let active = match self.campaigns.active(&tenant).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot list campaigns");
-                        continue;
+            };
+            let every = full || marked.is_none();
+            let marked: std::collections::HashSet<String> =
+                marked.unwrap_or_default().into_iter().collect();
+            let tenants: Vec<String> = configured
+                .iter()
+                .map(|t| t.id.as_str())
+                .filter(|id| every || marked.contains(*id))
+                .map(str::to_owned)
+                .collect();
+            if full {
+                last_full = Some(tokio::time::Instant::now());
+            }
+            for tenant in tenants {
+                metrics::counter!(VISITS).increment(1);
+                let busy = self.visit(&tenant).await;
+                let was_marked = marked.contains(&tenant);
+                if busy && !was_marked {
+                    // Work a writer stored without marking it (found by the full pass).
+                    if let Err(e) = self.busy.mark(&tenant).await {
+                        tracing::warn!(tenant, error = %e, "cannot mark a tenant with work");
                     }
-                };
-                for id in active {
-                    if let Err(e) = self.feed(&tenant, &id).await {
-                        tracing::warn!(
-                            tenant,
-                            campaign = id,
-                            error = e,
-                            "cannot feed the campaign"
-                        );
-                    }
+                } else if !busy && was_marked {
+                    self.unmark(&tenant).await;
                 }
             }
         }
     }
 
+    /// Feeds `tenant`'s held jobs and campaigns; true if it has any left to feed (or could
+    /// not be read: it stays marked).
+    async fn visit(&self, tenant: &str) -> bool {
+        let held = match self.feed_held(tenant).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(tenant, error = e, "cannot feed the held jobs");
+                true
+            }
+        };
+        let active = match self.campaigns.active(tenant).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "cannot list campaigns");
+                return true;
+            }
+        };
+        for id in &active {
+            if let Err(e) = self.feed(tenant, id).await {
+                tracing::warn!(tenant, campaign = id, error = e, "cannot feed the campaign");
+            }
+        }
+        held || !active.is_empty()
+    }
+
+    /// Drops `tenant` from the marked ones, then reads its work again and marks it back if
+    /// any was stored meanwhile (the order `wxhub_store::busy` relies on).
+    async fn unmark(&self, tenant: &str) {
+        if let Err(e) = self.busy.unmark(tenant).await {
+            tracing::warn!(tenant, error = %e, "cannot unmark an idle tenant");
+            return;
+        }
+        let counts = self.jobs.window_counts(tenant).await;
+        let active = self.campaigns.active(tenant).await;
+        let idle = matches!(counts, Ok((0, _, 0))) && matches!(&active, Ok(a) if a.is_empty());
+        if !idle && let Err(e) = self.busy.mark(tenant).await {
+            tracing::warn!(tenant, error = %e, "cannot mark a tenant with work back; the full pass finds it");
+        }
+    }
+
     /// Announces the held jobs of `tenant` that fit its window (and any a stopped feeder left),
     /// if this replica holds the tenant's guard this tick.
-    async fn feed_held(&self, tenant: &str) -> Result<(), String> {
+    /// Returns whether it has held (or feeding) jobs, fed or not.
+    async fn feed_held(&self, tenant: &str) -> Result<bool, String> {
         if self.jobs.tenant_window() == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let (held, _, feeding) = self
             .jobs
@@ -150,7 +211,7 @@ impl Feeder {
             .await
             .map_err(|e| e.to_string())?;
         if held == 0 && feeding == 0 {
-            return Ok(());
+            return Ok(false);
         }
         if !self
             .jobs
@@ -158,7 +219,7 @@ impl Feeder {
             .await
             .map_err(|e| e.to_string())?
         {
-            return Ok(());
+            return Ok(true);
         }
         let ids = self
             .jobs
@@ -189,7 +250,7 @@ impl Feeder {
             .await
             .map_err(|e| e.to_string())?;
         // The unconfirmed stay in the feeding list for the next tick.
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(true), Err)
     }
 
     fn rate(&self, kind: &str) -> Rate {

@@ -158,6 +158,7 @@ impl Service for Worker {
             tenants: tenants.clone(),
             campaigns: campaign_store.clone(),
             jobs: jobs.clone(),
+            busy: wxhub_store::BusyTenants::new(store.clone()),
             bus: bus.clone(),
             limits: w.limits,
             tick: Duration::from_millis(w.campaign_tick_ms),
