@@ -29,7 +29,7 @@ impl BusyTenants {
         Self { store }
     }
 
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}:busy-tenants", self.store.namespace())
     }
 
