@@ -92,16 +92,21 @@ fn forwarded(stack: &Stack) -> usize {
     .sum()
 }
 
-/// The relay's `wxhub_relay_calls_in_progress`, as its `/metrics` says.
-async fn calls_in_progress_gauge(relay: &RelayHandle) -> f64 {
-    let metrics = http()
+/// The relay's `/metrics` page.
+async fn relay_metrics(relay: &RelayHandle) -> String {
+    http()
         .get(format!("{}/metrics", relay.url))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The relay's `wxhub_relay_calls_in_progress`, as its `/metrics` says.
+async fn calls_in_progress_gauge(relay: &RelayHandle) -> f64 {
+    let metrics = relay_metrics(relay).await;
     metrics
         .lines()
         .find_map(|l| {
@@ -1253,14 +1258,7 @@ async fn relayed_calls_pass_the_trace_context_on_and_are_counted() {
         !lower.contains("authorization:") && !lower.contains("secret-cookie"),
         "{head}"
     );
-    let metrics = http()
-        .get(format!("{}/metrics", relay.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay_metrics(&relay).await;
     let line = metrics
         .lines()
         .find(|l| {
