@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 
-use crate::{Bus, BusError, Outgoing, Received};
+use crate::{Bus, BusError, Outcome, Outgoing, Received};
 
 /// Header carrying how many deliveries in a row could not use the store (a job's record, a
 /// report's job).
@@ -67,7 +67,27 @@ pub fn store_retry(tiers: &[u32], failures: u32) -> Duration {
 /// that fits `delay` — the smallest tier at least as long, else the longest — for `delay`
 /// within that tier; `jitter`: a random wait in the tier's last fifth instead (retries of one
 /// burst spread). A broker that lost the delay queues gets them declared again.
+///
+/// Returns the outcome of the delivery being put off: acked once the delay queue holds its
+/// message, requeued (and logged) if the broker refused the publish.
 pub async fn publish(
+    bus: &Bus,
+    queue: &str,
+    tiers: &[u32],
+    out: &Outgoing<'_>,
+    delay: Duration,
+    jitter: bool,
+) -> Outcome {
+    match publish_to_tier(bus, queue, tiers, out, delay, jitter).await {
+        Ok(()) => Outcome::Ack,
+        Err(e) => {
+            tracing::warn!(queue, message_id = out.message_id, error = %e, "cannot publish to a delay queue; requeueing");
+            Outcome::Requeue
+        }
+    }
+}
+
+async fn publish_to_tier(
     bus: &Bus,
     queue: &str,
     tiers: &[u32],
@@ -118,7 +138,7 @@ pub fn failures(received: &Received, header: &str) -> u32 {
 
 /// Publishes `received` again — its body, id, type and headers (the trace context with them),
 /// `header` counting one more failure — to the delay queue of `queue` that fits `wait`
-/// ([`publish`]); the caller then acks the delivery.
+/// ([`publish`], whose outcome it returns).
 pub async fn put_off(
     bus: &Bus,
     queue: &str,
@@ -127,7 +147,7 @@ pub async fn put_off(
     header: &str,
     wait: Duration,
     jitter: bool,
-) -> Result<(), BusError> {
+) -> Outcome {
     let mut headers: Vec<(String, String)> = received
         .headers
         .iter()

@@ -51,19 +51,25 @@ pub struct Transient {
 /// when the first notice is put off.
 #[derive(Debug, Clone)]
 pub struct Later {
-    pub bus: Bus,
-    pub queue: String,
+    bus: Bus,
+    queue: String,
     /// `token_control.retry_delays_ms`, in order.
-    pub delays: Vec<u32>,
+    delays: Vec<u32>,
+    /// The delay queues' tiers: the delays, sorted, once each.
+    tiers: Vec<u32>,
 }
 
 impl Later {
-    /// The delay queues' tiers: the delays, sorted, once each.
-    pub fn tiers(&self) -> Vec<u32> {
-        let mut tiers = self.delays.clone();
+    pub fn new(bus: Bus, queue: String, delays: Vec<u32>) -> Self {
+        let mut tiers = delays.clone();
         tiers.sort_unstable();
         tiers.dedup();
-        tiers
+        Self {
+            bus,
+            queue,
+            delays,
+            tiers,
+        }
     }
 
     /// `msg` waits in a delay queue (its delivery then acked), or is dead-lettered once it is
@@ -94,11 +100,10 @@ impl Later {
             failures = before + 1,
             "transient failure; the notice waits {wait:?} in a delay queue"
         );
-        let tiers = self.tiers();
         match delay::put_off(
             &self.bus,
             &self.queue,
-            &tiers,
+            &self.tiers,
             msg,
             FAILURES_HEADER,
             wait,
@@ -106,11 +111,8 @@ impl Later {
         )
         .await
         {
-            Ok(()) => (Outcome::Ack, "deferred"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish a notice to a delay queue; requeueing");
-                (Outcome::Requeue, "requeue")
-            }
+            Outcome::Ack => (Outcome::Ack, "deferred"),
+            other => (other, "requeue"),
         }
     }
 }

@@ -171,11 +171,11 @@ impl Service for TokenControl {
             let queue = bus.topology().token_control_queue();
             let engine = Arc::clone(&engine);
             let delivery_limit = config.amqp.delivery_limit;
-            let later = Arc::new(consumer::Later {
-                bus: bus.clone(),
-                queue: queue.clone(),
-                delays: tc.retry_delays_ms.clone(),
-            });
+            let later = Arc::new(consumer::Later::new(
+                bus.clone(),
+                queue.clone(),
+                tc.retry_delays_ms.clone(),
+            ));
             // Its delay queues are declared when the first notice is put off (`delay::publish`
             // declares them when the broker finds no queue for the publish).
             tokio::spawn(wxhub_bus::consume(

@@ -668,7 +668,8 @@ impl Delivery {
 
     /// Publishes `msg` with `headers` to the delay queue that fits `delay` (the smallest tier
     /// at least as long, else the longest); then the current delivery is acked (requeued if the
-    /// publish fails). `jitter`: up to 20 % earlier (retries of one burst spread).
+    /// publish fails: `delay::publish`). `jitter`: up to 20 % earlier (retries of one burst
+    /// spread).
     async fn publish_later(
         &self,
         msg: &SendJob,
@@ -685,7 +686,7 @@ impl Delivery {
             message_type: SEND_JOB_TYPE,
             headers,
         };
-        let result = delay::publish(
+        delay::publish(
             &self.bus,
             &self.queue,
             &self.settings.tiers,
@@ -693,14 +694,7 @@ impl Delivery {
             delay,
             jitter,
         )
-        .await;
-        match result {
-            Ok(()) => Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(job = msg.job_id, error = %e, "cannot publish to the delay queue; requeueing");
-                Outcome::Requeue
-            }
-        }
+        .await
     }
 }
 

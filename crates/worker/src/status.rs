@@ -133,7 +133,8 @@ impl DeliveryReports {
     }
 
     /// The store failed (`what`, with `e`): the report waits in a delay queue, one more store
-    /// failure counted, and this delivery is acked; requeued only if that publish fails.
+    /// failure counted, and this delivery is acked; requeued only if that publish fails
+    /// (`delay::put_off`).
     async fn store_failed(
         &self,
         received: &Received,
@@ -144,7 +145,7 @@ impl DeliveryReports {
         let wait = delay::store_retry(&self.tiers, before);
         tracing::warn!(failures = before + 1, error = %e, "cannot {what}; the report waits {wait:?} in a delay queue");
         metrics::counter!("wxhub_worker_deferred_total", "reason" => "report_store").increment(1);
-        match delay::put_off(
+        delay::put_off(
             &self.bus,
             &self.queue,
             &self.tiers,
@@ -154,13 +155,6 @@ impl DeliveryReports {
             false,
         )
         .await
-        {
-            Ok(()) => Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish a delivery report to a delay queue; requeueing");
-                Outcome::Requeue
-            }
-        }
     }
 }
 
