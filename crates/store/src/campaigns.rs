@@ -199,9 +199,7 @@ impl Campaigns {
         let mut conn = self.store.conn();
         let total: u64 = inv.invoke_async(&mut conn).await?;
         // The feeder visits only the tenants marked (crate::busy).
-        crate::BusyTenants::new(self.store.clone())
-            .mark_after_write(tenant)
-            .await;
+        crate::busy::mark_after_write(&self.store, tenant).await;
         Ok(total)
     }
 
@@ -297,9 +295,7 @@ impl Campaigns {
         let answer: String = inv.invoke_async(&mut conn).await?;
         if answer == "ok" && to == "running" {
             // The feeder visits only the tenants marked (crate::busy).
-            crate::BusyTenants::new(self.store.clone())
-                .mark_after_write(tenant)
-                .await;
+            crate::busy::mark_after_write(&self.store, tenant).await;
         }
         Ok(match answer.as_str() {
             "ok" => StateChange::Ok,

@@ -594,9 +594,7 @@ impl Jobs {
         let (new, id): (i64, String) = inv.invoke_async(&mut conn).await?;
         if new == 6 {
             // The first held job: the feeder visits only the tenants marked (crate::busy).
-            crate::BusyTenants::new(self.store.clone())
-                .mark_after_write(tenant)
-                .await;
+            crate::busy::mark_after_write(&self.store, tenant).await;
         }
         Ok(match new {
             1 => Created::New,
