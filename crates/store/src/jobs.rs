@@ -28,14 +28,21 @@
 //!   out again (announced twice at worst; the claim sends once). A held job is never dropped.
 //!   Campaign jobs are outside the window (campaigns feed a window of their own). An entry
 //!   older than the job TTL (its job expired, or its creator died before publishing) leaves the
-//!   window at the next create or take.
+//!   window at a take, or at one create in 16.
 //!
-//! Layout (all under the tenant's hash tag): `Keys::job` (hash), `Keys::job_attempts` (list of
-//! JSON attempts), `Keys::jobs(state)` (recent ids per state, `all` by creation),
-//! `Keys::idempotency`, `Keys::msgid` (delivery reports name only WeChat's msgid) and
-//! `Keys::park` (an (account, API) pair whose daily quota is spent); the window:
-//! `Keys::in_broker`, `Keys::held`, `Keys::feeding`. Records expire after
+//! What a job costs Redis is what bounds the service's send rate (docs/messaging.md,
+//! *Measured*), so a transition writes only what a reader needs: the record (its attempts
+//! included, as JSON lines in its `attempts` field), the recent list of a state someone lists,
+//! and the indexes a later step looks up. Queued and sending, which every job passes through,
+//! have no list ([`JobState::is_indexed`]); the lists are trimmed by one write in 16.
+//!
+//! Layout (all under the tenant's hash tag): `Keys::job` (hash), `Keys::jobs(state)` (recent ids
+//! per indexed state, `all` by creation), `Keys::idempotency`, `Keys::msgid` (delivery reports
+//! name only WeChat's msgid) and `Keys::park` (an (account, API) pair whose daily quota is
+//! spent); the window: `Keys::in_broker`, `Keys::held`, `Keys::feeding`. Records expire after
 //! `ttl` (7 days by default); the recent lists keep the newest [`RECENT`] ids per state.
+//! `Keys::job_attempts` is only read: records written before the attempts moved into the
+//! record keep them there.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -100,6 +107,13 @@ impl JobState {
     /// The state named `s`.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the state has a recent list of its own. Queued and sending are passing states
+    /// (every job goes through them, most within milliseconds): not indexed, they are listed
+    /// from the newest jobs (`all`), which saves a job four writes.
+    pub fn is_indexed(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Sending)
     }
 
     /// Whether nothing will send it again by itself (an operator may replay `unknown` and
@@ -240,17 +254,21 @@ pub enum Settled {
     Lost,
 }
 
-// KEYS: idem (or the job key again when there is none), job, jobs:all, jobs:queued,
-// in-broker, held, the authorizer record to require (or the job key). ARGV: id, now, ttl_ms,
-// idem_ttl_ms, has_idem, recent, window (0: outside any window), most held (0: no cap), then
-// field/value pairs.
+// The recent lists keep the newest `recent` ids each. Trimming a list on every write cost a
+// command a transition, so only the writes of the jobs whose id ends in `0` (one in 16: the
+// id's last digit is random) trim it: a list holds `recent` ids and, on average, 16 more.
+// (Inlined in each script: the slot test reads every script as one literal.)
+
+// KEYS: idem (or the job key again when there is none), job, jobs:all, in-broker, held, the
+// authorizer record to require (or the job key). ARGV: id, now, ttl_ms, idem_ttl_ms, has_idem,
+// recent, window (0: outside any window), most held (0: no cap), then field/value pairs.
 // Returns {1, id} (stored, announce it), {2, id} (stored and held; {6, id} when it is the first
 // held: mark the tenant), {0, existing}, or
 // {3, ''} (no such authorizer) / {4, ''} (revoked) / {5, ''} (held over the cap), storing
 // nothing.
 const CREATE: &str = r"
-if KEYS[7] ~= KEYS[2] then
-  local status = redis.call('HGET', KEYS[7], 'status')
+if KEYS[6] ~= KEYS[2] then
+  local status = redis.call('HGET', KEYS[6], 'status')
   if not status then return {3, ''} end
   if status == 'revoked' then return {4, ''} end
 end
@@ -260,40 +278,42 @@ if ARGV[5] == '1' then
 end
 local window, most_held = tonumber(ARGV[7]), tonumber(ARGV[8])
 local held = 0
-if window > 0 then held = redis.call('LLEN', KEYS[6]) end
+if window > 0 then held = redis.call('LLEN', KEYS[5]) end
 if most_held > 0 and held >= most_held then return {5, ''} end
 if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], 'state', 'queued', 'n', 0, 'created', ARGV[2], 'updated', ARGV[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-for i = 3, 4 do
-  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(tonumber(ARGV[6]) + 1))
-end
+-- Only `all` indexes a new job: queued and sending are passing states, listed from `all`.
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if string.sub(ARGV[1], -1) == '0' then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1)) end
 if window > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+  -- Entries older than a job (their creator died before publishing) leave the window; with the
+  -- trim's cadence here, and at every take of held jobs.
+  if string.sub(ARGV[1], -1) == '0' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+  end
   -- Held jobs go first: a new job joins them while any is waiting.
-  if held > 0 or redis.call('ZCARD', KEYS[5]) >= window then
-    redis.call('RPUSH', KEYS[6], ARGV[1])
-    redis.call('PEXPIRE', KEYS[6], ARGV[3])
+  if held > 0 or redis.call('ZCARD', KEYS[4]) >= window then
+    redis.call('RPUSH', KEYS[5], ARGV[1])
+    redis.call('PEXPIRE', KEYS[5], ARGV[3])
     -- The first held job marks its tenant for the feeder (crate::busy); later ones find it marked.
     if held == 0 then return {6, ARGV[1]} end
     return {2, ARGV[1]}
   end
-  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[5], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 return {1, ARGV[1]}
 ";
 
-// KEYS: idem (or the job key), job, jobs:all, jobs:queued, in-broker. ARGV: id, has_idem.
+// KEYS: idem (or the job key), job, jobs:all, in-broker. ARGV: id, has_idem.
 const ABANDON: &str = r"
 if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
 return 1
 ";
 
@@ -320,12 +340,11 @@ for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 return #ARGV
 ";
 
-// KEYS: job, then the state lists in JobState::ALL order (2..11), then the job's campaign (or
-// the job key), then the (account, API) pair's park (or the job key), then the limiter buckets
-// of the send (none: no limit). ARGV: id, now, owner, lease_until, recent, then the limiter's
-// cost and each bucket's interval and burst. Returns {answer, attempts made, the park's ms left
-// ('parked') or the limiter's µs to wait ('limited'), and when claimed or stale the job's
-// fields a send needs}.
+// KEYS: job, jobs:retrying, jobs:cancelled, then the job's campaign (or the job key), then the
+// (account, API) pair's park (or the job key), then the limiter buckets of the send (none: no
+// limit). ARGV: id, now, owner, lease_until, recent, then the limiter's cost and each bucket's
+// interval and burst. Returns {answer, attempts made, the park's ms left ('parked') or the
+// limiter's µs to wait ('limited'), and when claimed or stale the job's fields a send needs}.
 // A queued or retrying job of a cancelled campaign becomes `cancelled` instead (counted there);
 // a job whose pair is parked, or that the limiter refuses, is left as it is (no unit taken).
 const CLAIM: &str = concat!(
@@ -338,14 +357,13 @@ local state, n, lease = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
 if not state then return {'missing', 0, 0, {}} end
 local now = tonumber(ARGV[2])
 local answer
-local index = {queued = 2, sending = 3, retrying = 4}
-if (state == 'queued' or state == 'retrying') and KEYS[12] ~= KEYS[1]
-    and redis.call('HGET', KEYS[12], 'state') == 'cancelled' then
-  redis.call('ZREM', KEYS[index[state]], ARGV[1])
-  redis.call('ZADD', KEYS[11], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -(tonumber(ARGV[5]) + 1))
+if (state == 'queued' or state == 'retrying') and KEYS[4] ~= KEYS[1]
+    and redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
+  if state == 'retrying' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+  if string.sub(ARGV[1], -1) == '0' then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1)) end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'the campaign was cancelled', 'updated', ARGV[2], 'next_at', 0)
-  redis.call('HINCRBY', KEYS[12], 'cancelled', 1)
+  redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
   return {'done:cancelled', n, 0, {}}
 end
 if state == 'queued' or state == 'retrying' then
@@ -356,17 +374,16 @@ elseif state == 'sending' then
 else
   return {'done:' .. state, n, 0, {}}
 end
-if KEYS[13] ~= KEYS[1] then
-  local left = redis.call('PTTL', KEYS[13])
+if KEYS[5] ~= KEYS[1] then
+  local left = redis.call('PTTL', KEYS[5])
   if left > 0 then return {'parked', n, left, {}} end
 end
-if #KEYS > 13 then
-  local admitted = gcra(14, #KEYS, 6)
+if #KEYS > 5 then
+  local admitted = gcra(6, #KEYS, 6)
   if admitted[1] == 0 then return {'limited', n, admitted[2], {}} end
 end
-redis.call('ZREM', KEYS[index[state]], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
+-- Sending is not indexed (a passing state); only retrying leaves its list.
+if state == 'retrying' then redis.call('ZREM', KEYS[2], ARGV[1]) end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[3], 'lease', ARGV[4], 'updated', ARGV[2], 'next_at', 0)
 local f = {}
 for i = 1, 8 do f[i] = h[i + 3] or '' end
@@ -374,51 +391,52 @@ return {answer, n, 0, f}
 "
 );
 
-// KEYS: job, attempts, msgid index (or the job key), held report (or the job key), then the
-// state lists (5..14), then the job's campaign (or the job key), then the tenant's in-broker
-// window (a final state leaves it).
-// ARGV: id, now, owner, new state, state's list index (1-based in the lists), count (0|1),
-// errcode, reason, msgid, next_at, attempt JSON ('' for none), ttl_ms, recent.
+// KEYS: job, msgid index (or the job key), held report (or the job key), the new state's list,
+// jobs:delivered, jobs:delivery_failed, the job's campaign (or the job key), the tenant's
+// in-broker window (a final state leaves it).
+// ARGV: id, now, owner, new state, count (0|1), errcode, reason, msgid, next_at, attempt JSON
+// ('' for none), ttl_ms, recent.
 // A sent job whose delivery report came first takes it at once (delivered/delivery_failed).
+// The attempts are one field of the record, JSON lines, appended here: the record's one HSET
+// and its expiry cover them.
 const SETTLE: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'n')
+local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'n', 'attempts')
 if h[1] ~= 'sending' or h[2] ~= ARGV[3] then return 'lost' end
-local state, index = ARGV[4], tonumber(ARGV[5])
+local list = KEYS[4]
+local state = ARGV[4]
 local delivery = nil
-if state == 'sent' and ARGV[9] ~= '0' then
-  local held = redis.call('GET', KEYS[4])
-  if held and KEYS[4] ~= KEYS[1] then
-    redis.call('DEL', KEYS[4])
-    if string.sub(held, 1, 1) == '1' then state, index = 'delivered', 5 else state, index = 'delivery_failed', 6 end
+if state == 'sent' and ARGV[8] ~= '0' then
+  local held = redis.call('GET', KEYS[3])
+  if held and KEYS[3] ~= KEYS[1] then
+    redis.call('DEL', KEYS[3])
+    if string.sub(held, 1, 1) == '1' then state, list = 'delivered', KEYS[5] else state, list = 'delivery_failed', KEYS[6] end
     delivery = string.sub(held, 3)
   end
 end
-redis.call('ZREM', KEYS[6], ARGV[1])
-local list = KEYS[4 + index]
 redis.call('ZADD', list, ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', list, 0, -(tonumber(ARGV[13]) + 1))
+if string.sub(ARGV[1], -1) == '0' then redis.call('ZREMRANGEBYRANK', list, 0, -(tonumber(ARGV[12]) + 1)) end
 -- One HSET of everything the outcome changes.
-local fields = {'state', state, 'updated', ARGV[2], 'code', ARGV[7], 'reason', ARGV[8], 'next_at', ARGV[10], 'owner', '', 'lease', 0}
+local fields = {'state', state, 'updated', ARGV[2], 'code', ARGV[6], 'reason', ARGV[7], 'next_at', ARGV[9], 'owner', '', 'lease', 0}
 if delivery then fields[#fields + 1] = 'delivery'; fields[#fields + 1] = delivery end
-if ARGV[6] == '1' then fields[#fields + 1] = 'n'; fields[#fields + 1] = (tonumber(h[3] or '0') or 0) + 1 end
-if ARGV[9] ~= '0' then
-  fields[#fields + 1] = 'msgid'; fields[#fields + 1] = ARGV[9]
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[12])
+if ARGV[5] == '1' then fields[#fields + 1] = 'n'; fields[#fields + 1] = (tonumber(h[3] or '0') or 0) + 1 end
+if ARGV[8] ~= '0' then
+  fields[#fields + 1] = 'msgid'; fields[#fields + 1] = ARGV[8]
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[11])
+end
+if ARGV[10] ~= '' then
+  fields[#fields + 1] = 'attempts'
+  if h[4] and h[4] ~= '' then fields[#fields + 1] = h[4] .. '\n' .. ARGV[10] else fields[#fields + 1] = ARGV[10] end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[11] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[11])
-  redis.call('PEXPIRE', KEYS[2], ARGV[12])
-end
-if KEYS[15] ~= KEYS[1] then
+if KEYS[7] ~= KEYS[1] then
   local counter = ({sent = 'sent', delivered = 'sent', delivery_failed = 'sent', failed = 'failed', unknown = 'unknown', dead = 'dead'})[state]
-  if counter and redis.call('EXISTS', KEYS[15]) == 1 then redis.call('HINCRBY', KEYS[15], counter, 1) end
+  if counter and redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HINCRBY', KEYS[7], counter, 1) end
 end
-if state ~= 'retrying' and state ~= 'sending' and state ~= 'queued' then redis.call('ZREM', KEYS[16], ARGV[1]) end
+if state ~= 'retrying' and state ~= 'sending' and state ~= 'queued' then redis.call('ZREM', KEYS[8], ARGV[1]) end
 return 'ok'
 ";
 
-// KEYS: job, then the state lists (2..10). ARGV: id, now, recent.
+// KEYS: job, jobs:unknown, jobs:dead. ARGV: id, now.
 // Dead or unknown → queued (attempts kept; the count restarts); queued stays queued (its
 // announcement may have been lost).
 const REPLAY: &str = r"
@@ -426,10 +444,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'queued' then return 'ok' end
 if state ~= 'dead' and state ~= 'unknown' then return 'state:' .. state end
-local index = {unknown = 9, dead = 10}
-redis.call('ZREM', KEYS[index[state]], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('ZREM', KEYS[({unknown = 2, dead = 3})[state]], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'n', 0, 'code', 0, 'reason', '', 'next_at', 0, 'updated', ARGV[2])
 return 'ok'
 ";
@@ -442,7 +457,7 @@ if not state then return 'missing' end
 if state ~= 'sent' then return 'state:' .. state end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
+if string.sub(ARGV[1], -1) == '0' then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1)) end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'delivery', ARGV[4], 'updated', ARGV[2])
 return 'ok'
 ";
@@ -521,14 +536,6 @@ impl Jobs {
         self.window
     }
 
-    fn lists(&self, tenant: &str) -> Vec<String> {
-        let keys = self.store.keys(tenant);
-        JobState::ALL
-            .iter()
-            .map(|s| keys.jobs(s.as_str()))
-            .collect()
-    }
-
     fn idem_key(&self, tenant: &str, key: Option<&str>, job: &str) -> (String, bool) {
         match key {
             Some(k) => {
@@ -559,7 +566,6 @@ impl Jobs {
         inv.key(idem)
             .key(keys.job(&job.id))
             .key(keys.jobs("all"))
-            .key(keys.jobs(JobState::Queued.as_str()))
             .key(keys.in_broker())
             .key(keys.held())
             .key(if check_authorizer {
@@ -672,7 +678,6 @@ impl Jobs {
         inv.key(idem)
             .key(keys.job(id))
             .key(keys.jobs("all"))
-            .key(keys.jobs(JobState::Queued.as_str()))
             .key(keys.in_broker())
             .arg(id)
             .arg(if has_idem { "1" } else { "0" });
@@ -720,15 +725,14 @@ impl Jobs {
     ) -> Result<(Claim, Option<JobRecord>), StoreError> {
         let keys = self.store.keys(tenant);
         let mut inv = CLAIM_SCRIPT.prepare_invoke();
-        inv.key(keys.job(id));
-        for list in self.lists(tenant) {
-            inv.key(list);
-        }
-        inv.key(if campaign.is_empty() {
-            keys.job(id)
-        } else {
-            keys.campaign(campaign)
-        });
+        inv.key(keys.job(id))
+            .key(keys.jobs(JobState::Retrying.as_str()))
+            .key(keys.jobs(JobState::Cancelled.as_str()))
+            .key(if campaign.is_empty() {
+                keys.job(id)
+            } else {
+                keys.campaign(campaign)
+            });
         inv.key(match gate.park {
             Some((appid, api)) => keys.park(appid, api),
             None => keys.job(id),
@@ -801,11 +805,6 @@ impl Jobs {
         s: &Settle,
     ) -> Result<Settled, StoreError> {
         let keys = self.store.keys(tenant);
-        let index = JobState::ALL
-            .iter()
-            .position(|st| *st == s.state)
-            .unwrap_or(0)
-            + 1;
         let (msgid_key, report_key) = if s.msgid != 0 {
             (keys.msgid(appid, s.msgid), keys.report(appid, s.msgid))
         } else {
@@ -817,23 +816,21 @@ impl Jobs {
         };
         let mut inv = SETTLE_SCRIPT.prepare_invoke();
         inv.key(keys.job(id))
-            .key(keys.job_attempts(id))
             .key(msgid_key)
-            .key(report_key);
-        for list in self.lists(tenant) {
-            inv.key(list);
-        }
-        inv.key(if s.campaign.is_empty() {
-            keys.job(id)
-        } else {
-            keys.campaign(&s.campaign)
-        })
-        .key(keys.in_broker());
+            .key(report_key)
+            .key(keys.jobs(s.state.as_str()))
+            .key(keys.jobs(JobState::Delivered.as_str()))
+            .key(keys.jobs(JobState::DeliveryFailed.as_str()))
+            .key(if s.campaign.is_empty() {
+                keys.job(id)
+            } else {
+                keys.campaign(&s.campaign)
+            })
+            .key(keys.in_broker());
         inv.arg(id)
             .arg(s.now_ms)
             .arg(owner)
             .arg(s.state.as_str())
-            .arg(index)
             .arg(if s.count_attempt { "1" } else { "0" })
             .arg(s.errcode)
             .arg(&s.reason)
@@ -862,11 +859,11 @@ impl Jobs {
     ) -> Result<Option<Option<JobState>>, StoreError> {
         let keys = self.store.keys(tenant);
         let mut inv = REPLAY_SCRIPT.prepare_invoke();
-        inv.key(keys.job(id));
-        for list in self.lists(tenant) {
-            inv.key(list);
-        }
-        inv.arg(id).arg(now_ms).arg(RECENT);
+        inv.key(keys.job(id))
+            .key(keys.jobs(JobState::Unknown.as_str()))
+            .key(keys.jobs(JobState::Dead.as_str()))
+            .arg(id)
+            .arg(now_ms);
         let mut conn = self.store.conn();
         let answer: String = inv.invoke_async(&mut conn).await?;
         Ok(match answer.as_str() {
@@ -987,6 +984,8 @@ impl Jobs {
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let keys = self.store.keys(tenant);
         let mut conn = self.store.conn();
+        // The attempts list is where records written before the attempts moved into the
+        // record's `attempts` field keep theirs.
         let (map, attempts): (HashMap<String, String>, Vec<String>) = redis::pipe()
             .cmd("HGETALL")
             .arg(keys.job(id))
@@ -1009,15 +1008,22 @@ impl Jobs {
         state: Option<JobState>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let keys = self.store.keys(tenant);
-        let list = keys.jobs(state.map_or("all", JobState::as_str));
-        let mut conn = self.store.conn();
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(&list)
-            .arg(0)
-            .arg(limit.max(1) - 1)
-            .query_async(&mut conn)
-            .await?;
+        let ids = match state {
+            Some(s) if !s.is_indexed() => self.newest_in(tenant, s, limit.max(1)).await?,
+            _ => {
+                let list = self
+                    .store
+                    .keys(tenant)
+                    .jobs(state.map_or("all", JobState::as_str));
+                let mut conn = self.store.conn();
+                redis::cmd("ZREVRANGE")
+                    .arg(&list)
+                    .arg(0)
+                    .arg(limit.max(1) - 1)
+                    .query_async(&mut conn)
+                    .await?
+            }
+        };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             // A list entry may outlive its record (records expire).
@@ -1028,6 +1034,47 @@ impl Jobs {
             }
         }
         Ok(out)
+    }
+
+    /// The newest `limit` ids of `tenant`'s jobs in `state`, a state without a list of its own:
+    /// the states of its newest jobs (`all`) read a page at a time, [`RECENT`] jobs at most.
+    async fn newest_in(
+        &self,
+        tenant: &str,
+        state: JobState,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        const PAGE: usize = 500;
+        let keys = self.store.keys(tenant);
+        let all = keys.jobs("all");
+        let mut conn = self.store.conn();
+        let mut found = Vec::new();
+        let mut start = 0;
+        while found.len() < limit && start < RECENT {
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&all)
+                .arg(start)
+                .arg(start + PAGE - 1)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGET").arg(keys.job(id)).arg("state");
+            }
+            let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            found.extend(
+                ids.into_iter()
+                    .zip(states)
+                    .filter(|(_, st)| st.as_deref() == Some(state.as_str()))
+                    .map(|(id, _)| id),
+            );
+            start += PAGE;
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// Parks the (account, API) pair for `duration`: nothing is sent to it meanwhile.
@@ -1119,6 +1166,8 @@ fn parse(
         updated_at_ms: num("updated"),
         attempts: attempts
             .iter()
+            .map(String::as_str)
+            .chain(map.get("attempts").map_or("", String::as_str).lines())
             .filter_map(|a| serde_json::from_str(a).ok())
             .collect(),
         campaign: text("campaign"),

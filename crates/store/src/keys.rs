@@ -109,13 +109,16 @@ impl Keys {
         format!("{}job:{id}", self.prefix)
     }
 
-    /// `…:job:{id}:attempts` — list: the job's attempts as JSON `{at_ms, errcode, errmsg}`.
+    /// `…:job:{id}:attempts` — list: the attempts as JSON `{at_ms, errcode, errmsg}` of a job
+    /// recorded before the attempts moved into the record's `attempts` field; read, no longer
+    /// written.
     pub fn job_attempts(&self, id: &str) -> String {
         format!("{}job:{id}:attempts", self.prefix)
     }
 
     /// `…:jobs:{state}` — sorted set: job id → last change (ms), the tenant's recent jobs in
-    /// one state; `…:jobs:all` by creation time.
+    /// one state (not queued or sending, which are listed from `all`); `…:jobs:all` by
+    /// creation time.
     pub fn jobs(&self, state: &str) -> String {
         format!("{}jobs:{state}", self.prefix)
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use wxhub_store::jobs::{new_id, tenant_of};
 use wxhub_store::{
     AttemptRecord, Claim, Created, JobState, Jobs, NewJob, Rate, RedisConfig, SendGate, Settle,
@@ -184,6 +186,145 @@ async fn an_expired_lease_is_stale_and_dead_jobs_replay() {
         Some(Some(JobState::Sending))
     );
     assert_eq!(jobs.replay(T, "acme.00", 3000).await.unwrap(), Some(None));
+}
+
+#[tokio::test]
+async fn passing_states_are_listed_from_the_newest_jobs_and_attempts_accumulate_in_the_record() {
+    let ns = Ns::new("jobs-passing");
+    let jobs = jobs(&ns);
+    let ids: Vec<String> = (0..3).map(|i| format!("{T}.{:020x}", i + 1)).collect();
+    for id in &ids {
+        jobs.create(T, &new_job(id, None)).await.unwrap();
+    }
+    jobs.claim(T, &ids[2], "", "w1", 1500, 60_000)
+        .await
+        .unwrap();
+    let listed = |state, limit| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.list(T, Some(state), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Newest first, each in its state, though neither state has a list of its own.
+    assert_eq!(
+        listed(JobState::Queued, 10).await,
+        [ids[1].clone(), ids[0].clone()]
+    );
+    assert_eq!(listed(JobState::Queued, 1).await, [ids[1].clone()]);
+    assert_eq!(listed(JobState::Sending, 10).await, [ids[2].clone()]);
+    let keys = ns.0.keys(T);
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for state in ["queued", "sending"] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys.jobs(state))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists, "{state} has a list");
+    }
+
+    // A retry and then a send: both attempts, in order, in the record.
+    let retry = Settle {
+        state: JobState::Retrying,
+        errcode: -1,
+        reason: "system busy".into(),
+        attempt: Some(AttemptRecord {
+            at_ms: 1600,
+            errcode: -1,
+            errmsg: "system busy".into(),
+        }),
+        next_at_ms: 1700,
+        msgid: 0,
+        ..sent(0)
+    };
+    assert_eq!(
+        jobs.settle(T, &ids[2], "wx1", "w1", &retry).await.unwrap(),
+        Settled::Ok
+    );
+    assert_eq!(listed(JobState::Retrying, 10).await, [ids[2].clone()]);
+    jobs.claim(T, &ids[2], "", "w2", 1700, 60_000)
+        .await
+        .unwrap();
+    assert!(listed(JobState::Retrying, 10).await.is_empty());
+    jobs.settle(T, &ids[2], "wx1", "w2", &sent(9))
+        .await
+        .unwrap();
+    let job = jobs.get(T, &ids[2]).await.unwrap().unwrap();
+    assert_eq!(
+        job.attempts
+            .iter()
+            .map(|a| (a.errcode, a.errmsg.as_str()))
+            .collect::<Vec<_>>(),
+        [(-1, "system busy"), (0, "ok")]
+    );
+    assert_eq!(job.attempts_made, 2);
+    let attempts_key: bool = redis::cmd("EXISTS")
+        .arg(keys.job_attempts(&ids[2]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!attempts_key, "attempts written to a list of their own");
+
+    // A record from before keeps its attempts in the list: read with the record's own.
+    let old = AttemptRecord {
+        at_ms: 10,
+        errcode: 45011,
+        errmsg: "api freq out of limit".into(),
+    };
+    let _: () = redis::cmd("RPUSH")
+        .arg(keys.job_attempts(&ids[2]))
+        .arg(serde_json::to_string(&old).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let job = jobs.get(T, &ids[2]).await.unwrap().unwrap();
+    assert_eq!(job.attempts.len(), 3);
+    assert_eq!(job.attempts[0], old);
+}
+
+#[tokio::test]
+async fn a_recent_list_is_trimmed_by_the_writes_of_one_job_in_16() {
+    let ns = Ns::new("jobs-trim");
+    let jobs = jobs(&ns);
+    // Ids whose last hex digit counts 0..15: every 16th write trims.
+    let n = wxhub_store::jobs::RECENT + 192;
+    let create = |i: usize| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.create(T, &new_job(&format!("{T}.{i:020x}"), None))
+                .await
+                .unwrap()
+        }
+    };
+    futures::stream::iter(0..n)
+        .map(create)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    // In order from here: write 10,192 trims to RECENT, then 7 more.
+    for i in n..n + 8 {
+        create(i).await;
+    }
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let count: usize = redis::cmd("ZCARD")
+        .arg(ns.0.keys(T).jobs("all"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, wxhub_store::jobs::RECENT + 7);
 }
 
 #[tokio::test]
