@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tracing::Instrument as _;
@@ -537,7 +538,8 @@ impl Delivery {
     }
 
     async fn send(&self, job: &JobRecord, api: &'static str) -> Result<Value, SendError> {
-        let body: Value = serde_json::from_str(&job.body).map_err(|e| {
+        // Posted as stored: checked to be JSON, not parsed into a tree and written out again.
+        let body: &RawValue = serde_json::from_str(&job.body).map_err(|e| {
             SendError::Wechat(WechatError::Decode {
                 api,
                 detail: format!("stored body is not JSON: {e}"),
@@ -550,7 +552,7 @@ impl Delivery {
             .map_err(SendError::TokenControl)?;
         let mut healed = false;
         loop {
-            match self.post(api, &token, &body).await {
+            match self.post(api, &token, body).await {
                 Err(e) if e.class() == ErrorClass::Token && !healed => {
                     healed = true;
                     token = self
@@ -568,7 +570,7 @@ impl Delivery {
         &self,
         api: &'static str,
         token: &Secret,
-        body: &Value,
+        body: &RawValue,
     ) -> Result<Value, WechatError> {
         self.wechat
             .post_with_token(Host::Api, api, token, body)
