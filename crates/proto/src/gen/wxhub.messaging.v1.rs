@@ -264,7 +264,8 @@ pub struct ListJobsRequest {
     #[prost(string, tag = "1")]
     pub tenant: ::prost::alloc::string::String,
     /// Optional state filter (queued, sending, retrying, sent, delivered, delivery_failed,
-    /// failed, unknown, dead).
+    /// failed, unknown, dead, cancelled). Queued and sending, which every job passes through,
+    /// are found among the tenant's newest 10,000 jobs; the other states have lists of their own.
     #[prost(string, tag = "2")]
     pub state: ::prost::alloc::string::String,
     /// At most 1000; 0 means 100.
