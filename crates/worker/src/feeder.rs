@@ -2,7 +2,8 @@
 //! slices (to `{ns}.send-bulk`) and the single messages a tenant enqueued over its window (to
 //! `{ns}.send`). One loop, every `worker.campaign_tick_ms`, over the tenants with work
 //! (`wxhub_store::busy`: those with held jobs or campaigns), and over every tenant at its first
-//! tick and every [`FULL_PASS`] after, for work whose tenant a writer failed to mark.
+//! tick and every [`FULL_PASS`] after, for work whose tenant a writer failed to mark; 32
+//! tenants at a time, so neither a long pass nor one slow feed holds the others up.
 //!
 //! Guarantees of held single messages:
 //! - **A tenant's backlog never stands in front of another tenant.** At most
@@ -92,6 +93,9 @@ pub const FULL_PASS: Duration = Duration::from_secs(60);
 /// Counter: tenants the feeder visited (read their held jobs and campaigns).
 pub const VISITS: &str = "wxhub_worker_feeder_visits_total";
 
+/// Tenants a tick visits at once.
+const VISITS_AT_ONCE: usize = 32;
+
 /// Feeds every running campaign and every tenant's held jobs.
 pub struct Feeder {
     pub tenants: TenantsHandle,
@@ -142,19 +146,30 @@ impl Feeder {
             if full {
                 last_full = Some(tokio::time::Instant::now());
             }
-            for tenant in tenants {
-                metrics::counter!(VISITS).increment(1);
-                let busy = self.visit(&tenant).await;
-                let was_marked = marked.contains(&tenant);
-                if busy && !was_marked {
-                    // Work a writer stored without marking it (found by the full pass).
-                    if let Err(e) = self.busy.mark(&tenant).await {
-                        tracing::warn!(tenant, error = %e, "cannot mark a tenant with work");
-                    }
-                } else if !busy && was_marked {
-                    self.unmark(&tenant).await;
-                }
+            // Tenants are visited VISITS_AT_ONCE at a time: one after another, a full pass over
+            // thousands of tenants held up the busy ones' feeds for seconds, and a tenant whose
+            // feed waited on the broker held up every tenant after it.
+            let this: &Self = &self;
+            futures::stream::iter(tenants)
+                .for_each_concurrent(VISITS_AT_ONCE, |tenant| {
+                    let was_marked = marked.contains(&tenant);
+                    async move { this.visit_and_mark(&tenant, was_marked).await }
+                })
+                .await;
+        }
+    }
+
+    /// Visits `tenant` and keeps its mark true to what the visit found.
+    async fn visit_and_mark(&self, tenant: &str, was_marked: bool) {
+        metrics::counter!(VISITS).increment(1);
+        let busy = self.visit(tenant).await;
+        if busy && !was_marked {
+            // Work a writer stored without marking it (found by the full pass).
+            if let Err(e) = self.busy.mark(tenant).await {
+                tracing::warn!(tenant, error = %e, "cannot mark a tenant with work");
             }
+        } else if !busy && was_marked {
+            self.unmark(tenant).await;
         }
     }
 
