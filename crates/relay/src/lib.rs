@@ -405,12 +405,15 @@ async fn relay_call(
 
 /// A call's place among `relay.max_in_flight`, counted in `wxhub_relay_calls_in_progress`
 /// until dropped.
-struct InProgress(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+struct InProgress {
+    /// Held, not read: dropping it gives the place back.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl InProgress {
     fn counted(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         metrics::gauge!(CALLS_IN_PROGRESS).increment(1.0);
-        Self(permit)
+        Self { _permit: permit }
     }
 }
 
