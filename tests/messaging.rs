@@ -40,6 +40,53 @@ where
     }
 }
 
+/// [`enqueue_all`] through EnqueueBatch: each caller's call carries the next `batch` messages
+/// of `tenant`; every message must be accepted.
+pub async fn enqueue_all_batched<F>(
+    client: &MessagingClient<Channel>,
+    tenant: &str,
+    jobs: u64,
+    (concurrency, batch): (u64, u64),
+    make: F,
+) where
+    F: Fn(u64) -> pb::EnqueueRequest + Send + Sync + 'static,
+{
+    let (next, make) = (Arc::new(AtomicU64::new(0)), Arc::new(make));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (mut client, next, make) = (client.clone(), next.clone(), make.clone());
+            let tenant = tenant.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    if first >= jobs {
+                        break;
+                    }
+                    let messages = (first..jobs.min(first + batch)).map(|i| make(i)).collect();
+                    let results = client
+                        .enqueue_batch(req(
+                            pb::EnqueueBatchRequest {
+                                tenant: tenant.clone(),
+                                messages,
+                            },
+                            OPS_KEY,
+                        ))
+                        .await
+                        .expect("enqueue batch")
+                        .into_inner()
+                        .results;
+                    for r in results {
+                        assert_eq!(r.code, 0, "a message refused: {}", r.error);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("enqueuer");
+    }
+}
+
 /// How long after its creation job `id` was sent (its last attempt, from the record), polling
 /// until it is; panics if it is not within `limit`.
 pub async fn sent_after(

@@ -320,15 +320,9 @@ async fn messages_are_sent_reported_and_deduplicated_by_key() {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
-    let stack = stack("msg-bad", &[]).await;
-    let mut c = client(stack.worker).await;
-    let now = wxhub_runtime::unix_ms();
-    Authorizers::new(stack.store.clone())
-        .revoke(TENANT, AUTH2, now, now, "unauthorized")
-        .await
-        .unwrap();
+/// Messages Enqueue refuses (with `AUTH2` revoked), each with its code and a word of its
+/// error: what a message of an EnqueueBatch is answered too.
+fn refused_messages() -> Vec<(pb::EnqueueRequest, Code, &'static str)> {
     let raw = |msgtype: &str, body: &str| {
         Message::Custom(pb::CustomMessage {
             touser: user(0),
@@ -342,40 +336,34 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
         _ => unreachable!(),
     };
     bad_template.data.clear();
-    let cases: Vec<(pb::EnqueueRequest, &str, Code, &str)> = vec![
+    vec![
         (
             enqueue(AUTH1, "", text("", "x")),
-            OPS_KEY,
             Code::InvalidArgument,
             "custom.touser",
         ),
         (
             enqueue(AUTH1, "", text("o/../x", "x")),
-            OPS_KEY,
             Code::InvalidArgument,
             "custom.touser",
         ),
         (
             enqueue(AUTH1, "", raw("gif", "{}")),
-            OPS_KEY,
             Code::InvalidArgument,
             "custom.msgtype",
         ),
         (
             enqueue(AUTH1, "", raw("image", "{}")),
-            OPS_KEY,
             Code::InvalidArgument,
             "custom.image.media_id",
         ),
         (
             enqueue(AUTH1, "", text(&user(0), &"长".repeat(700))),
-            OPS_KEY,
             Code::InvalidArgument,
             "2048",
         ),
         (
             enqueue(AUTH1, "", Message::Template(bad_template)),
-            OPS_KEY,
             Code::InvalidArgument,
             "template.data",
         ),
@@ -384,28 +372,41 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
                 message: None,
                 ..enqueue(AUTH1, "", text("o1", "x"))
             },
-            OPS_KEY,
             Code::InvalidArgument,
             "message",
         ),
         (
             enqueue(AUTH1, "bad key", text("o1", "x")),
-            OPS_KEY,
             Code::InvalidArgument,
             "idempotency_key",
         ),
         (
             enqueue("wx0nobody000000", "", text("o1", "x")),
-            OPS_KEY,
             Code::NotFound,
             "wx0nobody000000",
         ),
         (
             enqueue(AUTH2, "", text("o1", "x")),
-            OPS_KEY,
             Code::FailedPrecondition,
             "revoked",
         ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
+    let stack = stack("msg-bad", &[]).await;
+    let mut c = client(stack.worker).await;
+    let now = wxhub_runtime::unix_ms();
+    Authorizers::new(stack.store.clone())
+        .revoke(TENANT, AUTH2, now, now, "unauthorized")
+        .await
+        .unwrap();
+    let mut cases: Vec<(pb::EnqueueRequest, &str, Code, &str)> = refused_messages()
+        .into_iter()
+        .map(|(r, code, needle)| (r, OPS_KEY, code, needle))
+        .collect();
+    cases.extend([
         (
             pb::EnqueueRequest {
                 tenant: BETA.into(),
@@ -430,7 +431,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
             Code::Unauthenticated,
             "API key",
         ),
-    ];
+    ]);
     for (r, key, code, needle) in cases {
         let what = format!("{r:?}");
         let status = c.enqueue(req(r, key)).await.unwrap_err();
@@ -455,6 +456,107 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
     assert_eq!(status.code(), Code::PermissionDenied);
     let sends = stack.sim.messages(&MessageFilter::default()).len();
     assert_eq!(sends, 0);
+    stack.stop().await;
+}
+
+/// EnqueueBatch answers every message as Enqueue would answer it alone: the good ones stored,
+/// announced and sent once, each bad one refused (with its index) and never stored, a repeated
+/// idempotency key the first message's job; a refused call stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_message_as_enqueue_would_alone() {
+    let stack = stack("msg-batch", &[]).await;
+    let mut c = client(stack.worker).await;
+    let now = wxhub_runtime::unix_ms();
+    Authorizers::new(stack.store.clone())
+        .revoke(TENANT, AUTH2, now, now, "unauthorized")
+        .await
+        .unwrap();
+    let batch = |messages: Vec<pb::EnqueueRequest>| pb::EnqueueBatchRequest {
+        tenant: TENANT.into(),
+        messages,
+    };
+
+    // The call itself: refused whole, nothing stored.
+    let one = || vec![enqueue(AUTH1, "", text(&user(0), "x"))];
+    let too_many = vec![enqueue(AUTH1, "", text(&user(0), "x")); 501];
+    for (r, key, code, needle) in [
+        (batch(vec![]), OPS_KEY, Code::InvalidArgument, "messages"),
+        (batch(too_many), OPS_KEY, Code::InvalidArgument, "500"),
+        (
+            pb::EnqueueBatchRequest {
+                tenant: BETA.into(),
+                messages: one(),
+            },
+            GATEWAY_KEY,
+            Code::PermissionDenied,
+            "beta",
+        ),
+        (batch(one()), "wrong-key", Code::Unauthenticated, "API key"),
+    ] {
+        let status = c.enqueue_batch(req(r, key)).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(needle), "{}", status.message());
+    }
+    assert!(jobs_of(&mut c, TENANT).await.is_empty());
+
+    // Two good messages, every message Enqueue refuses, a repeat of the first one's key and a
+    // message of another tenant.
+    let mut sent = vec![
+        enqueue(AUTH1, "batch-1", template(&user(10))),
+        enqueue(AUTH1, "", text(&user(11), "in a batch")),
+    ];
+    let refused = refused_messages();
+    sent.extend(refused.iter().map(|(r, _, _)| r.clone()));
+    sent.push(enqueue(AUTH1, "batch-1", template(&user(12))));
+    sent.push(pb::EnqueueRequest {
+        tenant: BETA.into(),
+        ..enqueue(AUTH1, "", text(&user(13), "x"))
+    });
+    let results = c
+        .enqueue_batch(req(batch(sent), OPS_KEY))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), refused.len() + 4);
+    let (first, second) = (&results[0], &results[1]);
+    assert_eq!((first.code, second.code), (0, 0), "{results:?}");
+    let (t, x) = (first.job.clone().unwrap(), second.job.clone().unwrap());
+    assert_eq!((t.kind.as_str(), x.kind.as_str()), ("template", "custom"));
+    for (i, (r, (_, code, needle))) in results[2..].iter().zip(&refused).enumerate() {
+        assert_eq!(r.code, *code as i32, "messages[{}]: {r:?}", i + 2);
+        assert!(r.job.is_none());
+        assert!(
+            r.error.contains(needle) && r.error.contains(&format!("messages[{}]", i + 2)),
+            "{}",
+            r.error
+        );
+    }
+    let repeat = &results[refused.len() + 2];
+    assert_eq!(repeat.code, 0, "{repeat:?}");
+    assert_eq!(
+        repeat.job.as_ref().map(|j| j.id.as_str()),
+        Some(t.id.as_str())
+    );
+    let other = &results[refused.len() + 3];
+    assert_eq!(other.code, Code::InvalidArgument as i32, "{other:?}");
+    assert!(other.error.contains("tenant"), "{}", other.error);
+
+    // The two good ones are sent, once each; nothing else was stored or sent.
+    wait_job(&mut c, &t.id, is("delivered")).await;
+    wait_job(&mut c, &x.id, is("sent")).await;
+    assert_eq!(messages(&stack, TEMPLATE_SEND, &user(10)), 1);
+    assert_eq!(messages(&stack, CUSTOM, &user(11)), 1);
+    assert_eq!(stack.sim.messages(&MessageFilter::default()).len(), 2);
+    let mut listed: Vec<String> = jobs_of(&mut c, TENANT)
+        .await
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    listed.sort();
+    let mut stored = vec![t.id, x.id];
+    stored.sort();
+    assert_eq!(listed, stored);
     stack.stop().await;
 }
 

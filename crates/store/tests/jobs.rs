@@ -877,3 +877,40 @@ async fn a_campaign_slice_not_reported_fed_is_handed_out_again_when_its_lease_ru
     let c = campaigns.get(T, &id).await.unwrap().unwrap();
     assert_eq!(c.fed, 5);
 }
+
+/// Jobs created together (more than one script call's `CREATE_AT_ONCE`) end as each would
+/// alone, in order: the window fills, then holds; a repeated idempotency key finds the first
+/// job and stores nothing; an account that must exist and does not refuses its job only.
+#[tokio::test]
+async fn jobs_created_together_end_as_each_would_alone() {
+    let ns = Ns::new("jobs-create-all");
+    let jobs = jobs(&ns).with_tenant_window(120);
+    let ids: Vec<String> = (0..150).map(|i| format!("{T}.{i:020x}")).collect();
+    let mut batch: Vec<NewJob> = ids.iter().map(|id| new_job(id, None)).collect();
+    batch[0].idempotency_key = Some("k-first".into());
+    batch[130].idempotency_key = Some("k-first".into());
+    let created = jobs.create_all(T, &batch, false).await.unwrap();
+    assert_eq!(created.len(), 150);
+    assert!(
+        created[..120].iter().all(|c| *c == Created::New),
+        "{created:?}"
+    );
+    assert!(created[120..130].iter().all(|c| *c == Created::Held));
+    assert_eq!(created[130], Created::Existing(ids[0].clone()));
+    assert!(created[131..].iter().all(|c| *c == Created::Held));
+    assert_eq!(jobs.window_counts(T).await.unwrap(), (29, 120, 0));
+    assert!(jobs.get(T, &ids[130]).await.unwrap().is_none());
+    assert_eq!(
+        jobs.get(T, &ids[149]).await.unwrap().map(|j| j.state),
+        Some(JobState::Queued)
+    );
+
+    // "wx1" has no authorizer record in this namespace.
+    let lone = format!("{T}.{:020x}", 999);
+    let refused = jobs
+        .create_all(T, &[new_job(&lone, None)], true)
+        .await
+        .unwrap();
+    assert_eq!(refused, vec![Created::UnknownAccount]);
+    assert!(jobs.get(T, &lone).await.unwrap().is_none());
+}

@@ -132,6 +132,10 @@ pub async fn publish_all(
         .await
 }
 
+fn stopped() -> BusError {
+    BusError::Unavailable("the announcer stopped".into())
+}
+
 /// A job waiting for its message's confirm.
 struct Waiting {
     job: SendJob,
@@ -176,10 +180,29 @@ impl Announcer {
     /// Announces `job` and returns once the message carrying it is confirmed (or refused). The
     /// queue in front is bounded by Enqueue's callers, each of whom waits here.
     pub async fn announce(&self, job: SendJob) -> Result<(), BusError> {
-        let (done, confirmed) = oneshot::channel();
-        let stopped = || BusError::Unavailable("the announcer stopped".into());
-        self.tx.send(Waiting { job, done }).map_err(|_| stopped())?;
-        confirmed.await.map_err(|_| stopped())?
+        let mut results = self.announce_all(vec![job]).await;
+        results.pop().unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Announces `jobs` (an EnqueueBatch) and returns, once every message carrying one is
+    /// confirmed or refused, each job's result in order. They join the group commit together,
+    /// so they share messages with each other and with concurrent calls.
+    pub async fn announce_all(&self, jobs: Vec<SendJob>) -> Vec<Result<(), BusError>> {
+        let confirms: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let (done, confirmed) = oneshot::channel();
+                self.tx.send(Waiting { job, done }).ok().map(|()| confirmed)
+            })
+            .collect();
+        let mut results = Vec::with_capacity(confirms.len());
+        for confirmed in confirms {
+            results.push(match confirmed {
+                Some(confirmed) => confirmed.await.unwrap_or_else(|_| Err(stopped())),
+                None => Err(stopped()),
+            });
+        }
+        results
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use wxhub_proto::jobs::v1::SendRoute;
+use wxhub_proto::jobs::v1::SendJob;
 use wxhub_proto::messaging::v1 as pb;
 use wxhub_proto::messaging::v1::enqueue_request::Message;
 use wxhub_proto::messaging::v1::messaging_server::Messaging;
@@ -180,9 +180,9 @@ impl MessagingService {
         Ok(())
     }
 
-    async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<pb::Job, Status> {
-        let tenant = self.admit("Enqueue", &req, &req.get_ref().tenant)?;
-        let r = req.into_inner();
+    /// Checks one message and makes its job (not stored yet): INVALID_ARGUMENT naming the field,
+    /// or a failed precondition of the tenant's kind.
+    fn prepare_job(tenant: &Tenant, r: &pb::EnqueueRequest, now: i64) -> Result<NewJob, Status> {
         let Prepared {
             kind,
             api,
@@ -193,10 +193,8 @@ impl MessagingService {
         if let Some(k) = key {
             validate::check_idempotency_key(k)?;
         }
-        let appid = Self::account(&tenant, &r.appid)?;
-        let now = wxhub_runtime::unix_ms();
-        let tenant_id = tenant.id.as_str();
-        let id = new_id(tenant_id, now);
+        let appid = Self::account(tenant, &r.appid)?;
+        let id = new_id(tenant.id.as_str(), now);
         if kind == "template" && !body.contains_key("client_msg_id") {
             // WeChat deduplicates (openid, client_msg_id): what makes a template resend after
             // an unknown outcome safe.
@@ -205,8 +203,8 @@ impl MessagingService {
                 serde_json::Value::String(id.clone()),
             );
         }
-        let job = NewJob {
-            id: id.clone(),
+        Ok(NewJob {
+            id,
             appid,
             kind: kind.to_owned(),
             api: api.to_owned(),
@@ -215,22 +213,28 @@ impl MessagingService {
             idempotency_key: key.map(str::to_owned),
             campaign: None,
             now_ms: now,
-        };
-        // One script checks the authorizer and stores the job.
-        match self
-            .jobs
-            .create_as(tenant_id, &job, !job.appid.is_empty())
-            .await
-            .map_err(|e| unavailable("cannot store the job", e))?
-        {
-            Created::UnknownAccount => return Err(unknown_authorizer(&job.appid)),
-            Created::RevokedAccount => return Err(revoked_authorizer(&job.appid)),
+        })
+    }
+
+    /// The answer for a job the create script has seen: `None` when it was stored new and is
+    /// to be announced now, else the job to answer with (held, or the idempotency key's
+    /// existing job) or the refusal.
+    async fn stored(
+        &self,
+        tenant_id: &str,
+        job: &NewJob,
+        created: Created,
+    ) -> Result<Option<pb::Job>, Status> {
+        let kind = job.kind.clone();
+        match created {
+            Created::UnknownAccount => Err(unknown_authorizer(&job.appid)),
+            Created::RevokedAccount => Err(revoked_authorizer(&job.appid)),
             Created::OverHeld => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "over_held").increment(1);
-                return Err(Status::resource_exhausted(format!(
+                Err(Status::resource_exhausted(format!(
                     "tenant {tenant_id} already holds worker.tenant_held_max messages waiting \
                      for its window; nothing was stored, retry later"
-                )));
+                )))
             }
             Created::Existing(existing) => {
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "existing").increment(1);
@@ -240,52 +244,172 @@ impl MessagingService {
                     // left it queued and unannounced, and its caller without an answer: the
                     // caller's retry with the same key announces it (twice at worst; the claim
                     // lets one send).
-                    self.announce(tenant_id, &existing, None).await?;
+                    self.announce(tenant_id, vec![send_job(tenant_id, &existing, None)])
+                        .await
+                        .pop()
+                        .unwrap_or_else(|| Err(Status::internal("no announcement")))?;
                 }
-                return Ok(found);
+                Ok(Some(found))
             }
             Created::Held => {
                 // Over the tenant's window: stored, and the feeder announces it in turn.
                 metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "held").increment(1);
-                return Ok(job_reply(&job.record(tenant_id)));
+                Ok(Some(job_reply(&job.record(tenant_id))))
             }
-            Created::New => {}
+            Created::New => Ok(None),
         }
-        if let Err(refused) = self.announce(tenant_id, &id, Some(new_route(&job))).await {
-            if let Err(e) = self.jobs.abandon(tenant_id, &id, key).await {
-                tracing::warn!(job = id, error = %e, "cannot remove an unpublished job");
+    }
+
+    /// The answer for a new job once its announcement is confirmed or refused: a refused one
+    /// is removed again (nothing queued).
+    async fn announced(
+        &self,
+        tenant_id: &str,
+        job: &NewJob,
+        published: Result<(), Status>,
+    ) -> Result<pb::Job, Status> {
+        if let Err(refused) = published {
+            if let Err(e) = self
+                .jobs
+                .abandon(tenant_id, &job.id, job.idempotency_key.as_deref())
+                .await
+            {
+                tracing::warn!(job = job.id, error = %e, "cannot remove an unpublished job");
             }
             return Err(refused);
         }
-        metrics::counter!("wxhub_messaging_enqueued_total", "kind" => kind, "result" => "new")
+        metrics::counter!("wxhub_messaging_enqueued_total", "kind" => job.kind.clone(), "result" => "new")
             .increment(1);
         // What was stored, without reading it back.
         Ok(job_reply(&job.record(tenant_id)))
     }
 
-    /// Publishes a job's announcement with confirm, within the call's deadline. A worker that
-    /// just started (or is reconnecting) waits for its broker connection rather than refusing
-    /// the job at once.
-    async fn announce(
+    async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<pb::Job, Status> {
+        let tenant = self.admit("Enqueue", &req, &req.get_ref().tenant)?;
+        let job = Self::prepare_job(&tenant, req.get_ref(), wxhub_runtime::unix_ms())?;
+        let tenant_id = tenant.id.as_str();
+        // One script checks the authorizer and stores the job.
+        let created = self
+            .jobs
+            .create_as(tenant_id, &job, true)
+            .await
+            .map_err(|e| unavailable("cannot store the job", e))?;
+        if let Some(answer) = self.stored(tenant_id, &job, created).await? {
+            return Ok(answer);
+        }
+        let published = self
+            .announce(
+                tenant_id,
+                vec![send_job(tenant_id, &job.id, Some(new_route(&job)))],
+            )
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Status::internal("no announcement")));
+        self.announced(tenant_id, &job, published).await
+    }
+
+    /// EnqueueBatch: every message as [`Self::enqueue`] would take it alone, the stored ones in
+    /// one script call per `CREATE_AT_ONCE` and their announcements in the group commit
+    /// together.
+    async fn enqueue_batch(
         &self,
-        tenant: &str,
-        id: &str,
-        route: Option<SendRoute>,
-    ) -> Result<(), Status> {
+        req: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<pb::EnqueueBatchResponse, Status> {
+        let tenant = self.admit("EnqueueBatch", &req, &req.get_ref().tenant)?;
+        let r = req.into_inner();
+        if r.messages.is_empty() || r.messages.len() > ENQUEUE_BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "messages: 1 to {ENQUEUE_BATCH_MAX} per call (got {})",
+                r.messages.len()
+            )));
+        }
+        let tenant_id = tenant.id.as_str();
+        let now = wxhub_runtime::unix_ms();
+        // results[i] answers messages[i]; jobs[j] is the job of messages[at[j]].
+        let mut results: Vec<Result<pb::Job, Status>> = Vec::with_capacity(r.messages.len());
+        let (mut jobs, mut at) = (Vec::new(), Vec::new());
+        for (i, m) in r.messages.iter().enumerate() {
+            let prepared = if !m.tenant.is_empty() && m.tenant != tenant_id {
+                Err(Status::invalid_argument(format!(
+                    "tenant: empty or the batch's tenant {tenant_id:?}"
+                )))
+            } else {
+                Self::prepare_job(&tenant, m, now)
+            };
+            match prepared {
+                Ok(job) => {
+                    at.push(i);
+                    jobs.push(job);
+                    results.push(Err(Status::internal("not answered")));
+                }
+                Err(refused) => results.push(Err(refused)),
+            }
+        }
+        let created = match self.jobs.create_all(tenant_id, &jobs, true).await {
+            Ok(created) => created,
+            Err(e) => {
+                let refused = unavailable("cannot store the jobs", e);
+                for &i in &at {
+                    results[i] = Err(refused.clone());
+                }
+                return Ok(batch_reply(results));
+            }
+        };
+        // New jobs to announce, and later messages whose idempotency key an earlier message of
+        // this batch stored (they answer as it does, once it is announced).
+        let (mut new, mut same_as) = (Vec::new(), Vec::new());
+        for (j, created) in created.into_iter().enumerate() {
+            if let Created::Existing(id) = &created
+                && let Some(first) = jobs[..j].iter().position(|o| &o.id == id)
+            {
+                same_as.push((at[j], at[first]));
+                continue;
+            }
+            match self.stored(tenant_id, &jobs[j], created).await {
+                Ok(None) => new.push(j),
+                Ok(Some(answer)) => results[at[j]] = Ok(answer),
+                Err(refused) => results[at[j]] = Err(refused),
+            }
+        }
+        let announcements = new
+            .iter()
+            .map(|&j| send_job(tenant_id, &jobs[j].id, Some(new_route(&jobs[j]))))
+            .collect();
+        let published = self.announce(tenant_id, announcements).await;
+        for (&j, published) in new.iter().zip(published) {
+            results[at[j]] = self.announced(tenant_id, &jobs[j], published).await;
+        }
+        for (i, first) in same_as {
+            results[i] = results[first].clone();
+        }
+        Ok(batch_reply(results))
+    }
+
+    /// Publishes jobs' announcements with confirm, within the call's deadline, and returns each
+    /// one's result in order. A worker that just started (or is reconnecting) waits for its
+    /// broker connection rather than refusing the jobs at once.
+    async fn announce(&self, tenant: &str, jobs: Vec<SendJob>) -> Vec<Result<(), Status>> {
+        let n = jobs.len();
         let published = tokio::time::timeout(self.timeout, async {
             if !self.announcer.bus().is_connected() {
                 self.announcer.bus().wait_connected(self.timeout).await;
             }
-            self.announcer.announce(send_job(tenant, id, route)).await
+            self.announcer.announce_all(jobs).await
         })
         .await;
+        let refused = |e: &dyn std::fmt::Display| {
+            tracing::warn!(tenant, jobs = n, error = %e, "cannot publish jobs");
+            Status::unavailable("cannot publish the job; nothing was queued, retry")
+        };
         match published {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(unavailable("cannot publish the job", e)),
-            Err(_) => Err(unavailable(
-                "cannot publish the job",
-                "the broker did not confirm in time",
-            )),
+            Ok(results) => {
+                let mut status = None;
+                results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| status.get_or_insert_with(|| refused(&e)).clone()))
+                    .collect()
+            }
+            Err(_) => vec![Err(refused(&"the broker did not confirm in time")); n],
         }
     }
 
@@ -448,6 +572,30 @@ impl MessagingService {
     }
 }
 
+/// Most messages in one EnqueueBatch call (about 1 KB each at most: well inside gRPC's 4 MB).
+pub const ENQUEUE_BATCH_MAX: usize = 500;
+
+fn batch_reply(results: Vec<Result<pb::Job, Status>>) -> pb::EnqueueBatchResponse {
+    pb::EnqueueBatchResponse {
+        results: results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Ok(job) => pb::EnqueueResult {
+                    job: Some(job),
+                    code: 0,
+                    error: String::new(),
+                },
+                Err(s) => pb::EnqueueResult {
+                    job: None,
+                    code: s.code() as i32,
+                    error: format!("messages[{i}]: {}", s.message()),
+                },
+            })
+            .collect(),
+    }
+}
+
 /// The protobuf view of a campaign.
 pub fn campaign_reply(c: &CampaignRecord) -> pb::Campaign {
     pb::Campaign {
@@ -518,6 +666,15 @@ impl Messaging for MessagingService {
 
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<Response<pb::Job>, Status> {
         MessagingService::enqueue(self, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn enqueue_batch(
+        &self,
+        req: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+        MessagingService::enqueue_batch(self, req)
             .await
             .map(Response::new)
     }
