@@ -3,7 +3,9 @@
 //! rate of template sends posted by a bare HTTP client — and the end-to-end latency (enqueue
 //! to recorded `sent`) at half the measured rate. One process, real Redis and RabbitMQ. The
 //! same number of jobs then goes through EnqueueBatch calls (a business system handing over
-//! many messages at once), against the same ceiling.
+//! many messages at once). The machine's speed drifts within seconds, so this runs in
+//! `MSG_BENCH_ROUNDS` rounds, each between two measurements of the ceiling and compared with
+//! their mean; the summary is each path's median share.
 //!
 //! Then, on a stack of its own with realistic limits: a campaign of `MSG_BENCH_CAMPAIGN`
 //! recipients (100,000) split over `MSG_BENCH_TENANTS` (10) tenants, one account and campaign
@@ -18,7 +20,7 @@
 //! `MSG_BENCH_CAMPAIGN` (100000, 0 skips), `MSG_BENCH_TENANTS` (10), `MSG_BENCH_HOLD`
 //! (1000000, 0 skips), `MSG_BENCH_ANNOUNCE_BATCH` (64: `worker.announce_batch`),
 //! `MSG_BENCH_BATCH` (50 messages per EnqueueBatch call, 0 skips that phase),
-//! `MSG_BENCH_BATCH_CONCURRENCY` (8 such calls at once), and
+//! `MSG_BENCH_BATCH_CONCURRENCY` (8 such calls at once), `MSG_BENCH_ROUNDS` (3), and
 //! `MSG_BENCH_METRICS` (set: print the broker and announcement counters after the throughput
 //! phase).
 
@@ -135,52 +137,23 @@ async fn run() {
         .into_inner()
         .access_token;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
     let url = format!(
         "{}{TEMPLATE_PATH}?access_token={token}",
         stack.sim.base_url()
     );
     let redis_pid = redis_pid(&stack.store).await;
-    // Each phase starts on a quiet machine: the previous one's delivery reports (pushed by the
-    // sim 100 ms after each send, then handled by the gateway and the worker) are done.
-    let settled = quiesce(redis_pid.clone(), Duration::from_secs(60)).await;
-    println!("messaging: quiet after {:.1} s", settled.as_secs_f64());
-    let cpu = CpuSplit::start(redis_pid.clone());
-    let accepted = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let (http, url, accepted) = (http.clone(), url.clone(), accepted.clone());
-            tokio::spawn(async move {
-                let mut i = w;
-                while Instant::now() < until {
-                    let body = serde_json::json!({
-                        "touser": user(usize::try_from(i).unwrap_or(0) % USERS),
-                        "template_id": TEMPLATE,
-                        "data": {"keyword1": {"value": "x"}},
-                    });
-                    if let Ok(r) = http.post(&url).json(&body).send().await
-                        && let Ok(v) = r.json::<serde_json::Value>().await
-                        && v["errcode"] == 0
-                    {
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    i += concurrency;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let ceiling = accepted.load(Ordering::Relaxed) as f64 / secs as f64;
-    println!(
-        "messaging: sim bare accept rate (ceiling): {ceiling:.0} template sends/s ({concurrency} clients); CPU per send: {}",
-        cpu.per(accepted.load(Ordering::Relaxed))
-    );
+    let ceiling = Ceiling {
+        http: reqwest::Client::new(),
+        url,
+        redis_pid: redis_pid.clone(),
+        concurrency,
+        secs,
+    };
 
-    // Through the system: enqueue `jobs` as fast as `concurrency` clients can, until all are
-    // sent; then as many again in EnqueueBatch calls of `batch`.
+    // Through the system: `jobs` enqueued as fast as `concurrency` callers of Enqueue can, until
+    // all are sent; then as many in EnqueueBatch calls of `batch`. This machine's speed drifts
+    // within seconds, so the phases run in rounds, each between two measurements of the
+    // ceiling, and each phase's share is of the mean of the two around it.
     let url = format!("http://{}", stack.worker);
     let client = MessagingClient::connect(url).await.expect("worker");
     let through = Through {
@@ -188,21 +161,64 @@ async fn run() {
         client: &client,
         redis_pid: redis_pid.clone(),
         jobs,
-        ceiling,
     };
-    let rate = through.run("", 0, concurrency, 0).await;
     let batch = env("MSG_BENCH_BATCH", 50);
-    if batch > 0 {
-        let callers = env("MSG_BENCH_BATCH_CONCURRENCY", 8);
-        through
-            .run(
-                &format!(" in EnqueueBatch calls of {batch} ({callers} callers)"),
-                jobs,
-                callers,
-                batch,
-            )
-            .await;
+    let callers = env("MSG_BENCH_BATCH_CONCURRENCY", 8);
+    let rounds = env("MSG_BENCH_ROUNDS", 3).max(1);
+    let mut before = ceiling.measure().await;
+    let (mut single, mut batched) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let first = round * 2 * jobs;
+        let rate = through.run("", first, concurrency, 0).await;
+        let batch_rate = if batch > 0 {
+            let how = format!(" in EnqueueBatch calls of {batch} ({callers} callers)");
+            Some(through.run(&how, first + jobs, callers, batch).await)
+        } else {
+            None
+        };
+        let after = ceiling.measure().await;
+        let mean = (before + after) / 2.0;
+        println!(
+            "messaging: round {}: ceiling {mean:.0}/s (mean of {before:.0} before and {after:.0} after); Enqueue {:.0} % of it{}",
+            round + 1,
+            100.0 * rate / mean,
+            batch_rate.map_or(String::new(), |r| format!(
+                ", EnqueueBatch {:.0} %",
+                100.0 * r / mean
+            ))
+        );
+        single.push((rate, 100.0 * rate / mean));
+        if let Some(r) = batch_rate {
+            batched.push(100.0 * r / mean);
+        }
+        before = after;
     }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let shares = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let single_shares: Vec<f64> = single.iter().map(|(_, s)| *s).collect();
+    println!(
+        "messaging: share of the ceiling over {rounds} rounds: Enqueue median {:.0} % ({} %){}",
+        median(single_shares.clone()),
+        shares(&single_shares),
+        if batched.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; EnqueueBatch of {batch} median {:.0} % ({} %)",
+                median(batched.clone()),
+                shares(&batched)
+            )
+        }
+    );
+    let rate = median(single.iter().map(|(r, _)| *r).collect());
 
     if std::env::var_os("MSG_BENCH_METRICS").is_some() {
         for line in wxhub_runtime::ops::prometheus().render().lines() {
@@ -217,7 +233,10 @@ async fn run() {
             }
         }
     }
-    // Latency at half that rate (open loop): enqueue → recorded sent, from the job records.
+    // Latency at half that rate (open loop): enqueue → recorded sent, from the job records; on
+    // a quiet machine (the last ceiling's delivery reports handled).
+    let settled = quiesce(redis_pid.clone(), Duration::from_secs(60)).await;
+    println!("messaging: quiet after {:.1} s", settled.as_secs_f64());
     let half = (rate / 2.0).max(1.0);
     let n = (half * secs as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / half);
@@ -256,13 +275,68 @@ async fn run() {
 
 const TEMPLATE_PATH: &str = "/cgi-bin/message/template/send";
 
-/// The throughput phase through the system, on one stack against one ceiling.
+/// The ceiling: the sim's accept rate of template sends from a bare HTTP client.
+struct Ceiling {
+    http: reqwest::Client,
+    url: String,
+    redis_pid: Option<String>,
+    concurrency: u64,
+    secs: u64,
+}
+
+impl Ceiling {
+    /// Posts template sends from `concurrency` clients for `secs`, prints the figures and
+    /// returns the sends the sim accepted per second.
+    async fn measure(&self) -> f64 {
+        // Each phase starts on a quiet machine: the previous one's delivery reports (pushed by
+        // the sim 100 ms after each send, then handled by the gateway and the worker) are done.
+        let settled = quiesce(self.redis_pid.clone(), Duration::from_secs(60)).await;
+        println!("messaging: quiet after {:.1} s", settled.as_secs_f64());
+        let cpu = CpuSplit::start(self.redis_pid.clone());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let until = Instant::now() + Duration::from_secs(self.secs);
+        let concurrency = self.concurrency;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|w| {
+                let (http, url, accepted) = (self.http.clone(), self.url.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let mut i = w;
+                    while Instant::now() < until {
+                        let body = serde_json::json!({
+                            "touser": user(usize::try_from(i).unwrap_or(0) % USERS),
+                            "template_id": TEMPLATE,
+                            "data": {"keyword1": {"value": "x"}},
+                        });
+                        if let Ok(r) = http.post(&url).json(&body).send().await
+                            && let Ok(v) = r.json::<serde_json::Value>().await
+                            && v["errcode"] == 0
+                        {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        i += concurrency;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let n = accepted.load(Ordering::Relaxed);
+        let ceiling = n as f64 / self.secs as f64;
+        println!(
+            "messaging: sim bare accept rate (ceiling): {ceiling:.0} template sends/s ({concurrency} clients); CPU per send: {}",
+            cpu.per(n)
+        );
+        ceiling
+    }
+}
+
+/// The throughput phase through the system, on one stack.
 struct Through<'a> {
     stack: &'a Stack,
     client: &'a MessagingClient<tonic::transport::Channel>,
     redis_pid: Option<String>,
     jobs: u64,
-    ceiling: f64,
 }
 
 impl Through<'_> {
@@ -297,10 +371,9 @@ impl Through<'_> {
         let took = started.elapsed();
         let rate = jobs as f64 / took.as_secs_f64();
         println!(
-            "messaging: {jobs} template jobs enqueued{how} in {:.2} s, all sent in {:.2} s: {rate:.0} sends/s = {:.0} % of the ceiling; CPU per job: {}",
+            "messaging: {jobs} template jobs enqueued{how} in {:.2} s, all sent in {:.2} s: {rate:.0} sends/s; CPU per job: {}",
             enqueued.as_secs_f64(),
             took.as_secs_f64(),
-            100.0 * rate / self.ceiling,
             cpu.per(jobs)
         );
         rate

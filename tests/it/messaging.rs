@@ -1289,6 +1289,48 @@ async fn the_cli_sends_waits_lists_and_replays() {
     );
     let (ok, out) = cli(&config, &["dead", "list", TENANT]).await;
     assert!(ok && out.contains("\"jobs\": []"), "{out}");
+
+    // A batch: each message's job or error, in order.
+    let batch = dir.path().join("batch.json");
+    std::fs::write(
+        &batch,
+        serde_json::json!([
+            {"type": "custom", "appid": AUTH1, "touser": user(2), "msgtype": "text", "text": {"content": "batched"}},
+            {"type": "template", "appid": AUTH1, "touser": "bad openid", "template_id": TEMPLATE, "data": {"keyword1": {"value": "x"}}},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &["send", "batch", TENANT, "--json", batch.to_str().unwrap()],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let results = serde_json::from_str::<serde_json::Value>(&out).unwrap()["results"].clone();
+    let batched = results[0]["job_id"].as_str().expect("the first is queued");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("InvalidArgument") && e.contains("messages[1]")),
+        "{results}"
+    );
+    let (_, out) = cli(&config, &["job", batched, "--wait", "20"]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"],
+        "sent"
+    );
+    std::fs::write(&batch, r#"[{"type": "fax"}]"#).unwrap();
+    let (ok, err) = cli(
+        &config,
+        &["send", "batch", TENANT, "--json", batch.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("[0].type"),
+        "{err}"
+    );
+
     // Failures: one line on stderr, non-zero exit.
     let (ok, err) = cli(
         &config,

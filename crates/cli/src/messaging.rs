@@ -124,6 +124,17 @@ pub enum SendCommand {
         #[arg(long)]
         json: PathBuf,
     },
+    /// Up to 500 messages of one tenant in one call (EnqueueBatch): --json with an array of
+    /// WeChat's bodies, each with "type" (custom, template, subscribe or bizsend), "appid"
+    /// (`-` or absent: the tenant's own account) and an optional "idempotency_key". Prints
+    /// each message's job or error, in order; exits 0 once the call is answered.
+    Batch {
+        tenant: String,
+        #[arg(long)]
+        json: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -494,65 +505,146 @@ fn subscribe_message(m: &Map<String, Value>) -> pb::SubscribeMessage {
     }
 }
 
+/// A customer-service message from WeChat's body (msgtype, the msgtype's object, optional
+/// customservice) to `to`.
+fn custom_message(to: String, m: &Map<String, Value>) -> Message {
+    let msgtype = str_of(m, "msgtype");
+    let body = m.get(&msgtype).cloned().unwrap_or(Value::Null);
+    let kf_account = m
+        .get("customservice")
+        .and_then(Value::as_object)
+        .map(|c| str_of(c, "kf_account"))
+        .unwrap_or_default();
+    Message::Custom(pb::CustomMessage {
+        touser: to,
+        msgtype,
+        body_json: body.to_string(),
+        kf_account,
+    })
+}
+
+fn template_message(m: &Map<String, Value>) -> Message {
+    Message::Template(pb::TemplateMessage {
+        touser: str_of(m, "touser"),
+        template_id: str_of(m, "template_id"),
+        url: str_of(m, "url"),
+        miniprogram: link(m),
+        data: template_data(m),
+        client_msg_id: str_of(m, "client_msg_id"),
+    })
+}
+
 /// The message a send command names.
 fn message(cmd: &SendCommand) -> Result<Message, CliError> {
     Ok(match cmd {
-        SendCommand::Custom { to, text, json, .. } => {
-            let (msgtype, body, kf) = match (text, json) {
-                (Some(t), _) => ("text".to_owned(), json!({ "content": t }), String::new()),
-                (None, Some(path)) => {
-                    let m = read_json(path)?;
-                    let msgtype = str_of(&m, "msgtype");
-                    let body = m.get(&msgtype).cloned().unwrap_or(Value::Null);
-                    let kf = m
-                        .get("customservice")
-                        .and_then(Value::as_object)
-                        .map(|c| str_of(c, "kf_account"))
-                        .unwrap_or_default();
-                    (msgtype, body, kf)
-                }
-                (None, None) => return Err(CliError::new("--text or --json is required")),
-            };
-            Message::Custom(pb::CustomMessage {
+        SendCommand::Custom { to, text, json, .. } => match (text, json) {
+            (Some(t), _) => Message::Custom(pb::CustomMessage {
                 touser: to.clone(),
-                msgtype,
-                body_json: body.to_string(),
-                kf_account: kf,
-            })
-        }
-        SendCommand::Template { json, .. } => {
-            let m = read_json(json)?;
-            Message::Template(pb::TemplateMessage {
-                touser: str_of(&m, "touser"),
-                template_id: str_of(&m, "template_id"),
-                url: str_of(&m, "url"),
-                miniprogram: link(&m),
-                data: template_data(&m),
-                client_msg_id: str_of(&m, "client_msg_id"),
-            })
-        }
+                msgtype: "text".to_owned(),
+                body_json: json!({ "content": t }).to_string(),
+                kf_account: String::new(),
+            }),
+            (None, Some(path)) => custom_message(to.clone(), &read_json(path)?),
+            (None, None) => return Err(CliError::new("--text or --json is required")),
+        },
+        SendCommand::Template { json, .. } => template_message(&read_json(json)?),
         SendCommand::Subscribe { json, .. } => {
             Message::Subscribe(subscribe_message(&read_json(json)?))
         }
         SendCommand::Bizsend { json, .. } => Message::Bizsend(subscribe_message(&read_json(json)?)),
+        SendCommand::Batch { .. } => return Err(CliError::new("a batch is many messages")),
+    })
+}
+
+/// The account a send names: "" for the tenant's own (`-`).
+fn account(appid: &str) -> String {
+    if appid == "-" {
+        String::new()
+    } else {
+        appid.to_owned()
+    }
+}
+
+/// EnqueueBatch's messages from a JSON array of WeChat's bodies (see `SendCommand::Batch`).
+fn batch_messages(path: &PathBuf) -> Result<Vec<pb::EnqueueRequest>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(format_args!("cannot read {}: {e}", path.display())))?;
+    let items: Vec<Map<String, Value>> = serde_json::from_str(&text).map_err(|e| {
+        CliError::new(format_args!(
+            "{}: must be a JSON array of objects: {e}",
+            path.display()
+        ))
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let message = match str_of(m, "type").as_str() {
+                "custom" => custom_message(str_of(m, "touser"), m),
+                "template" => template_message(m),
+                "subscribe" => Message::Subscribe(subscribe_message(m)),
+                "bizsend" => Message::Bizsend(subscribe_message(m)),
+                other => {
+                    return Err(CliError::new(format_args!(
+                        "{}: [{i}].type must be custom, template, subscribe or bizsend (got {other:?})",
+                        path.display()
+                    )));
+                }
+            };
+            Ok(pb::EnqueueRequest {
+                tenant: String::new(),
+                appid: account(&str_of(m, "appid")),
+                idempotency_key: str_of(m, "idempotency_key"),
+                message: Some(message),
+            })
+        })
+        .collect()
+}
+
+fn run_batch(tenant: &str, json: &PathBuf, common: &Common) -> Result<String, CliError> {
+    let messages = batch_messages(json)?;
+    block_on(async move {
+        let c = Conn::open(common)?;
+        let results = c
+            .grpc
+            .clone()
+            .enqueue_batch(c.request(pb::EnqueueBatchRequest {
+                tenant: tenant.to_owned(),
+                messages,
+            }))
+            .await
+            .map_err(status)?
+            .into_inner()
+            .results;
+        let results: Vec<Value> = results
+            .iter()
+            .map(|r| match &r.job {
+                Some(j) if r.code == 0 => json!({ "job_id": j.id, "state": j.state_name }),
+                _ => json!({
+                    "error": format!("{:?}: {}", tonic::Code::from_i32(r.code), r.error)
+                }),
+            })
+            .collect();
+        render(&json!({ "results": results }))
     })
 }
 
 pub fn run_send(cmd: SendCommand) -> Result<String, CliError> {
+    let args = match &cmd {
+        SendCommand::Custom { args, .. }
+        | SendCommand::Template { args, .. }
+        | SendCommand::Subscribe { args, .. }
+        | SendCommand::Bizsend { args, .. } => args,
+        SendCommand::Batch {
+            tenant,
+            json,
+            common,
+        } => return run_batch(tenant, json, common),
+    };
+    let message = message(&cmd)?;
     block_on(async move {
-        let message = message(&cmd)?;
-        let args = match &cmd {
-            SendCommand::Custom { args, .. }
-            | SendCommand::Template { args, .. }
-            | SendCommand::Subscribe { args, .. }
-            | SendCommand::Bizsend { args, .. } => args,
-        };
         let c = Conn::open(&args.common)?;
-        let appid = if args.appid == "-" {
-            String::new()
-        } else {
-            args.appid.clone()
-        };
+        let appid = account(&args.appid);
         let j = c
             .grpc
             .clone()
