@@ -542,8 +542,25 @@ async fn a_batch_answers_each_message_as_enqueue_would_alone() {
     assert_eq!(other.code, Code::InvalidArgument as i32, "{other:?}");
     assert!(other.error.contains("tenant"), "{}", other.error);
 
-    // The two good ones are sent, once each; nothing else was stored or sent.
+    // The two good ones are sent, once each; nothing else was stored or sent — a retry of
+    // the batch with the key included.
     wait_job(&mut c, &t.id, is("delivered")).await;
+    let retried = c
+        .enqueue_batch(req(
+            batch(vec![enqueue(AUTH1, "batch-1", template(&user(10)))]),
+            OPS_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        retried[0]
+            .job
+            .as_ref()
+            .map(|j| (j.id.as_str(), j.state_name.as_str())),
+        Some((t.id.as_str(), "delivered"))
+    );
     wait_job(&mut c, &x.id, is("sent")).await;
     assert_eq!(messages(&stack, TEMPLATE_SEND, &user(10)), 1);
     assert_eq!(messages(&stack, CUSTOM, &user(11)), 1);

@@ -357,7 +357,7 @@ impl MessagingService {
         };
         // New jobs to announce, and later messages whose idempotency key an earlier message of
         // this batch stored (they answer as it does, once it is announced).
-        let (mut new, mut same_as) = (Vec::new(), Vec::new());
+        let (mut seen, mut same_as) = (Vec::new(), Vec::new());
         for (j, created) in created.into_iter().enumerate() {
             if let Created::Existing(id) = &created
                 && let Some(first) = jobs[..j].iter().position(|o| &o.id == id)
@@ -365,7 +365,18 @@ impl MessagingService {
                 same_as.push((at[j], at[first]));
                 continue;
             }
-            match self.stored(tenant_id, &jobs[j], created).await {
+            seen.push((j, created));
+        }
+        // At once: a retried batch's existing jobs are each read (and a queued one announced
+        // again) side by side, not one after another.
+        let answers = futures::future::join_all(seen.into_iter().map(|(j, created)| {
+            let job = &jobs[j];
+            async move { (j, self.stored(tenant_id, job, created).await) }
+        }))
+        .await;
+        let mut new = Vec::new();
+        for (j, answer) in answers {
+            match answer {
                 Ok(None) => new.push(j),
                 Ok(Some(answer)) => results[at[j]] = Ok(answer),
                 Err(refused) => results[at[j]] = Err(refused),
