@@ -320,6 +320,19 @@ async fn messages_are_sent_reported_and_deduplicated_by_key() {
     stack.stop().await;
 }
 
+/// A stack, and its client, where `AUTH2` revoked the authorization: what
+/// [`refused_messages`] expects.
+async fn stack_refusing(label: &str) -> (Stack, MessagingClient<Channel>) {
+    let stack = stack(label, &[]).await;
+    let c = client(stack.worker).await;
+    let now = wxhub_runtime::unix_ms();
+    Authorizers::new(stack.store.clone())
+        .revoke(TENANT, AUTH2, now, now, "unauthorized")
+        .await
+        .unwrap();
+    (stack, c)
+}
+
 /// Messages Enqueue refuses (with `AUTH2` revoked), each with its code and a word of its
 /// error: what a message of an EnqueueBatch is answered too.
 fn refused_messages() -> Vec<(pb::EnqueueRequest, Code, &'static str)> {
@@ -395,13 +408,7 @@ fn refused_messages() -> Vec<(pb::EnqueueRequest, Code, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
-    let stack = stack("msg-bad", &[]).await;
-    let mut c = client(stack.worker).await;
-    let now = wxhub_runtime::unix_ms();
-    Authorizers::new(stack.store.clone())
-        .revoke(TENANT, AUTH2, now, now, "unauthorized")
-        .await
-        .unwrap();
+    let (stack, mut c) = stack_refusing("msg-bad").await;
     let mut cases: Vec<(pb::EnqueueRequest, &str, Code, &str)> = refused_messages()
         .into_iter()
         .map(|(r, code, needle)| (r, OPS_KEY, code, needle))
@@ -464,13 +471,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_queued() {
 /// idempotency key the first message's job; a refused call stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_each_message_as_enqueue_would_alone() {
-    let stack = stack("msg-batch", &[]).await;
-    let mut c = client(stack.worker).await;
-    let now = wxhub_runtime::unix_ms();
-    Authorizers::new(stack.store.clone())
-        .revoke(TENANT, AUTH2, now, now, "unauthorized")
-        .await
-        .unwrap();
+    let (stack, mut c) = stack_refusing("msg-batch").await;
     let batch = |messages: Vec<pb::EnqueueRequest>| pb::EnqueueBatchRequest {
         tenant: TENANT.into(),
         messages,
