@@ -248,6 +248,19 @@ settle "$id" failed
 printf '%s' '{"touser":"o_acme_bob","template_id":"TMPL_order_shipped","url":"https://shop.example/orders/42","data":{"order":{"value":"#42"},"status":{"value":"shipped"}}}' >"$logs/template.json"
 id=$(wxhub send template acme "$shop" --json "$logs/template.json" | jq -r .job_id)
 settle "$id" delivered
+# A batch (EnqueueBatch): each message answered as a single Enqueue would be — here a
+# customer-service message and a template queued, and a malformed OpenID refused alone.
+cat >"$logs/batch.json" <<JSON
+[{"type":"custom","appid":"$shop","touser":"o_acme_alice","msgtype":"text","text":{"content":"In a batch"}},
+ {"type":"template","appid":"$shop","touser":"o_acme_bob","template_id":"TMPL_order_shipped","data":{"order":{"value":"#43"},"status":{"value":"packed"}}},
+ {"type":"custom","appid":"$shop","touser":"not an openid","msgtype":"text","text":{"content":"x"}}]
+JSON
+batch=$(wxhub send batch acme --json "$logs/batch.json") || fail "wxhub send batch"
+jq -r '.results[] | "   \(.job_id // .error)"' <<<"$batch"
+[ "$(jq '[.results[] | select(.job_id)] | length' <<<"$batch")" = 2 ] || fail "the batch did not queue its two good messages"
+jq -e '.results[2].error | test("InvalidArgument")' <<<"$batch" >/dev/null || fail "the batch's bad OpenID was not refused"
+settle "$(jq -r '.results[0].job_id' <<<"$batch")" sent
+settle "$(jq -r '.results[1].job_id' <<<"$batch")" delivered
 
 # A campaign: one template to several recipients, fed to the send queue at the account's rate.
 printf '%s' '{"template_id":"TMPL_order_shipped","data":{"order":{"value":"spring sale"},"status":{"value":"started"}}}' >"$logs/campaign.json"
