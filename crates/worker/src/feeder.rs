@@ -76,12 +76,9 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
 }
 
 /// How long a campaign slice is leased to the feeder that took it: far above the time to store
-/// and announce one slice (at most twice the burst, FEED_PUBLISHES at once), short enough that a
+/// and announce one slice (at most twice the burst), short enough that a
 /// failed slice is fed again within seconds.
 const SLICE_LEASE: Duration = Duration::from_secs(10);
-
-/// A campaign slice's jobs stored at once.
-const FEED_PUBLISHES: usize = 32;
 
 /// A feed's messages (of up to `worker.announce_batch` jobs) awaiting their confirms at once.
 const FEED_MESSAGES: usize = 4;
@@ -336,21 +333,35 @@ impl Feeder {
     ) -> Result<(), String> {
         let body: Map<String, Value> = serde_json::from_str(&c.body).map_err(|e| e.to_string())?;
         let now = wxhub_runtime::unix_ms();
-        // Each recipient's job is stored on its own, FEED_PUBLISHES at once; then the slice is
-        // announced, BATCH_MAX jobs to a message.
-        let feeds: Vec<_> = slice
+        // The slice's jobs are stored by one create script call per hundred (each as if alone),
+        // then announced, `worker.announce_batch` jobs to a message.
+        let jobs: Vec<NewJob> = slice
             .iter()
             .enumerate()
-            .map(|(i, r)| self.store_one(c, &body, first + i as u64, r, now))
+            .map(|(i, r)| job_of(c, &body, first + i as u64, r, now))
             .collect();
-        let stored: Vec<Result<Option<SendJob>, String>> = futures::stream::iter(feeds)
-            .buffer_unordered(FEED_PUBLISHES)
-            .collect()
-            .await;
-        let announced: Vec<SendJob> = stored
-            .into_iter()
-            .filter_map(Result::transpose)
-            .collect::<Result<_, String>>()?;
+        let created = self
+            .jobs
+            .create_all(&c.tenant, &jobs, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let announced: Vec<SendJob> = jobs
+            .iter()
+            .zip(created)
+            .filter_map(|(job, created)| {
+                let id = match created {
+                    // Campaign jobs are outside the tenant window: never held.
+                    Created::New | Created::Held => job.id.clone(),
+                    // An existing job of this recipient index has the same route.
+                    Created::Existing(existing) => existing,
+                    // Not asked for (the campaign's account was checked when it was created).
+                    Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => {
+                        return None;
+                    }
+                };
+                Some(send_job(&c.tenant, &id, Some(new_route(job))))
+            })
+            .collect();
         for (_, r) in announce::publish_all(
             &self.bus,
             SEND_BULK_KEY,
@@ -365,51 +376,33 @@ impl Feeder {
         metrics::counter!("wxhub_worker_campaign_fed_total").increment(slice.len() as u64);
         Ok(())
     }
+}
 
-    /// Stores the job of recipient `index` (`r`) and returns its announcement (for
-    /// `{ns}.send-bulk`), or nothing when there is none to make.
-    async fn store_one(
-        &self,
-        c: &CampaignRecord,
-        body: &Map<String, Value>,
-        index: u64,
-        r: &CampaignRecipient,
-        now: i64,
-    ) -> Result<Option<SendJob>, String> {
-        // The recipient's index is the job's idempotency key, so a slice fed again after a
-        // crash finds the jobs it made (and re-announces them; the claim sends each once).
-        let id = new_id(&c.tenant, now);
-        let mut b = recipient_body(body, r);
-        if c.kind == "template" {
-            b.insert("client_msg_id".into(), json!(id));
-        }
-        let job = NewJob {
-            id: id.clone(),
-            appid: c.appid.clone(),
-            kind: c.kind.clone(),
-            api: c.api.clone(),
-            touser: r.touser.clone(),
-            body: Value::Object(b).to_string(),
-            idempotency_key: Some(format!("campaign:{}:{index}", c.id)),
-            campaign: Some(c.id.clone()),
-            now_ms: now,
-        };
-        let id = match self
-            .jobs
-            .create(&c.tenant, &job)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            // Campaign jobs are outside the tenant window: never held.
-            Created::New | Created::Held => id,
-            Created::Existing(existing) => existing,
-            // Not asked for (the campaign's account was checked when it was created).
-            Created::UnknownAccount | Created::RevokedAccount | Created::OverHeld => {
-                return Ok(None);
-            }
-        };
-        // An existing job of this recipient index has the same route.
-        Ok(Some(send_job(&c.tenant, &id, Some(new_route(&job)))))
+/// The job of campaign `c`'s recipient `index` (`r`): `body` with `r`'s overrides. The
+/// recipient's index is the job's idempotency key, so a slice fed again after a crash finds the
+/// jobs it made (and re-announces them; the claim sends each once).
+fn job_of(
+    c: &CampaignRecord,
+    body: &Map<String, Value>,
+    index: u64,
+    r: &CampaignRecipient,
+    now: i64,
+) -> NewJob {
+    let id = new_id(&c.tenant, now);
+    let mut b = recipient_body(body, r);
+    if c.kind == "template" {
+        b.insert("client_msg_id".into(), json!(id));
+    }
+    NewJob {
+        id,
+        appid: c.appid.clone(),
+        kind: c.kind.clone(),
+        api: c.api.clone(),
+        touser: r.touser.clone(),
+        body: Value::Object(b).to_string(),
+        idempotency_key: Some(format!("campaign:{}:{index}", c.id)),
+        campaign: Some(c.id.clone()),
+        now_ms: now,
     }
 }
 
