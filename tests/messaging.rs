@@ -12,39 +12,11 @@ use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use crate::{OPS_KEY, req};
 
 /// Enqueues `make(0)`…`make(jobs − 1)` over `concurrency` callers of `client`, each call
-/// answered (stored, its publish confirmed) before that caller's next.
-pub async fn enqueue_all<F>(client: &MessagingClient<Channel>, jobs: u64, concurrency: u64, make: F)
-where
-    F: Fn(u64) -> pb::EnqueueRequest + Send + Sync + 'static,
-{
-    let (next, make) = (Arc::new(AtomicU64::new(0)), Arc::new(make));
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (mut client, next, make) = (client.clone(), next.clone(), make.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
-                        break;
-                    }
-                    client
-                        .enqueue(req(make(i), OPS_KEY))
-                        .await
-                        .expect("enqueue");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("enqueuer");
-    }
-}
-
-/// [`enqueue_all`] through EnqueueBatch: each caller's call carries the next `batch` messages
-/// of `tenant`; every message must be accepted.
-pub async fn enqueue_all_batched<F>(
+/// answered (stored, its publish confirmed) before that caller's next: one message an Enqueue
+/// call when `batch` is 0, else `batch` an EnqueueBatch call (of the first message's tenant),
+/// every message accepted.
+pub async fn enqueue_all<F>(
     client: &MessagingClient<Channel>,
-    tenant: &str,
     jobs: u64,
     (concurrency, batch): (u64, u64),
     make: F,
@@ -52,25 +24,28 @@ pub async fn enqueue_all_batched<F>(
     F: Fn(u64) -> pb::EnqueueRequest + Send + Sync + 'static,
 {
     let (next, make) = (Arc::new(AtomicU64::new(0)), Arc::new(make));
+    let step = batch.max(1);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (mut client, next, make) = (client.clone(), next.clone(), make.clone());
-            let tenant = tenant.to_owned();
             tokio::spawn(async move {
                 loop {
-                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    let first = next.fetch_add(step, Ordering::Relaxed);
                     if first >= jobs {
                         break;
                     }
-                    let messages = (first..jobs.min(first + batch)).map(|i| make(i)).collect();
+                    if batch == 0 {
+                        client
+                            .enqueue(req(make(first), OPS_KEY))
+                            .await
+                            .expect("enqueue");
+                        continue;
+                    }
+                    let messages: Vec<_> =
+                        (first..jobs.min(first + batch)).map(|i| make(i)).collect();
+                    let tenant = messages[0].tenant.clone();
                     let results = client
-                        .enqueue_batch(req(
-                            pb::EnqueueBatchRequest {
-                                tenant: tenant.clone(),
-                                messages,
-                            },
-                            OPS_KEY,
-                        ))
+                        .enqueue_batch(req(pb::EnqueueBatchRequest { tenant, messages }, OPS_KEY))
                         .await
                         .expect("enqueue batch")
                         .into_inner()

@@ -696,7 +696,7 @@ async fn jobs_cost(jobs: u64) {
     let before = RedisStats::read(&mut conn).await;
     let process_before = cpu::cpu_secs("self");
     let started = Instant::now();
-    enqueue_all(&client, jobs, 16, template).await;
+    enqueue_all(&client, jobs, (16, 0), template).await;
     let target = usize::try_from(jobs).unwrap_or(usize::MAX);
     while stack.sim.message_count(&Default::default()) < target {
         assert!(

@@ -20,7 +20,8 @@
 //! `MSG_BENCH_CAMPAIGN` (100000, 0 skips), `MSG_BENCH_TENANTS` (10), `MSG_BENCH_HOLD`
 //! (1000000, 0 skips), `MSG_BENCH_ANNOUNCE_BATCH` (64: `worker.announce_batch`),
 //! `MSG_BENCH_BATCH` (50 messages per EnqueueBatch call, 0 skips that phase),
-//! `MSG_BENCH_BATCH_CONCURRENCY` (8 such calls at once), `MSG_BENCH_ROUNDS` (3), and
+//! `MSG_BENCH_BATCH_CONCURRENCY` (8 such calls at once), `MSG_BENCH_ROUNDS` (3),
+//! `MSG_BENCH_SEND_CONCURRENCY` (64: `worker.send_concurrency`), and
 //! `MSG_BENCH_METRICS` (set: print the broker and announcement counters after the throughput
 //! phase).
 
@@ -38,7 +39,7 @@ use wxhub_proto::messaging::v1::messaging_client::MessagingClient;
 use wxhub_proto::token::v1::GetAccessTokenRequest;
 use wxhub_store::{Created, Jobs, NewJob, Store};
 use wxhub_tests::cpu::{CpuSplit, quiesce};
-use wxhub_tests::messaging::{enqueue_all, enqueue_all_batched, sent_after};
+use wxhub_tests::messaging::{enqueue_all, sent_after};
 use wxhub_tests::{
     AUTH1, BETA, BETA_AUTH, OPS_KEY, Setup, Stack, TEMPLATE, TENANT, USERS, extra_tenant,
     extra_user, req, user,
@@ -354,11 +355,7 @@ impl Through<'_> {
         let cpu = CpuSplit::start(self.redis_pid.clone());
         let started = Instant::now();
         let make = move |i| template(first + i);
-        if batch == 0 {
-            enqueue_all(self.client, jobs, callers, make).await;
-        } else {
-            enqueue_all_batched(self.client, TENANT, jobs, (callers, batch), make).await;
-        }
+        enqueue_all(self.client, jobs, (callers, batch), make).await;
         let enqueued = started.elapsed();
         let target = usize::try_from(jobs).unwrap_or(usize::MAX);
         while self.stack.sim.message_count(&Default::default()) < target {

@@ -430,9 +430,13 @@ fn job_json(j: &pb::Job) -> Value {
     })
 }
 
+fn read_text(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(format_args!("cannot read {}: {e}", path.display())))
+}
+
 fn read_json(path: &PathBuf) -> Result<Map<String, Value>, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::new(format_args!("cannot read {}: {e}", path.display())))?;
+    let text = read_text(path)?;
     match serde_json::from_str(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(CliError::new(format_args!(
@@ -567,8 +571,7 @@ fn account(appid: &str) -> String {
 
 /// EnqueueBatch's messages from a JSON array of WeChat's bodies (see `SendCommand::Batch`).
 fn batch_messages(path: &PathBuf) -> Result<Vec<pb::EnqueueRequest>, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::new(format_args!("cannot read {}: {e}", path.display())))?;
+    let text = read_text(path)?;
     let items: Vec<Map<String, Value>> = serde_json::from_str(&text).map_err(|e| {
         CliError::new(format_args!(
             "{}: must be a JSON array of objects: {e}",

@@ -263,8 +263,8 @@ pub enum Settled {
 // `CREATE_AT_ONCE`): one call instead of one per job, each job as if created alone, in order.
 // KEYS: jobs:all, in-broker, held, then three per job: idem (or the job key again when there is
 // none), job, the authorizer record to require (or the job key). ARGV: ttl_ms, idem_ttl_ms,
-// recent, most held (0: no cap), then `CREATE_ARGS` per job: id, now, has_idem, window (0:
-// outside any window), then seven field/value pairs.
+// recent, most held (0: no cap), then 18 per job: id, now, has_idem, window (0: outside any
+// window), then seven field/value pairs.
 // Returns two values per job: {1, id} (stored, announce it), {2, id} (stored and held; {6, id}
 // when it is the first held: mark the tenant), {0, existing}, or {3, ''} (no such authorizer) /
 // {4, ''} (revoked) / {5, ''} (held over the cap), storing nothing.
@@ -323,9 +323,7 @@ return out
 ";
 
 /// What a create script's malformed answer is reported against.
-fn keys_of_create() -> String {
-    "the job create script's answer".to_owned()
-}
+const CREATE_ANSWER: &str = "the job create script's answer";
 
 /// Most jobs one create script stores: Redis runs nothing else meanwhile (about 3 µs a job).
 pub const CREATE_AT_ONCE: usize = 100;
@@ -587,7 +585,7 @@ impl Jobs {
             .create_all(tenant, std::slice::from_ref(job), check_authorizer)
             .await?;
         created.pop().ok_or_else(|| StoreError::Corrupt {
-            key: keys_of_create(),
+            key: CREATE_ANSWER.to_owned(),
             reason: "the create script answered nothing".into(),
         })
     }
@@ -647,7 +645,7 @@ impl Jobs {
             let answers: Vec<(i64, String)> = inv.invoke_async(&mut conn).await?;
             if answers.len() != chunk.len() {
                 return Err(StoreError::Corrupt {
-                    key: keys_of_create(),
+                    key: CREATE_ANSWER.to_owned(),
                     reason: format!(
                         "the create script answered {} of {} jobs",
                         answers.len(),

@@ -76,8 +76,8 @@ pub fn recipient_body(body: &Map<String, Value>, r: &CampaignRecipient) -> Map<S
 }
 
 /// How long a campaign slice is leased to the feeder that took it: far above the time to store
-/// and announce one slice (at most twice the burst), short enough that a
-/// failed slice is fed again within seconds.
+/// and announce one slice (at most twice the burst), short enough that a failed slice is fed
+/// again within seconds.
 const SLICE_LEASE: Duration = Duration::from_secs(10);
 
 /// A feed's messages (of up to `worker.announce_batch` jobs) awaiting their confirms at once.

@@ -287,30 +287,13 @@ impl MessagingService {
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<pb::Job, Status> {
         let tenant = self.admit("Enqueue", &req, &req.get_ref().tenant)?;
         let job = Self::prepare_job(&tenant, req.get_ref(), wxhub_runtime::unix_ms())?;
-        let tenant_id = tenant.id.as_str();
-        // One script checks the authorizer and stores the job.
-        let created = self
-            .jobs
-            .create_as(tenant_id, &job, true)
-            .await
-            .map_err(|e| unavailable("cannot store the job", e))?;
-        if let Some(answer) = self.stored(tenant_id, &job, created).await? {
-            return Ok(answer);
-        }
-        let published = self
-            .announce(
-                tenant_id,
-                vec![send_job(tenant_id, &job.id, Some(new_route(&job)))],
-            )
+        self.enqueue_prepared(tenant.id.as_str(), vec![Ok(job)])
             .await
             .pop()
-            .unwrap_or_else(|| Err(Status::internal("no announcement")));
-        self.announced(tenant_id, &job, published).await
+            .unwrap_or_else(|| Err(Status::internal("no answer")))
     }
 
-    /// EnqueueBatch: every message as [`Self::enqueue`] would take it alone, the stored ones in
-    /// one script call per `CREATE_AT_ONCE` and their announcements in the group commit
-    /// together.
+    /// EnqueueBatch: every message as [`Self::enqueue`] would take it alone.
     async fn enqueue_batch(
         &self,
         req: Request<pb::EnqueueBatchRequest>,
@@ -325,18 +308,38 @@ impl MessagingService {
         }
         let tenant_id = tenant.id.as_str();
         let now = wxhub_runtime::unix_ms();
-        // results[i] answers messages[i]; jobs[j] is the job of messages[at[j]].
-        let mut results: Vec<Result<pb::Job, Status>> = Vec::with_capacity(r.messages.len());
-        let (mut jobs, mut at) = (Vec::new(), Vec::new());
-        for (i, m) in r.messages.iter().enumerate() {
-            let prepared = if !m.tenant.is_empty() && m.tenant != tenant_id {
-                Err(Status::invalid_argument(format!(
-                    "tenant: empty or the batch's tenant {tenant_id:?}"
-                )))
-            } else {
+        let prepared = r
+            .messages
+            .iter()
+            .map(|m| {
+                if !m.tenant.is_empty() && m.tenant != tenant_id {
+                    return Err(Status::invalid_argument(format!(
+                        "tenant: empty or the batch's tenant {tenant_id:?}"
+                    )));
+                }
                 Self::prepare_job(&tenant, m, now)
-            };
-            match prepared {
+            })
+            .collect();
+        Ok(batch_reply(
+            self.enqueue_prepared(tenant_id, prepared).await,
+        ))
+    }
+
+    /// Stores the checked messages of one tenant (an `Err` is a message already refused) with
+    /// one create script call per `CREATE_AT_ONCE`, announces the new ones in the group commit
+    /// together, and answers each message in order as Enqueue answers one: its job once stored
+    /// and its announcement confirmed (or held), else its refusal. A message whose idempotency
+    /// key an earlier one of the same call stored answers as that one does.
+    async fn enqueue_prepared(
+        &self,
+        tenant_id: &str,
+        prepared: Vec<Result<NewJob, Status>>,
+    ) -> Vec<Result<pb::Job, Status>> {
+        // results[i] answers message i; jobs[j] is the job of message at[j].
+        let mut results: Vec<Result<pb::Job, Status>> = Vec::with_capacity(prepared.len());
+        let (mut jobs, mut at) = (Vec::new(), Vec::new());
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
                 Ok(job) => {
                     at.push(i);
                     jobs.push(job);
@@ -345,18 +348,17 @@ impl MessagingService {
                 Err(refused) => results.push(Err(refused)),
             }
         }
+        // One script checks each authorizer and stores each job.
         let created = match self.jobs.create_all(tenant_id, &jobs, true).await {
             Ok(created) => created,
             Err(e) => {
-                let refused = unavailable("cannot store the jobs", e);
+                let refused = unavailable("cannot store the job", e);
                 for &i in &at {
                     results[i] = Err(refused.clone());
                 }
-                return Ok(batch_reply(results));
+                return results;
             }
         };
-        // New jobs to announce, and later messages whose idempotency key an earlier message of
-        // this batch stored (they answer as it does, once it is announced).
         let (mut seen, mut same_as) = (Vec::new(), Vec::new());
         for (j, created) in created.into_iter().enumerate() {
             if let Created::Existing(id) = &created
@@ -393,7 +395,7 @@ impl MessagingService {
         for (i, first) in same_as {
             results[i] = results[first].clone();
         }
-        Ok(batch_reply(results))
+        results
     }
 
     /// Publishes jobs' announcements with confirm, within the call's deadline, and returns each
